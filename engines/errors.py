@@ -1,0 +1,25 @@
+"""The root of vidpipe's error hierarchy.
+
+It lives here, in the lowest layer, so that engines, stages and the pipeline can
+all raise and catch the same types without engines knowing the pipeline.
+"""
+
+
+class VidpipeError(Exception):
+    """A user-facing error: its message names the thing and what to do."""
+
+
+class ModelError(VidpipeError):
+    """A model cannot be loaded or does not fit what vidpipe expects."""
+
+
+class InferenceError(VidpipeError):
+    """One inference failed; the context that raised it must be discarded."""
+
+
+class InferenceTimeout(InferenceError):
+    """One inference did not finish within its timeout."""
+
+
+class StickyInferenceError(InferenceError):
+    """An error that poisons the whole process: no new context or engine in it can work."""

@@ -1,0 +1,159 @@
+"""One validated place for configuration: a YAML file and CLI flags both become a RunConfig."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, so a typo in a config file is caught, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(StrictModel):
+    url: str = Field(description="A video file path or an rtsp:// URL.")
+    name: str | None = Field(None, description="Source name; derived from the URL when absent.")
+    policy: Literal["block", "shed"] | None = Field(
+        None, description="Overload policy; default block for files, shed for live sources."
+    )
+
+
+class ModelConfig(StrictModel):
+    path: Path | None = Field(None, description="ONNX model; the embedded default when absent.")
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    layout: Literal["auto", "yolov8", "yolov5", "yolox"] = "auto"
+    labels: Path | None = Field(None, description="Class names, one per line.")
+    conf: float = Field(0.25, ge=0.0, le=1.0)
+    iou: float = Field(0.45, ge=0.0, le=1.0)
+    classes: list[str] | None = Field(None, description="Keep only these labels.")
+    intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads per inference.")
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+
+
+class InferConfig(StrictModel):
+    contexts: int = Field(2, ge=1, le=64)
+    max_batch: int = Field(4, ge=1, le=256)
+    max_delay_ms: float = Field(5.0, ge=0.0)
+    max_attempts: int = Field(3, ge=1)
+    health_interval_s: float = Field(5.0, gt=0.0)
+    probe_tolerance: float = Field(1e-3, gt=0.0)
+
+
+class FaultConfig(StrictModel):
+    """Injected faults per inference call, to watch and test recovery."""
+
+    error_rate: float = Field(0.0, ge=0.0, le=1.0)
+    hang_rate: float = Field(0.0, ge=0.0, le=1.0)
+    hang_s: float = Field(5.0, ge=0.0)
+    slow_rate: float = Field(0.0, ge=0.0, le=1.0)
+    slow_ms: float = Field(50.0, ge=0.0)
+    corrupt_rate: float = Field(0.0, ge=0.0, le=1.0)
+    seed: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(
+            r > 0 for r in (self.error_rate, self.hang_rate, self.slow_rate, self.corrupt_rate)
+        )
+
+
+class QueueConfig(StrictModel):
+    size: int = Field(8, ge=1, description="Capacity of each bounded queue between stages.")
+    preprocess_workers: int = Field(1, ge=1)
+    postprocess_workers: int = Field(1, ge=1)
+
+
+class RedisConfig(StrictModel):
+    """Publishing results to Redis Streams (see pipeline/sinks/redis.py)."""
+
+    url: str = Field(description="redis://[:password@]host:port/db or rediss:// for TLS.")
+    key_prefix: str = "vidpipe:results:"
+    maxlen: int = Field(100_000, ge=1, description="Approximate per-stream length (MAXLEN ~).")
+    spool_dir: Path = Field(Path(".vidpipe-spool"), description="Where results wait while Redis is down.")
+    drain_timeout_s: float = Field(10.0, ge=0.0, description="How long the end of a run waits for Redis.")
+    pubsub: bool = Field(False, description="Also publish each result on a lossy Pub/Sub channel.")
+
+
+class OutputConfig(StrictModel):
+    jsonl: Path | None = None
+    redis: RedisConfig | None = None
+
+
+class RunConfig(StrictModel):
+    sources: list[SourceConfig] = Field(default_factory=list)
+    deadline_ms: float = Field(2000.0, gt=0.0, description="Per-frame deadline after decode.")
+    model: ModelConfig = ModelConfig()
+    infer: InferConfig = InferConfig()
+    faults: FaultConfig = FaultConfig()
+    queues: QueueConfig = QueueConfig()
+    outputs: OutputConfig = OutputConfig()
+    progress: bool = Field(True, description="Show progress when stdout is a terminal.")
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> RunConfig:
+        names = [s.name for s in self.sources if s.name]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    path = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    more = f" and {len(err.errors()) - 1} more" if len(err.errors()) > 1 else ""
+    return f"{origin}: {path}: {first['msg']}{shown}{more}"
+
+
+def build_config(data: dict[str, Any], origin: str = "config") -> RunConfig:
+    """Validate a plain dict; raise ConfigError naming the field's dotted path."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict (validated later, after CLI overrides)."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"config {path}: cannot read it ({err.strerror}); check the path") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path}: not valid YAML ({err}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: expected a mapping of fields at the top level")
+    return data
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge overrides (from CLI flags) into a config dict."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_key_values(text: str, what: str) -> dict[str, str]:
+    """Parse 'a=1,b=2' (as in --faults error_rate=0.2,hang_rate=0.02)."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what}: expected key=value pairs separated by commas, got {item!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs

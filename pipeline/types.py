@@ -1,0 +1,115 @@
+"""The values that flow through vidpipe: plain dataclasses of numpy arrays and scalars."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+
+class Status(str, Enum):
+    OK = "ok"
+    FAILED = "failed"
+
+
+class Reason(str, Enum):
+    """Why a frame failed. Every failed Result carries exactly one."""
+
+    DEADLINE = "deadline"
+    INFERENCE = "inference"
+    DECODE = "decode"
+    PREPROCESS = "preprocess"
+    POSTPROCESS = "postprocess"
+    SHED = "shed"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a source image was fitted into the model input: model_xy = source_xy * ratio + pad."""
+
+    ratio: float
+    pad_x: float
+    pad_y: float
+    source_size: tuple[int, int]  # (width, height)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Boxes in source pixels: xyxy (N, 4) float32, score (N,) float32, class_id (N,) int32."""
+
+    xyxy: np.ndarray
+    score: np.ndarray
+    class_id: np.ndarray
+    labels: tuple[str, ...]
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(
+            xyxy=np.zeros((0, 4), np.float32),
+            score=np.zeros((0,), np.float32),
+            class_id=np.zeros((0,), np.int32),
+            labels=(),
+        )
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+
+@dataclass
+class Frame:
+    """One decoded frame on its way through the stages.
+
+    `decoded_at` and `deadline` are time.monotonic() seconds; `wall_time` is time.time().
+    Stages fill `tensor`/`letterbox` (preprocess), `outputs` (infer) and `detections`
+    (postprocess); `timings` collects per-stage milliseconds.
+    """
+
+    source: str
+    seq: int
+    pts: float | None
+    decoded_at: float
+    deadline: float
+    wall_time: float
+    image: np.ndarray
+    source_size: tuple[int, int]
+    tensor: np.ndarray | None = None
+    letterbox: Letterbox | None = None
+    outputs: dict[str, np.ndarray] | None = None
+    detections: Detections | None = None
+    attempts: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Result:
+    """The one outcome of one frame: ok with detections, or failed with a reason."""
+
+    source: str
+    seq: int
+    pts: float | None
+    status: Status
+    reason: Reason | None
+    error: str | None
+    attempts: int
+    detections: Detections
+    timings: dict[str, float]
+    latency_ms: float
+    wall_time: float
+
+
+@dataclass(frozen=True)
+class SourceEvent:
+    """Something that happened to a source outside the frame flow (end, decode error, outage).
+
+    `after_seq` is the last seq decoded before the event (-1 for none): the publisher
+    releases the event right after that frame's result, so every sink sees it in place.
+    """
+
+    source: str
+    type: str
+    after_seq: int
+    wall_time: float
+    details: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Pipeline stages: each turns one item into the next; the runtime owns threads and queues."""
