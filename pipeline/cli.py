@@ -1,0 +1,161 @@
+"""The `vidpipe` command: run, subscribe, bench, build-engine, inspect."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError, VidpipeError
+
+EXIT_USER_ERROR = 2
+EXIT_LEDGER = 1
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("videos", nargs="*", help="video files or rtsp:// URLs (default: the bundled sample clip)")
+    parser.add_argument("--config", type=Path, help="a YAML config file (flags override its fields)")
+    parser.add_argument("--name", action="append", help="name of each source, in order")
+    parser.add_argument("--model", type=Path, help="an ONNX model (default: the embedded colour-blob detector)")
+    parser.add_argument("--backend", choices=["onnxruntime", "tensorrt"])
+    parser.add_argument("--layout", choices=["auto", "yolov8", "yolov5", "yolox"])
+    parser.add_argument("--labels", type=Path, help="class names, one per line")
+    parser.add_argument("--out", type=Path, help="write one JSON line per frame result here")
+    parser.add_argument("--deadline-ms", type=float, help="per-frame deadline after decode")
+    parser.add_argument("--batch", type=int, help="largest inference batch")
+    parser.add_argument("--max-delay-ms", type=float, help="longest wait to fill a batch")
+    parser.add_argument("--contexts", type=int, help="inference contexts (one worker each)")
+    parser.add_argument("--max-attempts", type=int, help="inference attempts per frame")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads per inference")
+    parser.add_argument("--conf", type=float, help="confidence threshold")
+    parser.add_argument("--iou", type=float, help="NMS IoU threshold")
+    parser.add_argument("--classes", help="keep only these labels, comma-separated (e.g. person,car)")
+    parser.add_argument("--queue-size", type=int, help="capacity of each queue between stages")
+    parser.add_argument("--faults", help="inject faults, e.g. error_rate=0.2,hang_rate=0.02")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags as a partial config dict (only the flags given)."""
+    from pipeline.config import parse_key_values
+
+    out: dict[str, Any] = {}
+
+    def put(path: str, value: Any) -> None:
+        if value is None:
+            return
+        node = out
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+
+    if args.videos:
+        names = args.name or []
+        if len(names) > len(args.videos):
+            raise ConfigError(f"--name given {len(names)} times for {len(args.videos)} sources; give one per source")
+        out["sources"] = [
+            {"url": url, **({"name": names[i]} if i < len(names) else {})} for i, url in enumerate(args.videos)
+        ]
+    put("model.path", args.model and str(args.model))
+    put("model.backend", args.backend)
+    put("model.layout", args.layout)
+    put("model.labels", args.labels and str(args.labels))
+    put("model.conf", args.conf)
+    put("model.iou", args.iou)
+    put("model.intra_op_threads", args.threads)
+    if args.classes:
+        put("model.classes", [c.strip() for c in args.classes.split(",") if c.strip()])
+    put("outputs.jsonl", args.out and str(args.out))
+    put("deadline_ms", args.deadline_ms)
+    put("infer.max_batch", args.batch)
+    put("infer.max_delay_ms", args.max_delay_ms)
+    put("infer.contexts", args.contexts)
+    put("infer.max_attempts", args.max_attempts)
+    put("queues.size", args.queue_size)
+    if args.faults:
+        put("faults", parse_key_values(args.faults, "--faults"))
+    if args.quiet:
+        put("progress", False)
+    return out
+
+
+def config_from_args(args: argparse.Namespace):
+    from pipeline.config import build_config, load_config, merge
+
+    base = load_config(args.config) if args.config else {}
+    origin = str(args.config) if args.config else "flags"
+    return build_config(merge(base, overrides_from_args(args)), origin)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.api import run
+
+    config = config_from_args(args)
+    summary = run(config, show=True)
+    if summary.error:
+        print(f"vidpipe: error: {summary.error}", file=sys.stderr)
+    if not summary.balanced:
+        print("vidpipe: error: the ledger did not balance (a frame has no result); this is a bug, please report it", file=sys.stderr)
+        return EXIT_LEDGER
+    return EXIT_USER_ERROR if summary.error else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidpipe", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="run the pipeline over video files or RTSP URLs")
+    add_run_arguments(run_parser)
+    run_parser.set_defaults(func=cmd_run)
+    bench_parser = sub.add_parser("bench", help="measure each stage alone and the whole pipeline")
+    from pipeline.bench import add_bench_arguments, cmd_bench
+
+    add_bench_arguments(bench_parser)
+    bench_parser.set_defaults(func=cmd_bench)
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands that live in their own modules."""
+    try:
+        from pipeline.cli_subscribe import add_subscribe_parser, run_subscribe
+    except ImportError:
+        pass
+    else:
+        add_subscribe_parser(sub)
+        sub.choices["subscribe"].set_defaults(func=run_subscribe)
+    try:
+        from pipeline.cli_engine import (
+            add_build_engine_parser,
+            add_inspect_parser,
+            run_build_engine,
+            run_inspect,
+        )
+    except ImportError:
+        pass
+    else:
+        add_build_engine_parser(sub)
+        sub.choices["build-engine"].set_defaults(func=run_build_engine)
+        add_inspect_parser(sub)
+        sub.choices["inspect"].set_defaults(func=run_inspect)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except VidpipeError as err:
+        print(f"vidpipe: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("vidpipe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

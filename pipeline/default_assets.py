@@ -1,0 +1,331 @@
+"""vidpipe's embedded default: a hand-built colour-blob detector and the sample clip it watches.
+
+`python -m pipeline.default_assets` regenerates both files in `pipeline/assets/`.
+
+The detector is plain ONNX arithmetic, no training. It marks the pixels whose own channel
+beats the other two by a margin, pools them onto a stride-4 grid, and measures at every
+cell how far the blob extends left, right, up and down. Each cell then proposes the box
+those four edges make, with a score that peaks at the blob's centre, laid out like a
+YOLOv8 head ([B, 4 + C, N], no objectness) so it runs through the same postprocess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_MODEL = ASSETS / "default.onnx"
+SAMPLE_CLIP = ASSETS / "sample.mp4"
+
+CLASS_NAMES = ("red", "green", "blue")
+INPUT_SIZE = 320
+STRIDE = 4
+GRID = INPUT_SIZE // STRIDE
+COLOUR_MARGIN = 0.3
+MAX_SCORE = 0.95
+# A run edge is packed as `cell index + fraction` so one MaxPool finds the nearest edge and
+# carries its sub-cell offset along; the factor keeps the fraction strictly below 1.
+PACK = 0.999
+
+WIDTH, HEIGHT, FPS, FRAME_COUNT = 640, 360, 25, 200
+SEED = 20240611
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+class _GraphBuilder:
+    """Collects nodes and constants; every op gets a fresh output name."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def const(self, value: float | list | np.ndarray, dtype: type = np.float32) -> str:
+        name = f"const_{len(self.initializers)}"
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, output: str | None = None, **attrs: object) -> str:
+        output = output or f"{op_type.lower()}_{len(self.nodes)}"
+        self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attrs))
+        return output
+
+    def shift(self, x: str, axis: int, step: int) -> str:
+        """x moved one cell along `axis` (step +1: out[i] = x[i-1]), zero-filled."""
+        pads = [0] * 8
+        pads[axis if step > 0 else axis + 4] = 1
+        padded = self.op("Pad", x, self.const(pads, np.int64))
+        start = 0 if step > 0 else 1
+        return self.op(
+            "Slice", padded, self.const([start], np.int64), self.const([start + GRID], np.int64),
+            self.const([axis], np.int64),
+        )  # fmt: skip
+
+    def nearest(self, packed: str, axis: int, forward: bool) -> str:
+        """Max of `packed` over the cells from here back to the grid's start (or on to its end)."""
+        kernel = [GRID if a == axis else 1 for a in (2, 3)]
+        pads = [0, 0, 0, 0]
+        pads[(axis - 2) + (0 if forward else 2)] = GRID - 1
+        return self.op("MaxPool", packed, kernel_shape=kernel, pads=pads)
+
+
+def _colour_masks(g: _GraphBuilder, images: str) -> tuple[str, str]:
+    """Per-class cell coverage fraction and the binary cell mask, both [B, 3, GRID, GRID]."""
+    r, gr, b = (
+        g.op("Slice", images, g.const([c], np.int64), g.const([c + 1], np.int64),
+             g.const([1], np.int64))
+        for c in range(3)
+    )  # fmt: skip
+    excess = g.op(
+        "Concat",
+        g.op("Sub", r, g.op("Max", gr, b)),
+        g.op("Sub", gr, g.op("Max", r, b)),
+        g.op("Sub", b, g.op("Max", r, gr)),
+        axis=1,
+    )
+    pixels = g.op("Cast", g.op("Greater", excess, g.const(COLOUR_MARGIN)), to=TensorProto.FLOAT)
+    frac = g.op("AveragePool", pixels, kernel_shape=[STRIDE, STRIDE], strides=[STRIDE, STRIDE])
+    mask = g.op("Cast", g.op("GreaterOrEqual", frac, g.const(0.5)), to=TensorProto.FLOAT)
+    return frac, mask
+
+
+def _run_edges(g: _GraphBuilder, frac: str, mask: str, axis: int) -> tuple[str, str]:
+    """For every cell, where its run along `axis` starts and ends, in cells, sub-cell accurate."""
+    shape = [1, 1, 1, 1]
+    shape[axis] = GRID
+    index = np.arange(GRID, dtype=np.float32).reshape(shape)
+    one = g.const(1.0)
+
+    # A run starts where the previous cell is outside the mask. The edge lies inside the start
+    # cell when that is partly covered, or inside the previous cell when that one is.
+    prev_mask, prev_frac = g.shift(mask, axis, +1), g.shift(frac, axis, +1)
+    is_start = g.op("Mul", mask, g.op("Sub", one, prev_mask))
+    start_offset = g.op("Sub", g.op("Sub", one, frac), prev_frac)
+    rank, offset = _nearest_edge(g, is_start, start_offset, index + 1, axis, forward=True)
+    start = g.op("Add", g.op("Sub", rank, one), offset)
+
+    next_mask, next_frac = g.shift(mask, axis, -1), g.shift(frac, axis, -1)
+    is_end = g.op("Mul", mask, g.op("Sub", one, next_mask))
+    end_offset = g.op("Sub", next_frac, g.op("Sub", one, frac))
+    rank, offset = _nearest_edge(g, is_end, end_offset, GRID - index, axis, forward=False)
+    end = g.op("Add", g.op("Sub", g.const(GRID + 1.0), rank), offset)
+    return start, end
+
+
+def _nearest_edge(
+    g: _GraphBuilder, is_edge: str, offset: str, rank: np.ndarray, axis: int, forward: bool
+) -> tuple[str, str]:
+    """The rank and offset (-0.5..0.5 cells) of the nearest edge cell behind (or ahead of)
+    each cell. Ranks are positive and grow towards the cell, so the nearest edge is the max."""
+    shifted = g.op("Mul", g.op("Add", offset, g.const(0.5)), g.const(PACK))
+    packed = g.op("Mul", is_edge, g.op("Add", g.const(rank), shifted))
+    nearest = g.nearest(packed, axis, forward)
+    whole = g.op("Floor", nearest)
+    part = g.op("Div", g.op("Sub", nearest, whole), g.const(PACK))
+    return whole, g.op("Sub", part, g.const(0.5))
+
+
+def _off_centre(g: _GraphBuilder, start: str, end: str, axis: int) -> str:
+    """How far each cell's centre lies from the centre of its run, in cells."""
+    shape = [1, 1, 1, 1]
+    shape[axis] = GRID
+    cell_centre = g.const((np.arange(GRID, dtype=np.float32) + 0.5).reshape(shape))
+    run_centre = g.op("Mul", g.op("Add", start, end), g.const(0.5))
+    return g.op("Abs", g.op("Sub", run_centre, cell_centre))
+
+
+def _yolov8_output(g: _GraphBuilder, boxes: list[str], score: str) -> str:
+    """[B, 4 + C, C * GRID * GRID]: the anchors of class c carry its boxes and score row 4 + c."""
+    classes = len(CLASS_NAMES)
+    rows = g.op("Concat", *(g.op("Unsqueeze", b, g.const([1], np.int64)) for b in boxes), axis=1)
+    rows = g.op("Reshape", rows, g.const([0, 4, -1], np.int64))
+    per_class = g.op("Reshape", score, g.const([0, 1, classes, -1], np.int64))
+    eye = np.eye(classes, dtype=np.float32).reshape(1, classes, classes, 1)
+    scores = g.op("Reshape", g.op("Mul", per_class, g.const(eye)),
+                  g.const([0, classes, -1], np.int64))  # fmt: skip
+    return g.op("Concat", rows, scores, axis=1, output="output0")
+
+
+def _build_graph() -> onnx.GraphProto:
+    g = _GraphBuilder()
+    frac, mask = _colour_masks(g, "images")
+    x1, x2 = _run_edges(g, frac, mask, axis=3)
+    y1, y2 = _run_edges(g, frac, mask, axis=2)
+    stride, half = g.const(float(STRIDE)), g.const(STRIDE / 2)
+    boxes = [
+        g.op("Mul", g.op("Add", x1, x2), half),
+        g.op("Mul", g.op("Add", y1, y2), half),
+        g.op("Mul", g.op("Sub", x2, x1), stride),
+        g.op("Mul", g.op("Sub", y2, y1), stride),
+    ]
+    # Peaks at the blob's centre cell (~1) and falls off towards its rim, as a trained head's does.
+    spread = g.op("Add", _off_centre(g, x1, x2, axis=3), _off_centre(g, y1, y2, axis=2))
+    score = g.op("Div", g.op("Mul", mask, g.const(MAX_SCORE)), g.op("Add", spread, g.const(1.0)))
+    _yolov8_output(g, boxes, score)
+
+    classes = len(CLASS_NAMES)
+    images = helper.make_tensor_value_info(
+        "images", TensorProto.FLOAT, ["batch", 3, INPUT_SIZE, INPUT_SIZE]
+    )
+    output = helper.make_tensor_value_info(
+        "output0", TensorProto.FLOAT, ["batch", 4 + classes, classes * GRID * GRID]
+    )
+    return helper.make_graph(g.nodes, "vidpipe_colour_blobs", [images], [output], g.initializers)
+
+
+def build_default_model(path: Path) -> None:
+    """Write the colour-blob detector to `path` (deterministic bytes)."""
+    model = helper.make_model(
+        _build_graph(),
+        opset_imports=[helper.make_opsetid("", 17)],
+        producer_name="vidpipe",
+        ir_version=9,
+    )
+    names = {i: name for i, name in enumerate(CLASS_NAMES)}
+    helper.set_model_props(model, {
+        "description": "vidpipe's hand-built colour-blob detector (red, green, blue; no training)",
+        "task": "detect",
+        "imgsz": str([INPUT_SIZE, INPUT_SIZE]),
+        "names": str(names),
+    })  # fmt: skip
+    onnx.checker.check_model(model, full_check=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(model.SerializeToString())
+
+
+# ---------------------------------------------------------------------------------------------
+# The sample clip
+
+
+@dataclass(frozen=True)
+class Track:
+    """One object moving in a straight line; (x, y) is its centre at frame 0, in source pixels."""
+
+    class_id: int
+    shape: str  # "rect" or "disc"
+    width: float
+    height: float
+    x: float
+    y: float
+    vx: float
+    vy: float
+
+    def centre(self, index: int) -> tuple[float, float]:
+        return self.x + self.vx * index, self.y + self.vy * index
+
+
+# Drawn in this order (later ones on top). Same-colour objects keep to lanes far apart.
+TRACKS: tuple[Track, ...] = (
+    Track(0, "rect", 86, 40, -60, 70, 3.4, 0.0),
+    Track(2, "disc", 46, 46, 720, 150, -4.8, 0.0),
+    Track(1, "rect", 28, 56, 120, 205, 2.2, 0.0),
+    Track(0, "disc", 24, 24, -200, 292, 6.5, 0.0),
+    Track(1, "disc", 70, 70, 800, 300, -2.0, 0.0),
+    Track(2, "rect", 60, 22, 500, 380, -1.2, -1.1),
+)
+COLOURS = np.array([(0.86, 0.12, 0.10), (0.10, 0.75, 0.20), (0.12, 0.25, 0.90)], np.float32)
+
+
+def _span_coverage(lo: float, hi: float, n: int) -> np.ndarray:
+    """How much of each pixel [i, i + 1) the interval [lo, hi) covers."""
+    i = np.arange(n, dtype=np.float32)
+    return np.clip(np.minimum(i + 1, hi) - np.maximum(i, lo), 0, 1)
+
+
+def _coverage(track: Track, index: int) -> np.ndarray:
+    """The fraction of each frame pixel the object covers at frame `index` ([H, W])."""
+    cx, cy = track.centre(index)
+    if track.shape == "rect":
+        xs = _span_coverage(cx - track.width / 2, cx + track.width / 2, WIDTH)
+        ys = _span_coverage(cy - track.height / 2, cy + track.height / 2, HEIGHT)
+        return np.outer(ys, xs)
+    radius = track.width / 2
+    xs = np.arange(WIDTH, dtype=np.float32) + 0.5 - cx
+    ys = np.arange(HEIGHT, dtype=np.float32)[:, None] + 0.5 - cy
+    return np.clip(radius + 0.5 - np.sqrt(xs * xs + ys * ys), 0, 1)
+
+
+def _visible_coverages(index: int) -> list[np.ndarray]:
+    """Each track's coverage with what the tracks drawn over it hide taken away."""
+    coverages = [_coverage(track, index) for track in TRACKS]
+    visible = []
+    for k, coverage in enumerate(coverages):
+        for above in coverages[k + 1 :]:
+            coverage = coverage * (1 - above)
+        visible.append(coverage)
+    return visible
+
+
+def _edges(profile: np.ndarray) -> tuple[float, float] | None:
+    """The sub-pixel extent of a coverage profile (max coverage along one axis)."""
+    inside = np.flatnonzero(profile > 0.01)
+    if len(inside) == 0:
+        return None
+    first, last = inside[0], inside[-1]
+    return float(first + 1 - profile[first]), float(last + profile[last])
+
+
+def scene_objects(index: int) -> list[tuple[int, float, float, float, float]]:
+    """Ground truth for frame `index`: (class_id, x1, y1, x2, y2) of each object's visible part."""
+    objects = []
+    for track, visible in zip(TRACKS, _visible_coverages(index)):
+        xs, ys = _edges(visible.max(axis=0)), _edges(visible.max(axis=1))
+        if xs is not None and ys is not None:
+            objects.append((track.class_id, xs[0], ys[0], xs[1], ys[1]))
+    return objects
+
+
+def _asphalt(rng: np.random.Generator) -> np.ndarray:
+    """A grey [H, W] texture: blotches, grain and dashed lane marks. Neutral grey never
+    triggers a colour mask, yet its grain keeps the encoder busy."""
+    blotches = cv2.GaussianBlur(rng.normal(0, 1, (HEIGHT, WIDTH)).astype(np.float32), (0, 0), 9)
+    grain = rng.normal(0, 0.045, (HEIGHT, WIDTH)).astype(np.float32)
+    road = 0.40 + 0.25 * blotches + grain
+    for y in (112, 248):
+        for x in range(-20, WIDTH, 90):
+            road[y - 2 : y + 2, max(x, 0) : x + 45] = 0.82 + grain[y - 2 : y + 2, max(x, 0) : x + 45]
+    return np.clip(road, 0, 1)
+
+
+def render_frame(index: int, road: np.ndarray) -> np.ndarray:
+    """Frame `index` as RGB uint8 [H, W, 3]."""
+    image = np.repeat(road[:, :, None], 3, axis=2)
+    for track in TRACKS:
+        alpha = _coverage(track, index)[:, :, None]
+        image = image * (1 - alpha) + COLOURS[track.class_id] * alpha
+    return (image * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def make_sample_clip(path: Path) -> None:
+    """Write the 8 s sample clip (H.264, yuv420p) to `path`; the same bytes-worth every time."""
+    road = _asphalt(np.random.default_rng(SEED))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(
+            "libx264", rate=FPS, options={"crf": "26", "preset": "medium", "g": "50"}
+        )
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        for index in range(FRAME_COUNT):
+            frame = av.VideoFrame.from_ndarray(render_frame(index, road), format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, FPS)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def main() -> None:
+    build_default_model(DEFAULT_MODEL)
+    make_sample_clip(SAMPLE_CLIP)
+    print(f"wrote {DEFAULT_MODEL} and {SAMPLE_CLIP}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Turn the model section of a config into an engine and the stages around it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engines.base import Engine
+from engines.errors import InferenceError, ModelError
+from engines.faults import FaultPlan, FaultyEngine
+from pipeline.config import FaultConfig, ModelConfig
+from stages.infer import InferStage
+from stages.labels import load_names
+from stages.postprocess import Postprocess, class_count, detect_layout
+
+DEFAULT_MODEL = Path(__file__).parent / "assets" / "default.onnx"
+SAMPLE_CLIP = Path(__file__).parent / "assets" / "sample.mp4"
+
+
+def open_engine(config: ModelConfig) -> Engine:
+    path = config.path or DEFAULT_MODEL
+    if config.backend == "tensorrt":
+        from engines.tensorrt import open_tensorrt_engine  # lazy: TensorRT is optional
+
+        return open_tensorrt_engine(path, config)
+    from engines.onnxruntime import OnnxRuntimeEngine
+
+    return OnnxRuntimeEngine(path, providers=list(config.providers), intra_op_threads=config.intra_op_threads)
+
+
+@dataclass
+class Model:
+    """An engine with its infer and postprocess stages and the probe reference."""
+
+    engine: Engine
+    stage: InferStage
+    postprocess: Postprocess
+    reference: dict[str, np.ndarray]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.stage.input_size
+
+
+def reference_outputs(engine: Engine, stage: InferStage, timeout: float = 60.0) -> dict[str, np.ndarray]:
+    """Run the probe once on a fresh context: proves the model runs and records what healthy looks like."""
+    context = engine.create_context()
+    try:
+        return context.infer(stage.probe_inputs(), timeout)
+    except InferenceError as err:
+        raise ModelError(f"model {engine.name}: a test inference failed ({err}); check the model runs on this backend") from None
+    finally:
+        context.close()
+
+
+def load_model(config: ModelConfig, faults: FaultConfig | None = None) -> Model:
+    engine = open_engine(config)
+    try:
+        stage = InferStage(engine)
+        output = engine.outputs[0]
+        layout = detect_layout(output.shape, stage.input_size) if config.layout == "auto" else config.layout
+        names = load_names(engine.metadata, config.labels, class_count(output.shape, layout))
+        post = Postprocess(
+            output.shape,
+            stage.input_size,
+            names,
+            layout=layout,
+            conf=config.conf,
+            iou=config.iou,
+            classes=config.classes,
+        )
+        reference = reference_outputs(engine, stage)
+    except Exception:
+        engine.close()
+        raise
+    if faults is not None and faults.active:
+        engine = FaultyEngine(engine, FaultPlan(**faults.model_dump()))
+    return Model(engine, stage, post, reference)

@@ -1,0 +1,69 @@
+"""Releases results per source in seq order, with source events in place, to every sink."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict, deque
+from collections.abc import Callable
+
+from pipeline.ledger import Ledger
+from pipeline.sinks import Sink
+from pipeline.types import Result, SourceEvent, Status
+
+log = logging.getLogger("vidpipe.publisher")
+
+
+class Publisher:
+    """Holds results that arrive early (another context finished first) until their turn."""
+
+    def __init__(self, sinks: list[Sink], ledger: Ledger, on_result: Callable[[Result], None] | None = None) -> None:
+        self.sinks = sinks
+        self.ledger = ledger
+        self.on_result = on_result
+        self._next: dict[str, int] = defaultdict(int)
+        self._waiting: dict[str, dict[int, Result]] = defaultdict(dict)
+        self._events: dict[str, list[SourceEvent]] = defaultdict(list)
+        self.latencies: deque[float] = deque(maxlen=1_000_000)
+
+    def add(self, item: Result | SourceEvent) -> None:
+        if isinstance(item, SourceEvent):
+            self._events[item.source].append(item)
+        else:
+            self._waiting[item.source][item.seq] = item
+        self._release(item.source)
+
+    def _release(self, source: str) -> None:
+        waiting, events = self._waiting[source], self._events[source]
+        while True:
+            due = [e for e in events if e.after_seq < self._next[source]]
+            for event in due:
+                events.remove(event)
+                for sink in self.sinks:
+                    sink.write_event(event)
+            result = waiting.pop(self._next[source], None)
+            if result is None:
+                return
+            self._emit(result)
+            self._next[source] += 1
+
+    def _emit(self, result: Result) -> None:
+        self.ledger.result(result)
+        if result.status is Status.OK:
+            self.latencies.append(result.latency_ms)
+        for sink in self.sinks:
+            sink.write_result(result)
+        if self.on_result:
+            self.on_result(result)
+
+    def flush(self) -> None:
+        """At the end: anything still held means a seq never arrived (a bug); publish it anyway."""
+        for source, waiting in self._waiting.items():
+            if waiting:
+                log.error("source %s: results missing before seq %d", source, min(waiting))
+            for seq in sorted(waiting):
+                self._emit(waiting.pop(seq))
+        for source, events in self._events.items():
+            for event in events:
+                for sink in self.sinks:
+                    sink.write_event(event)
+            events.clear()

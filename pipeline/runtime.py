@@ -1,0 +1,309 @@
+"""The runtime: stages in threads joined by bounded queues, shutdown, error routing, ledger.
+
+    sources -> decode -Q-> preprocess -Q-> infer (scheduler) -Q-> postprocess -Q-> publish -> sinks
+
+A stage turns one frame into the next; every way a frame can leave the flow goes
+through `_fail`, so each decoded frame becomes exactly one Result.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pipeline.config import RunConfig
+from pipeline.ledger import Ledger
+from pipeline.model import Model
+from pipeline.publisher import Publisher
+from pipeline.queues import BoundedQueue, Closed, FrameQueue
+from pipeline.scheduler import ContextPool, InferScheduler, InferStats, SchedulerSettings, percentile
+from pipeline.sinks import Sink
+from pipeline.summary import RunSummary
+from pipeline.types import Detections, Frame, Reason, Result, SourceEvent, Status
+from stages.decode import VideoDecoder
+from stages.preprocess import Preprocess
+
+log = logging.getLogger("vidpipe.runtime")
+
+
+@dataclass
+class Source:
+    """A decoder with its run-time settings."""
+
+    decoder: VideoDecoder
+    policy: str = "block"
+
+    @property
+    def name(self) -> str:
+        return self.decoder.name
+
+
+@dataclass
+class RunHooks:
+    """Optional callbacks for progress displays and metrics."""
+
+    on_result: Callable[[Result], None] | None = None
+    on_decoded: Callable[[Frame], None] | None = None
+    extra_summary: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: RunConfig,
+        sources: list[Source],
+        model: Model,
+        sinks: list[Sink],
+        hooks: RunHooks | None = None,
+    ) -> None:
+        self.config = config
+        self.sources = sources
+        self.model = model
+        self.sinks = sinks
+        self.hooks = hooks or RunHooks()
+        size = config.queues.size
+        self.pre_q = FrameQueue(size, "preprocess")
+        self.infer_q = FrameQueue(size, "infer")
+        self.post_q = FrameQueue(size, "postprocess")
+        self.results_q: BoundedQueue[Result | SourceEvent] = BoundedQueue(4 * size + 64, "publish")
+        self.ledger = Ledger([s.name for s in sources])
+        self.publisher = Publisher(sinks, self.ledger, self.hooks.on_result)
+        self.stats = InferStats()
+        self.preprocess = Preprocess(model.input_size)
+        self._stopping = threading.Event()
+        self._abort_reason: tuple[Reason, str | None] | None = None
+        self._abort_lock = threading.Lock()
+        self.errors: list[str] = []
+        self._threads: dict[str, list[threading.Thread]] = {}
+
+    # ---- control -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop reading sources; frames in flight finish (or end as failed/shutdown)."""
+        self._stopping.set()
+
+    def abort(self, reason: Reason, error: str | None = None) -> None:
+        """Stop now: every queued frame ends as failed with `reason`."""
+        with self._abort_lock:
+            if self._abort_reason is None:
+                self._abort_reason = (reason, error)
+        self._stopping.set()
+        self.scheduler.stop()
+        for queue in (self.pre_q, self.infer_q, self.post_q):
+            for frame in queue.drain():
+                self._fail(frame, reason, error)
+
+    def _fatal(self, err: Exception) -> None:
+        self.errors.append(str(err))
+        self.abort(Reason.INFERENCE, str(err))
+
+    # ---- results ---------------------------------------------------------------------
+
+    def _result(self, frame: Frame, status: Status, reason: Reason | None, error: str | None) -> Result:
+        return Result(
+            source=frame.source,
+            seq=frame.seq,
+            pts=frame.pts,
+            status=status,
+            reason=reason,
+            error=error,
+            attempts=frame.attempts,
+            detections=frame.detections if status is Status.OK else Detections.empty(),
+            timings=dict(frame.timings),
+            latency_ms=(time.monotonic() - frame.decoded_at) * 1000,
+            wall_time=frame.wall_time,
+        )
+
+    def _fail(self, frame: Frame, reason: Reason, error: str | None = None) -> None:
+        self.results_q.put(self._result(frame, Status.FAILED, reason, error))
+
+    # ---- threads -------------------------------------------------------------------
+
+    def _spawn(self, group: str, target: Callable, count: int = 1, args: tuple = ()) -> None:
+        for i in range(count):
+            name = f"vidpipe-{group}-{i}"
+            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+            thread.start()
+            self._threads.setdefault(group, []).append(thread)
+
+    def _read(self, source: Source) -> None:
+        decoder = source.decoder
+        try:
+            for item in decoder:
+                if isinstance(item, SourceEvent):
+                    self.results_q.put(item)
+                    if item.details.get("fatal"):
+                        self.errors.append(_describe_damage(decoder, item))
+                    continue
+                self.ledger.decoded(item.source)
+                if self.hooks.on_decoded:
+                    self.hooks.on_decoded(item)
+                try:
+                    shed = self.pre_q.put(item, shed=source.policy == "shed")
+                except Closed:
+                    self._fail(item, Reason.SHUTDOWN)
+                    continue
+                for frame in shed:
+                    self._fail(frame, Reason.SHED, "pipeline overloaded; frame shed")
+                if self._stopping.is_set():
+                    break
+        except Exception as err:  # a decoder bug must not lose the frames already decoded
+            log.exception("source %s failed", source.name)
+            self.errors.append(f"{source.name}: reading failed: {err}")
+        finally:
+            decoder.close()
+            self.results_q.put(
+                SourceEvent(source.name, "source_end", decoder.seq - 1, time.time(), {"frames": decoder.seq})
+            )
+
+    def _stage_worker(self, name: str, inbox: FrameQueue, stage: Callable[[Frame], Frame], reason: Reason, deliver: Callable[[Frame], None]) -> None:
+        while True:
+            try:
+                frame = inbox.get()
+            except Closed:
+                return
+            if self._abort_reason is not None:
+                self._fail(frame, *self._abort_reason)
+                continue
+            start = time.perf_counter()
+            try:
+                frame = stage(frame)
+            except Exception as err:  # one bad frame never kills the run
+                log.debug("%s failed on %s#%d", name, frame.source, frame.seq, exc_info=True)
+                self._fail(frame, reason, f"{name} failed: {err}")
+                continue
+            frame.timings[name] = (time.perf_counter() - start) * 1000
+            deliver(frame)
+
+    def _to_infer(self, frame: Frame) -> None:
+        try:
+            self.infer_q.put(frame)
+        except Closed:
+            self._fail(frame, *(self._abort_reason or (Reason.SHUTDOWN, None)))
+
+    def _to_post(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            try:
+                self.post_q.put(frame)
+            except Closed:
+                self._fail(frame, *(self._abort_reason or (Reason.SHUTDOWN, None)))
+
+    def _to_publish(self, frame: Frame) -> None:
+        self.results_q.put(self._result(frame, Status.OK, None, None))
+
+    def _publish(self) -> None:
+        while True:
+            try:
+                item = self.results_q.get()
+            except Closed:
+                break
+            self.publisher.add(item)
+        self.publisher.flush()
+
+    # ---- the run ---------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        infer = self.config.infer
+        settings = SchedulerSettings(
+            contexts=infer.contexts,
+            max_batch=infer.max_batch,
+            max_delay_s=infer.max_delay_ms / 1000,
+            max_attempts=infer.max_attempts,
+            health_interval_s=infer.health_interval_s,
+            probe_tolerance=infer.probe_tolerance,
+        )
+        pool = ContextPool(self.model.engine, self.model.stage, self.model.reference, settings, self.stats)
+        self.scheduler = InferScheduler(pool, self.infer_q, self._to_post, self._fail, self._fatal)
+        started = time.monotonic()
+        self._spawn("publish", self._publish)
+        try:
+            self.scheduler.start()
+        except Exception as err:
+            self.errors.append(str(err))
+            self._stopping.set()
+        queues = self.config.queues
+        with _signals_stop(self):
+            if not self._stopping.is_set():
+                for source in self.sources:
+                    self._spawn(f"source-{source.name}", self._read, args=(source,))
+            else:
+                for source in self.sources:
+                    source.decoder.close()
+            self._spawn("preprocess", self._stage_worker, queues.preprocess_workers,
+                        ("preprocess", self.pre_q, self.preprocess, Reason.PREPROCESS, self._to_infer))
+            self._spawn("postprocess", self._stage_worker, queues.postprocess_workers,
+                        ("postprocess", self.post_q, self.model.postprocess, Reason.POSTPROCESS, self._to_publish))
+            for group in [g for g in self._threads if g.startswith("source-")]:
+                self._join(group)
+            self.pre_q.close()
+            self._join("preprocess")
+            self.infer_q.close()
+            self._join_scheduler()
+            for frame in self.infer_q.drain():
+                self._fail(frame, *(self._abort_reason or (Reason.SHUTDOWN, None)))
+            self.post_q.close()
+            self._join("postprocess")
+        self.results_q.close()
+        self._join("publish")
+        return self._summary(time.monotonic() - started)
+
+    def _join(self, group: str) -> None:
+        for thread in self._threads.get(group, []):
+            while thread.is_alive():
+                thread.join(0.2)  # short waits keep Ctrl-C responsive
+
+    def _join_scheduler(self) -> None:
+        while any(t.is_alive() for t in self.scheduler._threads):
+            time.sleep(0.05)
+        self.scheduler.join()
+
+    def _summary(self, elapsed: float) -> RunSummary:
+        latencies = list(self.publisher.latencies)
+        inference = self.stats.snapshot()
+        return RunSummary(
+            sources=self.ledger.snapshot(),
+            elapsed_s=elapsed,
+            latency_p50_ms=percentile(latencies, 50),
+            latency_p99_ms=percentile(latencies, 99),
+            inference=inference,
+            error="; ".join(self.errors) or None,
+        )
+
+
+def _describe_damage(decoder: VideoDecoder, event: SourceEvent) -> str:
+    if event.details.get("error") == "truncated":
+        return (
+            f"{decoder.url}: truncated: the file holds {event.details['packets']} of its "
+            f"{event.details['declared']} frames; all that could be read were processed; "
+            "re-copy or re-encode the file"
+        )
+    return f"{decoder.url}: damaged ({event.details.get('error')}); frames up to the damage were processed"
+
+
+class _signals_stop:
+    """Ctrl-C / SIGTERM once: drain and finish. Twice: abort, in-flight frames end as failed/shutdown."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.pipeline._stopping.is_set():
+            self.pipeline.abort(Reason.SHUTDOWN, "interrupted")
+        else:
+            log.warning("stopping: finishing frames in flight (press Ctrl-C again to abort)")
+            self.pipeline.stop()
+
+    def __enter__(self) -> _signals_stop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
