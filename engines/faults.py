@@ -59,15 +59,16 @@ class FaultyContext:
         self.corrupted = False
 
     def infer(self, inputs: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
-        plan, r = self._engine.plan, self._engine.draw()
-        if r < plan.error_rate:
-            raise InferenceError("injected fault: inference error")
-        r -= plan.error_rate
-        if r < plan.hang_rate:
-            time.sleep(plan.hang_s)
-        elif r - plan.hang_rate < plan.slow_rate:
+        plan = self._engine.plan
+        fault, slow = self._engine.draw(), self._engine.draw()
+        if slow < plan.slow_rate:
             time.sleep(plan.slow_ms / 1000)
-        elif r - plan.hang_rate - plan.slow_rate < plan.corrupt_rate:
+        if fault < plan.error_rate:
+            raise InferenceError("injected fault: inference error")
+        fault -= plan.error_rate
+        if fault < plan.hang_rate:
+            time.sleep(plan.hang_s)
+        elif fault - plan.hang_rate < plan.corrupt_rate:
             self.corrupted = True
         outputs = self._inner.infer(inputs, timeout)
         if self.corrupted:

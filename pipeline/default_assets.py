@@ -29,11 +29,14 @@ CLASS_NAMES = ("red", "green", "blue")
 INPUT_SIZE = 320
 STRIDE = 4
 GRID = INPUT_SIZE // STRIDE
+BLOCK = 8  # cells per block in the two-level max scan; divides GRID
 COLOUR_MARGIN = 0.3
 MAX_SCORE = 0.95
 # A run edge is packed as `cell index + fraction` so one MaxPool finds the nearest edge and
 # carries its sub-cell offset along; the factor keeps the fraction strictly below 1.
 PACK = 0.999
+# Above any edge coordinate in cells, so values keyed by run rank never mix across runs.
+RUN_KEY = 128.0
 
 WIDTH, HEIGHT, FPS, FRAME_COUNT = 640, 360, 25, 200
 SEED = 20240611
@@ -60,22 +63,44 @@ class _GraphBuilder:
         return output
 
     def shift(self, x: str, axis: int, step: int) -> str:
-        """x moved one cell along `axis` (step +1: out[i] = x[i-1]), zero-filled."""
+        """x moved `step` cells along `axis` (step 1: out[i] = x[i - 1]), zero-filled."""
         pads = [0] * 8
-        pads[axis if step > 0 else axis + 4] = 1
-        padded = self.op("Pad", x, self.const(pads, np.int64))
-        start = 0 if step > 0 else 1
-        return self.op(
-            "Slice", padded, self.const([start], np.int64), self.const([start + GRID], np.int64),
-            self.const([axis], np.int64),
-        )  # fmt: skip
+        pads[axis], pads[axis + 4] = step, -step  # a negative pad crops
+        return self.op("Pad", x, self.const(pads, np.int64))
 
     def nearest(self, packed: str, axis: int, forward: bool) -> str:
-        """Max of `packed` over the cells from here back to the grid's start (or on to its end)."""
-        kernel = [GRID if a == axis else 1 for a in (2, 3)]
-        pads = [0, 0, 0, 0]
-        pads[(axis - 2) + (0 if forward else 2)] = GRID - 1
-        return self.op("MaxPool", packed, kernel_shape=kernel, pads=pads)
+        """Max of `packed` (>= 0) over the cells from here back to the grid's start (or on to
+        its end)."""
+        # One MaxPool as wide as the grid costs GRID compares per cell and dominated the run
+        # time. Instead: the max over the last BLOCK cells, and the max over all whole blocks
+        # before this cell's block; together they cover every cell up to this one.
+        blocks = GRID // BLOCK
+        local = self.op("MaxPool", packed, kernel_shape=_along_axis(BLOCK, axis),
+                        pads=_one_sided(BLOCK - 1, axis, forward))  # fmt: skip
+        per_block = self.op(
+            "MaxPool", packed, kernel_shape=_along_axis(BLOCK, axis), strides=_along_axis(BLOCK, axis)
+        )
+        before = self.op("MaxPool", per_block, kernel_shape=_along_axis(blocks, axis),
+                         pads=_one_sided(blocks - 1, axis, forward))  # fmt: skip
+        before = self.shift(before, axis, 1 if forward else -1)
+        repeat = [1] * 5
+        repeat[axis + 1] = BLOCK
+        spread = self.op("Expand", self.op("Unsqueeze", before, self.const([axis + 1], np.int64)),
+                         self.const(repeat, np.int64))  # fmt: skip
+        spread = self.op("Reshape", spread, self.const([0, 0, GRID, GRID], np.int64))
+        return self.op("Max", local, spread)
+
+
+def _along_axis(size: int, axis: int) -> list[int]:
+    """A pool's 2-D kernel or strides: `size` along `axis` (2: rows, 3: columns), else 1."""
+    return [size if a == axis else 1 for a in (2, 3)]
+
+
+def _one_sided(width: int, axis: int, before: bool) -> list[int]:
+    """Pool pads of `width` cells on one side of `axis`, so a window looks only one way."""
+    pads = [0, 0, 0, 0]
+    pads[(axis - 2) + (0 if before else 2)] = width
+    return pads
 
 
 def _colour_masks(g: _GraphBuilder, images: str) -> tuple[str, str]:
@@ -98,11 +123,20 @@ def _colour_masks(g: _GraphBuilder, images: str) -> tuple[str, str]:
     return frac, mask
 
 
-def _run_edges(g: _GraphBuilder, frac: str, mask: str, axis: int) -> tuple[str, str]:
-    """For every cell, where its run along `axis` starts and ends, in cells, sub-cell accurate."""
-    shape = [1, 1, 1, 1]
-    shape[axis] = GRID
-    index = np.arange(GRID, dtype=np.float32).reshape(shape)
+@dataclass(frozen=True)
+class _Runs:
+    """Per cell, the run of mask cells through it along one axis: its edges in cells, and
+    ranks that tell runs apart (start ranks grow along the axis, end ranks against it)."""
+
+    start: str
+    end: str
+    start_rank: str
+    end_rank: str
+
+
+def _runs(g: _GraphBuilder, frac: str, mask: str, axis: int) -> _Runs:
+    """Where each cell's run along `axis` starts and ends, sub-cell accurate."""
+    index = _along(np.arange(GRID, dtype=np.float32), axis)
     one = g.const(1.0)
 
     # A run starts where the previous cell is outside the mask. The edge lies inside the start
@@ -110,15 +144,15 @@ def _run_edges(g: _GraphBuilder, frac: str, mask: str, axis: int) -> tuple[str, 
     prev_mask, prev_frac = g.shift(mask, axis, +1), g.shift(frac, axis, +1)
     is_start = g.op("Mul", mask, g.op("Sub", one, prev_mask))
     start_offset = g.op("Sub", g.op("Sub", one, frac), prev_frac)
-    rank, offset = _nearest_edge(g, is_start, start_offset, index + 1, axis, forward=True)
-    start = g.op("Add", g.op("Sub", rank, one), offset)
+    start_rank, offset = _nearest_edge(g, is_start, start_offset, index + 1, axis, forward=True)
+    start = g.op("Add", g.op("Sub", start_rank, one), offset)
 
     next_mask, next_frac = g.shift(mask, axis, -1), g.shift(frac, axis, -1)
     is_end = g.op("Mul", mask, g.op("Sub", one, next_mask))
     end_offset = g.op("Sub", next_frac, g.op("Sub", one, frac))
-    rank, offset = _nearest_edge(g, is_end, end_offset, GRID - index, axis, forward=False)
-    end = g.op("Add", g.op("Sub", g.const(GRID + 1.0), rank), offset)
-    return start, end
+    end_rank, offset = _nearest_edge(g, is_end, end_offset, GRID - index, axis, forward=False)
+    end = g.op("Add", g.op("Sub", g.const(GRID + 1.0), end_rank), offset)
+    return _Runs(start, end, start_rank, end_rank)
 
 
 def _nearest_edge(
@@ -134,13 +168,50 @@ def _nearest_edge(
     return whole, g.op("Sub", part, g.const(0.5))
 
 
-def _off_centre(g: _GraphBuilder, start: str, end: str, axis: int) -> str:
-    """How far each cell's centre lies from the centre of its run, in cells."""
+def _run_max(g: _GraphBuilder, value: str, mask: str, runs: _Runs, axis: int) -> str:
+    """The max of `value` (0 <= value < RUN_KEY) over each cell's run along `axis`."""
+    # Keying values by their run's rank makes the cell's own run win the max over everything
+    # behind (or ahead of) it; other runs' keys are lower and cells outside any run are 0.
+    key = g.const(RUN_KEY)
+    found = []
+    for rank, forward in ((runs.start_rank, True), (runs.end_rank, False)):
+        offset = g.op("Mul", rank, key)
+        packed = g.op("Mul", mask, g.op("Add", offset, value))
+        found.append(g.op("Sub", g.nearest(packed, axis, forward), offset))
+    return g.op("Max", *found)
+
+
+def _run_min(g: _GraphBuilder, value: str, mask: str, runs: _Runs, axis: int) -> str:
+    """The min of `value` (0..GRID) over each cell's run along `axis`."""
+    flip = g.const(GRID + 1.0)
+    return g.op("Sub", flip, _run_max(g, g.op("Sub", flip, value), mask, runs, axis))
+
+
+def _along(values: np.ndarray, axis: int) -> np.ndarray:
     shape = [1, 1, 1, 1]
-    shape[axis] = GRID
-    cell_centre = g.const((np.arange(GRID, dtype=np.float32) + 0.5).reshape(shape))
-    run_centre = g.op("Mul", g.op("Add", start, end), g.const(0.5))
-    return g.op("Abs", g.op("Sub", run_centre, cell_centre))
+    shape[axis] = len(values)
+    return values.reshape(shape)
+
+
+def _off_centre(g: _GraphBuilder, start: str, end: str, axis: int) -> str:
+    """How far each cell's centre lies from the centre of its box, in cells."""
+    cell_centre = g.const(_along(np.arange(GRID, dtype=np.float32) + 0.5, axis))
+    box_centre = g.op("Mul", g.op("Add", start, end), g.const(0.5))
+    return g.op("Abs", g.op("Sub", box_centre, cell_centre))
+
+
+def _score(g: _GraphBuilder, mask: str, x1: str, y1: str, x2: str, y2: str) -> str:
+    """Peaks at the blob's centre cell and falls off towards its rim, as a trained head's does,
+    and fades out for blobs under two cells across, which the grid cannot measure."""
+    spread = g.op("Add", _off_centre(g, x1, x2, axis=3), _off_centre(g, y1, y2, axis=2))
+    zero, one = g.const(0.0), g.const(1.0)
+    fade = g.op(
+        "Mul",
+        g.op("Clip", g.op("Sub", g.op("Sub", x2, x1), one), zero, one),
+        g.op("Clip", g.op("Sub", g.op("Sub", y2, y1), one), zero, one),
+    )
+    peak = g.op("Mul", g.op("Mul", mask, fade), g.const(MAX_SCORE))
+    return g.op("Div", peak, g.op("Add", spread, one))
 
 
 def _yolov8_output(g: _GraphBuilder, boxes: list[str], score: str) -> str:
@@ -158,8 +229,11 @@ def _yolov8_output(g: _GraphBuilder, boxes: list[str], score: str) -> str:
 def _build_graph() -> onnx.GraphProto:
     g = _GraphBuilder()
     frac, mask = _colour_masks(g, "images")
-    x1, x2 = _run_edges(g, frac, mask, axis=3)
-    y1, y2 = _run_edges(g, frac, mask, axis=2)
+    rows, cols = _runs(g, frac, mask, axis=3), _runs(g, frac, mask, axis=2)
+    # Each edge's extreme over the crossing run gives every cell of a convex blob the blob's
+    # whole box; a small disc's rim cells would otherwise propose thin slivers that NMS keeps.
+    x1, x2 = _run_min(g, rows.start, mask, cols, 2), _run_max(g, rows.end, mask, cols, 2)
+    y1, y2 = _run_min(g, cols.start, mask, rows, 3), _run_max(g, cols.end, mask, rows, 3)
     stride, half = g.const(float(STRIDE)), g.const(STRIDE / 2)
     boxes = [
         g.op("Mul", g.op("Add", x1, x2), half),
@@ -167,10 +241,7 @@ def _build_graph() -> onnx.GraphProto:
         g.op("Mul", g.op("Sub", x2, x1), stride),
         g.op("Mul", g.op("Sub", y2, y1), stride),
     ]
-    # Peaks at the blob's centre cell (~1) and falls off towards its rim, as a trained head's does.
-    spread = g.op("Add", _off_centre(g, x1, x2, axis=3), _off_centre(g, y1, y2, axis=2))
-    score = g.op("Div", g.op("Mul", mask, g.const(MAX_SCORE)), g.op("Add", spread, g.const(1.0)))
-    _yolov8_output(g, boxes, score)
+    _yolov8_output(g, boxes, _score(g, mask, x1, y1, x2, y2))
 
     classes = len(CLASS_NAMES)
     images = helper.make_tensor_value_info(

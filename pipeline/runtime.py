@@ -215,6 +215,7 @@ class Pipeline:
             max_attempts=infer.max_attempts,
             health_interval_s=infer.health_interval_s,
             probe_tolerance=infer.probe_tolerance,
+            spares=min(infer.contexts, 2),
         )
         pool = ContextPool(self.model.engine, self.model.stage, self.model.reference, settings, self.stats)
         self.scheduler = InferScheduler(pool, self.infer_q, self._to_post, self._fail, self._fatal)

@@ -37,6 +37,7 @@ class SchedulerSettings:
     probe_tolerance: float = 1e-3
     create_timeout_s: float = 30.0
     create_attempts: int = 3
+    spares: int = 1
     # Slack for a backend to report its own timeout before the context is abandoned.
     call_grace_s: float = 0.02
 
@@ -147,7 +148,7 @@ class ContextPool:
         self.settings = settings
         self.stats = stats
         self._probe = stage.probe_inputs()
-        self._spare: Slot | None = None
+        self._spares: list[Slot] = []
         self._lock = threading.Lock()
         self._want_spare = threading.Event()
         self._closed = threading.Event()
@@ -194,9 +195,9 @@ class ContextPool:
         )
 
     def take(self) -> Slot:
-        """A ready context: the warm spare when there is one, else a new one made now."""
+        """A ready context: a warm spare when there is one, else a new one made now."""
         with self._lock:
-            slot, self._spare = self._spare, None
+            slot = self._spares.pop() if self._spares else None
         self._want_spare.set()
         return slot if slot is not None else self.create()
 
@@ -218,7 +219,7 @@ class ContextPool:
             if self._closed.is_set():
                 break
             with self._lock:
-                if self._spare is not None:
+                if len(self._spares) >= self.settings.spares:
                     self._want_spare.clear()
                     continue
             try:
@@ -228,9 +229,9 @@ class ContextPool:
                 time.sleep(0.05)
                 continue
             with self._lock:
-                if self._spare is None and not self._closed.is_set():
-                    self._spare, slot = slot, None
-                    self._want_spare.clear()
+                if len(self._spares) < self.settings.spares and not self._closed.is_set():
+                    self._spares.append(slot)
+                    slot = None
             if slot is not None:
                 slot.close()
 
@@ -239,8 +240,8 @@ class ContextPool:
         self._want_spare.set()
         self._spare_thread.join(timeout=5)
         with self._lock:
-            spare, self._spare = self._spare, None
-        if spare is not None:
+            spares, self._spares = self._spares, []
+        for spare in spares:
             spare.close()
 
 
@@ -354,11 +355,16 @@ class InferScheduler:
             try:
                 outputs = slot.call(self.stage.inputs(frames), timeout, self.settings.call_grace_s)
             except InferenceError as err:
-                failed_at = failed_at or start
+                failed_at = failed_at or time.monotonic()
                 last_error = str(err)
                 timed_out = isinstance(err, InferenceTimeout)
                 self.stats.add(timeouts=int(timed_out), errors=int(not timed_out))
-                slot = self._replace(slot, abandoned=isinstance(err, Abandoned))
+                try:
+                    slot = self._replace(slot, abandoned=isinstance(err, Abandoned))
+                except ModelError as fatal:
+                    for frame in frames:
+                        self.on_failed(frame, Reason.INFERENCE, str(fatal))
+                    raise
                 if any(f.deadline > time.monotonic() for f in frames) and attempts < self.settings.max_attempts:
                     self.stats.add(retries=1)
                 continue

@@ -12,6 +12,8 @@ from stages.errors import StageError
 LAYOUTS = ("yolov8", "yolov5", "yolox")
 STRIDES = (8, 16, 32)
 
+MAX_CANDIDATES = 4096  # highest-scoring candidates kept for NMS
+
 
 def detect_layout(output_shape: tuple, input_size: tuple[int, int]) -> str:
     """Which YOLO head produced `output_shape` ([B, ...]) for an input of (width, height)."""
@@ -103,6 +105,11 @@ class Postprocess:
         if self.allowed is not None:
             keep = np.isin(class_id, self.allowed)
             cxcywh, score, class_id = cxcywh[keep], score[keep], class_id[keep]
+
+        if len(score) > MAX_CANDIDATES:
+            # NMS is quadratic: a model gone wrong (every score high) must not stall the stage.
+            top = np.argpartition(-score, MAX_CANDIDATES)[:MAX_CANDIDATES]
+            cxcywh, score, class_id = cxcywh[top], score[top], class_id[top]
 
         xywh = cxcywh.astype(np.float64)
         xywh[:, :2] -= xywh[:, 2:] / 2

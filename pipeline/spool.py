@@ -1,0 +1,255 @@
+"""An append-only spool of JSON lines: where records wait while their destination is down.
+
+A spool belongs to one run and lives in a directory it may share with other runs:
+
+    <stem>.lock           flock'ed by the process that owns the spool or replays it
+    <stem>.state          the commit point: current data file, replayed offset, owner's meta
+    <stem>.<gen>.jsonl    the records, one JSON document a line
+
+Stems start with the run's start time, so sorting them replays earlier runs first.
+Appends are buffered and fsync'd in batches (`sync`). The state file is replaced
+atomically, so a crash leaves the old or the new commit point, never a mix; records
+delivered after the last `commit` are delivered again, which the consumer must tolerate
+(the Redis sink does: its entry IDs are explicit).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Spool:
+    """One run's spool. Not thread-safe: its owner serialises calls."""
+
+    def __init__(self, directory: Path, stem: str, lock_fd: int, state: dict[str, Any]) -> None:
+        self.directory = directory
+        self.stem = stem
+        self.meta: dict[str, Any] = state.get("meta", {})
+        self._lock_fd = lock_fd
+        self._gen = 0
+        self._data: str | None = state.get("data")
+        self._committed = int(state.get("offset", 0))
+        self._read_pos = self._committed
+        self._sealed = self._data is not None  # a leftover: nobody appends to it any more
+        self._size = self._file_size()
+        self._writer: Any = None
+        self._reader: Any = None
+        self._dirty = False
+        if self._data is not None:
+            self._gen = int(self._data.rsplit(".", 2)[-2])
+
+    @classmethod
+    def create(cls, directory: Path, stem: str, meta: dict[str, Any]) -> Spool:
+        """A new, empty spool owned by this process (nothing is written until `append`)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = _try_lock(directory / f"{stem}.lock")
+        if fd is None:
+            raise RuntimeError(f"spool {directory / stem} is already held by another process")
+        spool = cls(directory, stem, fd, {"meta": meta})
+        spool._sealed = False
+        spool._write_state(durable=True)
+        return spool
+
+    @classmethod
+    def leftovers(cls, directory: Path) -> list[Spool]:
+        """Spools of earlier runs that no live process holds, oldest first, now held by us."""
+        found = []
+        for state_path in sorted(directory.glob("*.state")):
+            stem = state_path.name.removesuffix(".state")
+            fd = _try_lock(directory / f"{stem}.lock")
+            if fd is None:
+                continue
+            try:
+                state = json.loads(state_path.read_text())
+            except FileNotFoundError:
+                os.close(fd)  # replayed and removed by another run meanwhile
+                continue
+            except ValueError:
+                log.warning("spool state %s is unreadable; leaving it alone", state_path)
+                os.close(fd)
+                continue
+            spool = cls(directory, stem, fd, state)
+            if spool.pending_bytes == 0:
+                spool.remove()
+            else:
+                found.append(spool)
+        return found
+
+    @property
+    def path(self) -> Path | None:
+        return self.directory / self._data if self._data else None
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes appended but not yet committed as replayed."""
+        return self._size - self._committed
+
+    def set_meta(self, meta: dict[str, Any]) -> None:
+        """Replace the owner's metadata, durably: the owner relies on it to replay."""
+        self.meta = meta
+        self._write_state(durable=True)
+
+    def append(self, lines: list[str]) -> None:
+        if self._writer is None:
+            self._start_data_file()
+        data = "".join(line + "\n" for line in lines).encode()
+        self._writer.write(data)
+        self._size += len(data)
+        self._dirty = True
+
+    def prepend(self, lines: list[str]) -> None:
+        """Put records before everything not yet replayed (they are older than it).
+
+        Rewrites the unreplayed part into a new data file; the state switches to it in
+        one atomic step, so a crash leaves either file consistent with its offset.
+        """
+        if self.pending_bytes == 0:
+            self.append(lines)
+            return
+        old = self.path
+        self._close_files()
+        with open(old, "rb") as src:
+            src.seek(self._committed)
+            rest = src.read()
+        self._gen += 1
+        self._data = f"{self.stem}.{self._gen}.jsonl"
+        head = "".join(line + "\n" for line in lines).encode()
+        with open(self.path, "wb") as dst:
+            dst.write(head)
+            dst.write(rest)
+            dst.flush()
+            os.fsync(dst.fileno())
+        self._committed = self._read_pos = 0
+        self._size = len(head) + len(rest)
+        self._write_state(durable=True)
+        old.unlink()
+        self._writer = open(self.path, "ab")
+
+    def sync(self) -> None:
+        """Flush appended records to disk (fsync); called in batches, not per record."""
+        if self._dirty:
+            self._writer.flush()
+            os.fsync(self._writer.fileno())
+            self._dirty = False
+
+    def read(self, max_lines: int) -> list[str]:
+        """Up to max_lines complete records after the read position, which moves past them."""
+        if self._data is None or self._read_pos >= self._size:
+            return []
+        if self._writer is not None:
+            self._writer.flush()
+        if self._reader is None:
+            self._reader = open(self.path, "rb")
+        self._reader.seek(self._read_pos)
+        lines = []
+        while len(lines) < max_lines:
+            raw = self._reader.readline()
+            if not raw.endswith(b"\n"):
+                if raw and self._sealed:
+                    log.warning("spool %s: dropping a torn last line (a crash mid-write)", self.path)
+                    self._read_pos += len(raw)
+                break
+            self._read_pos += len(raw)
+            lines.append(raw[:-1].decode("utf-8", errors="replace"))
+        return lines
+
+    @property
+    def caught_up(self) -> bool:
+        return self._read_pos >= self._size
+
+    def rewind(self) -> None:
+        """Forget what was read since the last commit: it will be read again."""
+        self._read_pos = self._committed
+
+    def commit(self) -> None:
+        """Everything read so far is delivered. Not fsync'd: losing it only means a replay."""
+        self._committed = self._read_pos
+        self._write_state(durable=False)
+
+    def reset(self) -> None:
+        """Everything is delivered: drop the data file; a later append starts a new one."""
+        path = self.path
+        self._close_files()
+        self._data = None
+        self._committed = self._read_pos = self._size = 0
+        self._write_state(durable=False)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Sync and release; a fully replayed spool leaves no files behind."""
+        self.sync()
+        if self.pending_bytes == 0:
+            self.remove()
+            return
+        self._close_files()
+        self._write_state(durable=True)
+        os.close(self._lock_fd)
+
+    def remove(self) -> None:
+        path = self.path
+        self._close_files()
+        if path is not None:
+            path.unlink(missing_ok=True)
+        (self.directory / f"{self.stem}.state").unlink(missing_ok=True)
+        (self.directory / f"{self.stem}.lock").unlink(missing_ok=True)
+        os.close(self._lock_fd)
+
+    def _start_data_file(self) -> None:
+        self._gen += 1
+        self._data = f"{self.stem}.{self._gen}.jsonl"
+        self._committed = self._read_pos = self._size = 0
+        self._write_state(durable=True)
+        self._writer = open(self.path, "ab")
+        _fsync_dir(self.directory)
+
+    def _file_size(self) -> int:
+        try:
+            return os.path.getsize(self.path) if self.path else 0
+        except FileNotFoundError:
+            return 0
+
+    def _close_files(self) -> None:
+        for f in (self._writer, self._reader):
+            if f is not None:
+                f.close()
+        self._writer = self._reader = None
+        self._dirty = False
+
+    def _write_state(self, durable: bool) -> None:
+        state = {"data": self._data, "offset": self._committed, "meta": self.meta}
+        path = self.directory / f"{self.stem}.state"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if durable:
+            _fsync_dir(self.directory)
+
+
+def _try_lock(path: Path) -> int | None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

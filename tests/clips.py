@@ -1,0 +1,54 @@
+"""Small test clips made with PyAV: odd sizes, variable frame rate, truncated files."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def make_clip(
+    path: Path,
+    frames: int = 30,
+    size: tuple[int, int] = (320, 240),
+    fps: int = 25,
+    pts_steps: list[int] | None = None,
+    codec: str = "libx264",
+    pix_fmt: str | None = None,
+) -> Path:
+    """Encode `frames` frames of a moving gradient; `pts_steps` (in 1/fps/100 units) makes VFR."""
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = width, height
+        # 4:2:0 needs even sizes; odd sizes (641x359) are encoded as 4:4:4.
+        stream.pix_fmt = pix_fmt or ("yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p")
+        stream.time_base = Fraction(1, fps * 100)
+        pts = 0
+        for i in range(frames):
+            x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+            y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+            image = np.stack([(x + 7 * i) % 256 + 0 * y, (y + 3 * i) % 256 + 0 * x, np.full((height, width), (5 * i) % 256)], axis=-1)
+            frame = av.VideoFrame.from_ndarray(image.astype(np.uint8), format="rgb24")
+            frame.pts = pts
+            frame.time_base = stream.time_base
+            pts += pts_steps[i % len(pts_steps)] if pts_steps else 100
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def count_frames(path: Path) -> int:
+    """Frames PyAV decodes from the file (the independent count tests compare against)."""
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def truncate(src: Path, dst: Path, fraction: float = 0.5) -> Path:
+    data = Path(src).read_bytes()
+    Path(dst).write_bytes(data[: int(len(data) * fraction)])
+    return dst
