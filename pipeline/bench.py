@@ -1,4 +1,147 @@
-"""`vidpipe bench` (placeholder, replaced below)."""
+"""`vidpipe bench`: each stage alone and the whole pipeline, measured in one run.
+
+Stage-alone figures use the same file, model and settings as the pipeline run, so
+their ratios hold on a shared machine where absolute times do not.
+"""
+
+from __future__ import annotations
+
 import argparse
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None: pass
-def cmd_bench(args: argparse.Namespace) -> int: return 0
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.api import run
+from pipeline.config import RunConfig
+from pipeline.model import Model, load_model
+from pipeline.types import Frame
+from stages.decode import VideoDecoder
+from stages.preprocess import Preprocess
+
+
+def _fps(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def _timed(fn: Callable[[], int]) -> float:
+    start = time.perf_counter()
+    count = fn()
+    return _fps(count, time.perf_counter() - start)
+
+
+def raw_decode_fps(path: str) -> float:
+    def decode() -> int:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            return sum(1 for _ in container.decode(stream))
+
+    return _timed(decode)
+
+
+def decode_frames(path: str, model: Model, deadline_s: float) -> tuple[list[Frame], float]:
+    frames: list[Frame] = []
+
+    def decode() -> int:
+        for item in VideoDecoder("bench", path, deadline_s, fit_to=model.input_size):
+            if isinstance(item, Frame):
+                frames.append(item)
+        return len(frames)
+
+    return frames, _timed(decode)
+
+
+def infer_fps(model: Model, frames: list[Frame], contexts: int, batch: int) -> float:
+    """The contexts at full speed over pre-made batches, one thread each, as the scheduler runs them."""
+    batch = model.stage.max_batch(batch)
+    batches = [frames[i : i + batch] for i in range(0, len(frames), batch)]
+    todo = iter(batches)
+    lock = threading.Lock()
+
+    def work() -> None:
+        context = model.engine.create_context()
+        while True:
+            with lock:
+                chunk = next(todo, None)
+            if chunk is None:
+                break
+            model.stage.split(chunk, context.infer(model.stage.inputs(chunk), 60.0))
+        context.close()
+
+    def all_contexts() -> int:
+        threads = [threading.Thread(target=work) for _ in range(contexts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return len(frames)
+
+    return _timed(all_contexts)
+
+
+def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float | None]:
+    model = load_model(config.model)
+    raw = raw_decode_fps(str(path))
+    frames, decode = decode_frames(str(path), model, config.deadline_ms / 1000)
+    pre = Preprocess(model.input_size)
+    preprocess = _timed(lambda: sum(1 for f in frames if pre(f)))
+    infer = infer_fps(model, frames, config.infer.contexts, config.infer.max_batch)
+    postprocess = _timed(lambda: sum(1 for f in frames if model.postprocess(f)))
+    model.engine.close()
+    base = config.model_copy(update={"sources": [config.sources[0]], "progress": False})
+    clean = run(base)
+    figures: dict[str, float | None] = {
+        "raw decode fps": raw,
+        "decode fps (with colour conversion)": decode,
+        "preprocess fps": preprocess,
+        "inference fps": infer,
+        "postprocess fps": postprocess,
+        "pipeline fps": clean.fps,
+    }
+    slowest = min(decode, preprocess, infer, postprocess)
+    figures["pipeline / slowest stage"] = clean.fps / slowest
+    figures["decode / raw decode"] = decode / raw
+    if faults:
+        faulty = run(base.model_copy(update={"faults": base.faults.model_copy(update=faults)}))
+        inf = faulty.inference
+        figures["pipeline fps with faults"] = faulty.fps
+        figures["with faults / without"] = faulty.fps / clean.fps if clean.fps else None
+        figures["ok with faults"] = faulty.ok / faulty.frames if faulty.frames else None
+        for key in ("rebuild_ms_p50", "rebuild_ms_p99", "recovery_ms_p50", "recovery_ms_p99"):
+            figures[key.replace("_ms_", " ms ")] = inf.get(key)
+        figures["inference ms (mean)"] = 1000 / infer * model.stage.max_batch(config.infer.max_batch) if infer else None
+    return figures
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.cli import add_run_arguments
+
+    add_run_arguments(parser)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.cli import config_from_args
+    from pipeline.config import parse_key_values
+    from pipeline.api import source_configs
+
+    faults_text, args.faults = args.faults, None
+    config = config_from_args(args)
+    source = source_configs(config)[0]
+    config = config.model_copy(update={"sources": [source]})
+    faults = {k: float(v) if k != "seed" else int(v) for k, v in parse_key_values(faults_text, "--faults").items()} if faults_text else None
+    figures = bench(config, Path(source.url), faults)
+    table = Table(title=f"vidpipe bench: {Path(source.url).name}, model {config.model.path or 'default'}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in figures.items():
+        table.add_row(name, "-" if value is None else f"{value:.2f}")
+    Console().print(table)
+    return 0
+
+
+__all__ = ["add_bench_arguments", "cmd_bench", "bench"]

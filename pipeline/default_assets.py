@@ -32,7 +32,7 @@ GRID = INPUT_SIZE // STRIDE
 BLOCK = 8  # cells per block in the two-level max scan; divides GRID
 COLOUR_MARGIN = 0.3
 MAX_SCORE = 0.95
-# A run edge is packed as `cell index + fraction` so one MaxPool finds the nearest edge and
+# A run edge is packed as `rank + fraction` so one max scan finds the nearest edge and
 # carries its sub-cell offset along; the factor keeps the fraction strictly below 1.
 PACK = 0.999
 # Above any edge coordinate in cells, so values keyed by run rank never mix across runs.
@@ -40,6 +40,8 @@ RUN_KEY = 128.0
 
 WIDTH, HEIGHT, FPS, FRAME_COUNT = 640, 360, 25, 200
 SEED = 20240611
+CRF = "23"
+
 
 # ---------------------------------------------------------------------------------------------
 # The model
@@ -68,18 +70,17 @@ class _GraphBuilder:
         pads[axis], pads[axis + 4] = step, -step  # a negative pad crops
         return self.op("Pad", x, self.const(pads, np.int64))
 
-    def nearest(self, packed: str, axis: int, forward: bool) -> str:
-        """Max of `packed` (>= 0) over the cells from here back to the grid's start (or on to
-        its end)."""
+    def scan_max(self, x: str, axis: int, forward: bool) -> str:
+        """Running max of `x` (>= 0) along `axis`: over the cells from the grid's start up to
+        each cell (forward), or from each cell on to the grid's end."""
         # One MaxPool as wide as the grid costs GRID compares per cell and dominated the run
         # time. Instead: the max over the last BLOCK cells, and the max over all whole blocks
         # before this cell's block; together they cover every cell up to this one.
         blocks = GRID // BLOCK
-        local = self.op("MaxPool", packed, kernel_shape=_along_axis(BLOCK, axis),
+        local = self.op("MaxPool", x, kernel_shape=_along_axis(BLOCK, axis),
                         pads=_one_sided(BLOCK - 1, axis, forward))  # fmt: skip
-        per_block = self.op(
-            "MaxPool", packed, kernel_shape=_along_axis(BLOCK, axis), strides=_along_axis(BLOCK, axis)
-        )
+        per_block = self.op("MaxPool", x, kernel_shape=_along_axis(BLOCK, axis),
+                            strides=_along_axis(BLOCK, axis))  # fmt: skip
         before = self.op("MaxPool", per_block, kernel_shape=_along_axis(blocks, axis),
                          pads=_one_sided(blocks - 1, axis, forward))  # fmt: skip
         before = self.shift(before, axis, 1 if forward else -1)
@@ -101,6 +102,13 @@ def _one_sided(width: int, axis: int, before: bool) -> list[int]:
     pads = [0, 0, 0, 0]
     pads[(axis - 2) + (0 if before else 2)] = width
     return pads
+
+
+def _per_cell(values: np.ndarray, axis: int) -> np.ndarray:
+    """A constant that varies along `axis` only, to broadcast against [B, C, GRID, GRID]."""
+    shape = [1, 1, 1, 1]
+    shape[axis] = len(values)
+    return values.reshape(shape)
 
 
 def _colour_masks(g: _GraphBuilder, images: str) -> tuple[str, str]:
@@ -136,7 +144,7 @@ class _Runs:
 
 def _runs(g: _GraphBuilder, frac: str, mask: str, axis: int) -> _Runs:
     """Where each cell's run along `axis` starts and ends, sub-cell accurate."""
-    index = _along(np.arange(GRID, dtype=np.float32), axis)
+    index = _per_cell(np.arange(GRID, dtype=np.float32), axis)
     one = g.const(1.0)
 
     # A run starts where the previous cell is outside the mask. The edge lies inside the start
@@ -162,7 +170,7 @@ def _nearest_edge(
     each cell. Ranks are positive and grow towards the cell, so the nearest edge is the max."""
     shifted = g.op("Mul", g.op("Add", offset, g.const(0.5)), g.const(PACK))
     packed = g.op("Mul", is_edge, g.op("Add", g.const(rank), shifted))
-    nearest = g.nearest(packed, axis, forward)
+    nearest = g.scan_max(packed, axis, forward)
     whole = g.op("Floor", nearest)
     part = g.op("Div", g.op("Sub", nearest, whole), g.const(PACK))
     return whole, g.op("Sub", part, g.const(0.5))
@@ -177,7 +185,7 @@ def _run_max(g: _GraphBuilder, value: str, mask: str, runs: _Runs, axis: int) ->
     for rank, forward in ((runs.start_rank, True), (runs.end_rank, False)):
         offset = g.op("Mul", rank, key)
         packed = g.op("Mul", mask, g.op("Add", offset, value))
-        found.append(g.op("Sub", g.nearest(packed, axis, forward), offset))
+        found.append(g.op("Sub", g.scan_max(packed, axis, forward), offset))
     return g.op("Max", *found)
 
 
@@ -187,15 +195,9 @@ def _run_min(g: _GraphBuilder, value: str, mask: str, runs: _Runs, axis: int) ->
     return g.op("Sub", flip, _run_max(g, g.op("Sub", flip, value), mask, runs, axis))
 
 
-def _along(values: np.ndarray, axis: int) -> np.ndarray:
-    shape = [1, 1, 1, 1]
-    shape[axis] = len(values)
-    return values.reshape(shape)
-
-
 def _off_centre(g: _GraphBuilder, start: str, end: str, axis: int) -> str:
     """How far each cell's centre lies from the centre of its box, in cells."""
-    cell_centre = g.const(_along(np.arange(GRID, dtype=np.float32) + 0.5, axis))
+    cell_centre = g.const(_per_cell(np.arange(GRID, dtype=np.float32) + 0.5, axis))
     box_centre = g.op("Mul", g.op("Add", start, end), g.const(0.5))
     return g.op("Abs", g.op("Sub", box_centre, cell_centre))
 
@@ -356,18 +358,19 @@ def scene_objects(index: int) -> list[tuple[int, float, float, float, float]]:
 
 
 def _asphalt(rng: np.random.Generator) -> np.ndarray:
-    """A grey [H, W] texture: blotches, grain and dashed lane marks. Neutral grey never
+    """A grey [H, W] road: blotches, grain and dashed lane marks. Neutral grey never
     triggers a colour mask, yet its grain keeps the encoder busy."""
-    blotches = cv2.GaussianBlur(rng.normal(0, 1, (HEIGHT, WIDTH)).astype(np.float32), (0, 0), 9)
-    grain = rng.normal(0, 0.045, (HEIGHT, WIDTH)).astype(np.float32)
-    road = 0.40 + 0.25 * blotches + grain
+    blotches = cv2.GaussianBlur(rng.normal(0, 1, (HEIGHT, WIDTH)).astype(np.float32), (0, 0), 5)
+    blotches /= blotches.std()
+    road = np.full((HEIGHT, WIDTH), 0.40, np.float32) + 0.035 * blotches
     for y in (112, 248):
-        for x in range(-20, WIDTH, 90):
-            road[y - 2 : y + 2, max(x, 0) : x + 45] = 0.82 + grain[y - 2 : y + 2, max(x, 0) : x + 45]
+        for x in range(0, WIDTH, 90):
+            road[y - 2 : y + 2, x : x + 45] = 0.80
+    road += rng.normal(0, 0.045, (HEIGHT, WIDTH)).astype(np.float32)
     return np.clip(road, 0, 1)
 
 
-def render_frame(index: int, road: np.ndarray) -> np.ndarray:
+def _render(index: int, road: np.ndarray) -> np.ndarray:
     """Frame `index` as RGB uint8 [H, W, 3]."""
     image = np.repeat(road[:, :, None], 3, axis=2)
     for track in TRACKS:
@@ -377,16 +380,17 @@ def render_frame(index: int, road: np.ndarray) -> np.ndarray:
 
 
 def make_sample_clip(path: Path) -> None:
-    """Write the 8 s sample clip (H.264, yuv420p) to `path`; the same bytes-worth every time."""
+    """Write the sample clip (8 s, 640x360, 25 fps, H.264 yuv420p) to `path`. The content is
+    fixed; the bytes depend only on the libx264 build."""
     road = _asphalt(np.random.default_rng(SEED))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(
-            "libx264", rate=FPS, options={"crf": "26", "preset": "medium", "g": "50"}
+            "libx264", rate=FPS, options={"crf": CRF, "preset": "medium", "g": str(2 * FPS)}
         )
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         for index in range(FRAME_COUNT):
-            frame = av.VideoFrame.from_ndarray(render_frame(index, road), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(_render(index, road), format="rgb24")
             frame.pts, frame.time_base = index, Fraction(1, FPS)
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))

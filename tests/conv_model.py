@@ -17,6 +17,10 @@ NUM_CLASSES = 3
 NAMES = ["red", "green", "blue"]
 INPUT_SIZE = (320, 320)  # width, height
 STRIDES = (8, 16, 32)
+COLOUR_MARGIN = 0.08  # how far a channel must beat the mean of the other two
+CLASS_GAIN = float(__import__('os').environ.get('G', 30))
+CLASS_BIAS = float(__import__('os').environ.get('B', -2))
+MEAN_WEIGHT = float(__import__('os').environ.get('M', 0.1))
 
 
 class _Graph:
@@ -40,59 +44,90 @@ class _Graph:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
-    def conv(self, x: str, c_in: int, c_out: int, k: int, stride: int, bias: float | np.ndarray = 0.0) -> str:
-        fan_in = c_in * k * k
-        w = self.rng.normal(0.0, np.sqrt(2.0 / fan_in), (c_out, c_in, k, k)).astype(np.float32)
-        b = (np.zeros(c_out, np.float32) + bias).astype(np.float32)
-        pad = k // 2
-        return self.op(
+    def random_weights(self, c_out: int, c_in: int, k: int, scale: float = 1.0) -> np.ndarray:
+        return self.rng.normal(0.0, scale * np.sqrt(2.0 / (c_in * k * k)), (c_out, c_in, k, k)).astype(np.float32)
+
+    def conv(self, x: str, w: np.ndarray, b: np.ndarray, stride: int = 1, relu: bool = True) -> str:
+        k = w.shape[-1]
+        y = self.op(
             "Conv",
-            [x, self.const(w, "w"), self.const(b, "b")],
+            [x, self.const(w.astype(np.float32), "w"), self.const(b.astype(np.float32), "b")],
             kernel_shape=[k, k],
             strides=[stride, stride],
-            pads=[pad] * 4,
+            pads=[k // 2] * 4,
         )
-
-    def conv_relu(self, x: str, c_in: int, c_out: int, k: int = 3, stride: int = 1) -> str:
-        return self.op("Relu", [self.conv(x, c_in, c_out, k, stride)])
+        return self.op("Relu", [y]) if relu else y
 
 
-def _decode(g: _Graph, raw: str, stride: int, width: int, height: int) -> str:
-    """[B, 4+C, h, w] head output -> [B, 4+C, h*w] boxes (cx, cy, w, h) in pixels + scores."""
+def _colour_layer(g: _Graph, c_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """3x3 stride-2 conv: channels 0..2 measure how far R, G, B beat the other two."""
+    w = g.random_weights(c_out, 3, 3, scale=0.5)
+    for c in range(NUM_CLASSES):
+        opponent = np.full(3, -0.5, np.float32)
+        opponent[c] = 1.0
+        w[c] = opponent[:, None, None] / 9 + g.rng.normal(0, 0.005, (3, 3, 3))
+    b = np.zeros(c_out, np.float32)
+    b[:NUM_CLASSES] = -COLOUR_MARGIN
+    return w, b
+
+
+def _pool_layer(g: _Graph, c_in: int, c_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """3x3 stride-2 conv: channels 0..2 average their own colour map, the rest are random."""
+    w = g.random_weights(c_out, c_in, 3, scale=0.5)
+    w[:NUM_CLASSES] = g.rng.normal(0, 0.002, (NUM_CLASSES, c_in, 3, 3))
+    for c in range(NUM_CLASSES):
+        w[c, c] += np.float32(1 / 9) * 2  # x2 keeps the map's scale through the stride
+    return w, np.zeros(c_out, np.float32)
+
+
+def _head(g: _Graph, x: str, c_in: int, stride: int) -> str:
+    """Centre-surround on each colour map (peaks at a blob of this level's size), then 1x1."""
+    hidden = 32
+    w = g.random_weights(hidden, c_in, 3, scale=0.3)
+    w[: 2 * NUM_CLASSES] = g.rng.normal(0, 0.002, (2 * NUM_CLASSES, c_in, 3, 3))
+    for c in range(NUM_CLASSES):
+        w[c, c] += -1 / 8
+        w[c, c, 1, 1] += 1 + 1 / 8
+        w[NUM_CLASSES + c, c, 1, 1] += 1
+    h = g.conv(x, w, np.zeros(hidden, np.float32))
+    w = g.random_weights(4 + NUM_CLASSES, hidden, 1, scale=0.2)
+    b = np.zeros(4 + NUM_CLASSES, np.float32)
+    for c in range(NUM_CLASSES):
+        w[4 + c] *= 0.05
+        w[4 + c, c] += CLASS_GAIN
+        w[4 + c, NUM_CLASSES + c] += CLASS_GAIN * MEAN_WEIGHT
+        b[4 + c] = CLASS_BIAS
+    return _decode(g, g.conv(h, w, b, relu=False), stride)
+
+
+def _decode(g: _Graph, raw: str, stride: int) -> str:
+    """[B, 4+C, h, w] head output -> [B, 4+C, h*w]: boxes (cx, cy, w, h) in pixels, scores."""
+    width, height = INPUT_SIZE
     h, w = height // stride, width // stride
     flat = g.op("Reshape", [raw, g.const(np.array([0, 4 + NUM_CLASSES, h * w], np.int64))])
+    one = g.const(np.array([1], np.int64))
     xy, wh, cls = (
-        g.op("Slice", [flat, g.const(np.array([a], np.int64)), g.const(np.array([b], np.int64)),
-                       g.const(np.array([1], np.int64))])
+        g.op("Slice", [flat, g.const(np.array([a], np.int64)), g.const(np.array([b], np.int64)), one])
         for a, b in ((0, 2), (2, 4), (4, 4 + NUM_CLASSES))
     )
     gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
     grid = np.stack([gx.ravel() + 0.5, gy.ravel() + 0.5])[None]  # [1, 2, h*w]
     centre = g.op("Mul", [g.op("Add", [g.op("Tanh", [xy]), g.const(grid)]), g.const(np.float32(stride))])
-    size = g.op(
-        "Mul",
-        [g.op("Add", [g.op("Mul", [g.op("Sigmoid", [wh]), g.const(np.float32(3.0))]), g.const(np.float32(1.0))]),
-         g.const(np.float32(2 * stride))],
-    )
+    size = g.op("Mul", [g.op("Add", [g.op("Sigmoid", [wh]), g.const(np.float32(1.25))]), g.const(np.float32(2 * stride))])
     return g.op("Concat", [centre, size, g.op("Sigmoid", [cls])], axis=1)
 
 
-def build_conv_detector(seed: int = 7, class_bias: float = -1.5) -> onnx.ModelProto:
+def build_conv_detector(seed: int = 7) -> onnx.ModelProto:
+    """Five strided Conv+Relu layers and a three-level head: 3 -> 16 -> 32 -> 48 -> 64 -> 64."""
     width, height = INPUT_SIZE
     g = _Graph(seed)
-    x = "images"
-    x = g.conv_relu(x, 3, 16, stride=2)     # 160
-    x = g.conv_relu(x, 16, 32, stride=2)    # 80
-    p3 = g.conv_relu(x, 32, 48, stride=2)   # 40, stride 8
-    p4 = g.conv_relu(p3, 48, 64, stride=2)  # 20, stride 16
-    p5 = g.conv_relu(p4, 64, 64, stride=2)  # 10, stride 32
-    levels = []
-    for feature, channels, stride in ((p3, 48, 8), (p4, 64, 16), (p5, 64, 32)):
-        hidden = g.conv_relu(feature, channels, 32)
-        bias = np.array([0, 0, 0, 0] + [class_bias] * NUM_CLASSES, np.float32)
-        raw = g.conv(hidden, 32, 4 + NUM_CLASSES, k=1, stride=1, bias=bias)
-        levels.append(_decode(g, raw, stride, width, height))
-    out = g.op("Concat", levels, axis=2)
+    x = g.conv("images", *_colour_layer(g, 16), stride=2)  # 160x160
+    x = g.conv(x, *_pool_layer(g, 16, 32), stride=2)        # 80x80
+    p3 = g.conv(x, *_pool_layer(g, 32, 48), stride=2)       # 40x40, stride 8
+    p4 = g.conv(p3, *_pool_layer(g, 48, 64), stride=2)      # 20x20, stride 16
+    p5 = g.conv(p4, *_pool_layer(g, 64, 64), stride=2)      # 10x10, stride 32
+    levels = [_head(g, p3, 48, 8), _head(g, p4, 64, 16), _head(g, p5, 64, 32)]
+    g.op("Concat", levels, axis=2)
     g.nodes[-1].output[0] = "output0"
     n = sum((height // s) * (width // s) for s in STRIDES)
     graph = helper.make_graph(

@@ -1,0 +1,322 @@
+"""Reading results back from Redis: consumer groups on the streams, and a lossy live feed.
+
+`subscribe` is the reliable path (at-least-once): every entry of a source's stream is
+delivered to one consumer of the group, acknowledged only after the caller's handler
+returned, and entries left pending by a dead consumer are claimed by a live one.
+`live` is Pub/Sub for dashboards: fire-and-forget, nothing is kept for a reader that is
+not connected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from pipeline.errors import OutputError
+from pipeline.records import record_to_result
+from pipeline.sinks.redis import connect, missing_seqs, redact_url
+from pipeline.types import Result
+
+log = logging.getLogger(__name__)
+
+COUNT = 100
+RECONNECT_S = (0.1, 5.0)
+
+# The group's last delivered ID and the next entries, read atomically: the ID is the
+# entry the group delivered just before these, even with other consumers reading, so a
+# jump between the two is a gap in the stream (entries trimmed before the group read them).
+_READ_NEW = """
+local last = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local fields = {}
+  for i = 1, #g, 2 do fields[g[i]] = g[i + 1] end
+  if fields['name'] == ARGV[1] then last = fields['last-delivered-id'] end
+end
+local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+                         'STREAMS', KEYS[1], '>')
+if not reply then return {last, {}} end
+return {last, reply[1][2]}
+"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One stream entry handed to a consumer.
+
+    kind is "frame" (then `result` is set), an event type ("end", "reconnect", ...) or
+    "summary"; `record` is the entry's JSON record. `gap` is the range of seqs (first,
+    last) missing right before this entry: trimmed (MAXLEN) before the group read them.
+    """
+
+    source: str
+    entry_id: str
+    kind: str
+    result: Result | None
+    record: dict[str, Any]
+    gap: tuple[int, int] | None
+
+
+def subscribe(
+    redis_url: str,
+    sources: list[str],
+    group: str = "vidpipe",
+    consumer: str | None = None,
+    from_start: bool = False,
+    key_prefix: str = "vidpipe:results:",
+    reclaim_idle_ms: int = 30000,
+    block_ms: int = 1000,
+    stop: threading.Event | None = None,
+) -> Iterator[Delivery]:
+    """Deliveries from the sources' streams as a member of a consumer group, until stop is set.
+
+    Connects and creates missing groups (MKSTREAM; at the stream's start with from_start,
+    else at its end) before returning, so connection and auth errors raise OutputError here.
+
+    An entry is acknowledged when you ask for the next one, i.e. after your handler
+    returned. An entry your loop leaves by `break` or an exception is not acknowledged
+    and will be delivered again, to this consumer name or, after reclaim_idle_ms, to
+    another: handlers must tolerate a repeat (at-least-once). Keep reclaim_idle_ms above
+    your handler's slowest time, or a live consumer's entries get handled twice.
+    """
+    client = _open(redis_url, block_ms)
+    keys = {key_prefix + s: s for s in sources}
+    try:
+        for key in keys:
+            _create_group(client, redis_url, key, group, "0" if from_start else "$")
+    except BaseException:
+        client.close()
+        raise
+    reader = _GroupReader(
+        client, redis_url, keys, group, consumer or f"{socket.gethostname()}-{os.getpid()}",
+        reclaim_idle_ms, block_ms,
+    )
+    return reader.deliveries(stop or threading.Event())
+
+
+def live(
+    redis_url: str,
+    sources: list[str],
+    key_prefix: str = "vidpipe:results:",
+    stop: threading.Event | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Records published on the sources' Pub/Sub channels (sink option `pubsub`).
+
+    Lossy by design: what is published while you are not connected, or faster than you
+    read, is gone. Use `subscribe` for anything that must see every result.
+    """
+    client = _open(redis_url, 1000)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(*(key_prefix + s for s in sources))
+    return _live_records(client, pubsub, stop or threading.Event())
+
+
+def _live_records(client: redis.Redis, pubsub: Any, stop: threading.Event) -> Iterator[dict[str, Any]]:
+    try:
+        while not stop.is_set():
+            message = pubsub.get_message(timeout=0.5)
+            if message is not None:
+                yield json.loads(message["data"])
+    finally:
+        pubsub.close()
+        client.close()
+
+
+class _GroupReader:
+    def __init__(
+        self,
+        client: redis.Redis,
+        url: str,
+        keys: dict[str, str],
+        group: str,
+        consumer: str,
+        reclaim_idle_ms: int,
+        block_ms: int,
+    ) -> None:
+        self._client = client
+        self._url = url
+        self._keys = keys
+        self._group = group
+        self._consumer = consumer
+        self._reclaim_idle_ms = reclaim_idle_ms
+        self._block_ms = block_ms
+        self._read_new = client.register_script(_READ_NEW)
+        self._acks: dict[str, list[str]] = {}
+        self._last_delivered: dict[str, str] = dict.fromkeys(keys, "0-0")
+
+    def deliveries(self, stop: threading.Event) -> Iterator[Delivery]:
+        try:
+            while not stop.is_set():
+                try:
+                    yield from self._session(stop)
+                except (redis.ConnectionError, redis.TimeoutError) as err:
+                    self._reconnect(err, stop)
+        finally:
+            try:
+                self._flush_acks()
+            except redis.RedisError:
+                pass  # not acknowledged: delivered again later, as at-least-once allows
+            self._client.close()
+
+    def _session(self, stop: threading.Event) -> Iterator[Delivery]:
+        """Own pending entries first (a restart under the same name), then new and reclaimed."""
+        for key in self._keys:
+            yield from self._handle(key, self._own_pending(key), stop)
+        next_reclaim = 0.0
+        while not stop.is_set():
+            if time.monotonic() >= next_reclaim:
+                for key in self._keys:
+                    if not stop.is_set():
+                        yield from self._handle(key, self._reclaim(key), stop)
+                next_reclaim = time.monotonic() + self._reclaim_idle_ms / 2000
+            delivered = False
+            for key in self._keys:
+                if stop.is_set():
+                    return
+                for delivery in self._handle(key, self._new(key), stop):
+                    delivered = True
+                    yield delivery
+            if not delivered and not stop.is_set():
+                self._wait_for_new()
+
+    def _handle(
+        self, key: str, entries: list[tuple[str, dict[str, str] | None, str | None]], stop: threading.Event
+    ) -> Iterator[Delivery]:
+        for entry_id, fields, previous in entries:
+            if fields:
+                yield self._delivery(key, entry_id, fields, previous)
+            self._acks.setdefault(key, []).append(entry_id)
+            if stop.is_set():
+                return
+
+    def _delivery(self, key: str, entry_id: str, fields: dict[str, str], previous: str | None) -> Delivery:
+        record = json.loads(fields["data"])
+        kind = fields.get("type", record.get("type", "frame"))
+        return Delivery(
+            source=self._keys[key],
+            entry_id=entry_id,
+            kind=kind,
+            result=record_to_result(record) if kind == "frame" else None,
+            record=record,
+            gap=missing_seqs(previous, entry_id) if previous is not None else None,
+        )
+
+    def _own_pending(self, key: str) -> list[tuple[str, dict[str, str] | None, str | None]]:
+        self._flush_acks()
+        out = []
+        start = "0"
+        while True:
+            reply = self._call(key, self._client.xreadgroup, self._group, self._consumer,
+                               {key: start}, count=COUNT)
+            entries = reply[0][1] if reply else []
+            if not entries:
+                return out
+            out.extend((entry_id, fields, None) for entry_id, fields in entries)
+            start = entries[-1][0]
+
+    def _reclaim(self, key: str) -> list[tuple[str, dict[str, str] | None, str | None]]:
+        self._flush_acks()
+        out = []
+        cursor = "0-0"
+        while True:
+            cursor, claimed, deleted = self._call(
+                key, self._client.xautoclaim, key, self._group, self._consumer,
+                self._reclaim_idle_ms, cursor, count=COUNT,
+            )
+            if claimed:
+                log.warning("%s: reclaimed %d entries left pending by another consumer",
+                            self._keys[key], len(claimed))
+            if deleted:
+                log.warning("%s: %d pending entries were trimmed before anyone handled them",
+                            self._keys[key], len(deleted))
+            out.extend((entry_id, fields, None) for entry_id, fields in claimed)
+            if cursor == "0-0":
+                return out
+
+    def _new(self, key: str) -> list[tuple[str, dict[str, str] | None, str | None]]:
+        self._flush_acks()
+        last, entries = self._call(key, self._read_new, keys=[key],
+                                   args=[self._group, self._consumer, COUNT])
+        out = []
+        previous = last
+        for entry_id, flat in entries:
+            out.append((entry_id, dict(zip(flat[::2], flat[1::2])), previous))
+            previous = entry_id
+        self._last_delivered[key] = previous
+        return out
+
+    def _wait_for_new(self) -> None:
+        """Block until any stream has an entry past what the group delivered (or block_ms)."""
+        self._client.xread(self._last_delivered, count=1, block=self._block_ms)
+
+    def _flush_acks(self) -> None:
+        for key, ids in self._acks.items():
+            if ids:
+                self._client.xack(key, self._group, *ids)
+        self._acks.clear()
+
+    def _call(self, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """fn(*args), recreating the group if Redis lost it (restarted without persistence)."""
+        try:
+            return fn(*args, **kwargs)
+        except redis.ResponseError as err:
+            if "NOGROUP" not in str(err):
+                raise
+            log.warning("%s: group %s is gone from Redis; recreating it", self._keys[key], self._group)
+            _create_group(self._client, self._url, key, self._group, "0")
+            return fn(*args, **kwargs)
+
+    def _reconnect(self, err: Exception, stop: threading.Event) -> None:
+        self._acks.clear()  # unacknowledged entries are delivered again
+        log.warning("redis %s: %s; reconnecting", redact_url(self._url), err)
+        delay = RECONNECT_S[0]
+        while not stop.wait(delay):
+            try:
+                self._client.ping()
+                log.warning("redis %s: reconnected", redact_url(self._url))
+                return
+            except (redis.ConnectionError, redis.TimeoutError):
+                delay = min(delay * 2, RECONNECT_S[1])
+
+
+def _open(url: str, block_ms: int) -> redis.Redis:
+    client = connect(url, decode=True, timeout_s=block_ms / 1000 + 5.0)
+    shown = redact_url(url)
+    try:
+        client.ping()
+    except redis.AuthenticationError as err:
+        client.close()
+        raise OutputError(
+            f"redis {shown}: authentication failed ({err}); "
+            "give the password in the URL: redis://[user]:PASSWORD@host:port/db"
+        ) from None
+    except (redis.ConnectionError, redis.TimeoutError) as err:
+        client.close()
+        raise OutputError(
+            f"redis {shown}: cannot connect ({err}); check that redis-server runs there "
+            "and the URL (--redis or REDIS_URL)"
+        ) from None
+    except redis.ResponseError as err:
+        client.close()
+        raise OutputError(f"redis {shown}: {err}") from None
+    return client
+
+
+def _create_group(client: redis.Redis, url: str, key: str, group: str, start: str) -> None:
+    try:
+        client.xgroup_create(key, group, id=start, mkstream=True)
+    except redis.ResponseError as err:
+        if "BUSYGROUP" in str(err):
+            return
+        raise OutputError(
+            f"redis {redact_url(url)}: cannot create group {group!r} on {key} ({err}); "
+            "check that the key is a stream and that this user may write it"
+        ) from None
