@@ -3,10 +3,12 @@
 `python -m pipeline.default_assets` regenerates both files in `pipeline/assets/`.
 
 The detector is plain ONNX arithmetic, no training. It marks the pixels whose own channel
-beats the other two by a margin, pools them onto a stride-4 grid, and measures at every
-cell how far the blob extends left, right, up and down. Each cell then proposes the box
-those four edges make, with a score that peaks at the blob's centre, laid out like a
-YOLOv8 head ([B, 4 + C, N], no objectness) so it runs through the same postprocess.
+beats the other two by a margin, pools them onto a stride-4 grid of cells, and finds, for
+every cell, where its run of marked cells starts and ends along its row and its column (to a
+fraction of a cell, from the coverage of the edge cells). Widening each cell's row edges over
+its column run, and its column edges over its row run, gives every cell of a convex blob the
+blob's box. The score peaks at the blob's centre cell. The output is laid out like a YOLOv8
+head ([B, 4 + C, N], no objectness) so it runs through the same postprocess as real models.
 """
 
 from __future__ import annotations
@@ -305,7 +307,7 @@ TRACKS: tuple[Track, ...] = (
     Track(1, "disc", 70, 70, 800, 300, -2.0, 0.0),
     Track(2, "rect", 60, 22, 500, 380, -1.2, -1.1),
 )
-COLOURS = np.array([(0.86, 0.12, 0.10), (0.10, 0.75, 0.20), (0.12, 0.25, 0.90)], np.float32)
+COLOURS = np.array([(0.82, 0.16, 0.14), (0.14, 0.76, 0.18), (0.14, 0.24, 0.86)], np.float32)
 
 
 def _span_coverage(lo: float, hi: float, n: int) -> np.ndarray:

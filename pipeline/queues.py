@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import threading
 import time
 from collections import deque
@@ -19,64 +17,56 @@ class Closed(Exception):
 
 
 class FrameQueue:
-    """A bounded queue of frames, earliest deadline first (FIFO for equal deadlines).
+    """A bounded queue of frames with a lane per source, served earliest deadline first.
 
-    `put` blocks while full, unless `shed` is set: then the oldest queued frame of the
-    same source makes room (or the new frame itself, if none of its source is queued).
-    Shed frames are returned so the caller turns each into a `failed/shed` result.
+    Each source has its own `capacity`, so one source that floods the pipeline never takes
+    the room of another. `put` blocks while the source's lane is full, unless `shed` is
+    set: then the lane's oldest frame makes room, and is returned so the caller turns it
+    into a `failed/shed` result.
     """
 
     def __init__(self, capacity: int, name: str) -> None:
         self.capacity = capacity
         self.name = name
-        self._heap: list[tuple[float, int, Frame]] = []
-        self._order = itertools.count()
+        self._lanes: dict[str, deque[Frame]] = {}
+        self._size = 0
         self._cond = threading.Condition()
         self._closed = False
 
     def put(self, frame: Frame, shed: bool = False) -> list[Frame]:
         with self._cond:
-            while len(self._heap) >= self.capacity and not self._closed:
+            lane = self._lanes.setdefault(frame.source, deque())
+            while len(lane) >= self.capacity and not self._closed:
                 if shed:
-                    return [self._evict_oldest(frame)]
+                    victim = lane.popleft()
+                    lane.append(frame)
+                    self._cond.notify_all()
+                    return [victim]
                 self._cond.wait()
             if self._closed:
                 raise Closed(self.name)
-            heapq.heappush(self._heap, (frame.deadline, next(self._order), frame))
+            lane.append(frame)
+            self._size += 1
             self._cond.notify_all()
             return []
 
-    def _evict_oldest(self, incoming: Frame) -> Frame:
-        same = [i for i, (_, _, f) in enumerate(self._heap) if f.source == incoming.source]
-        if not same:
-            return incoming
-        index = min(same, key=lambda i: self._heap[i][2].seq)
-        victim = self._heap[index][2]
-        self._heap[index] = self._heap[-1]
-        self._heap.pop()
-        heapq.heapify(self._heap)
-        heapq.heappush(self._heap, (incoming.deadline, next(self._order), incoming))
-        self._cond.notify_all()
-        return victim
-
     def get(self, timeout: float | None = None) -> Frame | None:
-        """The earliest-deadline frame; None after `timeout`; Closed once closed and empty."""
+        """The frame whose deadline is earliest among the lanes' heads; None after `timeout`;
+        Closed once closed and empty."""
         end = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not self._heap:
+            while not self._size:
                 if self._closed:
                     raise Closed(self.name)
                 remaining = None if end is None else end - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
                 self._cond.wait(remaining)
-            frame = heapq.heappop(self._heap)[2]
+            lane = min((q for q in self._lanes.values() if q), key=lambda q: q[0].deadline)
+            frame = lane.popleft()
+            self._size -= 1
             self._cond.notify_all()
             return frame
-
-    def peek_deadline(self) -> float | None:
-        with self._cond:
-            return self._heap[0][0] if self._heap else None
 
     def close(self) -> None:
         with self._cond:
@@ -86,14 +76,16 @@ class FrameQueue:
     def drain(self) -> list[Frame]:
         """Remove and return everything queued (on abort)."""
         with self._cond:
-            frames = [f for _, _, f in sorted(self._heap)]
-            self._heap.clear()
+            frames = [f for lane in self._lanes.values() for f in lane]
+            for lane in self._lanes.values():
+                lane.clear()
+            self._size = 0
             self._cond.notify_all()
             return frames
 
     def __len__(self) -> int:
         with self._cond:
-            return len(self._heap)
+            return self._size
 
 
 class BoundedQueue(Generic[T]):

@@ -36,7 +36,7 @@ class SchedulerSettings:
     health_interval_s: float = 5.0
     probe_tolerance: float = 1e-3
     create_timeout_s: float = 30.0
-    create_attempts: int = 3
+    create_attempts: int = 8
     spares: int = 1
     # Slack for a backend to report its own timeout before the context is abandoned.
     call_grace_s: float = 0.02

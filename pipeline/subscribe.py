@@ -86,6 +86,7 @@ def subscribe(
     and will be delivered again, to this consumer name or, after reclaim_idle_ms, to
     another: handlers must tolerate a repeat (at-least-once). Keep reclaim_idle_ms above
     your handler's slowest time, or a live consumer's entries get handled twice.
+    To stop cleanly after a handler, set `stop`: the generator acknowledges and ends.
     """
     client = _open(redis_url, block_ms)
     keys = {key_prefix + s: s for s in sources}
@@ -114,8 +115,17 @@ def live(
     read, is gone. Use `subscribe` for anything that must see every result.
     """
     client = _open(redis_url, 1000)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(*(key_prefix + s for s in sources))
+    pubsub = client.pubsub()
+    channels = {key_prefix + s for s in sources}
+    pubsub.subscribe(*channels)
+    confirmed = 0
+    while confirmed < len(channels):  # subscribed before returning: nothing published after is missed
+        message = pubsub.get_message(timeout=5.0)
+        if message is None:
+            pubsub.close()
+            client.close()
+            raise OutputError(f"redis {redact_url(redis_url)}: no reply to SUBSCRIBE")
+        confirmed += message["type"] == "subscribe"
     return _live_records(client, pubsub, stop or threading.Event())
 
 
@@ -123,7 +133,7 @@ def _live_records(client: redis.Redis, pubsub: Any, stop: threading.Event) -> It
     try:
         while not stop.is_set():
             message = pubsub.get_message(timeout=0.5)
-            if message is not None:
+            if message is not None and message["type"] == "message":
                 yield json.loads(message["data"])
     finally:
         pubsub.close()

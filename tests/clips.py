@@ -52,3 +52,31 @@ def truncate(src: Path, dst: Path, fraction: float = 0.5) -> Path:
     data = Path(src).read_bytes()
     Path(dst).write_bytes(data[: int(len(data) * fraction)])
     return dst
+
+
+def frame_times(path: Path) -> list[float | None]:
+    """Each decoded frame's presentation time in seconds, as PyAV reports it."""
+    with av.open(str(path)) as container:
+        return [frame.time for frame in container.decode(video=0)]
+
+
+def video_packets(path: Path) -> list[tuple[int, int]]:
+    """(byte offset, size) of each video packet with data, in file order."""
+    with av.open(str(path)) as container:
+        return [(packet.pos, packet.size) for packet in container.demux(video=0) if packet.size]
+
+
+def corrupt_middle(src: Path, dst: Path, packets: int = 3) -> Path:
+    """Flip the first bytes of `packets` video packets in the middle of the file.
+
+    The bytes flipped are each packet's NAL length prefix, so the decoder rejects exactly
+    those packets while the container (and every other packet) stays readable.
+    """
+    data = bytearray(Path(src).read_bytes())
+    video = video_packets(src)
+    middle = len(video) // 2
+    for offset, _ in video[middle : middle + packets]:
+        for i in range(offset, offset + 8):
+            data[i] ^= 0xFF
+    Path(dst).write_bytes(bytes(data))
+    return dst

@@ -27,3 +27,89 @@ def car_clip(media: Path) -> Path:
 @pytest.fixture(scope="session")
 def person_clip(media: Path) -> Path:
     return media / "one-by-one-person-detection.mp4"
+
+
+# ---- generated clips (decode, preprocess, pipeline and CLI tests) ----------------------------
+
+ODD_SIZE = (641, 359)  # odd in both dimensions: encoded 4:4:4, letterboxed with uneven pads
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("clips")
+
+
+@pytest.fixture(scope="session")
+def odd_clip(clip_dir: Path) -> Path:
+    """31 frames of 641x359: an odd frame count too, so fixed batches must be padded."""
+    from tests.clips import make_clip
+
+    return make_clip(clip_dir / "odd.mp4", frames=31, size=ODD_SIZE)
+
+
+@pytest.fixture(scope="session")
+def vfr_clip(clip_dir: Path) -> Path:
+    from tests.clips import make_clip
+
+    return make_clip(clip_dir / "vfr.mp4", frames=40, pts_steps=[100, 200, 100, 300])
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(clip_dir: Path) -> Path:
+    from tests.clips import make_clip
+
+    return make_clip(clip_dir / "tiny.mp4", frames=16)
+
+
+@pytest.fixture(scope="session")
+def truncated_car_clip(car_clip: Path, clip_dir: Path) -> Path:
+    from tests.clips import truncate
+
+    return truncate(car_clip, clip_dir / "car-truncated.mp4")
+
+
+@pytest.fixture(scope="session")
+def corrupt_car_clip(car_clip: Path, clip_dir: Path) -> Path:
+    """The car clip with 3 video packets in its middle damaged (see clips.corrupt_middle)."""
+    from tests.clips import corrupt_middle
+
+    return corrupt_middle(car_clip, clip_dir / "car-corrupt.mp4", packets=3)
+
+
+@pytest.fixture(scope="session")
+def not_video(clip_dir: Path) -> Path:
+    """Random bytes with a video file's name."""
+    import numpy as np
+
+    path = clip_dir / "noise.mp4"
+    path.write_bytes(np.random.default_rng(7).bytes(100_000))
+    return path
+
+
+# --- Redis: private servers on free ports (tests/redis_server.py) ---
+
+from collections.abc import Callable, Iterator  # noqa: E402
+
+from tests.redis_server import RedisServer  # noqa: E402
+
+
+@pytest.fixture
+def make_redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Factory: make_redis_server(start=True, password=None, aof=False); all are killed at the end."""
+    servers: list[RedisServer] = []
+
+    def make(start: bool = True, **options) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(servers)}", **options)
+        servers.append(server)
+        if start:
+            server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(make_redis_server: Callable[..., RedisServer]) -> RedisServer:
+    return make_redis_server()

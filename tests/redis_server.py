@@ -1,4 +1,5 @@
-"""A private redis-server for tests: its own free port and directory, stopped and restarted at will."""
+"""A private redis-server for tests (own port and directory, killed and restarted at will),
+and the results, events and summaries a run would publish to it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import redis
+
+from pipeline.sinks.redis import RedisSink
+from pipeline.summary import RunSummary, SourceLedger
+from pipeline.types import Detections, Reason, Result, SourceEvent, Status
 
 
 def free_port() -> int:
@@ -67,3 +73,34 @@ class RedisServer:
     @property
     def running(self) -> bool:
         return self._process is not None
+
+
+def frame_result(source: str, seq: int) -> Result:
+    """Every 7th frame failed (deadline), the others ok with a car and a person."""
+    if seq % 7 == 6:
+        return Result(source, seq, seq / 30, Status.FAILED, Reason.DEADLINE, None, 2,
+                      Detections.empty(), {"infer": 1.0}, 2001.5, time.time())
+    detections = Detections(
+        xyxy=np.array([[10, 20, 110, 220], [5, 5, 50, 90]], np.float32),
+        score=np.array([0.91, 0.8], np.float32),
+        class_id=np.array([2, 0], np.int32),
+        labels=("car", "person"),
+    )
+    return Result(source, seq, seq / 30, Status.OK, None, None, 1, detections,
+                  {"preprocess": 1.2, "infer": 8.4, "postprocess": 0.7}, 12.3, time.time())
+
+
+def publish(sink: RedisSink, source: str, seqs: range, events: dict[int, str] | None = None) -> None:
+    """Results for seqs in order; events[seq] = type puts an event right after that frame."""
+    for seq in seqs:
+        sink.write_result(frame_result(source, seq))
+        if events and seq in events:
+            sink.write_event(SourceEvent(source, events[seq], seq, time.time(), {"gap_s": 1.5}))
+
+
+def run_summary(frames: dict[str, int]) -> RunSummary:
+    ledgers = {}
+    for source, n in frames.items():
+        failed = sum(1 for seq in range(n) if seq % 7 == 6)
+        ledgers[source] = SourceLedger(decoded=n, ok=n - failed, failed={"deadline": failed} if failed else {})
+    return RunSummary(sources=ledgers, elapsed_s=1.0, latency_p50_ms=12.0, latency_p99_ms=20.0)

@@ -371,7 +371,7 @@ class RedisSink:
             self._spool_memory_locked()
 
     def _note_outage(self, err: Exception) -> None:
-        message = str(err) or type(err).__name__
+        message = str(err).rstrip(".") or type(err).__name__
         if self._outage is None:
             log.warning("redis %s: %s; spooling results to %s until it is back",
                         self._url, message, self._config.spool_dir)
