@@ -10,7 +10,11 @@ same), so reduced precision must be written into the ONNX itself:
 
 from __future__ import annotations
 
+import itertools
+import logging
+import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -18,6 +22,8 @@ import numpy as np
 import onnx
 
 from engines.errors import ModelError
+
+log = logging.getLogger("vidpipe.prepare")
 
 PRECISIONS = ("fp32", "fp16", "int8")
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
@@ -65,7 +71,12 @@ def prepare_fp16(onnx_in: Path, onnx_out: Path) -> Path:
         for node in model.graph.node
         if node.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)
     ]
-    converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=float_casts)
+    with warnings.catch_warnings(record=True) as caught:
+        # One warning per tiny or huge weight clamped to fp16's range: count, don't flood.
+        warnings.simplefilter("always")
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=float_casts)
+    if caught:
+        log.info("fp16: %d values of %s clamped to the fp16 range", len(caught), onnx_in)
     onnx.checker.check_model(converted)
     onnx.save(converted, str(onnx_out))
     return Path(onnx_out)
@@ -112,9 +123,17 @@ def prepare_int8(onnx_in: Path, onnx_out: Path, calibration_batches: Iterable[np
         raise ModelError(
             f"model {onnx_in} is already {detect_precision(model)}; quantize its fp32 original instead"
         )
+    if not any(node.op_type in QUANTIZED_OPS for node in model.graph.node):
+        raise ModelError(
+            f"model {onnx_in} has no Conv, Gemm or MatMul layer to quantize; build it as fp16 instead"
+        )
     if len(model.graph.input) != 1:
         raise ModelError(f"model {onnx_in} has {len(model.graph.input)} inputs; vidpipe models take one image batch")
-    reader = _Frames(model.graph.input[0].name, calibration_batches)
+    batches = iter(calibration_batches)
+    first = next(batches, None)
+    if first is None:
+        raise ModelError("int8 calibration got no frames; point --calib at a video or a folder of images")
+    reader = _Frames(model.graph.input[0].name, itertools.chain([first], batches))
     with tempfile.TemporaryDirectory(prefix="vidpipe-int8-") as tmp:
         # Shape inference and constant folding first, as ONNX Runtime recommends, so
         # every tensor the quantizer looks at has a known shape.
@@ -137,13 +156,15 @@ def prepare_int8(onnx_in: Path, onnx_out: Path, calibration_batches: Iterable[np
                 "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS,
             },
         )
-    if reader.count == 0:
-        raise ModelError("int8 calibration got no frames; point --calib at a video or a folder of images")
+    log.info("int8: calibrated %s on %d batches", onnx_in, reader.count)
     quantized = load(Path(onnx_out))
-    if detect_precision(quantized) != "int8":
-        raise ModelError(
-            f"model {onnx_in} has no Conv, Gemm or MatMul layer to quantize; build it as fp16 instead"
-        )
+    # The pre-processing step declares every ONNX Runtime domain; keep the ones used.
+    used = {node.domain for node in quantized.graph.node}
+    kept = [o for o in quantized.opset_import if o.domain in used or o.domain in ("", "ai.onnx")]
+    del quantized.opset_import[:]
+    quantized.opset_import.extend(kept)
+    onnx.checker.check_model(quantized)
+    onnx.save(quantized, str(onnx_out))
     return Path(onnx_out)
 
 
@@ -157,5 +178,6 @@ def prepare(onnx_in: Path, onnx_out: Path, precision: str, calibration_batches: 
         if calibration_batches is None:
             raise ModelError("int8 needs calibration frames; pass --calib VIDEO_OR_DIR")
         return prepare_int8(onnx_in, onnx_out, calibration_batches)
-    onnx.save(load(onnx_in), str(onnx_out))
+    load(onnx_in)
+    shutil.copyfile(onnx_in, onnx_out)
     return Path(onnx_out)

@@ -5,16 +5,22 @@ from __future__ import annotations
 import sys
 import uuid
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
+from dataclasses import replace
 
 from rich.console import Console
 
 from pipeline.config import RunConfig, SourceConfig
 from pipeline.model import SAMPLE_CLIP, load_model
-from pipeline.report import ProgressDisplay, print_summary
+from pipeline.report import RunDisplay, print_summary
 from pipeline.runtime import Pipeline, RunHooks, Source
 from pipeline.sinks import Sink
 from pipeline.summary import RunSummary
 from stages.decode import VideoDecoder, source_name
+from stages.live import LiveSource
+
+if TYPE_CHECKING:
+    from pipeline.metrics import RunMetrics
 
 
 def is_live(url: str) -> bool:
@@ -37,8 +43,40 @@ def unique_names(sources: list[SourceConfig]) -> list[str]:
     return names
 
 
-def open_sinks(config: RunConfig, run_id: str) -> list[Sink]:
+def open_source(config: RunConfig, src: SourceConfig, name: str) -> Source:
+    """Open one source now, so a bad path or an unreachable camera fails before the run."""
+    deadline_s = config.deadline_ms / 1000
+    live = is_live(src.url)
+    if live:
+        decoder: VideoDecoder | LiveSource = LiveSource(
+            name,
+            src.url,
+            deadline_s,
+            transport=src.transport,
+            open_timeout_s=src.open_timeout_s,
+            stall_s=src.stall_s,
+            connect_attempts=src.connect_attempts,
+            max_reconnects=src.max_reconnects,
+            hwaccel=config.decode,
+        )
+    else:
+        decoder = VideoDecoder(name, src.url, deadline_s, hwaccel=config.decode)
+    return Source(
+        decoder,
+        policy=src.policy or ("shed" if live else "block"),
+        realtime=not live and (config.realtime if src.realtime is None else src.realtime),
+        max_frames=config.max_frames,
+        duration_s=config.duration_s,
+    )
+
+
+def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[Sink]:
+    """The sinks the config names; `sources` maps each source's name to its URL."""
     sinks: list[Sink] = []
+    if config.outputs.video:
+        from pipeline.sinks.video import VideoSink
+
+        sinks.append(VideoSink(config.outputs.video, sources))
     if config.outputs.jsonl:
         from pipeline.sinks.jsonl import JsonlSink
 
@@ -50,6 +88,17 @@ def open_sinks(config: RunConfig, run_id: str) -> list[Sink]:
     return sinks
 
 
+def start_metrics(config: RunConfig, names: list[str], stack: ExitStack) -> RunMetrics | None:
+    """Serve /metrics, /healthz and /readyz from now (before the model loads) to the end."""
+    if config.metrics.port is None:
+        return None
+    from pipeline.metrics import MetricsServer, RunMetrics
+
+    metrics = RunMetrics(names)
+    stack.enter_context(MetricsServer(metrics, config.metrics.port))
+    return metrics
+
+
 def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, hooks: RunHooks | None = None) -> RunSummary:
     """Run the pipeline to the end of every source and return its summary.
 
@@ -58,26 +107,35 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
     """
     console = Console(file=sys.stdout)
     run_id = uuid.uuid4().hex[:12]
+    hooks = replace(hooks) if hooks else RunHooks()
+    configs = source_configs(config)
+    names = unique_names(configs)
     with ExitStack() as stack:
-        all_sinks = open_sinks(config, run_id) + list(sinks or [])
+        metrics = start_metrics(config, names, stack)
+        all_sinks = open_sinks(config, run_id, {n: c.url for n, c in zip(names, configs)}) + list(sinks or [])
         for sink in all_sinks:
             stack.callback(sink.close)
-        configs = source_configs(config)
-        decoders = []
-        for src, name in zip(configs, unique_names(configs)):
-            decoder = VideoDecoder(name, src.url, config.deadline_ms / 1000)
-            stack.callback(decoder.close)
-            decoders.append(Source(decoder, src.policy or ("shed" if is_live(src.url) else "block")))
+        decoders = [open_source(config, src, name) for src, name in zip(configs, names)]
+        for source in decoders:
+            stack.callback(source.decoder.close)
+        if metrics:
+            metrics.sources_opened()
         model = load_model(config.model, config.faults)
         stack.callback(model.engine.close)
         for source in decoders:
             source.decoder.fit_to = model.input_size
-        hooks = hooks or RunHooks()
-        pipeline = Pipeline(config, decoders, model, all_sinks, hooks)
+        views: list[Sink] = []
+        if metrics:
+            metrics.readiness.model_loaded = True
+            hooks.on_decoded = _chain(hooks.on_decoded, metrics.on_decoded)
+            all_sinks.insert(0, metrics)  # first: its summary line reaches the other sinks' records
         if show and config.progress and console.is_terminal:
-            totals = {s.name: s.decoder.info.frames for s in decoders}
-            display = stack.enter_context(ProgressDisplay(totals, console))
-            hooks.on_result = _chain(hooks.on_result, display.advance)
+            files = {s.name: s.decoder.info.frames for s in decoders if not is_live(s.decoder.url)}
+            live = [s.name for s in decoders if is_live(s.decoder.url)]
+            views.append(stack.enter_context(RunDisplay(files, live, console)))
+        pipeline = Pipeline(config, decoders, model, all_sinks + views, hooks)
+        if metrics:
+            metrics.attach(pipeline)
         summary = pipeline.run()
         summary.inference["backend"] = config.model.backend
         for sink in all_sinks:

@@ -34,6 +34,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", help="keep only these labels, comma-separated (e.g. person,car)")
     parser.add_argument("--queue-size", type=int, help="capacity of each queue between stages")
     parser.add_argument("--faults", help="inject faults, e.g. error_rate=0.2,hang_rate=0.02")
+    parser.add_argument("--max-frames", type=int, help="stop each source after N frames")
+    parser.add_argument("--duration", type=float, help="stop each source after SECONDS")
+    parser.add_argument("--realtime", action="store_true", default=None, help="pace files at their frame rate")
+    parser.add_argument("--policy", choices=["block", "shed"], help="overload policy for every source")
+    parser.add_argument("--transport", choices=["tcp", "udp"], help="RTSP transport for every live source")
+    parser.add_argument("--decode", choices=["cpu", "nvdec"], help="nvdec: NVIDIA hardware decoding")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
 
@@ -59,6 +65,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         out["sources"] = [
             {"url": url, **({"name": names[i]} if i < len(names) else {})} for i, url in enumerate(args.videos)
         ]
+    if args.policy or args.transport:
+        if "sources" not in out:
+            raise ConfigError("--policy/--transport need the sources on the command line")
+        for source in out["sources"]:
+            source.update({k: v for k, v in (("policy", args.policy), ("transport", args.transport)) if v})
     put("model.path", args.model and str(args.model))
     put("model.backend", args.backend)
     put("model.layout", args.layout)
@@ -75,6 +86,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("infer.contexts", args.contexts)
     put("infer.max_attempts", args.max_attempts)
     put("queues.size", args.queue_size)
+    put("max_frames", args.max_frames)
+    put("duration_s", args.duration)
+    put("realtime", args.realtime)
+    put("decode", args.decode)
     if args.faults:
         put("faults", parse_key_values(args.faults, "--faults"))
     if args.quiet:

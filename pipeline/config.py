@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +26,12 @@ class SourceConfig(StrictModel):
     policy: Literal["block", "shed"] | None = Field(
         None, description="Overload policy; default block for files, shed for live sources."
     )
+    realtime: bool | None = Field(None, description="Pace a file at its frame rate (default: the run's realtime).")
+    transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
+    open_timeout_s: float = Field(10.0, gt=0, description="Connecting to a live source gives up after this.")
+    stall_s: float = Field(5.0, gt=0, description="No frame for this long: reconnect.")
+    connect_attempts: int = Field(3, ge=1, description="Tries to connect at start before the run fails.")
+    max_reconnects: int | None = Field(None, ge=0, description="Reconnects per outage before giving up; none: forever.")
 
 
 class ModelConfig(StrictModel):
@@ -65,7 +74,7 @@ class FaultConfig(StrictModel):
 
 
 class QueueConfig(StrictModel):
-    size: int = Field(8, ge=1, description="Capacity of each bounded queue between stages.")
+    size: int = Field(16, ge=1, description="Capacity per source of each bounded queue between stages.")
     preprocess_workers: int = Field(1, ge=1)
     postprocess_workers: int = Field(1, ge=1)
 
@@ -82,19 +91,38 @@ class RedisConfig(StrictModel):
 
 
 class OutputConfig(StrictModel):
-    jsonl: Path | None = None
+    jsonl: Path | None = Field(None, description="One JSON line per frame result, events and the summary.")
     redis: RedisConfig | None = None
+    video: Path | None = Field(
+        None,
+        description="Annotated video: a .mp4 file (one source) or a directory (<dir>/<source>.mp4).",
+    )
+
+
+class MetricsConfig(StrictModel):
+    port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics, /healthz and /readyz on this port (0: any free port).",
+    )
 
 
 class RunConfig(StrictModel):
     sources: list[SourceConfig] = Field(default_factory=list)
     deadline_ms: float = Field(2000.0, gt=0.0, description="Per-frame deadline after decode.")
+    max_frames: int | None = Field(None, ge=1, description="Stop each source after this many frames.")
+    duration_s: float | None = Field(None, gt=0, description="Stop each source after this many seconds.")
+    realtime: bool = Field(False, description="Pace file sources at their native frame rate.")
+    decode: Literal["cpu", "nvdec"] = Field("cpu", description="nvdec: PyAV's CUDA hwaccel (NVIDIA GPUs).")
     model: ModelConfig = ModelConfig()
     infer: InferConfig = InferConfig()
     faults: FaultConfig = FaultConfig()
     queues: QueueConfig = QueueConfig()
     outputs: OutputConfig = OutputConfig()
+    metrics: MetricsConfig = MetricsConfig()
     progress: bool = Field(True, description="Show progress when stdout is a terminal.")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line.")
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> RunConfig:
@@ -105,13 +133,79 @@ class RunConfig(StrictModel):
         return self
 
 
+MAX_ERRORS_SHOWN = 3
+
+
 def _format_validation_error(err: ValidationError, origin: str) -> str:
-    first = err.errors()[0]
-    path = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    more = f" and {len(err.errors()) - 1} more" if len(err.errors()) > 1 else ""
-    return f"{origin}: {path}: {first['msg']}{shown}{more}"
+    """One line: each error's dotted path, the bad value and what is allowed."""
+    errors = err.errors()
+    shown = "; ".join(_describe_error(e) for e in errors[:MAX_ERRORS_SHOWN])
+    more = f" (and {len(errors) - MAX_ERRORS_SHOWN} more)" if len(errors) > MAX_ERRORS_SHOWN else ""
+    return f"{origin}: {shown}{more}"
+
+
+def _describe_error(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    path = _dotted(loc) or "(top level)"
+    value = error.get("input")
+    kind = error["type"]
+    if kind == "missing":
+        return f"{path}: missing; this field is required"
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = list(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{path}: unknown field{hint}; allowed: {', '.join(allowed)}"
+    if kind == "model_type":
+        model = _model_at(loc)
+        fields = ", ".join(model.model_fields) if model else ""
+        return f"{path} = {value!r}: must be a mapping with the fields {fields}"
+    if kind == "path_type":
+        return f"{path} = {value!r}: must be a path (a string)"
+    message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    if kind == "value_error" and isinstance(value, dict):
+        return f"{path}: {message}"
+    return f"{path} = {value!r}: {message}"
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    """('sources', 0, 'url') -> 'sources[0].url'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config section (pydantic model) a location points into, e.g. ('infer',) -> InferConfig."""
+    annotation: Any = RunConfig
+    for part in loc:
+        model = _find_model(annotation)
+        if isinstance(part, int):
+            annotation = _list_item(annotation)
+        elif model is not None and part in model.model_fields:
+            annotation = model.model_fields[part].annotation
+        else:
+            return None
+    return _find_model(annotation)
+
+
+def _find_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        for arg in typing.get_args(annotation):
+            if (model := _find_model(arg)) is not None:
+                return model
+    return None
+
+
+def _list_item(annotation: Any) -> Any:
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(candidate) is list:
+            return typing.get_args(candidate)[0]
+    return None
 
 
 def build_config(data: dict[str, Any], origin: str = "config") -> RunConfig:

@@ -1,22 +1,45 @@
-"""What a person sees: a progress bar while files run, and the summary table at the end."""
+"""What a person sees: progress bars for files, a status table for live sources, the summary."""
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from pipeline.summary import RunSummary
-from pipeline.types import Result
+from pipeline.types import Result, SourceEvent, Status
+
+FPS_WINDOW_S = 2.0
 
 
-class ProgressDisplay:
-    """A rich progress bar per source; off when stdout is not a terminal."""
+@dataclass
+class _LiveStats:
+    arrivals: deque[float] = field(default_factory=deque)
+    ok: int = 0
+    failed: int = 0
+    last_reason: str = ""
+    last_wall_time: float | None = None
+    outages: int = 0
+    connected: bool = True
 
-    def __init__(self, totals: dict[str, int | None], console: Console) -> None:
+    def fps(self, now: float) -> float:
+        while self.arrivals and now - self.arrivals[0] > FPS_WINDOW_S:
+            self.arrivals.popleft()
+        return len(self.arrivals) / FPS_WINDOW_S
+
+
+class RunDisplay:
+    """A progress bar per file source (frames, fps, ETA) and a status table of live sources
+    (fps, lag, failures, outages). It is a Sink: it sees results and events as published."""
+
+    def __init__(self, files: dict[str, int | None], live: list[str], console: Console) -> None:
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -24,24 +47,70 @@ class ProgressDisplay:
             TextColumn("{task.fields[fps]:>6.1f} fps"),
             TimeRemainingColumn(),
             console=console,
-            transient=True,
         )
-        self._tasks = {name: self._progress.add_task(name, total=total, fps=0.0) for name, total in totals.items()}
+        self._tasks = {name: self._progress.add_task(name, total=total, fps=0.0) for name, total in files.items()}
+        self._stats = {name: _LiveStats() for name in live}
         self._lock = threading.Lock()
+        self._live = Live(console=console, transient=True, refresh_per_second=4, get_renderable=self._render)
 
-    def __enter__(self) -> ProgressDisplay:
-        self._progress.start()
+    def __enter__(self) -> RunDisplay:
+        self._live.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        self._live.stop()
 
-    def advance(self, result: Result) -> None:
+    def write_result(self, result: Result) -> None:
         with self._lock:
-            task_id = self._tasks[result.source]
-            self._progress.advance(task_id)
-            task = self._progress.tasks[task_id]
-            self._progress.update(task_id, fps=task.speed or 0.0)
+            if result.source in self._tasks:
+                task_id = self._tasks[result.source]
+                self._progress.advance(task_id)
+                self._progress.update(task_id, fps=self._progress.tasks[task_id].speed or 0.0)
+                return
+            stats = self._stats[result.source]
+            stats.arrivals.append(time.monotonic())
+            stats.last_wall_time = result.wall_time
+            if result.status is Status.OK:
+                stats.ok += 1
+            else:
+                stats.failed += 1
+                stats.last_reason = result.reason.value if result.reason else "unknown"
+
+    def write_event(self, event: SourceEvent) -> None:
+        with self._lock:
+            stats = self._stats.get(event.source)
+            if stats is None:
+                return
+            if event.type == "outage_start":
+                stats.outages += 1
+                stats.connected = False
+            elif event.type == "outage_end":
+                stats.connected = True
+
+    def write_summary(self, summary: RunSummary) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def _render(self) -> Group:
+        with self._lock:
+            parts = [self._progress] if self._tasks else []
+            if self._stats:
+                parts.append(self._live_table())
+            return Group(*parts)
+
+    def _live_table(self) -> Table:
+        table = Table(box=None, padding=(0, 2))
+        for column in ("source", "state", "fps", "lag", "ok", "failed", "last failure", "outages"):
+            table.add_column(column, justify="left" if column in ("source", "state", "last failure") else "right")
+        now, wall = time.monotonic(), time.time()
+        for name, s in self._stats.items():
+            lag = f"{(wall - s.last_wall_time) * 1000:.0f} ms" if s.last_wall_time else "-"
+            state = "[green]live[/]" if s.connected else "[red]outage[/]"
+            table.add_row(name, state, f"{s.fps(now):.1f}", lag, str(s.ok), str(s.failed),
+                          s.last_reason or "-", str(s.outages))  # fmt: skip
+        return table
 
 
 def print_summary(summary: RunSummary, console: Console | None = None) -> None:

@@ -25,6 +25,7 @@ from pipeline.sinks import Sink
 from pipeline.summary import RunSummary
 from pipeline.types import Detections, Frame, Reason, Result, SourceEvent, Status
 from stages.decode import VideoDecoder
+from stages.live import LiveSource
 from stages.preprocess import Preprocess
 
 log = logging.getLogger("vidpipe.runtime")
@@ -32,10 +33,13 @@ log = logging.getLogger("vidpipe.runtime")
 
 @dataclass
 class Source:
-    """A decoder with its run-time settings."""
+    """A decoder (file or live) with its run-time settings."""
 
-    decoder: VideoDecoder
+    decoder: VideoDecoder | LiveSource
     policy: str = "block"
+    realtime: bool = False
+    max_frames: int | None = None
+    duration_s: float | None = None
 
     @property
     def name(self) -> str:
@@ -85,6 +89,8 @@ class Pipeline:
     def stop(self) -> None:
         """Stop reading sources; frames in flight finish (or end as failed/shutdown)."""
         self._stopping.set()
+        for source in self.sources:
+            source.decoder.stop()
 
     def abort(self, reason: Reason, error: str | None = None) -> None:
         """Stop now: every queued frame ends as failed with `reason`."""
@@ -132,6 +138,9 @@ class Pipeline:
 
     def _read(self, source: Source) -> None:
         decoder = source.decoder
+        started = time.monotonic()
+        first_pts: float | None = None
+        end_reason = "end_of_stream"
         try:
             for item in decoder:
                 if isinstance(item, SourceEvent):
@@ -139,17 +148,18 @@ class Pipeline:
                     if item.details.get("fatal"):
                         self.errors.append(_describe_damage(decoder, item))
                     continue
-                self.ledger.decoded(item.source)
-                if self.hooks.on_decoded:
-                    self.hooks.on_decoded(item)
-                try:
-                    shed = self.pre_q.put(item, shed=source.policy == "shed")
-                except Closed:
-                    self._fail(item, Reason.SHUTDOWN)
-                    continue
-                for frame in shed:
-                    self._fail(frame, Reason.SHED, "pipeline overloaded; frame shed")
+                if source.realtime and item.pts is not None:
+                    first_pts = item.pts if first_pts is None else first_pts
+                    self._stopping.wait(max(0.0, started + item.pts - first_pts - time.monotonic()))
+                self._admit(source, item)
                 if self._stopping.is_set():
+                    end_reason = "stopped"
+                    break
+                if source.max_frames is not None and decoder.seq >= source.max_frames:
+                    end_reason = "max_frames"
+                    break
+                if source.duration_s is not None and time.monotonic() - started >= source.duration_s:
+                    end_reason = "duration"
                     break
         except Exception as err:  # a decoder bug must not lose the frames already decoded
             log.exception("source %s failed", source.name)
@@ -157,8 +167,21 @@ class Pipeline:
         finally:
             decoder.close()
             self.results_q.put(
-                SourceEvent(source.name, "source_end", decoder.seq - 1, time.time(), {"frames": decoder.seq})
+                SourceEvent(source.name, "source_end", decoder.seq - 1, time.time(), {"frames": decoder.seq, "reason": end_reason})
             )
+
+    def _admit(self, source: Source, frame: Frame) -> None:
+        """Count a decoded frame in the ledger and queue it (blocking or shedding)."""
+        self.ledger.decoded(frame.source)
+        if self.hooks.on_decoded:
+            self.hooks.on_decoded(frame)
+        try:
+            shed = self.pre_q.put(frame, shed=source.policy == "shed")
+        except Closed:
+            self._fail(frame, Reason.SHUTDOWN)
+            return
+        for victim in shed:
+            self._fail(victim, Reason.SHED, "pipeline overloaded; frame shed")
 
     def _stage_worker(self, name: str, inbox: FrameQueue, stage: Callable[[Frame], Frame], reason: Reason, deliver: Callable[[Frame], None]) -> None:
         while True:
@@ -275,7 +298,7 @@ class Pipeline:
         )
 
 
-def _describe_damage(decoder: VideoDecoder, event: SourceEvent) -> str:
+def _describe_damage(decoder: VideoDecoder | LiveSource, event: SourceEvent) -> str:
     if event.details.get("error") == "truncated":
         return (
             f"{decoder.url}: truncated: the file holds {event.details['packets']} of its "

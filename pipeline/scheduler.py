@@ -67,6 +67,7 @@ class InferStats:
         self.rebuild_ms: deque[float] = deque(maxlen=100_000)
         self.recovery_ms: deque[float] = deque(maxlen=100_000)
         self.infer_ms: deque[float] = deque(maxlen=100_000)
+        self.batch_sizes: dict[int, int] = {}  # frames in a batch -> batches of that size
 
     def add(self, **counts: int) -> None:
         with self.lock:
@@ -378,6 +379,7 @@ class InferScheduler:
             with self.stats.lock:
                 self.stats.batches += 1
                 self.stats.frames += len(frames)
+                self.stats.batch_sizes[len(frames)] = self.stats.batch_sizes.get(len(frames), 0) + 1
                 self.stats.infer_ms.append(took * 1000)
                 if failed_at is not None:
                     self.stats.recovery_ms.append((time.monotonic() - failed_at) * 1000)

@@ -7,7 +7,8 @@ A spool belongs to one run and lives in a directory it may share with other runs
     <stem>.<gen>.jsonl    the records, one JSON document a line
 
 Stems start with the run's start time, so sorting them replays earlier runs first.
-Appends are buffered and fsync'd in batches (`sync`). The state file is replaced
+Appends go straight to the OS (a killed process loses nothing it appended) and are
+fsync'd in batches (`sync`), so a machine crash loses at most one batch. The state file is replaced
 atomically, so a crash leaves the old or the new commit point, never a mix; records
 delivered after the last `commit` are delivered again, which the consumer must tolerate
 (the Redis sink does: its entry IDs are explicit).
@@ -100,7 +101,9 @@ class Spool:
         if self._writer is None:
             self._start_data_file()
         data = "".join(line + "\n" for line in lines).encode()
-        self._writer.write(data)
+        view = memoryview(data)
+        while view:  # an unbuffered write may be partial
+            view = view[self._writer.write(view):]
         self._size += len(data)
         self._dirty = True
 
@@ -130,12 +133,11 @@ class Spool:
         self._size = len(head) + len(rest)
         self._write_state(durable=True)
         old.unlink()
-        self._writer = open(self.path, "ab")
+        self._writer = open(self.path, "ab", buffering=0)
 
     def sync(self) -> None:
-        """Flush appended records to disk (fsync); called in batches, not per record."""
+        """Make appended records durable (fsync); called in batches, not per record."""
         if self._dirty:
-            self._writer.flush()
             os.fsync(self._writer.fileno())
             self._dirty = False
 
@@ -143,8 +145,6 @@ class Spool:
         """Up to max_lines complete records after the read position, which moves past them."""
         if self._data is None or self._read_pos >= self._size:
             return []
-        if self._writer is not None:
-            self._writer.flush()
         if self._reader is None:
             self._reader = open(self.path, "rb")
         self._reader.seek(self._read_pos)
@@ -207,7 +207,7 @@ class Spool:
         self._data = f"{self.stem}.{self._gen}.jsonl"
         self._committed = self._read_pos = self._size = 0
         self._write_state(durable=True)
-        self._writer = open(self.path, "ab")
+        self._writer = open(self.path, "ab", buffering=0)
         _fsync_dir(self.directory)
 
     def _file_size(self) -> int:

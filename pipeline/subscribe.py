@@ -88,6 +88,8 @@ def subscribe(
     your handler's slowest time, or a live consumer's entries get handled twice.
     To stop cleanly after a handler, set `stop`: the generator acknowledges and ends.
     """
+    if not sources:
+        raise ValueError("subscribe needs at least one source")
     client = _open(redis_url, block_ms)
     keys = {key_prefix + s: s for s in sources}
     try:
@@ -208,13 +210,13 @@ class _GroupReader:
                 return
 
     def _delivery(self, key: str, entry_id: str, fields: dict[str, str], previous: str | None) -> Delivery:
-        record = json.loads(fields["data"])
-        kind = fields.get("type", record.get("type", "frame"))
+        record = json.loads(fields["data"]) if "data" in fields else dict(fields)  # not from vidpipe
+        kind = fields.get("type", "unknown")
         return Delivery(
             source=self._keys[key],
             entry_id=entry_id,
             kind=kind,
-            result=record_to_result(record) if kind == "frame" else None,
+            result=record_to_result(record) if kind == "frame" and "data" in fields else None,
             record=record,
             gap=missing_seqs(previous, entry_id) if previous is not None else None,
         )
@@ -286,7 +288,7 @@ class _GroupReader:
 
     def _reconnect(self, err: Exception, stop: threading.Event) -> None:
         self._acks.clear()  # unacknowledged entries are delivered again
-        log.warning("redis %s: %s; reconnecting", redact_url(self._url), err)
+        log.warning("redis %s: %s; reconnecting", redact_url(self._url), str(err).rstrip("."))
         delay = RECONNECT_S[0]
         while not stop.wait(delay):
             try:

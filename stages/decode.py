@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
+from av.codec.hwaccel import HWAccel, hwdevices_available
 import numpy as np
 
 from pipeline.types import Frame, SourceEvent
@@ -51,19 +52,30 @@ class VideoDecoder:
         deadline_s: float,
         fit_to: tuple[int, int] | None = None,
         options: dict[str, str] | None = None,
-        timeout: float | None = None,
+        timeout: float | tuple[float, float] | None = None,
+        first_seq: int = 0,
+        hwaccel: str = "cpu",
+        stall_s: float | None = None,
     ) -> None:
         self.name = name
         self.url = url
         self.deadline_s = deadline_s
         self.fit_to = fit_to
-        self.seq = 0
+        self.seq = first_seq
         self.errors = 0
+        self.stall_s = stall_s
+        self._stopped = False
         if "://" not in url and not Path(url).exists():
             raise SourceError(f"{url}: no such file; check the path")
         try:
-            self._container = av.open(url, options=options or {}, timeout=timeout)
+            self._container = av.open(url, options=options or {}, timeout=timeout, hwaccel=_hwaccel(hwaccel))
+        except SourceError:
+            raise
         except Exception as err:  # PyAV raises many error types; all mean "cannot open"
+            if hwaccel != "cpu" and Path(url).exists():
+                raise SourceError(
+                    f"{url}: NVDEC decoding unavailable ({err}); check the NVIDIA driver and GPU, or use --decode cpu"
+                ) from None
             raise _open_error(url, err) from None
         if not self._container.streams.video:
             self._container.close()
@@ -89,13 +101,20 @@ class VideoDecoder:
         finally:
             self._container.close()
 
+    def stop(self) -> None:
+        """Ask the reading thread to end after the current packet."""
+        self._stopped = True
+
     def close(self) -> None:
         self._container.close()
 
     def _decode(self) -> Iterator[Frame | SourceEvent]:
-        packets = self._container.demux(self._stream)
+        # A live source demuxes every stream so control comes back on each packet: audio
+        # that keeps flowing must not hide a video stall from the watchdog.
+        packets = self._container.demux() if self.stall_s else self._container.demux(self._stream)
         demuxed = 0
-        while True:
+        last_frame = time.monotonic()
+        while not self._stopped:
             try:
                 packet = next(packets)
             except StopIteration:
@@ -104,6 +123,11 @@ class VideoDecoder:
                 self.errors += 1
                 yield self._event("decode_error", error=f"demux failed: {err}", fatal=True)
                 return
+            if self.stall_s and time.monotonic() - last_frame > self.stall_s:
+                yield self._event("decode_error", error=f"stalled: no frame for {self.stall_s:g} s", fatal=True)
+                return
+            if packet.stream is not self._stream:
+                continue
             demuxed += packet.size > 0
             try:
                 decoded = packet.decode()
@@ -112,6 +136,7 @@ class VideoDecoder:
                 yield self._event("decode_error", error=str(err), packet_pts=packet.pts)
                 continue
             for av_frame in decoded:
+                last_frame = time.monotonic()
                 yield self._frame(av_frame)
         declared = self.info.frames
         if declared and demuxed < declared:
@@ -142,6 +167,15 @@ class VideoDecoder:
 
     def _event(self, kind: str, **details: object) -> SourceEvent:
         return SourceEvent(self.name, kind, self.seq - 1, time.time(), dict(details))
+
+
+def _hwaccel(kind: str) -> HWAccel | None:
+    if kind == "cpu":
+        return None
+    if "cuda" not in hwdevices_available():
+        raise SourceError("--decode nvdec: this FFmpeg build has no CUDA hwaccel; use --decode cpu")
+    # No software fallback: asking for NVDEC and silently getting the CPU would hide a problem.
+    return HWAccel(device_type="cuda", allow_software_fallback=False)
 
 
 def to_rgb(av_frame: av.VideoFrame, fit_to: tuple[int, int] | None) -> np.ndarray:

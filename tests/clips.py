@@ -25,7 +25,10 @@ def make_clip(
         stream.width, stream.height = width, height
         # 4:2:0 needs even sizes; odd sizes (641x359) are encoded as 4:4:4.
         stream.pix_fmt = pix_fmt or ("yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p")
-        stream.time_base = Fraction(1, fps * 100)
+        # The muxer rewrites stream.time_base when it writes the header (mp4: 1/10000 or so),
+        # so frames keep their own copy; the encoder gets it too, or VFR steps round to 1/fps.
+        time_base = Fraction(1, fps * 100)
+        stream.time_base = stream.codec_context.time_base = time_base
         pts = 0
         for i in range(frames):
             x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
@@ -33,7 +36,7 @@ def make_clip(
             image = np.stack([(x + 7 * i) % 256 + 0 * y, (y + 3 * i) % 256 + 0 * x, np.full((height, width), (5 * i) % 256)], axis=-1)
             frame = av.VideoFrame.from_ndarray(image.astype(np.uint8), format="rgb24")
             frame.pts = pts
-            frame.time_base = stream.time_base
+            frame.time_base = time_base
             pts += pts_steps[i % len(pts_steps)] if pts_steps else 100
             for packet in stream.encode(frame):
                 container.mux(packet)

@@ -32,6 +32,7 @@ def person_clip(media: Path) -> Path:
 # ---- generated clips (decode, preprocess, pipeline and CLI tests) ----------------------------
 
 ODD_SIZE = (641, 359)  # odd in both dimensions: encoded 4:4:4, letterboxed with uneven pads
+VFR_FPS, VFR_STEPS = 25, [100, 50, 200, 100, 30]  # frame intervals in 1/(fps * 100) s
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +52,7 @@ def odd_clip(clip_dir: Path) -> Path:
 def vfr_clip(clip_dir: Path) -> Path:
     from tests.clips import make_clip
 
-    return make_clip(clip_dir / "vfr.mp4", frames=40, pts_steps=[100, 200, 100, 300])
+    return make_clip(clip_dir / "vfr.mp4", frames=60, fps=VFR_FPS, pts_steps=VFR_STEPS)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -23,11 +24,25 @@ from pipeline.default_assets import (
 INPUT_SIZE, PAD = 320, 70
 CONF, NMS_IOU = 0.25, 0.45
 MIN_SIZE, MATCH_IOU = 16, 0.7
+EVERY = 4  # frames scored; the rest only counted, to keep the test short
 
 
-def decode_frames(path: Path) -> list[np.ndarray]:
+@dataclass
+class Clip:
+    frame_count: int
+    sizes: set[tuple[int, ...]]
+    frames: dict[int, np.ndarray]  # every EVERY-th frame, RGB
+
+
+def decode(path: Path) -> Clip:
+    clip = Clip(0, set(), {})
     with av.open(str(path)) as container:
-        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        for index, frame in enumerate(container.decode(video=0)):
+            clip.frame_count += 1
+            clip.sizes.add((frame.height, frame.width))
+            if index % EVERY == 0:
+                clip.frames[index] = frame.to_ndarray(format="rgb24")
+    return clip
 
 
 def letterbox(image: np.ndarray) -> np.ndarray:
@@ -67,8 +82,8 @@ def session() -> ort.InferenceSession:
 
 
 @pytest.fixture(scope="module")
-def clip_frames() -> list[np.ndarray]:
-    return decode_frames(SAMPLE_CLIP)
+def clip() -> Clip:
+    return decode(SAMPLE_CLIP)
 
 
 def test_model_builds_the_same_bytes_every_time(tmp_path: Path) -> None:
@@ -91,20 +106,17 @@ def test_model_runs_any_batch_and_names_its_classes(session: ort.InferenceSessio
     assert ast.literal_eval(names) == dict(enumerate(CLASS_NAMES))
 
 
-def test_the_clip_is_8_seconds_of_640x360(clip_frames: list[np.ndarray]) -> None:
-    assert len(clip_frames) == 200
-    assert {frame.shape for frame in clip_frames} == {(360, 640, 3)}
+def test_the_clip_is_8_seconds_of_640x360(clip: Clip) -> None:
+    assert clip.frame_count == 200
+    assert clip.sizes == {(360, 640)}
 
 
-def test_detector_finds_the_clip_objects(
-    session: ort.InferenceSession, clip_frames: list[np.ndarray]
-) -> None:
-    indices = range(0, len(clip_frames), 4)
-    batch = np.stack([letterbox(clip_frames[i]) for i in indices])
+def test_detector_finds_the_clip_objects(session: ort.InferenceSession, clip: Clip) -> None:
+    batch = np.stack([letterbox(frame) for frame in clip.frames.values()])
     (outputs,) = session.run(["output0"], {"images": batch})
 
     found, sized, detections, unmatched = 0, 0, 0, 0
-    for index, output in zip(indices, outputs):
+    for index, output in zip(clip.frames, outputs):
         truth = [(c, np.array(xyxy)) for c, *xyxy in scene_objects(index)]
         boxes = detect(output)
         detections += len(boxes)
@@ -121,11 +133,11 @@ def test_detector_finds_the_clip_objects(
     assert unmatched / detections <= 0.05, f"{unmatched} of {detections} detections are wrong"
 
 
-def test_the_clip_regenerates_the_same(tmp_path: Path, clip_frames: list[np.ndarray]) -> None:
+def test_the_clip_regenerates_the_same(tmp_path: Path, clip: Clip) -> None:
     make_sample_clip(tmp_path / "sample.mp4")
-    frames = decode_frames(tmp_path / "sample.mp4")
-    assert len(frames) == len(clip_frames)
-    for i in (0, 57, 199):
-        difference = np.abs(frames[i].astype(np.int16) - clip_frames[i]).mean()
-        assert difference < 1.0, f"frame {i} differs by {difference:.2f} levels on average"
-    assert scene_objects(57) == scene_objects(57)
+    again = decode(tmp_path / "sample.mp4")
+    assert again.frame_count == clip.frame_count
+    # Pixels, not bytes: another libx264 build may encode the same frames differently.
+    for index, frame in clip.frames.items():
+        difference = np.abs(again.frames[index].astype(np.int16) - frame).mean()
+        assert difference < 1.0, f"frame {index} differs by {difference:.2f} levels on average"

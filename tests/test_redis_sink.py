@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from pipeline.sinks.redis import RedisSink, missing_seqs, redact_url, resolve_re
 from tests.redis_server import RedisServer, frame_result, publish, run_summary
 
 KEY = "vidpipe:results:"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def config(url: str, spool_dir: Path, **overrides) -> RedisConfig:
@@ -165,6 +168,42 @@ def test_drain_timeout_leaves_the_spool_and_the_next_run_replays_it_first(make_r
     assert frame_seqs(entries) == list(range(100)) + list(range(50))
     assert_ids_increase(entries)
     assert summary_b.outputs["redis"]["earlier_runs"] == 102
+    assert spool_files(spool_dir) == []
+
+
+CRASHING_RUN = """
+import sys, time
+from pathlib import Path
+from pipeline.config import RedisConfig
+from pipeline.sinks.redis import RedisSink
+from tests.redis_server import publish
+sink = RedisSink(RedisConfig(url=sys.argv[1], spool_dir=Path(sys.argv[2])), "crashed")
+publish(sink, "cam1", range(300))
+print("published", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_crashed_runs_spool_is_replayed_by_the_next_run(make_redis_server, tmp_path):
+    server = make_redis_server(start=False)
+    spool_dir = tmp_path / "spool"
+    crashing = subprocess.Popen([sys.executable, "-c", CRASHING_RUN, server.url, str(spool_dir)],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert crashing.stdout.readline() == "published\n"
+        wait_for(lambda: sum(p.read_text().count("\n") for p in spool_dir.glob("*.jsonl")) == 300)
+    finally:
+        crashing.kill()
+        crashing.wait()
+
+    server.start()
+    sink = RedisSink(config(server.url, spool_dir), "run-b")
+    summary = run_summary({})
+    sink.write_summary(summary)
+    sink.close()
+    entries = stream(server, "cam1")
+    assert frame_seqs(entries) == list(range(300)) and {f["run"] for _, f in entries} == {"crashed"}
+    assert summary.outputs["redis"]["earlier_runs"] == 300
     assert spool_files(spool_dir) == []
 
 

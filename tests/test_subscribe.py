@@ -172,6 +172,41 @@ def test_two_consumers_split_the_work_and_a_killed_ones_entries_are_reclaimed(re
     assert by_doomed[-1] in by_survivor  # the entry it died on was handled by the other
 
 
+def test_a_subscriber_rides_out_a_redis_restart(make_redis_server, tmp_path):
+    server = make_redis_server(aof=True)
+    stop = threading.Event()
+    seqs: list[int] = []
+
+    def read() -> None:
+        for d in subscribe(server.url, ["cam1"], from_start=True, block_ms=100, stop=stop):
+            seqs.append(d.result.seq)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    sink = sink_for(server.url, tmp_path)
+    try:
+        publish(sink, "cam1", range(200))
+        deadline = time.monotonic() + 10
+        while len(seqs) < 100:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.stop()
+        publish(sink, "cam1", range(200, 300))
+        time.sleep(0.5)
+        server.start()
+        publish(sink, "cam1", range(300, 400))
+        deadline = time.monotonic() + 20
+        while set(seqs) != set(range(400)):
+            assert time.monotonic() < deadline, f"missing {sorted(set(range(400)) - set(seqs))[:10]}"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        reader.join()
+        sink.close()
+    first_seen = list(dict.fromkeys(seqs))
+    assert first_seen == list(range(400))  # in order; a repeat only after a lost acknowledgement
+
+
 def test_gaps_from_trimming_are_surfaced(redis_server, tmp_path):
     deliveries = subscribe(redis_server.url, ["cam1"], block_ms=100)  # creates the group, at the end
     sink = sink_for(redis_server.url, tmp_path, maxlen=100)

@@ -140,7 +140,7 @@ class RedisSink:
         self._connected = False
         self._outage: str | None = None
         self._counts = {"written": 0, "duplicates": 0, "spooled": 0, "earlier_runs": 0}
-        self._summarized = False
+        self._report: dict[str, Any] | None = None
         self._closed = False
         self._stop = threading.Event()
         if self._leftovers:
@@ -165,26 +165,14 @@ class RedisSink:
         record = summary_to_record(summary)
         for source in sorted(set(summary.sources) | set(self._positions)):
             self._put(source, self._next_position(source, 0), record)
-        drained = self._drain(self._config.drain_timeout_s)
-        if not drained:
-            self._spool_memory()
-        summary.outputs["redis"] = self._report(drained)
-        self._summarized = True
-        if not drained:
-            report = summary.outputs["redis"]
-            log.warning(
-                "redis %s: not reachable within %.1f s (%s); %d bytes of results left in spool %s"
-                " for the next run with spool_dir %s",
-                self._url, self._config.drain_timeout_s, self._outage or "still writing",
-                report["spool_bytes"], report["spool_path"], self._config.spool_dir,
-            )
+        summary.outputs["redis"] = self._finish()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if not self._summarized:
-            self._drain(self._config.drain_timeout_s)
+        if self._report is None:
+            self._finish()
         self._stop.set()
         with self._lock:
             self._work.notify_all()
@@ -196,6 +184,33 @@ class RedisSink:
             for spool in self._leftovers:
                 spool.close()
         self._client.close()
+
+    def _finish(self) -> dict[str, Any]:
+        """Wait for Redis up to drain_timeout_s; what is still unwritten stays in the spool."""
+        drained = self._drain(self._config.drain_timeout_s)
+        if not drained:
+            self._spool_memory()
+        with self._lock:
+            spools = [s for s in (*self._leftovers, self._spool) if s is not None]
+            self._report = {
+                "url": self._url,
+                "written": self._counts["written"],
+                "spooled": self._counts["spooled"],
+                "spool_path": str(self._spool.path) if self._spool and self._spool.path else None,
+                "spool_bytes": sum(s.pending_bytes for s in spools),
+                "drained": drained,
+                "duplicates": self._counts["duplicates"],
+                "earlier_runs": self._counts["earlier_runs"],
+                "error": None if drained else self._outage or "Redis too slow",
+            }
+        if not drained:
+            log.warning(
+                "redis %s: not written within %.1f s (%s); %d bytes of results left in spool %s"
+                " for the next run with spool_dir %s",
+                self._url, self._config.drain_timeout_s, self._report["error"],
+                self._report["spool_bytes"], self._report["spool_path"], self._config.spool_dir,
+            )
+        return self._report
 
     # --- publisher side ---
 
@@ -221,7 +236,13 @@ class RedisSink:
                 log.warning("redis %s: writer %d records behind; spooling to %s",
                             self._url, len(self._buffer), self._config.spool_dir)
                 self._spooling = True
-            self._own_spool().append([_encode(entry)])
+            try:
+                self._own_spool().append([_encode(entry)])
+            except OSError as err:
+                raise OutputError(
+                    f"redis spool in {self._config.spool_dir}: cannot write ({err.strerror}); "
+                    "free some space or set outputs.redis.spool_dir elsewhere"
+                ) from None
             self._counts["spooled"] += 1
 
     # --- writer thread ---
@@ -420,21 +441,6 @@ class RedisSink:
 
     def _drained_locked(self) -> bool:
         return not (self._buffer or self._in_flight or self._spooling or self._leftovers)
-
-    def _report(self, drained: bool) -> dict[str, Any]:
-        with self._lock:
-            spools = [s for s in (*self._leftovers, self._spool) if s is not None]
-            return {
-                "url": self._url,
-                "written": self._counts["written"],
-                "spooled": self._counts["spooled"],
-                "spool_path": str(self._spool.path) if self._spool and self._spool.path else None,
-                "spool_bytes": sum(s.pending_bytes for s in spools),
-                "drained": drained,
-                "duplicates": self._counts["duplicates"],
-                "earlier_runs": self._counts["earlier_runs"],
-                "error": None if drained else self._outage,
-            }
 
 
 def _encode(entry: Entry) -> str:

@@ -1,0 +1,228 @@
+"""Annotated video: each source's video with boxes, labels, scores and a status overlay.
+
+Frames in the pipeline are shrunk to the model's input and results carry no image, so
+this sink decodes each file source a second time, with the same decoder the pipeline
+uses, in step with the results: results reach a sink in seq order per source and a
+file decodes to the same frames every time, so frame k of this decode is the frame of
+result seq k. A live stream cannot be read twice: annotated video needs file sources.
+
+Every result becomes one output frame, failed ones marked FAILED with their reason, so
+the output has exactly as many frames as the pipeline decoded, at the source's size,
+frame rate and timestamps (H.264; the audio track is not copied). Decoding, drawing
+and encoding run in one thread per source behind a small bounded queue, so the
+publisher only waits when encoding falls behind (backpressure, never unbounded memory).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from pipeline.errors import ConfigError, OutputError
+from pipeline.summary import RunSummary
+from pipeline.types import Frame, Result, SourceEvent, Status
+from stages.decode import VideoDecoder
+
+log = logging.getLogger("vidpipe.video")
+
+QUEUE_SIZE = 32
+FPS_WINDOW_S = 2.0
+# RGB colours (the images are RGB): one per class id, and the marks of a failed frame.
+PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]  # fmt: skip
+FAILED_RGB = (255, 0, 0)
+WHITE = (255, 255, 255)
+
+
+def video_paths(path: Path, sources: list[str]) -> dict[str, Path]:
+    """One file for one source (`out.mp4`), else a directory of `<source>.mp4`."""
+    path = Path(path)
+    if path.suffix and not path.is_dir():
+        if len(sources) > 1:
+            raise ConfigError(
+                f"outputs.video = {str(path)!r}: one file cannot hold {len(sources)} sources; "
+                "give a directory (one <source>.mp4 each)"
+            )
+        return {sources[0]: path}
+    return {name: path / f"{name}.mp4" for name in sources}
+
+
+class VideoSink:
+    """Writes `<path>` (one source) or `<path>/<source>.mp4` (several), annotated."""
+
+    def __init__(self, path: Path, sources: dict[str, str]) -> None:
+        for name, url in sources.items():
+            if "://" in url:
+                raise ConfigError(
+                    f"outputs.video: source {name} ({url}) is a live stream; annotated video "
+                    "decodes each source a second time, so it needs file sources"
+                )
+        self.path = Path(path)
+        self._videos: dict[str, _SourceVideo] = {}
+        try:
+            for name, out in video_paths(self.path, list(sources)).items():
+                self._videos[name] = _SourceVideo(name, sources[name], out)
+        except BaseException:
+            self.close()
+            raise
+        self._arrivals: dict[str, deque[float]] = {name: deque() for name in sources}
+        self._failures = dict.fromkeys(sources, 0)
+        self._closed = False
+
+    def write_result(self, result: Result) -> None:
+        now = time.monotonic()
+        arrivals = self._arrivals[result.source]
+        arrivals.append(now)
+        while now - arrivals[0] > FPS_WINDOW_S:
+            arrivals.popleft()
+        fps = (len(arrivals) - 1) / (now - arrivals[0]) if len(arrivals) > 1 and now > arrivals[0] else 0.0
+        self._failures[result.source] += result.status is Status.FAILED
+        self._videos[result.source].put(result, fps, self._failures[result.source])
+
+    def write_event(self, event: SourceEvent) -> None:
+        pass
+
+    def write_summary(self, summary: RunSummary) -> None:
+        self.close()
+        report: dict[str, object] = {"path": str(self.path), "frames": sum(v.frames for v in self._videos.values())}
+        errors = [f"{v.name}: {v.error}" for v in self._videos.values() if v.error]
+        if errors:
+            report["error"] = "; ".join(errors)
+        summary.outputs["video"] = report
+
+    def close(self) -> None:
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        for video in self._videos.values():
+            video.finish()
+
+
+class _SourceVideo:
+    """Decodes one file again and encodes it annotated, in a thread of its own."""
+
+    def __init__(self, name: str, url: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+        self.frames = 0
+        self.error: str | None = None
+        with av.open(url) as probe:
+            stream = probe.streams.video[0]
+            self._time_base: Fraction = stream.time_base or Fraction(1, 90_000)
+            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        self._step = max(1, round(1 / (rate * self._time_base)))  # one frame's duration in pts units
+        self._decoder = VideoDecoder(name, url, deadline_s=0.0)
+        self._source = iter(self._decoder)
+        width, height = self._decoder.info.width, self._decoder.info.height
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._output = av.open(str(path), "w")
+        except (OSError, av.error.FFmpegError) as err:
+            self._decoder.close()
+            raise OutputError(f"outputs.video: cannot write {path} ({err}); choose a writable path") from None
+        self._stream = self._output.add_stream("libx264", rate=rate, options={"preset": "veryfast"})
+        self._stream.width, self._stream.height = width, height
+        # 4:2:0 needs even sizes; an odd-sized source keeps its size in 4:4:4.
+        self._stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        self._stream.time_base = self._time_base
+        self._last_pts: int | None = None
+        self._blank = np.zeros((height, width, 3), np.uint8)
+        self._queue: queue.Queue[tuple[Result, float, int] | None] = queue.Queue(QUEUE_SIZE)
+        self._thread = threading.Thread(target=self._run, name=f"vidpipe-video-{name}", daemon=True)
+        self._thread.start()
+        self._finished = False
+
+    def put(self, result: Result, fps: float, failures: int) -> None:
+        self._queue.put((result, fps, failures))
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            for packet in self._stream.encode():
+                self._output.mux(packet)
+        except av.error.FFmpegError as err:
+            self.error = self.error or f"finishing the file failed: {err}"
+        finally:
+            self._output.close()
+            self._decoder.close()
+        if self.error:
+            log.error("annotated video %s: %s", self.path, self.error)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error:
+                continue  # keep draining so the publisher never blocks on a dead writer
+            try:
+                self._write(*item)
+            except Exception as err:  # a bad output must not stop the results
+                log.exception("annotated video %s failed", self.path)
+                self.error = str(err)
+
+    def _next_source_frame(self, seq: int) -> Frame | None:
+        for item in self._source:
+            if isinstance(item, Frame) and item.seq >= seq:
+                return item
+        return None
+
+    def _write(self, result: Result, fps: float, failures: int) -> None:
+        frame = self._next_source_frame(result.seq)
+        if frame is None:  # the file changed since the pipeline read it
+            image, pts, missing = self._blank.copy(), None, True
+        else:
+            image, missing = frame.image, False
+            pts = round(frame.pts / self._time_base) if frame.pts is not None else None
+        if pts is None or (self._last_pts is not None and pts <= self._last_pts):
+            pts = 0 if self._last_pts is None else self._last_pts + self._step
+        self._last_pts = pts
+        annotate(image, result, f"{self.name}  #{result.seq}  {fps:.1f} fps  failed {failures}")
+        if missing:
+            _label(image, "source frame unavailable", (10, image.shape[0] // 2), FAILED_RGB)
+        out = av.VideoFrame.from_ndarray(image, format="rgb24")
+        out.pts = pts
+        out.time_base = self._time_base
+        for packet in self._stream.encode(out):
+            self._output.mux(packet)
+        self.frames += 1
+
+
+def annotate(image: np.ndarray, result: Result, status: str) -> None:
+    """Draw boxes with label and score, a status line, and a FAILED mark, in place (RGB)."""
+    height = image.shape[0]
+    thickness = max(1, round(height / 360))
+    det = result.detections
+    for i in range(len(det)):
+        x1, y1, x2, y2 = (int(round(float(v))) for v in det.xyxy[i])
+        colour = PALETTE[int(det.class_id[i]) % len(PALETTE)]
+        cv2.rectangle(image, (x1, y1), (x2, y2), colour, thickness)
+        _label(image, f"{det.labels[i]} {float(det.score[i]):.2f}", (x1, max(y1, 0)), colour)
+    _label(image, status, (0, 0), (0, 0, 0))
+    if result.status is Status.FAILED:
+        cv2.rectangle(image, (0, 0), (image.shape[1] - 1, height - 1), FAILED_RGB, 3 * thickness)
+        reason = result.reason.value if result.reason else "unknown"
+        _label(image, f"FAILED: {reason}", (0, height), FAILED_RGB, anchor_bottom=True)
+
+
+def _label(image: np.ndarray, text: str, at: tuple[int, int], background: tuple[int, int, int],
+           anchor_bottom: bool = False) -> None:  # fmt: skip
+    """White text on a filled box whose top-left (or bottom-left) corner is `at`."""
+    scale = max(0.4, image.shape[0] / 900)
+    weight = max(1, round(scale * 1.5))
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, weight)
+    x, y = at
+    top = y - h - base - 4 if anchor_bottom else y
+    top = min(max(top, 0), image.shape[0] - h - base - 4)
+    cv2.rectangle(image, (x, top), (x + w + 6, top + h + base + 4), background, cv2.FILLED)
+    cv2.putText(image, text, (x + 3, top + h + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, WHITE, weight, cv2.LINE_AA)

@@ -1,0 +1,129 @@
+"""Live sources (RTSP cameras): reconnect with backoff and jitter, seq continues across outages.
+
+An outage is published as `outage_start` / `outage_end` events (with its duration), so
+subscribers see the gap; the frames around it keep consecutive seq numbers.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+
+from pipeline.types import Frame, SourceEvent
+from stages.decode import StreamInfo, VideoDecoder
+from stages.errors import SourceError
+
+
+class LiveSource:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        deadline_s: float,
+        fit_to: tuple[int, int] | None = None,
+        transport: str = "tcp",
+        open_timeout_s: float = 10.0,
+        stall_s: float = 5.0,
+        connect_attempts: int = 3,
+        max_reconnects: int | None = None,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        hwaccel: str = "cpu",
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.deadline_s = deadline_s
+        self.fit_to = fit_to
+        self.transport = transport
+        self.open_timeout_s = open_timeout_s
+        self.stall_s = stall_s
+        self.max_reconnects = max_reconnects
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.hwaccel = hwaccel
+        self.seq = 0
+        self.reconnects = 0
+        self.connected = False
+        self._closed = threading.Event()
+        self._decoder = self._connect(connect_attempts)
+        self.info: StreamInfo = self._decoder.info
+
+    def _open(self) -> VideoDecoder:
+        # A short probe: FFmpeg's default buffers seconds of video before the first frame,
+        # which a live pipeline then receives as one burst.
+        options = {"analyzeduration": "500000", "probesize": "1000000"}
+        if self.url.startswith(("rtsp://", "rtsps://")):
+            options["rtsp_transport"] = self.transport
+        decoder = VideoDecoder(
+            self.name,
+            self.url,
+            self.deadline_s,
+            self.fit_to,
+            options=options,
+            timeout=(self.open_timeout_s, self.stall_s),
+            first_seq=self.seq,
+            hwaccel=self.hwaccel,
+            stall_s=self.stall_s,
+        )
+        decoder.fit_to = self.fit_to
+        return decoder
+
+    def _connect(self, attempts: int | None) -> VideoDecoder:
+        """Open the stream, retrying with backoff; SourceError after `attempts` (None: forever)."""
+        tried = 0
+        while True:
+            tried += 1
+            try:
+                decoder = self._open()
+                self.connected = True
+                return decoder
+            except SourceError as err:
+                if (attempts is not None and tried >= attempts) or self._closed.is_set():
+                    raise SourceError(f"{err} (gave up after {tried} attempts)") from None
+            self._closed.wait(self._backoff(tried))
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        return base * random.uniform(0.5, 1.0)  # jitter: cameras that dropped together don't retry together
+
+    def __iter__(self) -> Iterator[Frame | SourceEvent]:
+        while not self._closed.is_set():
+            decoder, error = self._decoder, "stream ended"
+            decoder.fit_to = self.fit_to
+            for item in decoder:
+                if isinstance(item, Frame):
+                    self.seq = item.seq + 1
+                    yield item
+                elif item.details.get("fatal"):
+                    error = str(item.details.get("error"))
+                else:
+                    yield item
+            self.connected = False
+            if self._closed.is_set():
+                return
+            started, began = time.time(), time.monotonic()
+            yield SourceEvent(self.name, "outage_start", self.seq - 1, started, {"error": error})
+            try:
+                self._decoder = self._connect(self.max_reconnects)
+            except SourceError as err:
+                yield SourceEvent(self.name, "source_failed", self.seq - 1, time.time(), {"error": str(err), "fatal": True})
+                return
+            self.reconnects += 1
+            yield SourceEvent(
+                self.name,
+                "outage_end",
+                self.seq - 1,
+                time.time(),
+                {"duration_s": round(time.monotonic() - began, 3), "started": started, "reconnects": self.reconnects},
+            )
+
+    def stop(self) -> None:
+        """Ask the reading thread to end: it leaves a reconnect wait at once, a read within stall_s."""
+        self._closed.set()
+        self._decoder.stop()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._decoder.close()
