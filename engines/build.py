@@ -114,7 +114,8 @@ def build_engine(
     trt, _ = import_tensorrt(builder=True)
     device = current_device()
     check_precision_supported(precision, device)
-    found = prepare.detect_precision(prepare.load(onnx_path))
+    model = prepare.load(onnx_path)
+    found = prepare.detect_precision(model)
     if found != precision:
         raise ModelError(
             f"model {onnx_path} is {found}, not {precision}: prepare it first "
@@ -166,6 +167,7 @@ def build_engine(
         version_compatible=version_compatible,
         inputs=[_describe(trt, network.get_input(i)) for i in range(network.num_inputs)],
         outputs=[_describe(trt, network.get_output(i)) for i in range(network.num_outputs)],
+        onnx_metadata={p.key: p.value for p in model.metadata_props},
     )
     return pack(header, bytes(plan))
 
@@ -205,7 +207,7 @@ def _describe(trt: object, tensor: object) -> dict:
 
 def find_or_build_engine(
     onnx_path: Path,
-    precision: str,
+    precision: str | None = None,
     profile: BatchProfile = DEFAULT_BATCH,
     input_size: tuple[int, int] | None = None,
     cache_dir: Path | None = None,
@@ -213,19 +215,22 @@ def find_or_build_engine(
 ) -> Path:
     """The cached engine for this model, precision and profile, built on a miss.
 
-    fp32 and fp16 are prepared here (both conversions are deterministic, so the key is
-    stable); int8 needs calibration frames, so an fp32 model asks for build-engine first.
+    Without a precision the model's own is used (an fp16- or int8-prepared ONNX builds as
+    such). An fp32 model is prepared here for fp16 (deterministic, so the key is stable);
+    int8 needs calibration frames, so it asks for build-engine first.
     """
     trt, lean = import_tensorrt()
     cache = EngineCache(cache_dir)
     device = current_device()
     found = prepare.detect_precision(prepare.load(onnx_path))
+    precision = precision or found
     if found != precision and found != "fp32":
         raise ModelError(f"model {onnx_path} is already {found}; for an {precision} engine give its fp32 original")
     if found != precision and precision == "int8":
         raise ModelError(
-            f"an int8 engine for {onnx_path} needs calibration frames: run "
-            f"vidpipe build-engine {onnx_path} --precision int8 --calib VIDEO_OR_DIR first"
+            f"an int8 engine for {onnx_path} needs calibration frames: run vidpipe build-engine "
+            f"{onnx_path} --precision int8 --calib VIDEO_OR_DIR --prepare-only --output MODEL-int8.onnx, "
+            "then run that model"
         )
     with tempfile.TemporaryDirectory(prefix="vidpipe-prepare-") as tmp:
         prepared = Path(onnx_path)
@@ -246,7 +251,7 @@ def find_or_build_engine(
         if lean:
             raise ModelError(
                 f"no cached engine for {onnx_path} and only the lean TensorRT runtime is installed, "
-                "which cannot build; build it where tensorrt is installed and pass --engine"
+                "which cannot build; build it where tensorrt is installed and pass the .engine file"
             )
         log.info("building a %s TensorRT engine for %s (cached afterwards)", precision, onnx_path)
         data = build_engine(

@@ -18,25 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from engines.cuda_errors import is_sticky_cuda_error
 from engines.errors import InferenceError, ModelError, StickyInferenceError
 
-# Errors after which no CUDA work in this process can succeed again (CUDA runtime API
-# documentation: "the process must be terminated and relaunched").
-STICKY_ERRORS = frozenset(
-    {
-        "cudaErrorIllegalAddress",
-        "cudaErrorLaunchFailure",
-        "cudaErrorHardwareStackError",
-        "cudaErrorIllegalInstruction",
-        "cudaErrorMisalignedAddress",
-        "cudaErrorInvalidAddressSpace",
-        "cudaErrorInvalidPc",
-        "cudaErrorAssert",
-        "cudaErrorECCUncorrectable",
-        "cudaErrorLaunchTimeout",
-        "cudaErrorContextIsDestroyed",
-    }
-)
 NO_DEVICE_ERRORS = frozenset({"cudaErrorNoDevice", "cudaErrorInsufficientDriver"})
 
 
@@ -69,7 +53,7 @@ def check(result: tuple, what: str) -> Any:
     err, values = result[0], result[1:]
     if err != cudart.cudaError_t.cudaSuccess:
         name = error_name(err)
-        error = StickyInferenceError if name in STICKY_ERRORS else InferenceError
+        error = StickyInferenceError if is_sticky_cuda_error(name) else InferenceError
         raise error(f"{what} failed: {name}")
     if not values:
         return None
@@ -182,15 +166,21 @@ class PinnedBuffer:
 
 
 class DeviceBuffer:
-    """Plain device memory (cudaMalloc)."""
+    """Device memory allocated and freed in `stream`'s order (cudaMallocAsync/cudaFreeAsync).
 
-    def __init__(self, nbytes: int) -> None:
+    Stream-ordered, because a plain cudaFree waits for the whole device: closing one
+    context would then hang behind another context's stuck stream.
+    """
+
+    def __init__(self, nbytes: int, stream: Stream) -> None:
         self.nbytes = int(nbytes)
-        self.ptr = check(runtime().cudaMalloc(max(self.nbytes, 1)), "cudaMalloc")
+        self._stream = stream
+        self.ptr = check(runtime().cudaMallocAsync(max(self.nbytes, 1), stream.handle), "cudaMallocAsync")
 
     def close(self) -> None:
+        """Free after the work already queued on the stream (which must still exist)."""
         if self.ptr:
-            check(runtime().cudaFree(self.ptr), "cudaFree")
+            check(runtime().cudaFreeAsync(self.ptr, self._stream.handle), "cudaFreeAsync")
             self.ptr = 0
 
 

@@ -23,3 +23,14 @@ class InferenceTimeout(InferenceError):
 
 class StickyInferenceError(InferenceError):
     """An error that poisons the whole process: no new context or engine in it can work."""
+
+
+class WorkerLost(StickyInferenceError):
+    """The inference worker process died or was poisoned; its supervisor is starting a new one.
+
+    Contexts of the lost worker are gone; a context created now comes from the new worker.
+    """
+
+
+class WorkerBudgetExhausted(VidpipeError):
+    """The inference worker needed more restarts than its budget allows: the run must stop."""

@@ -2,11 +2,18 @@
 
 A hang here cannot be cancelled (it models a GPU that stops answering): the scheduler
 must abandon the context, and its reaper closes it once the call returns.
+
+A sticky fault models a CUDA error that poisons the process (an illegal address): from
+then on every call and every new context of this engine fails, and so does a reload, as
+they would on a real device. A crash kills the process at once, as a segfault in a
+driver would; it only makes sense where the engine runs in a worker process.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -14,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.base import Context, Engine
-from engines.errors import InferenceError
+from engines.errors import InferenceError, ModelError, StickyInferenceError
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,8 @@ class FaultPlan:
     slow_rate: float = 0.0
     slow_ms: float = 50.0
     corrupt_rate: float = 0.0
+    sticky_rate: float = 0.0
+    crash_rate: float = 0.0
     seed: int | None = None
 
 
@@ -38,6 +47,7 @@ class FaultyEngine:
         self.inputs = inner.inputs
         self.outputs = inner.outputs
         self.metadata = inner.metadata
+        self.poisoned = False
         self._rng = random.Random(plan.seed)
         self._lock = threading.Lock()
 
@@ -45,8 +55,20 @@ class FaultyEngine:
         with self._lock:
             return self._rng.random()
 
+    def check_poisoned(self) -> None:
+        if self.poisoned:
+            raise StickyInferenceError("injected sticky fault: this process can run no more inferences")
+
     def create_context(self) -> FaultyContext:
+        self.check_poisoned()
         return FaultyContext(self.inner.create_context(), self)
+
+    def reload(self) -> None:
+        if self.poisoned:
+            raise ModelError("injected sticky fault: the engine cannot be reloaded in this process")
+        reload = getattr(self.inner, "reload", None)
+        if reload is not None:
+            reload()
 
     def close(self) -> None:
         self.inner.close()
@@ -59,8 +81,10 @@ class FaultyContext:
         self.corrupted = False
 
     def infer(self, inputs: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
-        plan = self._engine.plan
-        fault, slow = self._engine.draw(), self._engine.draw()
+        engine = self._engine
+        plan = engine.plan
+        engine.check_poisoned()
+        fault, slow = engine.draw(), engine.draw()
         if slow < plan.slow_rate:
             time.sleep(plan.slow_ms / 1000)
         if fault < plan.error_rate:
@@ -68,8 +92,13 @@ class FaultyContext:
         fault -= plan.error_rate
         if fault < plan.hang_rate:
             time.sleep(plan.hang_s)
-        elif fault - plan.hang_rate < plan.corrupt_rate:
+        elif (fault := fault - plan.hang_rate) < plan.corrupt_rate:
             self.corrupted = True
+        elif (fault := fault - plan.corrupt_rate) < plan.sticky_rate:
+            engine.poisoned = True
+            engine.check_poisoned()
+        elif fault - plan.sticky_rate < plan.crash_rate:
+            os.kill(os.getpid(), signal.SIGKILL)
         outputs = self._inner.infer(inputs, timeout)
         if self.corrupted:
             # Silent corruption: plausible-looking but wrong numbers, as from bad device memory.

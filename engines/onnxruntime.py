@@ -55,16 +55,26 @@ class OnnxRuntimeEngine:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
-        try:
-            # Providers are always explicit: onnxruntime 1.32 lists AzureExecutionProvider first.
-            self._session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as err:  # ORT raises its own exception types for every load failure
-            message = str(err).splitlines()[0][:300]
-            raise ModelError(f"model {path}: ONNX Runtime cannot load it ({message}); check it is a valid ONNX file") from None
+        self._path, self._options, self._providers = Path(path), options, providers
+        self._session = self._open()
         self.inputs = [_spec(a) for a in self._session.get_inputs()]
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.providers = self._session.get_providers()
+
+    def _open(self) -> ort.InferenceSession:
+        try:
+            # Providers are always explicit: onnxruntime 1.32 lists AzureExecutionProvider first.
+            return ort.InferenceSession(str(self._path), self._options, providers=self._providers)
+        except Exception as err:  # ORT raises its own exception types for every load failure
+            message = str(err).splitlines()[0][:300]
+            raise ModelError(f"model {self._path}: ONNX Runtime cannot load it ({message}); check it is a valid ONNX file") from None
+
+    def reload(self) -> None:
+        """A new session from the model file; contexts made before keep the old one until closed."""
+        if not self._path.is_file():
+            raise ModelError(f"model {self._path}: no such file any more; cannot reload the engine")
+        self._session = self._open()
 
     def create_context(self) -> OnnxRuntimeContext:
         return OnnxRuntimeContext(self._session, [o.name for o in self.outputs])

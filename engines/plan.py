@@ -34,6 +34,7 @@ class EngineHeader:
     version_compatible: bool = False
     inputs: list[dict] = field(default_factory=list)  # name, shape, dtype as built
     outputs: list[dict] = field(default_factory=list)
+    onnx_metadata: dict[str, str] = field(default_factory=dict)  # e.g. Ultralytics' `names`
 
     def to_json(self) -> bytes:
         return json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True).encode()

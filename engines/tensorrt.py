@@ -30,7 +30,6 @@ from engines.trt_module import import_tensorrt, make_logger
 log = logging.getLogger("vidpipe.tensorrt")
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-DEFAULT_RUN_PRECISION = "fp16"
 # How long close() waits for an abandoned context's stream before leaking its buffers
 # rather than freeing memory the GPU may still be writing.
 CLOSE_WAIT_S = 60.0
@@ -55,19 +54,14 @@ class TensorRTEngine:
         if self.header is not None:
             check_compatible(self.header, self.trt.__version__, self.device, self.name, lean=self.lean)
 
+        self._plan = plan
         self._logger = make_logger(self.trt)
         self._runtime = self.trt.Runtime(self._logger)
         if self.header is not None and self.header.version_compatible:
             # A version-compatible plan carries its own lean runtime (host code); allow it
             # only for engines whose vidpipe header says they were built that way.
             self._runtime.engine_host_code_allowed = True
-        self._engine = self._runtime.deserialize_cuda_engine(plan)
-        if self._engine is None:
-            raise ModelError(
-                f"engine {self.name}: TensorRT {self.trt.__version__} cannot load it "
-                f"({self._logger.last_error()}); it was probably built by another TensorRT "
-                "version or for another GPU: rebuild it with vidpipe build-engine"
-            )
+        self._engine = self._deserialize()
 
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
@@ -92,11 +86,26 @@ class TensorRTEngine:
                 self.outputs.append(spec)
         self.metadata: dict[str, str] = {"backend": "tensorrt", "tensorrt": self.trt.__version__}
         if self.header is not None:
+            self.metadata.update(self.header.onnx_metadata)
             self.metadata.update(
                 precision=self.header.precision,
                 built_for=f"{self.header.gpu} (compute capability {self.header.compute_capability})",
                 batch=":".join(map(str, self.header.batch)),
             )
+
+    def _deserialize(self) -> Any:
+        engine = self._runtime.deserialize_cuda_engine(self._plan)
+        if engine is None:
+            raise ModelError(
+                f"engine {self.name}: TensorRT {self.trt.__version__} cannot load it "
+                f"({self._logger.last_error()}); it was probably built by another TensorRT "
+                "version or for another GPU: rebuild it with vidpipe build-engine"
+            )
+        return engine
+
+    def reload(self) -> None:
+        """A fresh ICudaEngine from the same plan; contexts made before keep the old one."""
+        self._engine = self._deserialize()
 
     @property
     def max_batch(self) -> int:
@@ -109,6 +118,7 @@ class TensorRTEngine:
         """Release the engine; close its contexts first."""
         self._engine = None
         self._runtime = None
+        self._plan = None
 
 
 class TensorRTContext:
@@ -123,7 +133,8 @@ class TensorRTContext:
         self._stream: cuda.Stream | None = None
         self._done: cuda.Event | None = None
         self._pending = False
-        self._context = engine._engine.create_execution_context()
+        self._trt_engine = engine._engine  # outlives this context's IExecutionContext
+        self._context = self._trt_engine.create_execution_context()
         if self._context is None:
             raise InferenceError(
                 f"TensorRT could not create an execution context for {engine.name} "
@@ -139,7 +150,7 @@ class TensorRTContext:
             for spec in self._inputs + self._outputs:
                 shape = tuple(int(d) for d in self._context.get_tensor_shape(spec.name))
                 self._host[spec.name] = cuda.PinnedBuffer(shape, spec.dtype)
-                self._device[spec.name] = cuda.DeviceBuffer(self._host[spec.name].nbytes)
+                self._device[spec.name] = cuda.DeviceBuffer(self._host[spec.name].nbytes, self._stream)
                 if not self._context.set_tensor_address(spec.name, self._device[spec.name].ptr):
                     raise InferenceError(f"TensorRT refused the buffer address for tensor '{spec.name}'")
         except Exception:
@@ -230,6 +241,7 @@ class TensorRTContext:
             return
         self._pending = False
         self._context = None
+        self._trt_engine = None
         for buffer in [*self._device.values(), *self._host.values()]:
             buffer.close()
         self._device.clear()
@@ -242,14 +254,15 @@ class TensorRTContext:
 
 def open_tensorrt_engine(path: Path, config: Any = None) -> TensorRTEngine:
     """The engine for `vidpipe run --backend tensorrt`: an .engine file as is, or an ONNX
-    model found in (or built into) the engine cache at the config's precision."""
+    model found in (or built into) the engine cache."""
     path = Path(path)
     if path.suffix.lower() in ENGINE_SUFFIXES:
         return TensorRTEngine(path)
-    # ModelConfig gains `precision` and `engine_cache` with the TensorRT options; until
-    # then a model is built at fp16 into the default cache.
-    precision = getattr(config, "precision", None) or DEFAULT_RUN_PRECISION
-    if precision not in PRECISIONS:
+    # The precision is the model's own (reduced precision lives in the ONNX, see
+    # engines/prepare.py) unless the config names one; the cache is the default one
+    # unless the config names a directory.
+    precision = getattr(config, "precision", None)
+    if precision is not None and precision not in PRECISIONS:
         raise ModelError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     engine_path = find_or_build_engine(path, precision, DEFAULT_BATCH, cache_dir=getattr(config, "engine_cache", None))
     return TensorRTEngine(engine_path, name=path.name)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import uuid
 from contextlib import ExitStack
-from typing import TYPE_CHECKING
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -112,9 +112,6 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
     names = unique_names(configs)
     with ExitStack() as stack:
         metrics = start_metrics(config, names, stack)
-        all_sinks = open_sinks(config, run_id, {n: c.url for n, c in zip(names, configs)}) + list(sinks or [])
-        for sink in all_sinks:
-            stack.callback(sink.close)
         decoders = [open_source(config, src, name) for src, name in zip(configs, names)]
         for source in decoders:
             stack.callback(source.decoder.close)
@@ -122,6 +119,10 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
             metrics.sources_opened()
         model = load_model(config.model, config.faults)
         stack.callback(model.engine.close)
+        # Outputs open last: a run rejected for its input never truncates an earlier --out file.
+        all_sinks = open_sinks(config, run_id, {n: c.url for n, c in zip(names, configs)}) + list(sinks or [])
+        for sink in all_sinks:
+            stack.callback(sink.close)
         for source in decoders:
             source.decoder.fit_to = model.input_size
         views: list[Sink] = []

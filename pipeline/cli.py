@@ -12,6 +12,7 @@ from pipeline.errors import ConfigError, VidpipeError
 
 EXIT_USER_ERROR = 2
 EXIT_LEDGER = 1
+EXIT_INTERRUPTED = 130
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +41,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", choices=["block", "shed"], help="overload policy for every source")
     parser.add_argument("--transport", choices=["tcp", "udp"], help="RTSP transport for every live source")
     parser.add_argument("--decode", choices=["cpu", "nvdec"], help="nvdec: NVIDIA hardware decoding")
+    parser.add_argument("--video", type=Path, help="annotated video: a .mp4 file, or a directory for several sources")
+    parser.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on this port (0: any)")
+    parser.add_argument("--log-format", choices=["text", "json"], help="json: one JSON object per log line")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
 
@@ -92,6 +96,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("decode", args.decode)
     if args.faults:
         put("faults", parse_key_values(args.faults, "--faults"))
+    put("outputs.video", args.video and str(args.video))
+    put("metrics.port", args.metrics_port)
+    put("log_format", args.log_format)
     if args.quiet:
         put("progress", False)
     return out
@@ -108,14 +115,19 @@ def config_from_args(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.api import run
 
+    from pipeline.logs import configure_logging
+
     config = config_from_args(args)
+    configure_logging(args.log_level, config.log_format)
     summary = run(config, show=True)
     if summary.error:
         print(f"vidpipe: error: {summary.error}", file=sys.stderr)
     if not summary.balanced:
         print("vidpipe: error: the ledger did not balance (a frame has no result); this is a bug, please report it", file=sys.stderr)
         return EXIT_LEDGER
-    return EXIT_USER_ERROR if summary.error else 0
+    if summary.error:
+        return EXIT_USER_ERROR
+    return EXIT_INTERRUPTED if summary.interrupted else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("vidpipe: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def add_subscribe_parser(subparsers: Any) -> None:
                         help="a new group starts at the beginning of the stream, not its end")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--reclaim-idle-ms", type=int, default=30000, metavar="MS",
-                        help="claim entries another consumer left pending this long (default: 30000)")
+                        help="take over entries another consumer left pending this long "
+                        "(default: 30000)")
     parser.add_argument("--key-prefix", default="vidpipe:results:",
                         help="stream key prefix, as in the run's outputs.redis.key_prefix")
 
@@ -69,7 +70,8 @@ def format_line(d: Delivery) -> str:
     line = _format_entry(d)
     if d.gap:
         first, last = d.gap
-        line = f"{d.source} gap: #{first}-#{last} missing (trimmed before this group read them)\n{line}"
+        gap = f"{d.source} gap: #{first}-#{last} missing (trimmed before this group read them)"
+        line = f"{gap}\n{line}"
     return line
 
 
@@ -79,21 +81,27 @@ def _format_entry(d: Delivery) -> str:
         timing = f"({r.latency_ms:.1f} ms)"
         if r.reason is not None:
             return f"{d.source} #{r.seq} failed {r.reason.value} after {r.attempts} attempts {timing}"
-        labels = [f"{label} {score:.2f}" for label, score in zip(r.detections.labels, r.detections.score)]
-        shown = ", ".join(labels[:MAX_LABELS]) + (f", +{len(labels) - MAX_LABELS}" if len(labels) > MAX_LABELS else "")
+        dets = r.detections
+        labels = [f"{label} {score:.2f}" for label, score in zip(dets.labels, dets.score)]
+        shown = ", ".join(labels[:MAX_LABELS])
+        if len(labels) > MAX_LABELS:
+            shown += f", +{len(labels) - MAX_LABELS}"
         return f"{d.source} #{r.seq} ok {len(labels)} det{': ' + shown if shown else ''} {timing}"
     if d.kind == "summary":
         rec = d.record.get("sources", {}).get(d.source, {})
         failed = sum(rec.get("failed", {}).values())
         state = "balanced" if rec.get("balanced") else "NOT balanced"
-        return f"{d.source} summary: {rec.get('decoded', 0)} frames, {rec.get('ok', 0)} ok, {failed} failed ({state})"
-    details = {k: v for k, v in d.record.items() if k not in ("type", "source", "after_seq", "wall_time")}
+        counts = f"{rec.get('decoded', 0)} frames, {rec.get('ok', 0)} ok, {failed} failed"
+        return f"{d.source} summary: {counts} ({state})"
+    shown_elsewhere = ("type", "source", "after_seq", "wall_time")
+    details = {k: v for k, v in d.record.items() if k not in shown_elsewhere}
     extra = " " + json.dumps(details, separators=(",", ":")) if details else ""
     return f"{d.source} {d.kind} after #{d.record.get('after_seq')}{extra}"
 
 
 def format_json(d: Delivery) -> str:
     return json.dumps(
-        {**d.record, "source": d.source, "entry_id": d.entry_id, "gap": list(d.gap) if d.gap else None},
+        {**d.record, "source": d.source, "entry_id": d.entry_id,
+         "gap": list(d.gap) if d.gap else None},
         separators=(",", ":"),
     )

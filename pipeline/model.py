@@ -72,6 +72,14 @@ def load_model(config: ModelConfig, faults: FaultConfig | None = None) -> Model:
             classes=config.classes,
         )
         reference = reference_outputs(engine, stage)
+    except ModelError as err:
+        engine.close()
+        message = str(err)
+        raise ModelError(message if message.startswith("model ") else f"model {engine.name}: {message}") from None
+    except ModelError as err:
+        engine.close()
+        message = str(err)
+        raise ModelError(message if message.startswith("model ") else f"model {engine.name}: {message}") from None
     except Exception:
         engine.close()
         raise

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 
 from pipeline.ledger import Ledger
@@ -24,10 +24,12 @@ class Publisher:
         self._waiting: dict[str, dict[int, Result]] = defaultdict(dict)
         self._events: dict[str, list[SourceEvent]] = defaultdict(list)
         self.latencies: deque[float] = deque(maxlen=1_000_000)
+        self.event_counts: Counter[str] = Counter()
 
     def add(self, item: Result | SourceEvent) -> None:
         if isinstance(item, SourceEvent):
             self._events[item.source].append(item)
+            self.event_counts[item.type] += 1
         else:
             self._waiting[item.source][item.seq] = item
         self._release(item.source)

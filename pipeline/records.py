@@ -90,7 +90,9 @@ def summary_to_record(summary: RunSummary) -> dict[str, Any]:
         },
         "inference": summary.inference,
         "outputs": summary.outputs,
+        "events": summary.events,
         "error": summary.error,
+        "interrupted": summary.interrupted,
     }
 
 

@@ -132,6 +132,10 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
         f"p99 {_ms(inf.get('recovery_ms_p99'))}  abandoned {inf.get('abandoned', 0)}  "
         f"deadline misses {inf.get('deadline_misses', 0)}  probe failures {inf.get('probe_failures', 0)}",
     ]
+    if summary.events:
+        lines.append("source events: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.events.items())))
+    if summary.interrupted:
+        lines.append("interrupted: frames in flight were finished or reported as failed/shutdown")
     for name, info in summary.outputs.items():
         lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     for line in lines:

@@ -79,6 +79,7 @@ class Pipeline:
         self.stats = InferStats()
         self.preprocess = Preprocess(model.input_size)
         self._stopping = threading.Event()
+        self.interrupted = False
         self._abort_reason: tuple[Reason, str | None] | None = None
         self._abort_lock = threading.Lock()
         self.errors: list[str] = []
@@ -294,7 +295,9 @@ class Pipeline:
             latency_p50_ms=percentile(latencies, 50),
             latency_p99_ms=percentile(latencies, 99),
             inference=inference,
+            events={k: v for k, v in self.publisher.event_counts.items() if k != "source_end"},
             error="; ".join(self.errors) or None,
+            interrupted=self.interrupted,
         )
 
 
@@ -316,6 +319,7 @@ class _signals_stop:
         self.previous: dict[int, object] = {}
 
     def _handle(self, signum: int, _frame: object) -> None:
+        self.pipeline.interrupted = True
         if self.pipeline._stopping.is_set():
             self.pipeline.abort(Reason.SHUTDOWN, "interrupted")
         else:

@@ -153,7 +153,7 @@ class Spool:
             raw = self._reader.readline()
             if not raw.endswith(b"\n"):
                 if raw and self._sealed:
-                    log.warning("spool %s: dropping a torn last line (a crash mid-write)", self.path)
+                    log.warning("spool %s: dropping a torn last line (crash mid-write)", self.path)
                     self._read_pos += len(raw)
                 break
             self._read_pos += len(raw)

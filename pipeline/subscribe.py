@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 COUNT = 100
 RECONNECT_S = (0.1, 5.0)
 
+# (entry ID, fields or None if trimmed meanwhile, the group's previous entry ID if known)
+_Entry = tuple[str, dict[str, str] | None, str | None]
+
 # The group's last delivered ID and the next entries, read atomically: the ID is the
 # entry the group delivered just before these, even with other consumers reading, so a
 # jump between the two is a gap in the stream (entries trimmed before the group read them).
@@ -121,7 +124,7 @@ def live(
     channels = {key_prefix + s for s in sources}
     pubsub.subscribe(*channels)
     confirmed = 0
-    while confirmed < len(channels):  # subscribed before returning: nothing published after is missed
+    while confirmed < len(channels):  # confirmed, so nothing published after we return is missed
         message = pubsub.get_message(timeout=5.0)
         if message is None:
             pubsub.close()
@@ -131,7 +134,9 @@ def live(
     return _live_records(client, pubsub, stop or threading.Event())
 
 
-def _live_records(client: redis.Redis, pubsub: Any, stop: threading.Event) -> Iterator[dict[str, Any]]:
+def _live_records(
+    client: redis.Redis, pubsub: Any, stop: threading.Event
+) -> Iterator[dict[str, Any]]:
     try:
         while not stop.is_set():
             message = pubsub.get_message(timeout=0.5)
@@ -199,9 +204,7 @@ class _GroupReader:
             if not delivered and not stop.is_set():
                 self._wait_for_new()
 
-    def _handle(
-        self, key: str, entries: list[tuple[str, dict[str, str] | None, str | None]], stop: threading.Event
-    ) -> Iterator[Delivery]:
+    def _handle(self, key: str, entries: list[_Entry], stop: threading.Event) -> Iterator[Delivery]:
         for entry_id, fields, previous in entries:
             if fields:
                 yield self._delivery(key, entry_id, fields, previous)
@@ -209,8 +212,11 @@ class _GroupReader:
             if stop.is_set():
                 return
 
-    def _delivery(self, key: str, entry_id: str, fields: dict[str, str], previous: str | None) -> Delivery:
-        record = json.loads(fields["data"]) if "data" in fields else dict(fields)  # not from vidpipe
+    def _delivery(
+        self, key: str, entry_id: str, fields: dict[str, str], previous: str | None
+    ) -> Delivery:
+        # An entry without "data" was not written by vidpipe: hand over its raw fields.
+        record = json.loads(fields["data"]) if "data" in fields else dict(fields)
         kind = fields.get("type", "unknown")
         return Delivery(
             source=self._keys[key],
@@ -221,7 +227,7 @@ class _GroupReader:
             gap=missing_seqs(previous, entry_id) if previous is not None else None,
         )
 
-    def _own_pending(self, key: str) -> list[tuple[str, dict[str, str] | None, str | None]]:
+    def _own_pending(self, key: str) -> list[_Entry]:
         self._flush_acks()
         out = []
         start = "0"
@@ -234,7 +240,7 @@ class _GroupReader:
             out.extend((entry_id, fields, None) for entry_id, fields in entries)
             start = entries[-1][0]
 
-    def _reclaim(self, key: str) -> list[tuple[str, dict[str, str] | None, str | None]]:
+    def _reclaim(self, key: str) -> list[_Entry]:
         self._flush_acks()
         out = []
         cursor = "0-0"
@@ -253,7 +259,7 @@ class _GroupReader:
             if cursor == "0-0":
                 return out
 
-    def _new(self, key: str) -> list[tuple[str, dict[str, str] | None, str | None]]:
+    def _new(self, key: str) -> list[_Entry]:
         self._flush_acks()
         last, entries = self._call(key, self._read_new, keys=[key],
                                    args=[self._group, self._consumer, COUNT])
@@ -280,9 +286,10 @@ class _GroupReader:
         try:
             return fn(*args, **kwargs)
         except redis.ResponseError as err:
-            if "NOGROUP" not in str(err):
+            if "NOGROUP" not in str(err) and "no such key" not in str(err):
                 raise
-            log.warning("%s: group %s is gone from Redis; recreating it", self._keys[key], self._group)
+            log.warning("%s: group %s is gone from Redis; recreating it",
+                        self._keys[key], self._group)
             _create_group(self._client, self._url, key, self._group, "0")
             return fn(*args, **kwargs)
 

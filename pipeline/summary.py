@@ -33,7 +33,9 @@ class RunSummary:
     latency_p99_ms: float | None
     inference: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    interrupted: bool = False
 
     @property
     def frames(self) -> int:

@@ -133,7 +133,9 @@ class VideoDecoder:
                 decoded = packet.decode()
             except av.error.FFmpegError as err:
                 self.errors += 1
-                yield self._event("decode_error", error=str(err), packet_pts=packet.pts)
+                # With frame threading FFmpeg reports an error a few packets late: approximate.
+                time_s = float(packet.pts * packet.time_base) if packet.pts is not None else None
+                yield self._event("decode_error", error=str(err), packet_time_s=time_s)
                 continue
             for av_frame in decoded:
                 last_frame = time.monotonic()

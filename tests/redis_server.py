@@ -3,6 +3,7 @@ and the results, events and summaries a run would publish to it."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -23,8 +24,8 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """redis-server on 127.0.0.1. `stop()` kills it (SIGKILL, as a crash); `start()` brings it
-    back on the same port. With aof=True every write is fsync'd to an append-only file first,
+    """redis-server on 127.0.0.1. `stop()` kills it (SIGKILL, as a crash), `pause()` hangs it;
+    `start()` brings it back on the same port. With aof=True every write is fsync'd to an append-only file first,
     so a killed server comes back with everything it acknowledged."""
 
     def __init__(self, directory: Path, password: str | None = None, aof: bool = False) -> None:
@@ -63,6 +64,11 @@ class RedisServer:
                     raise RuntimeError(f"redis-server exited: {(self.directory / 'redis.log').read_text()}")
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers, as with a hung server."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
 
     def stop(self) -> None:
         if self._process is not None:

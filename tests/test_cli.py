@@ -73,14 +73,28 @@ BAD_INPUTS: dict[str, Callable[[SimpleNamespace], tuple[list, list]]] = {
     "missing file": lambda p: ([p.tmp / "missing.mp4"], [p.tmp / "missing.mp4", "no such file"]),
     "not a video": lambda p: ([p.noise], [p.noise, "not a video"]),
     "directory": lambda p: ([p.tmp], [p.tmp, "is a directory"]),
-    "non-image model": lambda p: (["--model", p.models / "vector.onnx"], ["vector.onnx", "[1, 10]"]),
+    "missing model": lambda p: (
+        ["--model", p.tmp / "none.onnx"],
+        [p.tmp / "none.onnx", "no such file"],
+    ),
+    "non-image model": lambda p: (
+        ["--model", p.models / "vector.onnx"],
+        ["vector.onnx", "[1, 10]"],
+    ),
     "no decoder fits": lambda p: (["--model", p.models / "bad_layout.onnx"], ["layout", "7, 7"]),
-    "output dir missing": lambda p: (["--out", p.tmp / "no" / "x.jsonl"], [p.tmp / "no" / "x.jsonl"]),
+    "output dir missing": lambda p: (
+        ["--out", p.tmp / "no" / "x.jsonl"],
+        [p.tmp / "no" / "x.jsonl"],
+    ),
+    "output is a directory": lambda p: (["--out", p.tmp], [p.tmp]),
     "output in /proc": lambda p: (["--out", "/proc/x.jsonl"], ["/proc/x.jsonl"]),
     "bad --faults": lambda p: (["--faults", "error_rate"], ["--faults", "error_rate"]),
     "unknown fault": lambda p: (["--faults", "eror_rate=0.1"], ["faults.eror_rate"]),
     "--batch 0": lambda p: (["--batch", "0"], ["infer.max_batch", "0"]),
-    "config typo": lambda p: (["--config", p.models / "typo.yaml"], ["typo.yaml", "infer.max_bach"]),
+    "config typo": lambda p: (
+        ["--config", p.models / "typo.yaml"],
+        ["typo.yaml", "infer.max_bach"],
+    ),
     "unknown class": lambda p: (["--classes", "zebra"], ["zebra"]),
 }
 
@@ -96,13 +110,19 @@ def test_bad_input_exits_2_with_one_line(
     assert_one_error_line(proc, *map(str, names))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/model.py load_model: detect_layout's ModelError does not name the model file",
-)
 def test_model_no_decoder_fits_names_the_model(tmp_path: Path, bad_models: Path) -> None:
-    proc = vidpipe("--model", str(bad_models / "bad_layout.onnx"), "--out", str(tmp_path / "o.jsonl"))
+    proc = vidpipe(
+        "--model", str(bad_models / "bad_layout.onnx"), "--out", str(tmp_path / "o.jsonl")
+    )
     assert_one_error_line(proc, "bad_layout.onnx")
+
+
+def test_rejected_run_leaves_an_existing_output_alone(tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"type": "summary"}\n')
+    proc = vidpipe(str(tmp_path / "missing.mp4"), "--out", str(out))
+    assert_one_error_line(proc, "missing.mp4")
+    assert out.read_text() == '{"type": "summary"}\n'
 
 
 def test_truncated_video_exits_2_after_publishing_every_decoded_frame(
@@ -119,7 +139,9 @@ def test_truncated_video_exits_2_after_publishing_every_decoded_frame(
     assert [r["seq"] for r in frames] == list(range(decoded))
     assert all(r["status"] == "ok" for r in frames)
     damage = [r for r in records if r["type"] == "decode_error"]
-    assert [(d["error"], d["fatal"], d["after_seq"]) for d in damage] == [("truncated", True, decoded - 1)]
+    assert [(d["error"], d["fatal"], d["after_seq"]) for d in damage] == [
+        ("truncated", True, decoded - 1)
+    ]
     summary = records[-1]
     assert summary["type"] == "summary" and summary["balanced"] is True
     assert summary["frames"] == decoded and "truncated" in summary["error"]
@@ -128,7 +150,9 @@ def test_truncated_video_exits_2_after_publishing_every_decoded_frame(
 def test_classes_flag_filters_labels(tmp_path: Path, odd_clip: Path) -> None:
     model = build_yolov8_model(tmp_path / "yolov8.onnx")
     out = tmp_path / "dogs.jsonl"
-    proc = vidpipe(str(odd_clip), "--model", str(model), "--classes", "dog, bicycle", "--out", str(out))
+    proc = vidpipe(
+        str(odd_clip), "--model", str(model), "--classes", "dog, bicycle", "--out", str(out)
+    )
 
     assert proc.returncode == 0, proc.stderr
     frames = [r for r in read_jsonl(out) if r["type"] == "frame"]
@@ -136,10 +160,13 @@ def test_classes_flag_filters_labels(tmp_path: Path, odd_clip: Path) -> None:
     assert all([d["label"] for d in r["detections"]] == ["dog", "bicycle"] for r in frames)
 
 
-def test_sigint_stops_cleanly_with_every_frame_accounted_for(tmp_path: Path, person_clip: Path) -> None:
-    out = tmp_path / "person.jsonl"
+def interrupt(out: Path, video: Path, signals: int) -> tuple[int, str, list[dict]]:
+    """Start `vidpipe run`, send SIGINT `signals` times once results flow.
+
+    Returns the exit code, stderr and the JSONL records.
+    """
     proc = subprocess.Popen(
-        [*VIDPIPE, "run", "--quiet", str(person_clip), "--out", str(out)],
+        [*VIDPIPE, "run", "--quiet", str(video), "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -148,23 +175,46 @@ def test_sigint_stops_cleanly_with_every_frame_accounted_for(tmp_path: Path, per
             assert proc.poll() is None, "vidpipe ended before it was interrupted"
             assert time.monotonic() < deadline, "no results within 60 s"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        for _ in range(signals):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.01)
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
+    return proc.returncode, stderr, read_jsonl(out)
 
-    # One Ctrl-C stops reading and finishes the frames in flight: a clean, successful end.
-    assert proc.returncode == 0, stderr
-    assert "Traceback" not in stderr
-    records = read_jsonl(out)
+
+def assert_every_decoded_frame_has_a_result(records: list[dict], source: str, total: int) -> None:
     summary = records[-1]
     assert summary["type"] == "summary" and summary["balanced"] is True
-    ledger = summary["sources"]["one-by-one-person-detection"]
+    ledger = summary["sources"][source]
     decoded = ledger["decoded"]
-    assert 20 <= decoded < 1394
+    assert 20 <= decoded < total
     assert set(ledger["failed"]) <= {"shutdown"}
     frames = [r for r in records if r["type"] == "frame"]
     assert [r["seq"] for r in frames] == list(range(decoded))
     assert all(r["status"] == "ok" or r["reason"] == "shutdown" for r in frames)
+    assert sum(r["status"] == "ok" for r in frames) == ledger["ok"]
     ends = [r for r in records if r["type"] == "source_end"]
     assert [(e["after_seq"], e["frames"]) for e in ends] == [(decoded - 1, decoded)]
+
+
+def test_sigint_stops_cleanly_with_every_frame_accounted_for(
+    tmp_path: Path, person_clip: Path
+) -> None:
+    code, stderr, records = interrupt(tmp_path / "person.jsonl", person_clip, signals=1)
+
+    # One Ctrl-C stops reading and finishes the frames in flight; the exit code says it was interrupted.
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+    assert_every_decoded_frame_has_a_result(records, "one-by-one-person-detection", 1394)
+
+
+def test_second_sigint_aborts_with_every_frame_accounted_for(
+    tmp_path: Path, person_clip: Path
+) -> None:
+    code, stderr, records = interrupt(tmp_path / "person.jsonl", person_clip, signals=2)
+
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+    assert_every_decoded_frame_has_a_result(records, "one-by-one-person-detection", 1394)

@@ -19,7 +19,9 @@ DEADLINE_S = 2.0
 FIT_TO = (320, 320)
 
 
-def decode(path: Path, fit_to: tuple[int, int] | None = FIT_TO) -> tuple[list[Frame], list[SourceEvent]]:
+def decode(
+    path: Path, fit_to: tuple[int, int] | None = FIT_TO
+) -> tuple[list[Frame], list[SourceEvent]]:
     frames, events = [], []
     for item in VideoDecoder("cam", str(path), DEADLINE_S, fit_to=fit_to):
         (frames if isinstance(item, Frame) else events).append(item)
@@ -82,7 +84,9 @@ def test_full_size_frames_are_pyav_rgb(tiny_clip: Path) -> None:
 
 
 @pytest.mark.parametrize("clip, fit_to", [("tiny_clip", None), ("odd_clip", FIT_TO)])
-def test_channels_are_rgb(request: pytest.FixtureRequest, clip: str, fit_to: tuple[int, int] | None) -> None:
+def test_channels_are_rgb(
+    request: pytest.FixtureRequest, clip: str, fit_to: tuple[int, int] | None
+) -> None:
     """make_clip paints red rising left to right, green rising top to bottom, blue flat."""
     image = decode(request.getfixturevalue(clip), fit_to)[0][0].image.astype(np.float32)
     red, green, blue = image[..., 0], image[..., 1], image[..., 2]
@@ -97,7 +101,9 @@ def test_a_larger_fit_never_upscales(tiny_clip: Path) -> None:
 
 
 @pytest.mark.parametrize("clip, size", [("car_clip", (320, 180)), ("odd_clip", (320, 179))])
-def test_downscale_keeps_the_picture(request: pytest.FixtureRequest, clip: str, size: tuple[int, int]) -> None:
+def test_downscale_keeps_the_picture(
+    request: pytest.FixtureRequest, clip: str, size: tuple[int, int]
+) -> None:
     """The downscaled image is the whole frame shrunk, not a crop or another frame."""
     path = request.getfixturevalue(clip)
     decoder = VideoDecoder("cam", str(path), DEADLINE_S, fit_to=FIT_TO)

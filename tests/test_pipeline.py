@@ -16,6 +16,7 @@ import pytest
 from pipeline.api import run
 from pipeline.config import build_config
 from pipeline.summary import RunSummary
+from stages.labels import COCO_NAMES
 from tests.clips import count_frames
 from tests.conftest import ODD_SIZE
 from tests.models import (
@@ -26,7 +27,6 @@ from tests.models import (
     build_yolov8_model,
     build_yolox_model,
 )
-from stages.labels import COCO_NAMES
 
 BUILDERS = {"yolov8": build_yolov8_model, "yolov5": build_yolov5_model, "yolox": build_yolox_model}
 # Generous: these tests check what happens to every frame, not how fast (deadlines have their own).
@@ -71,7 +71,9 @@ def assert_detections(got: list[dict], expected: list[dict]) -> None:
 
 
 def test_car_clip_every_frame_once_in_order(tmp_path: Path, car_clip: Path) -> None:
-    summary, records = run_to_jsonl(tmp_path, {"sources": [{"url": str(car_clip)}], "deadline_ms": NO_HURRY_MS})
+    summary, records = run_to_jsonl(
+        tmp_path, {"sources": [{"url": str(car_clip)}], "deadline_ms": NO_HURRY_MS}
+    )
 
     ledger = summary.sources["car-detection"]
     assert list(summary.sources) == ["car-detection"]
@@ -88,11 +90,18 @@ def test_car_clip_every_frame_once_in_order(tmp_path: Path, car_clip: Path) -> N
     end, last = records[-2], records[-1]
     assert (end["source"], end["after_seq"], end["frames"]) == ("car-detection", 376, 377)
     assert last["balanced"] is True
-    assert last["sources"]["car-detection"] == {"decoded": 377, "ok": 377, "failed": {}, "balanced": True}
-    assert len(records) == 377 + 2
+    assert last["sources"]["car-detection"] == {
+        "decoded": 377,
+        "ok": 377,
+        "failed": {},
+        "balanced": True,
+    }
+    assert len(records) == 377 + 2 == last["outputs"]["jsonl"]["lines"]
 
 
-def test_two_sources_each_with_own_seq_and_ledger(tmp_path: Path, car_clip: Path, odd_clip: Path) -> None:
+def test_two_sources_each_with_own_seq_and_ledger(
+    tmp_path: Path, car_clip: Path, odd_clip: Path
+) -> None:
     sources = [{"url": str(car_clip)}, {"url": str(odd_clip), "name": "odd"}]
     summary, records = run_to_jsonl(tmp_path, {"sources": sources, "deadline_ms": NO_HURRY_MS})
 
@@ -113,7 +122,11 @@ def test_two_sources_each_with_own_seq_and_ledger(tmp_path: Path, car_clip: Path
 def test_layout_boxes_land_on_source_pixels(tmp_path: Path, odd_clip: Path, layout: str) -> None:
     """decode -> letterbox -> onnxruntime -> YOLO decode + NMS -> source pixels -> JSONL."""
     model = BUILDERS[layout](tmp_path / f"{layout}.onnx")
-    config = {"sources": [{"url": str(odd_clip)}], "model": {"path": str(model)}, "deadline_ms": NO_HURRY_MS}
+    config = {
+        "sources": [{"url": str(odd_clip)}],
+        "model": {"path": str(model)},
+        "deadline_ms": NO_HURRY_MS,
+    }
     summary, records = run_to_jsonl(tmp_path, config)
 
     count = count_frames(odd_clip)
@@ -166,7 +179,9 @@ def test_classes_keep_only_those_labels(tmp_path: Path, odd_clip: Path) -> None:
 
 
 def test_impossible_deadline_fails_every_frame_visibly(tmp_path: Path, odd_clip: Path) -> None:
-    summary, records = run_to_jsonl(tmp_path, {"sources": [{"url": str(odd_clip)}], "deadline_ms": 1})
+    summary, records = run_to_jsonl(
+        tmp_path, {"sources": [{"url": str(odd_clip)}], "deadline_ms": 1}
+    )
 
     count = count_frames(odd_clip)
     frames = frames_of(records, "odd")
@@ -226,7 +241,9 @@ def test_default_model_finds_the_sample_clip_objects(tmp_path: Path) -> None:
             if min(xyxy[2] - xyxy[0], xyxy[3] - xyxy[1]) >= 16:
                 sized += 1
                 found += any(c == class_id and iou(b, xyxy) >= 0.7 for c, b in boxes)
-        unmatched += sum(not any(c == t and iou(b, xyxy) >= 0.5 for t, xyxy in truth) for c, b in boxes)
+        unmatched += sum(
+            not any(c == t and iou(b, xyxy) >= 0.5 for t, xyxy in truth) for c, b in boxes
+        )
     assert sized > 500
     assert found / sized >= 0.95, f"matched {found} of {sized} objects"
     assert unmatched <= 0.05 * detections, f"{unmatched} of {detections} detections match nothing"

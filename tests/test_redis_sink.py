@@ -16,6 +16,7 @@ from pipeline.config import RedisConfig
 from pipeline.errors import OutputError
 from pipeline.sinks import redis as redis_sink
 from pipeline.sinks.redis import RedisSink, missing_seqs, redact_url, resolve_redis_url
+from pipeline.spool import Spool
 from tests.redis_server import RedisServer, frame_result, publish, run_summary
 
 KEY = "vidpipe:results:"
@@ -76,7 +77,11 @@ def test_results_events_and_summary_land_in_one_stream_per_source(redis_server, 
     assert spool_files(tmp_path / "spool") == []
 
 
-def test_killing_redis_mid_run_loses_and_duplicates_nothing(make_redis_server, tmp_path, caplog):
+@pytest.mark.parametrize("buffer_max", [10_000, 32], ids=["buffered", "overflowing"])
+def test_killing_redis_mid_run_loses_and_duplicates_nothing(
+    make_redis_server, tmp_path, caplog, monkeypatch, buffer_max
+):
+    monkeypatch.setattr(redis_sink, "BUFFER_MAX", buffer_max)
     server = make_redis_server(aof=True)
     sink = RedisSink(config(server.url, tmp_path / "spool"), "run-a")
     with caplog.at_level(logging.WARNING):
@@ -102,8 +107,32 @@ def test_killing_redis_mid_run_loses_and_duplicates_nothing(make_redis_server, t
         assert_ids_increase(entries)
         assert entries[-1][1]["type"] == "summary"
     assert [f["type"] for _, f in stream(server, "cam1")].count("reconnect") == 1
-    assert "spooling results" in caplog.text and "is back" in caplog.text
+    assert "spooling results" in caplog.text and "writing again" in caplog.text
     assert spool_files(tmp_path / "spool") == []
+
+
+def test_a_hung_then_killed_redis_with_a_full_buffer_keeps_order(make_redis_server, tmp_path, monkeypatch):
+    """The batch in flight and the buffer are older than what overflowed into the spool
+    meanwhile: when the batch fails they must go back in front of it, not behind."""
+    monkeypatch.setattr(redis_sink, "BUFFER_MAX", 32)
+    server = make_redis_server(aof=True)
+    spool_dir = tmp_path / "spool"
+    sink = RedisSink(config(server.url, spool_dir), "run-a")
+    publish(sink, "cam1", range(50))
+    wait_for(lambda: len(stream(server, "cam1")) == 50)
+    server.pause()
+    publish(sink, "cam1", range(50, 300))
+    wait_for(lambda: any(p.suffix == ".jsonl" for p in spool_files(spool_dir)))
+    server.stop()
+    server.start()
+    summary = run_summary({"cam1": 300})
+    sink.write_summary(summary)
+    sink.close()
+
+    entries = stream(server, "cam1")
+    assert frame_seqs(entries) == list(range(300))
+    assert_ids_increase(entries)
+    assert summary.outputs["redis"]["drained"]
 
 
 def test_writer_falling_behind_spools_and_keeps_order(redis_server, tmp_path, monkeypatch):
@@ -263,6 +292,20 @@ def test_publisher_falls_back_to_the_spool_with_a_warning(make_redis_server, tmp
     assert summary.outputs["redis"]["spooled"] == 11
 
 
+def test_a_key_that_is_not_a_stream_keeps_results_spooled_and_says_why(redis_server, tmp_path, caplog):
+    with redis_server.client() as client:
+        client.set(KEY + "cam1", "not a stream")
+    with caplog.at_level(logging.WARNING):
+        sink = RedisSink(config(redis_server.url, tmp_path / "spool", drain_timeout_s=0.5), "run-a")
+        publish(sink, "cam1", range(10))
+        summary = run_summary({"cam1": 10})
+        sink.write_summary(summary)
+        sink.close()
+    report = summary.outputs["redis"]
+    assert not report["drained"] and "WRONGTYPE" in report["error"] and report["spool_bytes"] > 0
+    assert caplog.text.count("WRONGTYPE") <= 3  # said once (and in the summary line), not per retry
+
+
 def test_a_malformed_url_is_a_clear_error(tmp_path):
     with pytest.raises(OutputError, match="not valid.*redis://"):
         RedisSink(config("http://:secret@localhost:6379", tmp_path / "spool"), "run-a")
@@ -287,6 +330,33 @@ def test_ids_tell_which_seqs_are_missing():
     assert missing_seqs("0-0", "7-1000") is None
     assert missing_seqs("0-0", "7-951000") == (0, 949)
     assert missing_seqs("5-90000", "7-3000") == (0, 1)  # a new run that lost its head
+
+
+def test_spool_replays_in_order_from_its_commit_point_and_survives_its_owner(tmp_path, caplog):
+    spool = Spool.create(tmp_path, "0000000000001-run", {"run": "r"})
+    spool.append(["a", "b", "c"])
+    assert spool.read(2) == ["a", "b"]
+    spool.rewind()  # the batch failed: read again
+    assert spool.read(10) == ["a", "b", "c"]
+    spool.commit()
+    spool.append(["d", "e"])
+    assert spool.read(1) == ["d"]
+    spool.commit()
+    spool.prepend(["x", "y"])  # older than what is not yet replayed
+    spool.sync()
+    assert Spool.leftovers(tmp_path) == []  # held by its owner
+    spool.close()
+
+    with open(spool.path, "ab") as f:
+        f.write(b'{"torn')  # a crash mid-write
+    (leftover,) = Spool.leftovers(tmp_path)
+    assert leftover.meta == {"run": "r"}
+    with caplog.at_level(logging.WARNING):
+        assert leftover.read(10) == ["x", "y", "e"]
+    assert "torn" in caplog.text and leftover.caught_up
+    leftover.commit()
+    leftover.remove()
+    assert spool_files(tmp_path) == []
 
 
 def test_publishing_throughput(redis_server, tmp_path, capsys):

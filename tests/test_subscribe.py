@@ -81,6 +81,23 @@ def test_subscriber_gets_typed_results_events_and_summary(redis_server, tmp_path
     assert pending(redis_server, "cam1") == 0  # all acknowledged, the last as it stopped
 
 
+def test_a_pipeline_run_is_read_back_frame_by_frame(redis_server, tmp_path):
+    from pipeline.api import run
+    from pipeline.config import build_config
+
+    outputs = {"redis": {"url": redis_server.url, "spool_dir": str(tmp_path / "spool")}}
+    summary = run(build_config({"outputs": outputs, "progress": False}))
+    (source,) = summary.sources
+    frames = summary.sources[source].decoded
+
+    stop = threading.Event()
+    deliveries = subscribe(redis_server.url, [source], from_start=True, block_ms=100, stop=stop)
+    got = collect(deliveries, lambda d: d.kind == "summary", stop)
+    assert [d.result.seq for d in got if d.result] == list(range(frames))
+    assert got[-1].record["sources"][source]["balanced"] is True
+    assert summary.outputs["redis"]["drained"] and summary.outputs["redis"]["written"] == len(got)
+
+
 def test_a_new_group_without_from_start_sees_only_new_entries(redis_server, tmp_path):
     sink = sink_for(redis_server.url, tmp_path)
     publish(sink, "cam1", range(10))

@@ -75,9 +75,8 @@ def redact_url(url: str) -> str:
         userinfo, _, host = netloc.rpartition("@")
         user = userinfo.partition(":")[0]
         netloc = f"{user}:***@{host}"
-    query = urlencode(
-        [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    )
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs])
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -221,7 +220,9 @@ class RedisSink:
         self._positions[source] = position
         return position
 
-    def _put(self, source: str, position: int, record: dict[str, Any], seq: int | None = None) -> None:
+    def _put(
+        self, source: str, position: int, record: dict[str, Any], seq: int | None = None
+    ) -> None:
         fields = {"type": record["type"], "source": source, "run": self._run_id,
                   "data": json.dumps(record, separators=(",", ":"))}
         if seq is not None:
@@ -256,14 +257,11 @@ class RedisSink:
                     if self._spool is not None:
                         self._spool.sync()
                 next_sync = time.monotonic() + SYNC_INTERVAL_S
-            if not self._connected:
-                if not self._reconnect():
+            work = self._take() if self._connected or self._reconnect() else None
+            if work is None:
+                if not self._connected:
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, BACKOFF_S[1])
-                    continue
-                backoff = BACKOFF_S[0]
-            work = self._take()
-            if work is None:
                 continue
             spool, entries = work
             try:
@@ -272,7 +270,13 @@ class RedisSink:
                 if not isinstance(err, (redis.RedisError, OSError)):
                     log.exception("redis writer: unexpected error; results stay spooled")
                 self._failed(spool, entries, err)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_S[1])
                 continue
+            backoff = BACKOFF_S[0]
+            if self._outage is not None:
+                log.warning("redis %s: writing again; replaying spooled results", self._url)
+                self._outage = None
             with self._lock:
                 if spool is not None:
                     spool.commit()
@@ -288,9 +292,6 @@ class RedisSink:
             self._note_outage(err)
             self._spool_memory()
             return False
-        if self._outage is not None:
-            log.warning("redis %s is back; replaying spooled results", self._url)
-            self._outage = None
         self._connected = True
         return True
 

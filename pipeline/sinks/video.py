@@ -129,7 +129,7 @@ class _SourceVideo:
         except (OSError, av.error.FFmpegError) as err:
             self._decoder.close()
             raise OutputError(f"outputs.video: cannot write {path} ({err}); choose a writable path") from None
-        self._stream = self._output.add_stream("libx264", rate=rate, options={"preset": "veryfast"})
+        self._stream = self._output.add_stream("libx264", rate=rate, options={"preset": "ultrafast"})
         self._stream.width, self._stream.height = width, height
         # 4:2:0 needs even sizes; an odd-sized source keeps its size in 4:4:4.
         self._stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
