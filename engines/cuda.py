@@ -5,13 +5,18 @@ return code is checked: a failure raises InferenceError naming the CUDA error, a
 error that poisons the whole process (an illegal address, say) raises StickyInferenceError
 so the scheduler restarts the worker instead of rebuilding a context.
 
-Nothing here blocks without a bound: completion is awaited by polling an event.
+No caller waits without a bound: completion is awaited by polling an event until a
+timeout, and memory is freed on a background thread once its stream is done
+(release_when_done), never on the thread that gave the context up.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -20,6 +25,10 @@ import numpy as np
 
 from engines.cuda_errors import is_sticky_cuda_error
 from engines.errors import InferenceError, ModelError, StickyInferenceError
+
+log = logging.getLogger("vidpipe.cuda")
+# After this long a stream that is still busy at release time is reported (and still waited for).
+SLOW_RELEASE_S = 60.0
 
 NO_DEVICE_ERRORS = frozenset({"cudaErrorNoDevice", "cudaErrorInsufficientDriver"})
 
@@ -211,3 +220,33 @@ def copy_d2h(dst: PinnedBuffer, src: DeviceBuffer, nbytes: int, stream: Stream) 
 def _check_size(nbytes: int, *capacities: int) -> None:
     if nbytes < 0 or nbytes > min(capacities):
         raise ValueError(f"copy of {nbytes} bytes does not fit buffers of {list(capacities)} bytes")
+
+
+def release_when_done(done: Event | None, steps: list[Callable[[], None]], what: str) -> threading.Event:
+    """Run `steps` (the frees, in order) on a daemon thread once `done` has completed.
+
+    Returns an event set when they have run. Nothing is freed before `done`: the stream may
+    still be writing those buffers. And nothing is freed on the caller's thread: on an H200
+    (driver 580.159) freeing one context's buffers blocked until another, stalled stream
+    moved again, and a worker must never stall behind a context it has already given up on.
+    """
+    released = threading.Event()
+
+    def run() -> None:
+        try:
+            if done is not None and not done.wait(SLOW_RELEASE_S):
+                log.warning("%s: its stream is still busy after %.0f s; freeing once it finishes", what, SLOW_RELEASE_S)
+                while not done.wait(SLOW_RELEASE_S):
+                    pass
+        except InferenceError:
+            log.warning("%s: its stream failed; leaving its memory to the process restart", what, exc_info=True)
+            return
+        for step in steps:
+            try:
+                step()
+            except InferenceError:
+                log.warning("%s: a free failed", what, exc_info=True)
+        released.set()
+
+    threading.Thread(target=run, name="vidpipe-cuda-release", daemon=True).start()
+    return released

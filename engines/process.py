@@ -33,7 +33,7 @@ import numpy as np
 
 from engines.errors import InferenceError, InferenceTimeout, ModelError, WorkerBudgetExhausted, WorkerLost
 from engines.faults import FaultPlan
-from engines.worker import layout, run_worker, view
+from engines.worker import close_when_free, layout, run_worker, view
 
 log = logging.getLogger("vidpipe.worker")
 
@@ -81,7 +81,7 @@ class ProcessEngine:
         self._factory = factory
         self._faults: FaultPlan | None = None
         self._mp = multiprocessing.get_context(_START_METHOD)
-        self._mp.set_forkserver_preload(["__main__", "engines.worker", *preload])
+        self._mp.set_forkserver_preload(["engines.worker", *preload])
         self._cond = threading.Condition()
         self._closed = threading.Event()
         self._lost: str | None = None  # why the current worker is lost, until a new one is up
@@ -138,7 +138,9 @@ class ProcessEngine:
             reply = ("failed", "the worker process died")
         if reply[0] != "reloaded":
             self.worker_lost(worker.generation, f"engine reload failed: {reply[1]}")
-            raise ModelError(f"model {self.name}: reloading the engine failed ({reply[1]}); restarting the inference worker")
+            raise ModelError(
+                f"model {self.name}: reloading the engine failed ({reply[1]}); restarting the inference worker"
+            )
 
     def inject_faults(self, plan: FaultPlan) -> None:
         """From now on, contexts in this worker and in every later one inject faults per `plan`."""
@@ -156,12 +158,13 @@ class ProcessEngine:
                 return
             self._closed.set()
             self._cond.notify_all()
-        os.write(self._wake_w, b"x")
+            os.write(self._wake_w, b"x")
         self._supervisor.join(timeout=10)
         _stop(self._worker)
         if not self._supervisor.is_alive():
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            with self._cond:
+                os.close(self._wake_r)
+                os.close(self._wake_w)
 
     # ---- supervision -------------------------------------------------------------------
 
@@ -171,7 +174,7 @@ class ProcessEngine:
             if generation != self._worker.generation or self._lost is not None or self._closed.is_set():
                 return
             self._lost = why
-        os.write(self._wake_w, b"x")
+            os.write(self._wake_w, b"x")
 
     def _plan_for(self, generation: int) -> FaultPlan | None:
         plan = self._faults
@@ -188,8 +191,13 @@ class ProcessEngine:
             name=f"vidpipe-infer-worker-{generation}",
             daemon=True,
         )
-        process.start()
-        child_end.close()
+        try:
+            process.start()
+        except OSError as err:
+            control.close()
+            raise ModelError(f"inference worker: cannot start a process ({err})") from None
+        finally:
+            child_end.close()
         worker = _Worker(process, control, generation)
         try:
             if not control.poll(self.start_timeout_s):
@@ -257,21 +265,24 @@ class ProcessEngine:
                 self._worker, self._lost = worker, None
                 self.restarts += 1
                 self._cond.notify_all()
-            log.warning("inference worker %d started in %.0f ms (restart %d)", generation, restart_ms, self.restarts)
+            log.warning(
+                "inference worker %d started in %.0f ms (restart %d)", generation, restart_ms, self.restarts
+            )
             self._emit("worker_restarted", generation=generation, restart_ms=restart_ms, reason=why)
             return True
 
     def _exhausted(self, last: str) -> bool:
         failure = (
-            f"inference worker lost {len(self._recent) + 1} times within {self.restart_window_s:g} s, "
-            f"more than its restart budget of {self.max_restarts} (last: {last}); fix the cause "
+            f"the inference worker needed {len(self._recent) + 1} restarts within {self.restart_window_s:g} s, "
+            f"more than its restart budget of {self.max_restarts} (last failure: {last}); fix the cause "
             "(see the log), or raise infer.max_restarts or infer.restart_window_s"
         )
-        log.error("%s", failure)
         with self._cond:
             self._failure = failure
             self._cond.notify_all()
-        self._emit("worker_budget_exhausted", restarts=len(self._recent), window_s=self.restart_window_s, reason=last)
+        self._emit(
+            "worker_budget_exhausted", restarts=len(self._recent), window_s=self.restart_window_s, reason=last
+        )
         return False
 
     def _emit(self, kind: str, **details: Any) -> None:
@@ -296,13 +307,13 @@ def _exit_status(process: BaseProcess) -> str:
 
 def _stop(worker: _Worker) -> str:
     """Kill the worker (a poisoned one may still run), release what referred to it; how it ended."""
+    process = worker.process
     with worker.control_lock:
         if worker.stopped:
             return "stopped"
         worker.stopped = True
+        process.kill()  # a no-op for one that already died: its own exit status stays
         worker.control.close()
-    process = worker.process
-    process.kill()  # a no-op for one that already died: its own exit status stays
     process.join(timeout=10)
     status = _exit_status(process)
     if process.exitcode is not None:
@@ -323,10 +334,11 @@ class _Block:
         return self.shm
 
     def release(self) -> None:
-        if self.shm is not None:
-            self.shm.close()
-            self.shm.unlink()
-            self.shm = None
+        if self.shm is None:
+            return
+        self.shm.unlink()
+        close_when_free(self.shm)
+        self.shm = None
 
 
 class ProcessContext:
@@ -336,6 +348,7 @@ class ProcessContext:
         self._engine = engine
         self._generation = worker.generation
         self._inputs, self._outputs = _Block(), _Block()
+        self._handed: dict[str, np.ndarray] = {}
         self._usable = True
         self._conn, theirs = multiprocessing.Pipe()
         try:
@@ -343,6 +356,8 @@ class ProcessContext:
                 with worker.control_lock:
                     worker.control.send(("open",))
                     reduction.send_handle(worker.control, theirs.fileno(), worker.process.pid)
+            except OSError:
+                raise self._lost("the worker process died") from None
             finally:
                 theirs.close()
             self._check(self._wait(engine.create_timeout_s, "create a context"))
@@ -358,7 +373,10 @@ class ProcessContext:
         placed, size = layout((name, value.shape, value.dtype) for name, value in inputs.items())
         block = self._inputs.fit(size)
         for entry, value in zip(placed, inputs.values()):
-            view(block, entry)[...] = value
+            written_in_place = value is self._handed.get(entry[0]) and entry[1] == 0
+            if not written_in_place:
+                view(block, entry)[...] = value
+        self._handed.clear()
         out = self._outputs.shm
         self._send(("infer", block.name, placed, out.name if out else "", out.size if out else 0, timeout))
         reply = self._wait(timeout + _REPLY_GRACE_S, "answer")
@@ -370,8 +388,18 @@ class ProcessContext:
         out = self._outputs.shm
         return {entry[0]: view(out, entry).copy() for entry in reply[1]}
 
+    def input_buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """Where the caller can build input `name` for the next call, saving infer() a copy.
+
+        For a model with one input (vidpipe's image models): the buffer is the block's start.
+        """
+        placed, size = layout([(name, shape, dtype)])
+        buffer = self._handed[name] = view(self._inputs.fit(size), placed[0])
+        return buffer
+
     def close(self) -> None:
         self._usable = False
+        self._handed.clear()
         self._conn.close()
         self._inputs.release()
         self._outputs.release()

@@ -14,6 +14,8 @@ version-compatible engines only and cannot build).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,6 @@ from engines.trt_module import import_tensorrt, make_logger
 log = logging.getLogger("vidpipe.tensorrt")
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-# How long close() waits for an abandoned context's stream before leaking its buffers
-# rather than freeing memory the GPU may still be writing.
-CLOSE_WAIT_S = 60.0
 
 
 class TensorRTEngine:
@@ -133,6 +132,7 @@ class TensorRTContext:
         self._stream: cuda.Stream | None = None
         self._done: cuda.Event | None = None
         self._pending = False
+        self.released: threading.Event | None = None
         self._trt_engine = engine._engine  # outlives this context's IExecutionContext
         self._context = self._trt_engine.create_execution_context()
         if self._context is None:
@@ -160,12 +160,12 @@ class TensorRTContext:
     @property
     def pending(self) -> bool:
         """True while the GPU still runs work of a call that timed out."""
-        if self._pending and self._done is not None and self._done.query():
+        if self._pending and self.released is None and self._done.query():
             self._pending = False
-        return self._pending
+        return self._pending and self.released is None
 
     def infer(self, inputs: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
-        if self._context is None:
+        if self.released is not None:
             raise InferenceError("context is closed")
         if self.pending:
             raise InferenceError("the previous call on this context is still running; discard the context")
@@ -174,8 +174,12 @@ class TensorRTContext:
         step = self.engine.max_batch
         if batch <= step:
             return self._run(arrays, timeout)
-        # Larger than the profile allows: run it in profile-sized slices.
-        parts = [self._run({k: v[i : i + step] for k, v in arrays.items()}, timeout) for i in range(0, batch, step)]
+        # Larger than the profile allows: profile-sized slices, all within the one timeout.
+        deadline = time.monotonic() + timeout
+        parts = [
+            self._run({k: v[i : i + step] for k, v in arrays.items()}, max(deadline - time.monotonic(), 0.0))
+            for i in range(0, batch, step)
+        ]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def _input_array(self, spec: TensorSpec, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -226,30 +230,23 @@ class TensorRTContext:
             raise InferenceError(f"TensorRT refused shape {list(shape)} for input '{name}'")
 
     def close(self) -> None:
-        """Free the context, its stream, event and buffers.
+        """Free the IExecutionContext, buffers, event and stream once the stream is done.
 
-        Freeing memory that a still-running stream writes would corrupt it (and cudaFree
-        would block on the hung work), so an abandoned call is waited for, up to
-        CLOSE_WAIT_S, and on a stream that never finishes the buffers are leaked.
+        Returns at once, also for an abandoned context whose stream still runs: the frees
+        happen on a background thread after the stream finishes (`released` is set then),
+        so no memory a running stream uses is freed and no caller waits for a hung GPU.
         """
-        if self._pending and self._done is not None and not self._done.wait(CLOSE_WAIT_S):
-            log.warning(
-                "a TensorRT context's stream still runs %.0f s after it was abandoned; "
-                "leaking its buffers rather than freeing memory in use",
-                CLOSE_WAIT_S,
-            )
+        if self.released is not None:
             return
-        self._pending = False
-        self._context = None
-        self._trt_engine = None
-        for buffer in [*self._device.values(), *self._host.values()]:
-            buffer.close()
-        self._device.clear()
-        self._host.clear()
-        for handle in (self._done, self._stream):
-            if handle is not None:
-                handle.close()
-        self._done = self._stream = None
+        trt_objects = [self._context, self._trt_engine]
+        buffers = [*self._device.values(), *self._host.values()]
+        handles = [h for h in (self._done, self._stream) if h is not None]
+        self._context = self._trt_engine = None
+        self._device, self._host = {}, {}
+        # Order matters: the context goes before the memory it points at, and the stream
+        # last, because cudaFreeAsync enqueues the device frees on it.
+        steps = [trt_objects.clear, *(b.close for b in buffers), *(h.close for h in handles)]
+        self.released = cuda.release_when_done(self._done, steps, f"context of {self.engine.name}")
 
 
 def open_tensorrt_engine(path: Path, config: Any = None) -> TensorRTEngine:

@@ -52,6 +52,24 @@ def view(block: SharedMemory, entry: tuple[str, int, tuple[int, ...], str]) -> n
     return np.ndarray(shape, np.dtype(dtype), buffer=block.buf, offset=offset)
 
 
+_lingering: list[SharedMemory] = []
+_lingering_lock = threading.Lock()
+
+
+def close_when_free(block: SharedMemory) -> None:
+    """Close a block now, or once the last array viewing it is gone (an exception's frame,
+    a caller's batch), so neither its mapping nor its file descriptor outlives its use."""
+    with _lingering_lock:
+        _lingering.append(block)
+        waiting = []
+        for candidate in _lingering:
+            try:
+                candidate.close()
+            except BufferError:
+                waiting.append(candidate)
+        _lingering[:] = waiting
+
+
 class _Host:
     """The engine in this process, with the fault plan the main process asked for."""
 
@@ -85,21 +103,14 @@ class _Attached:
         block = self._blocks.get(role)
         if block is None or block.name != name:
             if block is not None:
-                _detach(block)
+                close_when_free(block)
             block = self._blocks[role] = SharedMemory(name)
         return block
 
     def close(self) -> None:
         for block in self._blocks.values():
-            _detach(block)
+            close_when_free(block)
         self._blocks.clear()
-
-
-def _detach(block: SharedMemory) -> None:
-    try:
-        block.close()
-    except BufferError:  # a view still lives (an exception's frame): the mapping goes with it
-        pass
 
 
 def _error(err: Exception) -> tuple:

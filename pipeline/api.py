@@ -117,7 +117,7 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
             stack.callback(source.decoder.close)
         if metrics:
             metrics.sources_opened()
-        model = load_model(config.model, config.faults)
+        model = load_model(config.model, config.faults, config.infer)
         stack.callback(model.engine.close)
         # Outputs open last: a run rejected for its input never truncates an earlier --out file.
         all_sinks = open_sinks(config, run_id, {n: c.url for n, c in zip(names, configs)}) + list(sinks or [])

@@ -7,6 +7,7 @@ their ratios hold on a shared machine where absolute times do not.
 from __future__ import annotations
 
 import argparse
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from rich.table import Table
 
 from pipeline.api import run
 from pipeline.config import RunConfig
-from pipeline.model import Model, load_model
+from pipeline.model import Model, load_model, open_isolated_engine
 from pipeline.types import Frame
 from stages.decode import VideoDecoder
 from stages.preprocess import Preprocess
@@ -84,6 +85,40 @@ def infer_fps(model: Model, frames: list[Frame], contexts: int, batch: int) -> f
     return _timed(all_contexts)
 
 
+def isolation_overhead(config: RunConfig, model: Model, frames: list[Frame], rounds: int = 200) -> dict[str, float]:
+    """Per-batch time in-process and through the worker process, one context each, taking
+    turns over the same batches so a busy machine slows both alike. A batch is what the
+    scheduler does: stack the frames (into the worker's shared memory when it runs there)
+    and infer."""
+    batch = model.stage.max_batch(config.infer.max_batch)
+    batches = [frames[i : i + batch] for i in range(0, len(frames) - batch + 1, batch)]
+    worker = open_isolated_engine(config.model, config.infer)
+    contexts = {"in-process": model.engine.create_context(), "worker process": worker.create_context()}
+    times: dict[str, list[float]] = {name: [] for name in contexts}
+
+    def one(name: str, chunk: list[Frame]) -> None:
+        context = contexts[name]
+        start = time.perf_counter()
+        context.infer(model.stage.inputs(chunk, getattr(context, "input_buffer", None)), 60.0)
+        times[name].append(time.perf_counter() - start)
+
+    try:
+        for i in range(rounds + 10):
+            order = list(contexts) if i % 2 else list(contexts)[::-1]
+            for name in order:
+                one(name, batches[i % len(batches)])
+    finally:
+        for context in contexts.values():
+            context.close()
+        worker.close()
+    local, remote = (1000 * statistics.median(t[10:]) for t in times.values())
+    return {
+        f"batch {batch} ms in-process (median)": local,
+        f"batch {batch} ms in the worker process (median)": remote,
+        "worker overhead per batch %": 100 * (remote - local) / local,
+    }
+
+
 def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float | None]:
     model = load_model(config.model)
     raw = raw_decode_fps(str(path))
@@ -92,6 +127,7 @@ def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float
     preprocess = _timed(lambda: sum(1 for f in frames if pre(f)))
     infer = infer_fps(model, frames, config.infer.contexts, config.infer.max_batch)
     postprocess = _timed(lambda: sum(1 for f in frames if model.postprocess(f)))
+    isolation = isolation_overhead(config, model, frames) if config.infer.isolation == "process" else {}
     model.engine.close()
     base = config.model_copy(update={"sources": [config.sources[0]], "progress": False})
     clean = run(base)
@@ -106,6 +142,7 @@ def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float
     slowest = min(decode, preprocess, infer, postprocess)
     figures["pipeline / slowest stage"] = clean.fps / slowest
     figures["decode / raw decode"] = decode / raw
+    figures.update(isolation)
     if faults:
         faulty = run(base.model_copy(update={"faults": base.faults.model_copy(update=faults)}))
         inf = faulty.inference
@@ -114,6 +151,10 @@ def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float
         figures["ok with faults"] = faulty.ok / faulty.frames if faulty.frames else None
         for key in ("rebuild_ms_p50", "rebuild_ms_p99", "recovery_ms_p50", "recovery_ms_p99"):
             figures[key.replace("_ms_", " ms ")] = inf.get(key)
+        if inf.get("worker_restarts"):
+            figures["worker restarts"] = inf["worker_restarts"]
+            figures["worker restart ms p50"] = inf["worker_restart_ms_p50"]
+            figures["worker restart ms p99"] = inf["worker_restart_ms_p99"]
         figures["inference ms (mean)"] = 1000 / infer * model.stage.max_batch(config.infer.max_batch) if infer else None
     return figures
 

@@ -13,6 +13,7 @@ from pipeline.errors import ConfigError, VidpipeError
 EXIT_USER_ERROR = 2
 EXIT_LEDGER = 1
 EXIT_INTERRUPTED = 130
+EXIT_WORKER_BUDGET = 3
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +25,19 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", choices=["auto", "yolov8", "yolov5", "yolox"])
     parser.add_argument("--labels", type=Path, help="class names, one per line")
     parser.add_argument("--out", type=Path, help="write one JSON line per frame result here")
+    parser.add_argument(
+        "--redis", nargs="?", const="", metavar="URL",
+        help="publish results to Redis Streams at URL (redis://, rediss://); --redis alone uses $REDIS_URL",
+    )
     parser.add_argument("--deadline-ms", type=float, help="per-frame deadline after decode")
     parser.add_argument("--batch", type=int, help="largest inference batch")
     parser.add_argument("--max-delay-ms", type=float, help="longest wait to fill a batch")
     parser.add_argument("--contexts", type=int, help="inference contexts (one worker each)")
     parser.add_argument("--max-attempts", type=int, help="inference attempts per frame")
+    parser.add_argument("--isolation", choices=["thread", "process"],
+                        help="process: run the engine in a supervised worker process (default: thread)")
+    parser.add_argument("--max-restarts", type=int, help="worker restarts allowed within --restart-window-s")
+    parser.add_argument("--restart-window-s", type=float, help="the window of the worker restart budget")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads per inference")
     parser.add_argument("--conf", type=float, help="confidence threshold")
     parser.add_argument("--iou", type=float, help="NMS IoU threshold")
@@ -84,11 +93,21 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.classes:
         put("model.classes", [c.strip() for c in args.classes.split(",") if c.strip()])
     put("outputs.jsonl", args.out and str(args.out))
+    if args.redis is not None:
+        from pipeline.sinks.redis import resolve_redis_url
+
+        url = resolve_redis_url(args.redis)
+        if not url:
+            raise ConfigError("--redis without a URL needs the REDIS_URL environment variable; pass --redis redis://HOST:PORT/DB")
+        put("outputs.redis.url", url)
     put("deadline_ms", args.deadline_ms)
     put("infer.max_batch", args.batch)
     put("infer.max_delay_ms", args.max_delay_ms)
     put("infer.contexts", args.contexts)
     put("infer.max_attempts", args.max_attempts)
+    put("infer.isolation", args.isolation)
+    put("infer.max_restarts", args.max_restarts)
+    put("infer.restart_window_s", args.restart_window_s)
     put("queues.size", args.queue_size)
     put("max_frames", args.max_frames)
     put("duration_s", args.duration)
@@ -125,6 +144,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not summary.balanced:
         print("vidpipe: error: the ledger did not balance (a frame has no result); this is a bug, please report it", file=sys.stderr)
         return EXIT_LEDGER
+    if summary.inference.get("worker_budget_exhausted"):
+        return EXIT_WORKER_BUDGET
     if summary.error:
         return EXIT_USER_ERROR
     return EXIT_INTERRUPTED if summary.interrupted else 0

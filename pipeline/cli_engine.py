@@ -35,7 +35,11 @@ def add_build_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.
         description=__doc__,
     )
     parser.add_argument("model", type=Path, help="the fp32 ONNX model (or one already prepared)")
-    parser.add_argument("--precision", choices=prepare.PRECISIONS, default="fp16")
+    parser.add_argument(
+        "--precision",
+        choices=prepare.PRECISIONS,
+        help="fp16 or int8 are written into the ONNX first (default: the model's own precision)",
+    )
     parser.add_argument("--calib", type=Path, help="int8 calibration frames: a video or a folder of images")
     parser.add_argument(
         "--batch",
@@ -85,7 +89,8 @@ def run_build_engine(args: argparse.Namespace) -> int:
     model = prepare.load(model_path)
     input_size = parse_size(args.input_size)
     batch = BatchProfile.parse(args.batch)
-    precision: str = args.precision
+    found = prepare.detect_precision(model)
+    precision: str = args.precision or found
     if args.prepare_only and args.output is None:
         raise ConfigError("--prepare-only writes the prepared ONNX to --output; give --output PATH")
     if args.calib is not None and precision != "int8":
@@ -93,7 +98,6 @@ def run_build_engine(args: argparse.Namespace) -> int:
     if args.workspace_mb <= 0:
         raise ConfigError(f"--workspace-mb {args.workspace_mb}: must be positive")
 
-    found = prepare.detect_precision(model)
     with tempfile.TemporaryDirectory(prefix="vidpipe-build-") as tmp:
         target = args.output if args.prepare_only else Path(tmp) / "prepared.onnx"
         if found == precision:

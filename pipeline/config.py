@@ -53,6 +53,13 @@ class InferConfig(StrictModel):
     max_attempts: int = Field(3, ge=1)
     health_interval_s: float = Field(5.0, gt=0.0)
     probe_tolerance: float = Field(1e-3, gt=0.0)
+    isolation: Literal["thread", "process"] = Field(
+        "thread",
+        description="process: the engine runs in a supervised worker process, restarted after a crash "
+        "or an error that poisons it; thread: in vidpipe's own process.",
+    )
+    max_restarts: int = Field(5, ge=0, description="Worker restarts allowed within restart_window_s.")
+    restart_window_s: float = Field(60.0, gt=0.0, description="The window of the restart budget.")
 
 
 class FaultConfig(StrictModel):
@@ -64,17 +71,20 @@ class FaultConfig(StrictModel):
     slow_rate: float = Field(0.0, ge=0.0, le=1.0)
     slow_ms: float = Field(50.0, ge=0.0)
     corrupt_rate: float = Field(0.0, ge=0.0, le=1.0)
+    sticky_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Errors that poison the process running the engine (a CUDA illegal address)."
+    )
+    crash_rate: float = Field(0.0, ge=0.0, le=1.0, description="Kills the process running the engine.")
     seed: int | None = None
 
     @property
     def active(self) -> bool:
-        return any(
-            r > 0 for r in (self.error_rate, self.hang_rate, self.slow_rate, self.corrupt_rate)
-        )
+        rates = (self.error_rate, self.hang_rate, self.slow_rate, self.corrupt_rate, self.sticky_rate, self.crash_rate)
+        return any(r > 0 for r in rates)
 
 
 class QueueConfig(StrictModel):
-    size: int = Field(16, ge=1, description="Capacity per source of each bounded queue between stages.")
+    size: int = Field(8, ge=1, description="Capacity per source of each bounded queue between stages.")
     preprocess_workers: int = Field(1, ge=1)
     postprocess_workers: int = Field(1, ge=1)
 
@@ -129,7 +139,34 @@ class RunConfig(StrictModel):
         names = [s.name for s in self.sources if s.name]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"source names must be unique, repeated: {', '.join(dupes)}")
+            raise ValueError(f"sources: names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _video_needs_files(self) -> RunConfig:
+        video = self.outputs.video
+        if video is None:
+            return self
+        live = [s.url for s in self.sources if "://" in s.url]
+        if live:
+            raise ValueError(
+                f"outputs.video: {live[0]} is a live stream; annotated video decodes each source "
+                "a second time, so it needs file sources"
+            )
+        if video.suffix and len(self.sources) > 1:
+            raise ValueError(
+                f"outputs.video = {str(video)!r}: one file cannot hold {len(self.sources)} sources; "
+                "give a directory (one <source>.mp4 each)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _crashes_need_a_worker_process(self) -> RunConfig:
+        if self.faults.crash_rate > 0 and self.infer.isolation == "thread":
+            raise ValueError(
+                "faults.crash_rate kills the process that runs the engine, which with infer.isolation "
+                "thread is vidpipe itself; set infer.isolation: process (--isolation process)"
+            )
         return self
 
 
@@ -164,8 +201,8 @@ def _describe_error(error: dict[str, Any]) -> str:
     if kind == "path_type":
         return f"{path} = {value!r}: must be a path (a string)"
     message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
-    if kind == "value_error" and isinstance(value, dict):
-        return f"{path}: {message}"
+    if kind == "value_error" and not loc:
+        return message  # a rule across fields: the message names them
     return f"{path} = {value!r}: {message}"
 
 

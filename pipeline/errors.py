@@ -6,6 +6,8 @@ from engines.errors import (
     ModelError,
     StickyInferenceError,
     VidpipeError,
+    WorkerBudgetExhausted,
+    WorkerLost,
 )
 from stages.errors import SourceError
 
@@ -22,12 +24,7 @@ class LedgerError(VidpipeError):
     """A source's ledger did not balance: a frame was lost. This is a bug in vidpipe."""
 
 
-class BudgetExhausted(VidpipeError):
-    """The inference worker needed more restarts than its budget allows."""
-
-
 __all__ = [
-    "BudgetExhausted",
     "ConfigError",
     "InferenceError",
     "InferenceTimeout",
@@ -37,4 +34,6 @@ __all__ = [
     "SourceError",
     "StickyInferenceError",
     "VidpipeError",
+    "WorkerBudgetExhausted",
+    "WorkerLost",
 ]

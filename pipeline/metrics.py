@@ -30,6 +30,7 @@ from pipeline.types import Frame, Result, SourceEvent, Status
 
 if TYPE_CHECKING:
     from pipeline.runtime import Pipeline
+    from pipeline.sinks.redis import RedisSink
 
 log = logging.getLogger("vidpipe.metrics")
 
@@ -37,6 +38,11 @@ STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 REBUILD_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# InferStats counters read at scrape time.
+STATS_COUNTERS = ("batches", "frames", "retries", "rebuilds", "errors", "timeouts", "abandoned", "abandoned_live",
+                  "deadline_misses", "inference_failures", "probes", "probe_failures", "create_failures",
+                  "sticky_errors", "engine_reloads", "engine_reload_failures", "worker_restarts",
+                  "worker_start_failures")  # fmt: skip
 
 
 class Readiness:
@@ -75,7 +81,7 @@ class RunMetrics:
     def __init__(self, sources: list[str]) -> None:
         self.registry = CollectorRegistry()
         self.readiness = Readiness(sources)
-        self.redis_sinks: list[Any] = []
+        self.redis_sinks: list[RedisSink] = []
         self.url: str | None = None
         r = self.registry
         self.frames_in = Counter("vidpipe_frames_in", "Frames decoded, per source.", ["source"], registry=r)
@@ -104,8 +110,10 @@ class RunMetrics:
 
     def attach(self, pipeline: Pipeline) -> None:
         """Read queue depths and scheduler counters from this pipeline from now on."""
+        from pipeline.sinks.redis import RedisSink
+
         self.readiness.pipeline = pipeline
-        self.redis_sinks = [s for s in pipeline.sinks if hasattr(s, "spool_bytes")]
+        self.redis_sinks = [s for s in pipeline.sinks if isinstance(s, RedisSink)]
 
     def sources_opened(self) -> None:
         for name in self.readiness.sources:
@@ -174,38 +182,47 @@ class _StatsCollector(Collector):
 
     def _inference(self, pipeline: Pipeline | None) -> Iterator[Metric]:
         stats = pipeline.stats if pipeline is not None else None
-        counts: dict[str, int] = {}
+        counts = dict.fromkeys(STATS_COUNTERS, 0)
         sizes: dict[int, int] = {}
         new_rebuilds: list[float] = []
-        names = ("batches", "frames", "retries", "rebuilds", "errors", "timeouts", "abandoned", "abandoned_live",
-                 "deadline_misses", "inference_failures", "probes", "probe_failures", "create_failures")  # fmt: skip
+        reload_s = restart_s = 0.0
         if stats is not None:
             with self._lock, stats.lock:
-                counts = {name: getattr(stats, name) for name in names}
+                counts = {name: getattr(stats, name) for name in STATS_COUNTERS}
+                reload_s, restart_s = sum(stats.reload_ms) / 1000, sum(stats.restart_ms) / 1000
                 sizes = dict(stats.batch_sizes)
                 fresh = counts["rebuilds"] - self._rebuilds_seen
                 new_rebuilds = list(stats.rebuild_ms)[-fresh:] if fresh > 0 else []
                 self._rebuilds_seen = counts["rebuilds"]
         for ms in new_rebuilds:
             self._rebuild_seconds.observe(ms / 1000)
-        get = lambda name: counts.get(name, 0)  # noqa: E731
-        yield _counter("vidpipe_inference_batches", "Batches inferred.", get("batches"))
-        yield _histogram("vidpipe_inference_batch_size", "Frames per inferred batch.", sizes, BATCH_BUCKETS, get("frames"))
-        yield _counter("vidpipe_inference_retries", "Batches retried after a failed or hung inference.", get("retries"))
+        c = counts
+        yield _counter("vidpipe_inference_batches", "Batches inferred.", c["batches"])
+        yield _histogram("vidpipe_inference_batch_size", "Frames per inferred batch.", sizes, BATCH_BUCKETS, c["frames"])
+        yield _counter("vidpipe_inference_retries", "Batches retried after a failed or hung inference.", c["retries"])
         errors = CounterMetricFamily("vidpipe_inference_errors", "Failed inference calls, by kind.", labels=["kind"])
-        errors.add_metric(["error"], get("errors"))
-        errors.add_metric(["timeout"], get("timeouts"))
+        errors.add_metric(["error"], c["errors"])
+        errors.add_metric(["timeout"], c["timeouts"])
         yield errors
-        yield _counter("vidpipe_inference_failed_frames", "Frames failed after all attempts.", get("inference_failures"))
-        yield _counter("vidpipe_context_rebuilds", "Contexts replaced after a failure.", get("rebuilds"))
+        yield _counter("vidpipe_inference_failed_frames", "Frames failed after all attempts.", c["inference_failures"])
+        yield _counter("vidpipe_context_rebuilds", "Contexts replaced after a failure.", c["rebuilds"])
         yield from self._rebuild_seconds.collect()
-        yield _counter("vidpipe_context_create_failures", "Context creations that failed.", get("create_failures"))
-        yield _counter("vidpipe_contexts_abandoned", "Hung contexts abandoned (left to the reaper).", get("abandoned"))
+        yield _counter("vidpipe_context_create_failures", "Context creations that failed.", c["create_failures"])
+        yield _counter("vidpipe_contexts_abandoned", "Hung contexts abandoned (left to the reaper).", c["abandoned"])
         yield _gauge("vidpipe_contexts_abandoned_live", "Abandoned contexts whose call has not returned yet.",
-                     get("abandoned_live"))  # fmt: skip
-        yield _counter("vidpipe_deadline_misses", "Frames whose deadline passed before inference.", get("deadline_misses"))
-        yield _counter("vidpipe_health_probes", "Health probes run on idle contexts.", get("probes"))
-        yield _counter("vidpipe_health_probe_failures", "Health probes that failed.", get("probe_failures"))
+                     c["abandoned_live"])  # fmt: skip
+        yield _counter("vidpipe_deadline_misses", "Frames whose deadline passed before inference.", c["deadline_misses"])
+        yield _counter("vidpipe_health_probes", "Health probes run on idle contexts.", c["probes"])
+        yield _counter("vidpipe_health_probe_failures", "Health probes that failed.", c["probe_failures"])
+        yield _counter("vidpipe_sticky_errors", "Inference errors that poisoned the process running the engine.",
+                       c["sticky_errors"])  # fmt: skip
+        yield _counter("vidpipe_engine_reloads", "Engine reloads after fresh contexts kept failing.", c["engine_reloads"])
+        yield _counter("vidpipe_engine_reload_failures", "Engine reloads that failed.", c["engine_reload_failures"])
+        yield _counter("vidpipe_engine_reload_seconds", "Time spent reloading the engine.", reload_s)
+        yield _counter("vidpipe_worker_restarts", "Inference worker processes restarted.", c["worker_restarts"])
+        yield _counter("vidpipe_worker_start_failures", "Inference worker processes that failed to start.",
+                       c["worker_start_failures"])  # fmt: skip
+        yield _counter("vidpipe_worker_restart_seconds", "Time from a lost worker to its successor ready.", restart_s)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 from engines.base import Engine
 from engines.errors import InferenceError, ModelError
 from engines.faults import FaultPlan, FaultyEngine
-from pipeline.config import FaultConfig, ModelConfig
+from pipeline.config import FaultConfig, InferConfig, ModelConfig
 from stages.infer import InferStage
 from stages.labels import load_names
 from stages.postprocess import Postprocess, class_count, detect_layout
@@ -28,6 +29,20 @@ def open_engine(config: ModelConfig) -> Engine:
     from engines.onnxruntime import OnnxRuntimeEngine
 
     return OnnxRuntimeEngine(path, providers=list(config.providers), intra_op_threads=config.intra_op_threads)
+
+
+def open_isolated_engine(config: ModelConfig, infer: InferConfig) -> Engine:
+    """The engine in a supervised worker process, which builds it from this same config."""
+    from engines.process import ProcessEngine
+
+    # What the worker imports to build the engine, loaded once by the fork server.
+    preload = ("numpy", "pipeline.model") + (("onnxruntime",) if config.backend == "onnxruntime" else ())
+    return ProcessEngine(
+        functools.partial(open_engine, config),
+        preload=preload,
+        max_restarts=infer.max_restarts,
+        restart_window_s=infer.restart_window_s,
+    )
 
 
 @dataclass
@@ -55,8 +70,9 @@ def reference_outputs(engine: Engine, stage: InferStage, timeout: float = 60.0) 
         context.close()
 
 
-def load_model(config: ModelConfig, faults: FaultConfig | None = None) -> Model:
-    engine = open_engine(config)
+def load_model(config: ModelConfig, faults: FaultConfig | None = None, infer: InferConfig | None = None) -> Model:
+    isolated = infer is not None and infer.isolation == "process"
+    engine = open_isolated_engine(config, infer) if isolated else open_engine(config)
     try:
         stage = InferStage(engine)
         output = engine.outputs[0]
@@ -84,5 +100,10 @@ def load_model(config: ModelConfig, faults: FaultConfig | None = None) -> Model:
         engine.close()
         raise
     if faults is not None and faults.active:
-        engine = FaultyEngine(engine, FaultPlan(**faults.model_dump()))
+        # After the reference: faults must not spoil what healthy looks like.
+        plan = FaultPlan(**faults.model_dump())
+        if isolated:
+            engine.inject_faults(plan)  # in the worker, where a crash or a poisoned process belongs
+        else:
+            engine = FaultyEngine(engine, plan)
     return Model(engine, stage, post, reference)

@@ -131,6 +131,9 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
         f"p99 {_ms(inf.get('rebuild_ms_p99'))})  recovery p50 {_ms(inf.get('recovery_ms_p50'))} "
         f"p99 {_ms(inf.get('recovery_ms_p99'))}  abandoned {inf.get('abandoned', 0)}  "
         f"deadline misses {inf.get('deadline_misses', 0)}  probe failures {inf.get('probe_failures', 0)}",
+        f"engine reloads {inf.get('engine_reloads', 0)} ({_ms(inf.get('reload_ms_total'))} in all)  "
+        f"worker restarts {inf.get('worker_restarts', 0)} (p50 {_ms(inf.get('worker_restart_ms_p50'))}, "
+        f"p99 {_ms(inf.get('worker_restart_ms_p99'))}, {_ms(inf.get('worker_restart_ms_total'))} in all)",
     ]
     if summary.events:
         lines.append("source events: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.events.items())))

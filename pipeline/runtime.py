@@ -105,8 +105,19 @@ class Pipeline:
                 self._fail(frame, reason, error)
 
     def _fatal(self, err: Exception) -> None:
-        self.errors.append(str(err))
+        if str(err) not in self.errors:  # every inference worker thread reports the same cause
+            self.errors.append(str(err))
         self.abort(Reason.INFERENCE, str(err))
+
+    def _escalated(self, kind: str, details: dict) -> None:
+        """An engine reload or worker restart (pipeline/ladder.py): an event on every source."""
+        decoded = self.ledger.snapshot()
+        for source in self.sources:
+            event = SourceEvent(source.name, kind, decoded[source.name].decoded - 1, time.time(), dict(details))
+            try:
+                self.results_q.put(event)
+            except Closed:
+                return
 
     # ---- results ---------------------------------------------------------------------
 
@@ -242,6 +253,7 @@ class Pipeline:
             spares=min(infer.contexts, 2),
         )
         pool = ContextPool(self.model.engine, self.model.stage, self.model.reference, settings, self.stats)
+        pool.ladder.on_event = self._escalated
         self.scheduler = InferScheduler(pool, self.infer_q, self._to_post, self._fail, self._fatal)
         started = time.monotonic()
         self._spawn("publish", self._publish)

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.base import Context, Engine
-from engines.errors import InferenceError, InferenceTimeout, ModelError
+from engines.errors import (
+    InferenceError,
+    InferenceTimeout,
+    ModelError,
+    StickyInferenceError,
+    WorkerBudgetExhausted,
+    WorkerLost,
+)
+from pipeline.ladder import EscalationLadder
 from pipeline.queues import Closed, FrameQueue
 from pipeline.types import Frame, Reason
 from stages.infer import InferStage
@@ -40,6 +48,9 @@ class SchedulerSettings:
     spares: int = 1
     # Slack for a backend to report its own timeout before the context is abandoned.
     call_grace_s: float = 0.02
+    # Escalation: this many failures of fresh contexts within the window reload the engine.
+    reload_after: int = 3
+    reload_window_s: float = 30.0
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -64,6 +75,14 @@ class InferStats:
         self.probes = 0
         self.probe_failures = 0
         self.create_failures = 0
+        self.sticky_errors = 0
+        self.engine_reloads = 0
+        self.engine_reload_failures = 0
+        self.worker_restarts = 0
+        self.worker_start_failures = 0
+        self.worker_budget_exhausted = False
+        self.reload_ms: deque[float] = deque(maxlen=100_000)
+        self.restart_ms: deque[float] = deque(maxlen=100_000)
         self.rebuild_ms: deque[float] = deque(maxlen=100_000)
         self.recovery_ms: deque[float] = deque(maxlen=100_000)
         self.infer_ms: deque[float] = deque(maxlen=100_000)
@@ -74,9 +93,26 @@ class InferStats:
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
 
+    def escalation(self, kind: str, details: dict) -> None:
+        """Count an escalation event (engine reload, worker restart, ...) by its kind."""
+        with self.lock:
+            if kind == "engine_reloaded":
+                self.engine_reloads += 1
+                self.reload_ms.append(details["reload_ms"])
+            elif kind == "engine_reload_failed":
+                self.engine_reload_failures += 1
+            elif kind == "worker_restarted":
+                self.worker_restarts += 1
+                self.restart_ms.append(details["restart_ms"])
+            elif kind == "worker_start_failed":
+                self.worker_start_failures += 1
+            elif kind == "worker_budget_exhausted":
+                self.worker_budget_exhausted = True
+
     def snapshot(self) -> dict[str, float | int | None]:
         with self.lock:
             rebuild, recovery = list(self.rebuild_ms), list(self.recovery_ms)
+            restart = list(self.restart_ms)
             return {
                 "batches": self.batches,
                 "mean_batch": round(self.frames / self.batches, 2) if self.batches else None,
@@ -84,6 +120,7 @@ class InferStats:
                 "rebuilds": self.rebuilds,
                 "rebuild_ms_p50": percentile(rebuild, 50),
                 "rebuild_ms_p99": percentile(rebuild, 99),
+                "rebuild_ms_total": round(sum(rebuild), 1),
                 "recovery_ms_p50": percentile(recovery, 50),
                 "recovery_ms_p99": percentile(recovery, 99),
                 "errors": self.errors,
@@ -95,6 +132,16 @@ class InferStats:
                 "probes": self.probes,
                 "probe_failures": self.probe_failures,
                 "create_failures": self.create_failures,
+                "sticky_errors": self.sticky_errors,
+                "engine_reloads": self.engine_reloads,
+                "engine_reload_failures": self.engine_reload_failures,
+                "reload_ms_total": round(sum(self.reload_ms), 1),
+                "worker_restarts": self.worker_restarts,
+                "worker_restart_ms_p50": percentile(restart, 50),
+                "worker_restart_ms_p99": percentile(restart, 99),
+                "worker_restart_ms_total": round(sum(restart), 1),
+                "worker_start_failures": self.worker_start_failures,
+                "worker_budget_exhausted": self.worker_budget_exhausted,
             }
 
 
@@ -107,6 +154,7 @@ class Slot:
 
     def __init__(self, context: Context) -> None:
         self.context = context
+        self.fresh = True  # no batch has succeeded on it yet
         self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidpipe-ctx")
         self._pending = None
 
@@ -149,6 +197,9 @@ class ContextPool:
         self.settings = settings
         self.stats = stats
         self._probe = stage.probe_inputs()
+        self.ladder = EscalationLadder(
+            engine, stats.escalation, settings.reload_after, settings.reload_window_s, self.flush_spares
+        )
         self._spares: list[Slot] = []
         self._lock = threading.Lock()
         self._want_spare = threading.Event()
@@ -177,23 +228,43 @@ class ContextPool:
     def _create_once(self) -> Slot:
         slot = Slot(self.engine.create_context())
         # The first inference doubles as warm-up (slow on some backends) and health check.
-        if not self.probe(slot, self.settings.create_timeout_s):
+        try:
+            outputs = slot.call(self._probe, self.settings.create_timeout_s, self.settings.call_grace_s)
+            if not self.healthy(outputs):
+                raise InferenceError("a new context failed its warm-up probe")
+        except InferenceError as err:
             self.discard(slot)
-            raise InferenceError("a new context failed its warm-up probe")
+            if not isinstance(err, StickyInferenceError):
+                self.ladder.fresh_failed()
+            raise
         return slot
 
     def create(self) -> Slot:
         last: Exception | None = None
-        for _ in range(self.settings.create_attempts):
+        failures = 0
+        while failures < self.settings.create_attempts:
             try:
                 return self._create_once()
+            except WorkerLost as err:
+                last = err  # the supervisor restarts the worker within its own budget; try its successor
             except (InferenceError, ModelError) as err:
                 last = err
+                failures += 1
                 self.stats.add(create_failures=1)
+        sticky = isinstance(last, StickyInferenceError)
+        hint = "; run with --isolation process so a worker restart can recover" if sticky else ""
         raise ModelError(
             f"model {self.engine.name}: cannot create a working inference context "
-            f"({self.settings.create_attempts} tries, last: {last}); check the model and backend"
+            f"({self.settings.create_attempts} tries, last: {last}); check the model and backend{hint}"
         )
+
+    def flush_spares(self) -> None:
+        """Drop the warm spares (after a sticky error they are as poisoned as the context that raised it)."""
+        with self._lock:
+            spares, self._spares = self._spares, []
+        for spare in spares:
+            spare.close()
+        self._want_spare.set()
 
     def take(self) -> Slot:
         """A ready context: a warm spare when there is one, else a new one made now."""
@@ -225,6 +296,10 @@ class ContextPool:
                     continue
             try:
                 slot = self._create_once()
+            except WorkerBudgetExhausted:
+                return  # the workers run will stop; nothing to keep spare for
+            except WorkerLost:
+                continue
             except (InferenceError, ModelError):
                 self.stats.add(create_failures=1)
                 time.sleep(0.05)
@@ -301,7 +376,7 @@ class InferScheduler:
                 if now >= next_probe and (not batch or overdue):
                     slot = self._check(slot)
                     next_probe = time.monotonic() + self.settings.health_interval_s
-        except ModelError as err:
+        except (ModelError, WorkerBudgetExhausted) as err:
             self.on_fatal(err)
             return
         finally:
@@ -354,15 +429,21 @@ class InferScheduler:
             timeout = min(f.deadline for f in frames) - now
             start = time.monotonic()
             try:
-                outputs = slot.call(self.stage.inputs(frames), timeout, self.settings.call_grace_s)
+                inputs = self.stage.inputs(frames, getattr(slot.context, "input_buffer", None))
+                outputs = slot.call(inputs, timeout, self.settings.call_grace_s)
             except InferenceError as err:
                 failed_at = failed_at or time.monotonic()
                 last_error = str(err)
                 timed_out = isinstance(err, InferenceTimeout)
-                self.stats.add(timeouts=int(timed_out), errors=int(not timed_out))
+                sticky = isinstance(err, StickyInferenceError)
+                self.stats.add(timeouts=int(timed_out), errors=int(not timed_out), sticky_errors=int(sticky))
+                if sticky:
+                    self.pool.flush_spares()
+                elif slot.fresh:
+                    self.pool.ladder.fresh_failed()
                 try:
                     slot = self._replace(slot, abandoned=isinstance(err, Abandoned))
-                except ModelError as fatal:
+                except (ModelError, WorkerBudgetExhausted) as fatal:
                     for frame in frames:
                         self.on_failed(frame, Reason.INFERENCE, str(fatal))
                     raise
@@ -375,6 +456,9 @@ class InferScheduler:
                     self.on_failed(frame, Reason.INFERENCE, f"internal error: {err}")
                 return slot
             took = time.monotonic() - start
+            if slot.fresh:
+                slot.fresh = False
+                self.pool.ladder.fresh_ok()
             self._infer_s = 0.8 * self._infer_s + 0.2 * took if self._infer_s else took
             with self.stats.lock:
                 self.stats.batches += 1

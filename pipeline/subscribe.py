@@ -314,13 +314,13 @@ def _open(url: str, block_ms: int) -> redis.Redis:
     except redis.AuthenticationError as err:
         client.close()
         raise OutputError(
-            f"redis {shown}: authentication failed ({err}); "
+            f"redis {shown}: authentication failed ({str(err).rstrip('.')}); "
             "give the password in the URL: redis://[user]:PASSWORD@host:port/db"
         ) from None
     except (redis.ConnectionError, redis.TimeoutError) as err:
         client.close()
         raise OutputError(
-            f"redis {shown}: cannot connect ({err}); check that redis-server runs there "
+            f"redis {shown}: cannot connect ({str(err).rstrip('.')}); check that redis-server runs there "
             "and the URL (--redis or REDIS_URL)"
         ) from None
     except redis.ResponseError as err:

@@ -6,12 +6,17 @@ business (pipeline/scheduler.py); this module only knows the model's tensors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from engines.base import Engine
 from engines.errors import ModelError
 from pipeline.types import Frame
 from stages.preprocess import stack
+
+# A context's own input memory (e.g. a worker's shared-memory block): (name, shape, dtype) -> array.
+InputBuffer = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
 
 
 class InferStage:
@@ -43,8 +48,13 @@ class InferStage:
     def max_batch(self, wanted: int) -> int:
         return min(wanted, self.fixed_batch) if self.fixed_batch else wanted
 
-    def inputs(self, frames: list[Frame]) -> dict[str, np.ndarray]:
-        return {self.input_name: stack(frames, self.fixed_batch)}
+    def inputs(self, frames: list[Frame], into: InputBuffer | None = None) -> dict[str, np.ndarray]:
+        """The batch tensor, written straight into a context's own buffer when it offers one."""
+        if into is None:
+            return {self.input_name: stack(frames, self.fixed_batch)}
+        w, h = self.input_size
+        buffer = into(self.input_name, (self.fixed_batch or len(frames), 3, h, w), np.dtype(np.float32))
+        return {self.input_name: stack(frames, self.fixed_batch, out=buffer)}
 
     def probe_inputs(self) -> dict[str, np.ndarray]:
         """A fixed input whose outputs, recorded at start-up, tell a healthy context."""

@@ -51,8 +51,12 @@ class Preprocess:
         return frame
 
 
-def stack(frames: list[Frame], batch_size: int | None = None) -> np.ndarray:
-    """Batch frame tensors as NCHW; pad with zeros up to a fixed `batch_size`."""
+def stack(frames: list[Frame], batch_size: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Batch frame tensors as NCHW; pad with zeros up to a fixed `batch_size`; into `out` when given."""
+    if out is not None:
+        np.stack([f.tensor for f in frames], out=out[: len(frames)])
+        out[len(frames) :] = 0
+        return out
     batch = np.stack([f.tensor for f in frames])
     if batch_size and len(frames) < batch_size:
         pad = np.zeros((batch_size - len(frames), *batch.shape[1:]), batch.dtype)

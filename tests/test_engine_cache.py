@@ -1,20 +1,23 @@
 """The engine cache key, the engine file header and the checks that refuse a wrong engine.
 
-All of it runs without TensorRT or a GPU: these are the decisions made before TensorRT
-is ever called, and the one-line errors a user sees when it is missing.
+All of it runs without TensorRT or a GPU: the decisions made before TensorRT is called,
+the one-line errors a user sees when it is missing, and the rule that frees a context's
+memory only after its stream is done, never on the caller's thread.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from engines.build import BatchProfile, check_precision_supported, profile_shapes, timing_cache_path
 from engines.cache import CacheKey, EngineCache
-from engines.cuda import Device
+from engines.cuda import Device, release_when_done
 from engines.errors import ModelError
 from engines.plan import EngineHeader, check_compatible, pack, read_header, unpack
 from pipeline.cli import main
@@ -211,3 +214,37 @@ def test_inspect_describes_an_engine_from_its_header_without_tensorrt(tmp_path, 
     assert "precision: int8" in out and "batch 1:4:8" in out
     assert "images  [-1, 3, 320, 320]  float32" in out
     assert "not loaded here: TensorRT is not installed" in out
+
+
+class FakeEvent:
+    """A CUDA event stand-in: done once `finish` is set."""
+
+    def __init__(self) -> None:
+        self.finish = threading.Event()
+
+    def wait(self, timeout: float) -> bool:
+        return self.finish.wait(timeout)
+
+
+def test_a_context_is_freed_only_after_its_stream_is_done_and_never_on_the_callers_thread():
+    done, freed = FakeEvent(), []
+    start = time.monotonic()
+    released = release_when_done(done, [lambda: freed.append(threading.current_thread().name)], "test")
+    assert time.monotonic() - start < 0.1
+    assert not released.wait(0.2) and freed == []
+    done.finish.set()
+    assert released.wait(5.0)
+    assert freed == ["vidpipe-cuda-release"]
+
+
+def test_a_sticky_cuda_error_is_raised_as_sticky():
+    cudart = pytest.importorskip("cuda.bindings.runtime", reason="needs cuda-python for its error names")
+    from engines.cuda import check
+    from engines.errors import InferenceError, StickyInferenceError
+
+    with pytest.raises(StickyInferenceError, match="cudaEventQuery failed: cudaErrorIllegalAddress"):
+        check((cudart.cudaError_t.cudaErrorIllegalAddress,), "cudaEventQuery")
+    with pytest.raises(InferenceError, match="cudaMalloc failed: cudaErrorMemoryAllocation") as err:
+        check((cudart.cudaError_t.cudaErrorMemoryAllocation, None), "cudaMalloc")
+    assert type(err.value) is InferenceError
+    assert check((cudart.cudaError_t.cudaSuccess, 42), "cudaMalloc") == 42

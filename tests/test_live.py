@@ -112,6 +112,8 @@ def test_three_sources_one_flooding_under_shed_the_others_lose_nothing(rtsp, car
                 {"url": str(car_clip), "name": "flood", "policy": "shed"},
             ],
             "max_frames": 40,
+            # The test server sends video in bursts of about ten frames: room for a burst.
+            "queues": {"size": 16},
             # One slow context: about 60 frames/s, room for both cameras (25 frames/s)
             # but far below the unpaced file's decode rate.
             "infer": {"contexts": 1, "max_batch": 1},

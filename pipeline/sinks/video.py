@@ -27,7 +27,7 @@ import av
 import cv2
 import numpy as np
 
-from pipeline.errors import ConfigError, OutputError
+from pipeline.errors import OutputError
 from pipeline.summary import RunSummary
 from pipeline.types import Frame, Result, SourceEvent, Status
 from stages.decode import VideoDecoder
@@ -44,14 +44,12 @@ WHITE = (255, 255, 255)
 
 
 def video_paths(path: Path, sources: list[str]) -> dict[str, Path]:
-    """One file for one source (`out.mp4`), else a directory of `<source>.mp4`."""
+    """A path with a suffix is the file of the one source; else a directory of `<source>.mp4`.
+
+    (RunConfig checks that a file is given for one source only, and file sources only.)
+    """
     path = Path(path)
-    if path.suffix and not path.is_dir():
-        if len(sources) > 1:
-            raise ConfigError(
-                f"outputs.video = {str(path)!r}: one file cannot hold {len(sources)} sources; "
-                "give a directory (one <source>.mp4 each)"
-            )
+    if path.suffix:
         return {sources[0]: path}
     return {name: path / f"{name}.mp4" for name in sources}
 
@@ -60,14 +58,9 @@ class VideoSink:
     """Writes `<path>` (one source) or `<path>/<source>.mp4` (several), annotated."""
 
     def __init__(self, path: Path, sources: dict[str, str]) -> None:
-        for name, url in sources.items():
-            if "://" in url:
-                raise ConfigError(
-                    f"outputs.video: source {name} ({url}) is a live stream; annotated video "
-                    "decodes each source a second time, so it needs file sources"
-                )
         self.path = Path(path)
         self._videos: dict[str, _SourceVideo] = {}
+        self._closed = False
         try:
             for name, out in video_paths(self.path, list(sources)).items():
                 self._videos[name] = _SourceVideo(name, sources[name], out)
@@ -76,7 +69,6 @@ class VideoSink:
             raise
         self._arrivals: dict[str, deque[float]] = {name: deque() for name in sources}
         self._failures = dict.fromkeys(sources, 0)
-        self._closed = False
 
     def write_result(self, result: Result) -> None:
         now = time.monotonic()
@@ -100,7 +92,7 @@ class VideoSink:
         summary.outputs["video"] = report
 
     def close(self) -> None:
-        if getattr(self, "_closed", False):
+        if self._closed:
             return
         self._closed = True
         for video in self._videos.values():
@@ -137,9 +129,9 @@ class _SourceVideo:
         self._last_pts: int | None = None
         self._blank = np.zeros((height, width, 3), np.uint8)
         self._queue: queue.Queue[tuple[Result, float, int] | None] = queue.Queue(QUEUE_SIZE)
+        self._finished = False
         self._thread = threading.Thread(target=self._run, name=f"vidpipe-video-{name}", daemon=True)
         self._thread.start()
-        self._finished = False
 
     def put(self, result: Result, fps: float, failures: int) -> None:
         self._queue.put((result, fps, failures))
