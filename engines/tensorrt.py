@@ -249,17 +249,16 @@ class TensorRTContext:
         self.released = cuda.release_when_done(self._done, steps, f"context of {self.engine.name}")
 
 
-def open_tensorrt_engine(path: Path, config: Any = None) -> TensorRTEngine:
+def open_tensorrt_engine(path: Path, precision: str | None = None, cache_dir: Path | None = None) -> TensorRTEngine:
     """The engine for `vidpipe run --backend tensorrt`: an .engine file as is, or an ONNX
     model found in (or built into) the engine cache."""
     path = Path(path)
     if path.suffix.lower() in ENGINE_SUFFIXES:
         return TensorRTEngine(path)
     # The precision is the model's own (reduced precision lives in the ONNX, see
-    # engines/prepare.py) unless the config names one; the cache is the default one
-    # unless the config names a directory.
-    precision = getattr(config, "precision", None)
+    # engines/prepare.py) unless one is named; the cache is the default one unless a
+    # directory is named.
     if precision is not None and precision not in PRECISIONS:
         raise ModelError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    engine_path = find_or_build_engine(path, precision, DEFAULT_BATCH, cache_dir=getattr(config, "engine_cache", None))
+    engine_path = find_or_build_engine(path, precision, DEFAULT_BATCH, cache_dir=cache_dir)
     return TensorRTEngine(engine_path, name=path.name)

@@ -22,6 +22,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", action="append", help="name of each source, in order")
     parser.add_argument("--model", type=Path, help="an ONNX model (default: the embedded colour-blob detector)")
     parser.add_argument("--backend", choices=["onnxruntime", "tensorrt"])
+    parser.add_argument("--engine", type=Path, help="a serialized TensorRT engine to load (implies --backend tensorrt)")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="TensorRT build precision")
     parser.add_argument("--layout", choices=["auto", "yolov8", "yolov5", "yolox"])
     parser.add_argument("--labels", type=Path, help="class names, one per line")
     parser.add_argument("--out", type=Path, help="write one JSON line per frame result here")
@@ -85,6 +87,12 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             source.update({k: v for k, v in (("policy", args.policy), ("transport", args.transport)) if v})
     put("model.path", args.model and str(args.model))
     put("model.backend", args.backend)
+    if args.engine:
+        if args.model:
+            raise ConfigError("give either --model or --engine, not both")
+        put("model.path", str(args.engine))
+        put("model.backend", "tensorrt")
+    put("model.precision", args.precision)
     put("model.layout", args.layout)
     put("model.labels", args.labels and str(args.labels))
     put("model.conf", args.conf)

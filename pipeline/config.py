@@ -37,6 +37,10 @@ class SourceConfig(StrictModel):
 class ModelConfig(StrictModel):
     path: Path | None = Field(None, description="ONNX model; the embedded default when absent.")
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    precision: Literal["fp32", "fp16", "int8"] | None = Field(
+        None, description="TensorRT: the precision to build at; none: the ONNX model's own."
+    )
+    engine_cache: Path | None = Field(None, description="TensorRT engine cache (default ~/.cache/vidpipe/engines).")
     layout: Literal["auto", "yolov8", "yolov5", "yolox"] = "auto"
     labels: Path | None = Field(None, description="Class names, one per line.")
     conf: float = Field(0.25, ge=0.0, le=1.0)

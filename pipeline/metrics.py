@@ -275,7 +275,13 @@ class _Handler(BaseHTTPRequestHandler):
     metrics: RunMetrics
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        path = self.path.split("?", 1)[0]
+        try:
+            self._answer(self.path.split("?", 1)[0])
+        except Exception as err:  # a bug here must show, but never end the run or hang a scraper
+            log.exception("metrics endpoint %s failed", self.path)
+            self._json(500, {"error": str(err)})
+
+    def _answer(self, path: str) -> None:
         if path == "/metrics":
             self._send(200, CONTENT_TYPE_LATEST, self.metrics.scrape())
         elif path == "/healthz":

@@ -25,7 +25,7 @@ def open_engine(config: ModelConfig) -> Engine:
     if config.backend == "tensorrt":
         from engines.tensorrt import open_tensorrt_engine  # lazy: TensorRT is optional
 
-        return open_tensorrt_engine(path, config)
+        return open_tensorrt_engine(path, config.precision, config.engine_cache)
     from engines.onnxruntime import OnnxRuntimeEngine
 
     return OnnxRuntimeEngine(path, providers=list(config.providers), intra_op_threads=config.intra_op_threads)

@@ -88,15 +88,14 @@ def not_video(clip_dir: Path) -> Path:
 
 
 # --- Redis: private servers on free ports (tests/redis_server.py) ---
-
-from collections.abc import Callable, Iterator  # noqa: E402
-
-from tests.redis_server import RedisServer  # noqa: E402
+# Imported inside the fixtures, so the GPU machine (no redis-py there) can still collect tests.
 
 
 @pytest.fixture
-def make_redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+def make_redis_server(tmp_path: Path):
     """Factory: make_redis_server(start=True, password=None, aof=False); all are killed at the end."""
+    from tests.redis_server import RedisServer
+
     servers: list[RedisServer] = []
 
     def make(start: bool = True, **options) -> RedisServer:
@@ -112,5 +111,5 @@ def make_redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
 
 
 @pytest.fixture
-def redis_server(make_redis_server: Callable[..., RedisServer]) -> RedisServer:
+def redis_server(make_redis_server):
     return make_redis_server()

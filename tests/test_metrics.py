@@ -46,11 +46,19 @@ def get(port: int, path: str) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def scrape(port: int) -> dict[str, Any]:
-    """{family name: family} of one /metrics scrape."""
-    status, text = get(port, "/metrics")
-    assert status == 200
+def parse(scraped: tuple[int, str]) -> dict[str, Any]:
+    """{family name: family} of one /metrics answer."""
+    status, text = scraped
+    assert status == 200, text
     return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def in_hook(seen: dict[str, Any], key: str, port: int, path: str) -> None:
+    """get() from a pipeline hook: an exception there would stop the publisher, so keep it for later."""
+    try:
+        seen[key] = get(port, path)
+    except Exception as err:  # noqa: BLE001 - reported by the test after the run
+        seen[key] = err
 
 
 def value(families: dict[str, Any], sample: str, **labels: str) -> float:
@@ -74,7 +82,7 @@ class ScrapeAtEnd:
     def write_event(self, event: Any) -> None: ...
 
     def write_summary(self, summary: RunSummary) -> None:
-        self.families = scrape(self.port)
+        self.families = parse(get(self.port, "/metrics"))
 
     def close(self) -> None: ...
 
@@ -94,17 +102,17 @@ def test_metrics_during_a_real_run_match_the_jsonl(tmp_path: Path, car_clip: Pat
 
     def look_during_the_run(result: Result) -> None:
         if result.seq == 10:
-            during["families"] = scrape(port)
-            during["healthz"] = get(port, "/healthz")
-            during["readyz"] = get(port, "/readyz")
+            for path in ("/metrics", "/healthz", "/readyz"):
+                in_hook(during, path, port, path)
 
     at_end = ScrapeAtEnd(port)
     summary = run(config, sinks=[at_end], hooks=RunHooks(on_result=look_during_the_run))
 
-    assert FAMILIES <= set(during["families"])
-    assert during["healthz"][0] == 200
-    assert during["readyz"][0] == 200 and json.loads(during["readyz"][1])["ready"] is True
-    depths = {s.labels["stage"] for s in during["families"]["vidpipe_queue_depth"].samples}
+    families = parse(during["/metrics"])
+    assert FAMILIES <= set(families)
+    assert during["/healthz"][0] == 200
+    assert during["/readyz"][0] == 200 and json.loads(during["/readyz"][1])["ready"] is True
+    depths = {s.labels["stage"] for s in families["vidpipe_queue_depth"].samples}
     assert depths == {"preprocess", "infer", "postprocess", "publish"}
 
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -138,19 +146,17 @@ def test_metrics_during_a_real_run_match_the_jsonl(tmp_path: Path, car_clip: Pat
 
 def test_readyz_is_false_before_the_model_loads_and_true_after(monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_port()
-    seen: dict[str, tuple[int, dict]] = {}
+    seen: dict[str, Any] = {}
     load_model = pipeline.api.load_model
 
     def observed_load_model(*args: Any, **kwargs: Any) -> Any:
-        status, body = get(port, "/readyz")
-        seen["before"] = (status, json.loads(body))
-        seen["healthz"] = (get(port, "/healthz")[0], {})
+        seen["before"] = get(port, "/readyz")
+        seen["healthz"] = get(port, "/healthz")
         return load_model(*args, **kwargs)
 
     def after(result: Result) -> None:
         if result.seq == 0:
-            status, body = get(port, "/readyz")
-            seen["after"] = (status, json.loads(body))
+            in_hook(seen, "after", port, "/readyz")
 
     monkeypatch.setattr(pipeline.api, "load_model", observed_load_model)
     run(build_config({"metrics": {"port": port}, "max_frames": 20, "progress": False}), hooks=RunHooks(on_result=after))
@@ -158,8 +164,10 @@ def test_readyz_is_false_before_the_model_loads_and_true_after(monkeypatch: pyte
     assert seen["healthz"][0] == 200
     status, body = seen["before"]
     assert status == 503
-    assert body == {"ready": False, "model_loaded": False, "healthy_contexts": 0, "sources": {"sample": "connected"}}
+    assert json.loads(body) == {"ready": False, "model_loaded": False, "healthy_contexts": 0,
+                                "sources": {"sample": "connected"}}  # fmt: skip
     status, body = seen["after"]
+    body = json.loads(body)
     assert status == 200
     assert body["ready"] is True and body["model_loaded"] is True and body["healthy_contexts"] >= 1
 

@@ -92,8 +92,8 @@ def test_one_file_for_several_sources_is_a_config_error(tmp_path: Path, tiny_cli
 
 
 def test_a_live_source_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="outputs.video: rtsp://192.0.2.10/stream1 is a live stream"):
+    with pytest.raises(ConfigError, match="outputs.video: rtsp://127.0.0.1:9/stream1 is a live stream"):
         build_config({
-            "sources": [{"url": "rtsp://192.0.2.10/stream1", "name": "gate"}],
+            "sources": [{"url": "rtsp://127.0.0.1:9/stream1", "name": "gate"}],
             "outputs": {"video": str(tmp_path / "gate.mp4")},
         })  # fmt: skip

@@ -184,6 +184,12 @@ class RedisSink:
                 spool.close()
         self._client.close()
 
+    @property
+    def spool_bytes(self) -> int:
+        """Bytes of results waiting in spool files for Redis (this run's and earlier runs')."""
+        with self._lock:
+            return sum(s.pending_bytes for s in (*self._leftovers, self._spool) if s is not None)
+
     def _finish(self) -> dict[str, Any]:
         """Wait for Redis up to drain_timeout_s; what is still unwritten stays in the spool."""
         drained = self._drain(self._config.drain_timeout_s)
