@@ -3,8 +3,8 @@
     import pipeline
     summary = pipeline.run(pipeline.build_config({"sources": [{"url": "cars.mp4"}]}))
 
-`pipeline.subscribe` is the subscriber module: `pipeline.subscribe.subscribe(url, sources, ...)`
-yields the results a run published to Redis.
+    for delivery in pipeline.subscribe("redis://localhost:6379/0", ["cars"], group="dash"):
+        print(delivery.result)
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ _EXPORTS = {
     "RunSummary": "pipeline.summary",
     "VidpipeError": "pipeline.errors",
     "ConfigError": "pipeline.errors",
+    "subscribe": "pipeline.subscriber",
+    "live": "pipeline.subscriber",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -30,10 +32,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
-    if name == "subscribe":
-        return importlib.import_module("pipeline.subscribe")
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS, "subscribe"])
+    return sorted([*globals(), *_EXPORTS])

@@ -160,6 +160,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.bench import add_bench_arguments, cmd_bench
+    from pipeline.cli_engine import add_build_engine_parser, add_inspect_parser, run_build_engine, run_inspect
+    from pipeline.cli_subscribe import add_subscribe_parser, run_subscribe
+
     parser = argparse.ArgumentParser(prog="vidpipe", description=__doc__)
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,37 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run_parser)
     run_parser.set_defaults(func=cmd_run)
     bench_parser = sub.add_parser("bench", help="measure each stage alone and the whole pipeline")
-    from pipeline.bench import add_bench_arguments, cmd_bench
-
     add_bench_arguments(bench_parser)
     bench_parser.set_defaults(func=cmd_bench)
-    _add_optional_commands(sub)
+    add_subscribe_parser(sub)
+    sub.choices["subscribe"].set_defaults(func=run_subscribe)
+    add_build_engine_parser(sub)
+    sub.choices["build-engine"].set_defaults(func=run_build_engine)
+    add_inspect_parser(sub)
+    sub.choices["inspect"].set_defaults(func=run_inspect)
     return parser
-
-
-def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
-    """Subcommands that live in their own modules."""
-    try:
-        from pipeline.cli_subscribe import add_subscribe_parser, run_subscribe
-    except ImportError:
-        pass
-    else:
-        add_subscribe_parser(sub)
-        sub.choices["subscribe"].set_defaults(func=run_subscribe)
-    try:
-        from pipeline.cli_engine import (
-            add_build_engine_parser,
-            add_inspect_parser,
-            run_build_engine,
-            run_inspect,
-        )
-    except ImportError:
-        pass
-    else:
-        add_build_engine_parser(sub)
-        sub.choices["build-engine"].set_defaults(func=run_build_engine)
-        add_inspect_parser(sub)
-        sub.choices["inspect"].set_defaults(func=run_inspect)
 
 
 def main(argv: list[str] | None = None) -> int:

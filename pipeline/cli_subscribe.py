@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.errors import OutputError
 from pipeline.sinks.redis import resolve_redis_url
-from pipeline.subscribe import Delivery, subscribe
+from pipeline.subscriber import Delivery, subscribe
 
 MAX_LABELS = 5
 

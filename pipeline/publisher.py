@@ -25,6 +25,7 @@ class Publisher:
         self._events: dict[str, list[SourceEvent]] = defaultdict(list)
         self.latencies: deque[float] = deque(maxlen=1_000_000)
         self.event_counts: Counter[str] = Counter()
+        self.failed: dict[str, str] = {}
 
     def add(self, item: Result | SourceEvent) -> None:
         if isinstance(item, SourceEvent):
@@ -40,8 +41,7 @@ class Publisher:
             due = [e for e in events if e.after_seq < self._next[source]]
             for event in due:
                 events.remove(event)
-                for sink in self.sinks:
-                    sink.write_event(event)
+                self._to_sinks("write_event", event)
             result = waiting.pop(self._next[source], None)
             if result is None:
                 return
@@ -52,10 +52,23 @@ class Publisher:
         self.ledger.result(result)
         if result.status is Status.OK:
             self.latencies.append(result.latency_ms)
-        for sink in self.sinks:
-            sink.write_result(result)
+        self._to_sinks("write_result", result)
         if self.on_result:
-            self.on_result(result)
+            self._call(self.on_result, result)
+
+    def _to_sinks(self, method: str, item: Result | SourceEvent) -> None:
+        for sink in self.sinks:
+            self._call(getattr(sink, method), item)
+
+    def _call(self, fn: Callable, item: Result | SourceEvent) -> None:
+        """A failing sink or hook is reported once and skipped; the others still get every item."""
+        try:
+            fn(item)
+        except Exception as err:  # a sink's failure must not stop the publisher
+            owner = type(getattr(fn, "__self__", fn)).__name__
+            if owner not in self.failed:
+                log.exception("%s failed", owner)
+                self.failed[owner] = f"{owner} failed: {err}"
 
     def flush(self) -> None:
         """At the end: anything still held means a seq never arrived (a bug); publish it anyway."""
@@ -66,6 +79,5 @@ class Publisher:
                 self._emit(waiting.pop(seq))
         for source, events in self._events.items():
             for event in events:
-                for sink in self.sinks:
-                    sink.write_event(event)
+                self._to_sinks("write_event", event)
             events.clear()

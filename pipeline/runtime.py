@@ -162,7 +162,11 @@ class Pipeline:
                     continue
                 if source.realtime and item.pts is not None:
                     first_pts = item.pts if first_pts is None else first_pts
-                    self._stopping.wait(max(0.0, started + item.pts - first_pts - time.monotonic()))
+                    waited = max(0.0, started + item.pts - first_pts - time.monotonic())
+                    self._stopping.wait(waited)
+                    # A paced frame enters the pipeline now: its latency and deadline start here.
+                    item.decoded_at += waited
+                    item.deadline += waited
                 self._admit(source, item)
                 if self._stopping.is_set():
                     end_reason = "stopped"
@@ -308,7 +312,7 @@ class Pipeline:
             latency_p99_ms=percentile(latencies, 99),
             inference=inference,
             events={k: v for k, v in self.publisher.event_counts.items() if k != "source_end"},
-            error="; ".join(self.errors) or None,
+            error="; ".join([*self.errors, *self.publisher.failed.values()]) or None,
             interrupted=self.interrupted,
         )
 

@@ -48,8 +48,9 @@ class SchedulerSettings:
     spares: int = 1
     # Slack for a backend to report its own timeout before the context is abandoned.
     call_grace_s: float = 0.02
-    # Escalation: this many failures of fresh contexts within the window reload the engine.
-    reload_after: int = 3
+    # Escalation: this many fresh contexts failing in a row (no first batch succeeding between
+    # them) within the window reload the engine. At 5, a 20% error rate alone almost never does.
+    reload_after: int = 5
     reload_window_s: float = 30.0
 
 

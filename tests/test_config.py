@@ -53,7 +53,8 @@ def test_shipped_examples_say_what_the_issue_promised() -> None:
     assert len(cameras.sources) >= 2 and all(s.url.startswith("rtsp://") for s in cameras.sources)
     assert all(s.policy == "shed" for s in cameras.sources) and cameras.outputs.redis is not None
     tensorrt = build_config(load_config(CONFIGS / "tensorrt.yaml"))
-    assert tensorrt.model.backend == "tensorrt" and tensorrt.infer.contexts > 1
+    assert tensorrt.model.backend == "tensorrt" and tensorrt.model.precision == "fp16"
+    assert tensorrt.infer.contexts > 1 and tensorrt.decode == "nvdec"
     faults = build_config(load_config(CONFIGS / "faults-demo.yaml"))
     assert faults.faults.active
 

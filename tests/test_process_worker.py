@@ -180,6 +180,11 @@ def test_outputs_from_the_worker_match_in_process_inference(tiny_model):
             assert got.keys() == want.keys()
             np.testing.assert_array_equal(got["output0"], want["output0"])
         context.close()
+        engine.reload()  # in place, in the same worker
+        context = engine.create_context()
+        np.testing.assert_array_equal(context.infer(x, 5.0)["output0"], want["output0"])
+        context.close()
+        assert engine.generation == 1
     finally:
         engine.close()
 
@@ -203,7 +208,8 @@ def test_fresh_contexts_that_keep_failing_reload_the_engine(tiny_model):
     reference = inner.create_context().infer(stage.probe_inputs(), 5.0)
     stats = InferStats()
     engine = FaultyEngine(inner, FaultPlan(error_rate=1.0))
-    pool = ContextPool(engine, stage, reference, SchedulerSettings(spares=0, create_attempts=6), stats)
+    settings = SchedulerSettings(spares=0, create_attempts=10, reload_after=5)
+    pool = ContextPool(engine, stage, reference, settings, stats)
     sessions = []
     original = inner.reload
     inner.reload = lambda: (original(), sessions.append(inner._session))

@@ -1,0 +1,36 @@
+"""The publisher: a failing sink or hook is reported, never stalls the run or starves the other sinks."""
+
+from __future__ import annotations
+
+from pipeline.api import run
+from pipeline.config import build_config
+from pipeline.runtime import RunHooks
+from tests.sinks import CollectSink
+
+
+class BrokenSink(CollectSink):
+    """A sink whose storage fails after 50 results, as a full disk would."""
+
+    def write_result(self, result) -> None:
+        if len(self.results) >= 50:
+            raise OSError("No space left on device")
+        super().write_result(result)
+
+
+def test_a_failing_sink_is_reported_and_the_other_sinks_get_every_result():
+    broken, healthy = BrokenSink(), CollectSink()
+    summary = run(build_config({"max_frames": 120}), sinks=[broken, healthy])
+    assert [r.seq for r in healthy.results] == list(range(120))
+    assert len(broken.results) == 50
+    assert summary.balanced
+    assert summary.error and "BrokenSink failed: No space left on device" in summary.error
+
+
+def test_a_hook_that_raises_does_not_hang_the_run():
+    def explode(result) -> None:
+        raise RuntimeError("dashboard bug")
+
+    sink = CollectSink()
+    summary = run(build_config({"max_frames": 40}), sinks=[sink], hooks=RunHooks(on_result=explode))
+    assert [r.seq for r in sink.results] == list(range(40))
+    assert "dashboard bug" in summary.error
