@@ -180,10 +180,11 @@ def run_worker(factory: Callable[[], Engine], plan: FaultPlan | None, control: C
     try:
         engine = factory()
     except Exception as err:  # a model that cannot load: the main process reports it
-        control.send(("failed", str(err) or type(err).__name__))
+        _send(control, ("failed", str(err) or type(err).__name__))
         return
     host = _Host(engine, plan)
-    control.send(("ready", engine.name, engine.inputs, engine.outputs, engine.metadata))
+    if not _send(control, ("ready", engine.name, engine.inputs, engine.outputs, engine.metadata)):
+        return  # the main process gave up on this worker
     while True:
         try:
             message = control.recv()
@@ -193,6 +194,7 @@ def run_worker(factory: Callable[[], Engine], plan: FaultPlan | None, control: C
             conn = Connection(reduction.recv_handle(control))
             threading.Thread(target=_serve, args=(conn, host), name="vidpipe-worker-ctx", daemon=True).start()
         elif message[0] == "reload":
-            control.send(host.reload())
+            if not _send(control, host.reload()):
+                return
         elif message[0] == "faults":
             host.inject(message[1])
