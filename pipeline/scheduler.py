@@ -411,9 +411,12 @@ class InferScheduler:
         attempts = 0
         while True:
             now = time.monotonic()
-            live = [f for f in frames if f.deadline > now]
+            # A frame with less than half an inference's time left cannot make it: failing it
+            # now keeps a healthy context out of a sure timeout (and a needless rebuild).
+            cutoff = now + 0.5 * self._infer_s
+            live = [f for f in frames if f.deadline > cutoff]
             for frame in frames:
-                if frame.deadline <= now:
+                if frame.deadline <= cutoff:
                     self.stats.add(deadline_misses=1)
                     self.on_failed(frame, Reason.DEADLINE, last_error)
             frames = live
