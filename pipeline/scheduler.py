@@ -86,6 +86,7 @@ class InferStats:
         self.restart_ms: deque[float] = deque(maxlen=100_000)
         self.rebuild_ms: deque[float] = deque(maxlen=100_000)
         self.recovery_ms: deque[float] = deque(maxlen=100_000)
+        self.recovery_overhead_ms: deque[float] = deque(maxlen=100_000)
         self.infer_ms: deque[float] = deque(maxlen=100_000)
         self.batch_sizes: dict[int, int] = {}  # frames in a batch -> batches of that size
 
@@ -124,6 +125,8 @@ class InferStats:
                 "rebuild_ms_total": round(sum(rebuild), 1),
                 "recovery_ms_p50": percentile(recovery, 50),
                 "recovery_ms_p99": percentile(recovery, 99),
+                "recovery_overhead_ms_p50": percentile(list(self.recovery_overhead_ms), 50),
+                "recovery_overhead_ms_p99": percentile(list(self.recovery_overhead_ms), 99),
                 "errors": self.errors,
                 "timeouts": self.timeouts,
                 "abandoned": self.abandoned,
@@ -470,7 +473,10 @@ class InferScheduler:
                 self.stats.batch_sizes[len(frames)] = self.stats.batch_sizes.get(len(frames), 0) + 1
                 self.stats.infer_ms.append(took * 1000)
                 if failed_at is not None:
-                    self.stats.recovery_ms.append((time.monotonic() - failed_at) * 1000)
+                    recovery = time.monotonic() - failed_at
+                    self.stats.recovery_ms.append(recovery * 1000)
+                    # What recovery cost beyond the retry's own inference: the swap and the wait for it.
+                    self.stats.recovery_overhead_ms.append((recovery - took) * 1000)
             self.stage.split(frames, outputs)
             for frame in frames:
                 frame.timings["infer"] = took * 1000
