@@ -236,15 +236,7 @@ def find_or_build_engine(
         prepared = Path(onnx_path)
         if found != precision:
             prepared = prepare.prepare(Path(onnx_path), Path(tmp) / "prepared.onnx", precision)
-        key = CacheKey(
-            onnx_sha256=sha256_file(prepared),
-            tensorrt=trt.__version__,
-            gpu=device.name,
-            compute_capability="{}.{}".format(*device.compute_capability),
-            precision=precision,
-            batch=profile.astuple(),
-            input_size=input_size,
-        )
+        key = CacheKey.for_build(prepared, trt.__version__, device, precision, profile.astuple(), input_size)
         hit = cache.lookup(key, Path(onnx_path).name)
         if hit is not None:
             return hit

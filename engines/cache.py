@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
+from typing import Any
 from pathlib import Path
 
 from engines.errors import ModelError
@@ -40,6 +41,29 @@ class CacheKey:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def for_build(
+        cls,
+        prepared: Path,
+        tensorrt_version: str,
+        device: Any,
+        precision: str,
+        batch: tuple[int, int, int],
+        input_size: tuple[int, int] | None,
+        version_compatible: bool = False,
+    ) -> CacheKey:
+        """The key of an engine built from `prepared` on `device` (an engines.cuda.Device)."""
+        return cls(
+            onnx_sha256=sha256_file(prepared),
+            tensorrt=tensorrt_version,
+            gpu=device.name,
+            compute_capability="{}.{}".format(*device.compute_capability),
+            precision=precision,
+            batch=batch,
+            input_size=input_size,
+            version_compatible=version_compatible,
+        )
 
 
 class EngineCache:

@@ -58,6 +58,34 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
 
+# Flags that set one config field as they are (None: not given).
+FLAG_FIELDS = {
+    "backend": "model.backend",
+    "precision": "model.precision",
+    "layout": "model.layout",
+    "conf": "model.conf",
+    "iou": "model.iou",
+    "threads": "model.intra_op_threads",
+    "deadline_ms": "deadline_ms",
+    "batch": "infer.max_batch",
+    "max_delay_ms": "infer.max_delay_ms",
+    "contexts": "infer.contexts",
+    "max_attempts": "infer.max_attempts",
+    "isolation": "infer.isolation",
+    "max_restarts": "infer.max_restarts",
+    "restart_window_s": "infer.restart_window_s",
+    "queue_size": "queues.size",
+    "max_frames": "max_frames",
+    "duration": "duration_s",
+    "realtime": "realtime",
+    "decode": "decode",
+    "metrics_port": "metrics.port",
+    "log_format": "log_format",
+}
+# Flags that name a file or directory.
+PATH_FLAGS = {"model": "model.path", "labels": "model.labels", "out": "outputs.jsonl", "video": "outputs.video"}
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """CLI flags as a partial config dict (only the flags given)."""
     from pipeline.config import parse_key_values
@@ -85,22 +113,18 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError("--policy/--transport need the sources on the command line")
         for source in out["sources"]:
             source.update({k: v for k, v in (("policy", args.policy), ("transport", args.transport)) if v})
-    put("model.path", args.model and str(args.model))
-    put("model.backend", args.backend)
+    for flag, path in FLAG_FIELDS.items():
+        put(path, getattr(args, flag))
+    for flag, path in PATH_FLAGS.items():
+        value = getattr(args, flag)
+        put(path, value and str(value))
     if args.engine:
         if args.model:
             raise ConfigError("give either --model or --engine, not both")
         put("model.path", str(args.engine))
         put("model.backend", "tensorrt")
-    put("model.precision", args.precision)
-    put("model.layout", args.layout)
-    put("model.labels", args.labels and str(args.labels))
-    put("model.conf", args.conf)
-    put("model.iou", args.iou)
-    put("model.intra_op_threads", args.threads)
     if args.classes:
         put("model.classes", [c.strip() for c in args.classes.split(",") if c.strip()])
-    put("outputs.jsonl", args.out and str(args.out))
     if args.redis is not None:
         from pipeline.sinks.redis import resolve_redis_url
 
@@ -108,24 +132,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if not url:
             raise ConfigError("--redis without a URL needs the REDIS_URL environment variable; pass --redis redis://HOST:PORT/DB")
         put("outputs.redis.url", url)
-    put("deadline_ms", args.deadline_ms)
-    put("infer.max_batch", args.batch)
-    put("infer.max_delay_ms", args.max_delay_ms)
-    put("infer.contexts", args.contexts)
-    put("infer.max_attempts", args.max_attempts)
-    put("infer.isolation", args.isolation)
-    put("infer.max_restarts", args.max_restarts)
-    put("infer.restart_window_s", args.restart_window_s)
-    put("queues.size", args.queue_size)
-    put("max_frames", args.max_frames)
-    put("duration_s", args.duration)
-    put("realtime", args.realtime)
-    put("decode", args.decode)
     if args.faults:
         put("faults", parse_key_values(args.faults, "--faults"))
-    put("outputs.video", args.video and str(args.video))
-    put("metrics.port", args.metrics_port)
-    put("log_format", args.log_format)
     if args.quiet:
         put("progress", False)
     return out

@@ -147,15 +147,8 @@ def _build(
     if args.output is not None:
         path = write_atomic(args.output, data)
     else:
-        key = CacheKey(
-            onnx_sha256=sha256_file(prepared),
-            tensorrt=trt.__version__,
-            gpu=device.name,
-            compute_capability="{}.{}".format(*device.compute_capability),
-            precision=precision,
-            batch=batch.astuple(),
-            input_size=input_size,
-            version_compatible=args.version_compatible,
+        key = CacheKey.for_build(
+            prepared, trt.__version__, device, precision, batch.astuple(), input_size, args.version_compatible
         )
         path = cache.store(key, model_path.name, data)
     print(f"wrote the {precision} TensorRT {trt.__version__} engine for {device.name} to {path}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from pipeline.types import Frame
@@ -14,6 +15,22 @@ T = TypeVar("T")
 
 class Closed(Exception):
     """The queue is closed and empty: the producer side is done."""
+
+
+def _wait_for_items(
+    cond: threading.Condition, has_items: Callable[[], object], closed: Callable[[], bool], timeout: float | None, name: str
+) -> bool:
+    """With `cond` held: wait until there is an item (True), `timeout` passes (False), or the
+    queue is closed and empty (Closed)."""
+    end = None if timeout is None else time.monotonic() + timeout
+    while not has_items():
+        if closed():
+            raise Closed(name)
+        remaining = None if end is None else end - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return False
+        cond.wait(remaining)
+    return True
 
 
 class FrameQueue:
@@ -53,15 +70,9 @@ class FrameQueue:
     def get(self, timeout: float | None = None) -> Frame | None:
         """The frame whose deadline is earliest among the lanes' heads; None after `timeout`;
         Closed once closed and empty."""
-        end = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not self._size:
-                if self._closed:
-                    raise Closed(self.name)
-                remaining = None if end is None else end - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
+            if not _wait_for_items(self._cond, lambda: self._size, lambda: self._closed, timeout, self.name):
+                return None
             lane = min((q for q in self._lanes.values() if q), key=lambda q: q[0].deadline)
             frame = lane.popleft()
             self._size -= 1
@@ -106,15 +117,9 @@ class BoundedQueue(Generic[T]):
             self._cond.notify_all()
 
     def get(self, timeout: float | None = None) -> T | None:
-        end = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not self._items:
-                if self._closed:
-                    raise Closed(self.name)
-                remaining = None if end is None else end - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
+            if not _wait_for_items(self._cond, lambda: self._items, lambda: self._closed, timeout, self.name):
+                return None
             item = self._items.popleft()
             self._cond.notify_all()
             return item
