@@ -81,7 +81,10 @@ class VideoDecoder:
             self._container.close()
             raise SourceError(f"{url}: has no video stream; pass a file with video")
         self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"
+        if hwaccel == "cpu":
+            # Frame threading is for software decoding; with a hardware decoder FFmpeg's frame
+            # threads race on the device's surfaces and report packets as invalid.
+            self._stream.thread_type = "AUTO"
         ctx = self._stream.codec_context
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.info = StreamInfo(
