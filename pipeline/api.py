@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from pipeline.config import RunConfig, SourceConfig
-from pipeline.model import SAMPLE_CLIP, load_model
+from pipeline.model import load_model
+from pipeline.sample_clip import SAMPLE_CLIP
 from pipeline.report import RunDisplay, print_summary
 from pipeline.runtime import Pipeline, RunHooks, Source
 from pipeline.sinks import Sink

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -12,12 +11,11 @@ from engines.base import Engine
 from engines.errors import InferenceError, ModelError
 from engines.faults import FaultPlan, FaultyEngine
 from pipeline.config import FaultConfig, InferConfig, ModelConfig
+from pipeline.default_model import DEFAULT_MODEL
 from stages.infer import InferStage
 from stages.labels import load_names
 from stages.postprocess import Postprocess, class_count, detect_layout
 
-DEFAULT_MODEL = Path(__file__).parent / "assets" / "default.onnx"
-SAMPLE_CLIP = Path(__file__).parent / "assets" / "sample.mp4"
 
 
 def open_engine(config: ModelConfig) -> Engine:

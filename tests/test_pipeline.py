@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pipeline.default_model import CLASS_NAMES
+from pipeline.sample_clip import scene_objects
 from pipeline.api import run
 from pipeline.config import build_config
 from pipeline.summary import RunSummary
@@ -222,10 +224,7 @@ def iou(a: list[float], b: list[float]) -> float:
 def test_default_model_finds_the_sample_clip_objects(tmp_path: Path) -> None:
     """No source, no model: the bundled sample and the embedded detector, scored against
     the scene's ground truth as test_default_assets does, but through the whole pipeline."""
-    default_assets = pytest.importorskip("pipeline.default_assets")
-    if not hasattr(default_assets, "scene_objects"):
-        pytest.skip("pipeline.default_assets.scene_objects is not written yet")
-    names = list(default_assets.CLASS_NAMES)
+    names = list(CLASS_NAMES)
 
     summary, records = run_to_jsonl(tmp_path, {"deadline_ms": NO_HURRY_MS})
 
@@ -234,7 +233,7 @@ def test_default_model_finds_the_sample_clip_objects(tmp_path: Path) -> None:
     assert [r["seq"] for r in frames] == list(range(200))
     found = sized = detections = unmatched = 0
     for record in frames:
-        truth = [(c, list(xyxy)) for c, *xyxy in default_assets.scene_objects(record["seq"])]
+        truth = [(c, list(xyxy)) for c, *xyxy in scene_objects(record["seq"])]
         boxes = [(names.index(d["label"]), d["xyxy"]) for d in record["detections"]]
         detections += len(boxes)
         for class_id, xyxy in truth:
