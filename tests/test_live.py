@@ -16,7 +16,7 @@ from pipeline.config import build_config
 from pipeline.errors import SourceError
 from pipeline.runtime import RunHooks
 from pipeline.types import Status
-from tests.rtsp_server import RtspServer, free_port
+from tests.rtsp_server import GstRtspServer, RtspServer, free_port, gst_rtsp_available
 from tests.sinks import CollectSink
 
 FAST_RECONNECT = {"stall_s": 1.5, "open_timeout_s": 3.0}
@@ -64,6 +64,40 @@ def test_rtsp_outage_is_reported_and_seq_continues_after_reconnect(rtsp, tmp_pat
     after = [r for r in sink.results if r.seq > end.after_seq]
     assert after and all(r.status is Status.OK for r in after)
     assert sink.events[-1].type == "source_end" and sink.events[-1].details["reason"] == "max_frames"
+
+
+@pytest.mark.skipif(not gst_rtsp_available(), reason="needs Debian's GStreamer RTSP server (.ci/run installs it)")
+def test_udp_transport_reconnects_after_the_server_restarts(car_clip, tmp_path):
+    with GstRtspServer(car_clip.resolve(), tmp_path / "gst.log") as server:
+        decoded = threading.Event()
+        count = [0]
+
+        def on_decoded(frame) -> None:
+            count[0] += 1
+            if count[0] == 20:
+                decoded.set()
+
+        sink = CollectSink()
+        config = build_config(
+            {
+                "sources": [{"url": server.url, "name": "cam", "transport": "udp", **FAST_RECONNECT}],
+                "max_frames": 45,
+            }
+        )
+        runner = threading.Thread(target=lambda: run(config, sinks=[sink], hooks=RunHooks(on_decoded=on_decoded)))
+        runner.start()
+        assert decoded.wait(30), "no frames over UDP"
+        server.stop()
+        time.sleep(1.0)
+        server.start()
+        runner.join(60)
+        assert not runner.is_alive()
+
+    assert [r.seq for r in sink.results] == list(range(45))
+    assert sink.summary.balanced
+    kinds = [e.type for e in sink.events]
+    assert "outage_start" in kinds and "outage_end" in kinds
+    assert any(r.status is Status.OK for r in sink.results if r.seq > 30)
 
 
 def test_unreachable_rtsp_url_fails_after_the_configured_attempts():
