@@ -298,8 +298,8 @@ class Pipeline:
                 thread.join(0.2)  # short waits keep Ctrl-C responsive
 
     def _join_scheduler(self) -> None:
-        while any(t.is_alive() for t in self.scheduler._threads):
-            time.sleep(0.05)
+        while self.scheduler.running():
+            time.sleep(0.05)  # short waits keep Ctrl-C responsive
         self.scheduler.join()
 
     def _summary(self, elapsed: float) -> RunSummary:

@@ -361,6 +361,9 @@ class InferScheduler:
         """Workers finish the batch in hand and exit; queued frames stay for the caller."""
         self._stop.set()
 
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
     def join(self, timeout: float | None = None) -> None:
         for thread in self._threads:
             thread.join(timeout)
