@@ -54,7 +54,7 @@ class InferConfig(StrictModel):
     contexts: int = Field(2, ge=1, le=64)
     max_batch: int = Field(4, ge=1, le=256)
     max_delay_ms: float = Field(5.0, ge=0.0)
-    max_attempts: int = Field(3, ge=1)
+    max_attempts: int = Field(5, ge=1, description="Inference attempts per frame; deadlines bound them too.")
     health_interval_s: float = Field(5.0, gt=0.0)
     probe_tolerance: float = Field(1e-3, gt=0.0)
     isolation: Literal["thread", "process"] = Field(

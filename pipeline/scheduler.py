@@ -40,7 +40,7 @@ class SchedulerSettings:
     contexts: int = 2
     max_batch: int = 4
     max_delay_s: float = 0.005
-    max_attempts: int = 3
+    max_attempts: int = 5
     health_interval_s: float = 5.0
     probe_tolerance: float = 1e-3
     create_timeout_s: float = 30.0
@@ -52,6 +52,10 @@ class SchedulerSettings:
     # them) within the window reload the engine. At 5, a 20% error rate alone almost never does.
     reload_after: int = 5
     reload_window_s: float = 30.0
+
+
+# The least time a call leaves before its deadline for a retry on a spare context.
+RETRY_ROOM_S = 0.05
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -201,6 +205,7 @@ class ContextPool:
         self.settings = settings
         self.stats = stats
         self._probe = stage.probe_inputs()
+        self.expected_infer_s = 0.0  # kept up to date by the scheduler's workers
         self.ladder = EscalationLadder(
             engine, stats.escalation, settings.reload_after, settings.reload_window_s, self.flush_spares
         )
@@ -233,15 +238,25 @@ class ContextPool:
         slot = Slot(self.engine.create_context())
         # The first inference doubles as warm-up (slow on some backends) and health check.
         try:
-            outputs = slot.call(self._probe, self.settings.create_timeout_s, self.settings.call_grace_s)
+            outputs = slot.call(self._probe, self._warmup_timeout(), self.settings.call_grace_s)
             if not self.healthy(outputs):
                 raise InferenceError("a new context failed its warm-up probe")
         except InferenceError as err:
-            self.discard(slot)
+            self.discard(slot, abandoned=isinstance(err, Abandoned))
             if not isinstance(err, StickyInferenceError):
                 self.ladder.fresh_failed()
             raise
+        # A context that passed its warm-up breaks a run of failures: the engine still works.
+        self.ladder.fresh_ok()
         return slot
+
+    def _warmup_timeout(self) -> float:
+        """The first contexts get the full creation timeout (a first inference can take a
+        second on some backends); once inference times are known, a warm-up 50 times slower
+        than usual is a hang, not worth waiting 30 s for while spares run out."""
+        if not self.expected_infer_s:
+            return self.settings.create_timeout_s
+        return min(self.settings.create_timeout_s, max(2.0, 50 * self.expected_infer_s))
 
     def create(self) -> Slot:
         last: Exception | None = None
@@ -436,7 +451,10 @@ class InferScheduler:
             attempts += 1
             for frame in frames:
                 frame.attempts = attempts
-            timeout = min(f.deadline for f in frames) - now
+            time_left = min(f.deadline for f in frames) - now
+            # A call may use the time to the earliest deadline, less room for one retry: a
+            # context that hangs is given up while a spare can still answer in time.
+            timeout = time_left - min(max(4 * self._infer_s, RETRY_ROOM_S), time_left / 2)
             start = time.monotonic()
             try:
                 inputs = self.stage.inputs(frames, getattr(slot.context, "input_buffer", None))
@@ -470,6 +488,7 @@ class InferScheduler:
                 slot.fresh = False
                 self.pool.ladder.fresh_ok()
             self._infer_s = 0.8 * self._infer_s + 0.2 * took if self._infer_s else took
+            self.pool.expected_infer_s = self._infer_s
             with self.stats.lock:
                 self.stats.batches += 1
                 self.stats.frames += len(frames)
