@@ -205,7 +205,7 @@ class ContextPool:
         self.settings = settings
         self.stats = stats
         self._probe = stage.probe_inputs()
-        self.expected_infer_s = 0.0  # kept up to date by the scheduler's workers
+        self.warmup_s = 0.0  # running estimate of a new context's first inference
         self.ladder = EscalationLadder(
             engine, stats.escalation, settings.reload_after, settings.reload_window_s, self.flush_spares
         )
@@ -237,8 +237,11 @@ class ContextPool:
     def _create_once(self) -> Slot:
         slot = Slot(self.engine.create_context())
         # The first inference doubles as warm-up (slow on some backends) and health check.
+        start = time.monotonic()
         try:
             outputs = slot.call(self._probe, self._warmup_timeout(), self.settings.call_grace_s)
+            took = time.monotonic() - start
+            self.warmup_s = 0.8 * self.warmup_s + 0.2 * took if self.warmup_s else took
             if not self.healthy(outputs):
                 raise InferenceError("a new context failed its warm-up probe")
         except InferenceError as err:
@@ -251,12 +254,12 @@ class ContextPool:
         return slot
 
     def _warmup_timeout(self) -> float:
-        """The first contexts get the full creation timeout (a first inference can take a
-        second on some backends); once inference times are known, a warm-up 50 times slower
-        than usual is a hang, not worth waiting 30 s for while spares run out."""
-        if not self.expected_infer_s:
+        """The first context gets the full creation timeout (a first inference can take a
+        second on some backends); after that a warm-up ten times slower than usual is a hang,
+        not worth waiting for while the spares run out and workers create contexts themselves."""
+        if not self.warmup_s:
             return self.settings.create_timeout_s
-        return min(self.settings.create_timeout_s, max(2.0, 50 * self.expected_infer_s))
+        return min(self.settings.create_timeout_s, max(0.2, 10 * self.warmup_s))
 
     def create(self) -> Slot:
         last: Exception | None = None
@@ -488,7 +491,6 @@ class InferScheduler:
                 slot.fresh = False
                 self.pool.ladder.fresh_ok()
             self._infer_s = 0.8 * self._infer_s + 0.2 * took if self._infer_s else took
-            self.pool.expected_infer_s = self._infer_s
             with self.stats.lock:
                 self.stats.batches += 1
                 self.stats.frames += len(frames)
