@@ -212,6 +212,7 @@ class ContextPool:
         self._spares: list[Slot] = []
         self._lock = threading.Lock()
         self._want_spare = threading.Event()
+        self._want_spare.set()  # spares are warm before the first failure needs one
         self._closed = threading.Event()
         self._spare_thread = threading.Thread(target=self._keep_spare, name="vidpipe-spare", daemon=True)
         self._spare_thread.start()
