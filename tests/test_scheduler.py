@@ -74,7 +74,7 @@ def test_deadline_too_short_to_retry_fails_frames_as_deadline_never_missing(car_
     assert summary.inference["deadline_misses"] == len(failed)
 
 
-def test_a_hang_longer_than_the_deadline_is_abandoned_and_reaped(car_clip):
+def test_a_hang_longer_than_the_deadline_is_given_up_in_time_to_retry(car_clip):
     hang_s = 4.0
     sink, summary = run_clip(
         car_clip,
@@ -82,15 +82,14 @@ def test_a_hang_longer_than_the_deadline_is_abandoned_and_reaped(car_clip):
         faults={"hang_rate": 0.03, "hang_s": hang_s, "seed": 11},
     )
     assert_every_seq_once(sink, 377)
-    inference = summary.inference
-    assert inference["abandoned"] >= 1
-    hung = [r for r in sink.results if r.status is Status.FAILED]
-    assert hung and all(r.reason is Reason.DEADLINE for r in hung)
-    # Frames of a hung batch are answered at their deadline, not when the hang ends.
-    assert max(r.latency_ms for r in hung) < hang_s * 1000 / 2
-    # The pipeline kept going: frames after the first hang still complete.
-    first_hung = min(r.seq for r in hung)
-    assert any(r.status is Status.OK for r in sink.results if r.seq > first_hung)
+    assert summary.inference["abandoned"] >= 1
+    # Only hangs are injected: a frame tried twice had its first context given up on, and the
+    # retry on a spare answered before its deadline.
+    assert any(r.status is Status.OK and r.attempts >= 2 for r in sink.results)
+    assert all(r.reason is Reason.DEADLINE for r in sink.results if r.status is Status.FAILED)
+    # No frame waited for a hang to end.
+    assert max(r.latency_ms for r in sink.results) < hang_s * 1000 / 2
+    assert sum(r.status is Status.OK for r in sink.results) / 377 >= 0.95
 
 
 def test_abandoned_contexts_are_reaped_when_their_call_returns(tmp_path):
