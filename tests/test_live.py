@@ -28,76 +28,52 @@ def rtsp(media: Path, tmp_path: Path):
         yield server
 
 
-def test_rtsp_outage_is_reported_and_seq_continues_after_reconnect(rtsp, tmp_path):
+def run_through_an_outage(server, source: dict, frames: int, outage_after: int) -> CollectSink:
+    """Run one live source for `frames` frames; kill its server after `outage_after` frames and
+    start it again a second later."""
     decoded = threading.Event()
     count = [0]
 
     def on_decoded(frame) -> None:
         count[0] += 1
-        if count[0] == 25:
+        if count[0] == outage_after:
             decoded.set()
 
     sink = CollectSink()
-    config = build_config(
-        {
-            "sources": [{"url": rtsp.url("car-detection.mp4"), "name": "cam", **FAST_RECONNECT}],
-            "max_frames": 60,
-        }
-    )
+    config = build_config({"sources": [{"name": "cam", **FAST_RECONNECT, **source}], "max_frames": frames})
     runner = threading.Thread(target=lambda: run(config, sinks=[sink], hooks=RunHooks(on_decoded=on_decoded)))
     runner.start()
     assert decoded.wait(30), "no frames from the RTSP server"
-    rtsp.stop()
+    server.stop()
     time.sleep(1.0)
-    rtsp.start()
+    server.start()
     runner.join(60)
     assert not runner.is_alive()
+    return sink
 
-    assert [r.seq for r in sink.results] == list(range(60))
-    assert sink.summary.balanced and sink.summary.sources["cam"].decoded == 60
-    kinds = [e.type for e in sink.events]
-    assert "outage_start" in kinds and "outage_end" in kinds
+
+def assert_outage_reported_and_seq_gap_free(sink: CollectSink, frames: int, outage_after: int) -> None:
+    assert [r.seq for r in sink.results] == list(range(frames))
+    assert sink.summary.balanced and sink.summary.sources["cam"].decoded == frames
     start = next(e for e in sink.events if e.type == "outage_start")
     end = next(e for e in sink.events if e.type == "outage_end")
-    assert start.after_seq == end.after_seq >= 24
+    assert start.after_seq == end.after_seq >= outage_after - 1
     assert end.details["duration_s"] > 0
     after = [r for r in sink.results if r.seq > end.after_seq]
     assert after and all(r.status is Status.OK for r in after)
     assert sink.events[-1].type == "source_end" and sink.events[-1].details["reason"] == "max_frames"
 
 
+def test_rtsp_outage_is_reported_and_seq_continues_after_reconnect(rtsp):
+    sink = run_through_an_outage(rtsp, {"url": rtsp.url("car-detection.mp4")}, frames=60, outage_after=25)
+    assert_outage_reported_and_seq_gap_free(sink, frames=60, outage_after=25)
+
+
 @pytest.mark.skipif(not gst_rtsp_available(), reason="needs Debian's GStreamer RTSP server (.ci/run installs it)")
 def test_udp_transport_reconnects_after_the_server_restarts(car_clip, tmp_path):
     with GstRtspServer(car_clip.resolve(), tmp_path / "gst.log") as server:
-        decoded = threading.Event()
-        count = [0]
-
-        def on_decoded(frame) -> None:
-            count[0] += 1
-            if count[0] == 20:
-                decoded.set()
-
-        sink = CollectSink()
-        config = build_config(
-            {
-                "sources": [{"url": server.url, "name": "cam", "transport": "udp", **FAST_RECONNECT}],
-                "max_frames": 45,
-            }
-        )
-        runner = threading.Thread(target=lambda: run(config, sinks=[sink], hooks=RunHooks(on_decoded=on_decoded)))
-        runner.start()
-        assert decoded.wait(30), "no frames over UDP"
-        server.stop()
-        time.sleep(1.0)
-        server.start()
-        runner.join(60)
-        assert not runner.is_alive()
-
-    assert [r.seq for r in sink.results] == list(range(45))
-    assert sink.summary.balanced
-    kinds = [e.type for e in sink.events]
-    assert "outage_start" in kinds and "outage_end" in kinds
-    assert any(r.status is Status.OK for r in sink.results if r.seq > 30)
+        sink = run_through_an_outage(server, {"url": server.url, "transport": "udp"}, frames=45, outage_after=20)
+    assert_outage_reported_and_seq_gap_free(sink, frames=45, outage_after=20)
 
 
 def test_unreachable_rtsp_url_fails_after_the_configured_attempts():
