@@ -110,7 +110,7 @@ def isolation_overhead(config: RunConfig, model: Model, frames: list[Frame], rou
     def one(name: str, chunk: list[Frame]) -> None:
         context = contexts[name]
         start = time.perf_counter()
-        context.infer(model.stage.inputs(chunk, getattr(context, "input_buffer", None)), 60.0)
+        context.infer(model.stage.inputs(chunk, context), 60.0)
         times[name].append(time.perf_counter() - start)
 
     try:
@@ -130,34 +130,38 @@ def isolation_overhead(config: RunConfig, model: Model, frames: list[Frame], rou
     }
 
 
-def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float | None]:
-    model = load_model(config.model)
-    raw = raw_decode_fps(str(path))
+STAGE_FIGURES = ("decode fps (with colour conversion)", "preprocess fps", "inference fps", "postprocess fps")
+
+
+def stages_alone(config: RunConfig, path: Path, model: Model) -> dict[str, float]:
+    """Each stage's fps on its own. The frames and tensors it holds for that are released
+    when it returns: the pipeline never holds a whole file."""
     frames, decode = decode_frames(str(path), model, config.deadline_ms / 1000)
     pre = Preprocess(model.input_size)
     preprocess = _timed(lambda: preprocess_all(pre, frames, keep=False))
     preprocess_all(pre, frames, keep=True)
     infer = infer_fps(model, frames, config.infer.contexts, config.infer.max_batch)
     postprocess = _timed(lambda: sum(1 for f in frames if model.postprocess(f)))
-    isolation = isolation_overhead(config, model, frames) if config.infer.isolation == "process" else {}
+    figures = dict(zip(STAGE_FIGURES, (decode, preprocess, infer, postprocess)))
+    if config.infer.isolation == "process":
+        figures.update(isolation_overhead(config, model, frames))
+    return figures
+
+
+def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float | None]:
+    model = load_model(config.model)
+    raw = raw_decode_fps(str(path))
+    alone = stages_alone(config, path, model)
     model.engine.close()
-    # The stage runs held every frame and tensor of the file; the pipeline never does.
-    del frames
     gc.collect()
     base = config.model_copy(update={"sources": [config.sources[0]], "progress": False})
     clean = run(base)
-    figures: dict[str, float | None] = {
-        "raw decode fps": raw,
-        "decode fps (with colour conversion)": decode,
-        "preprocess fps": preprocess,
-        "inference fps": infer,
-        "postprocess fps": postprocess,
-        "pipeline fps": clean.fps,
-    }
-    slowest = min(decode, preprocess, infer, postprocess)
-    figures["pipeline / slowest stage"] = clean.fps / slowest
+    decode, preprocess, infer, postprocess = (alone[k] for k in STAGE_FIGURES)
+    stage_figures = {k: alone[k] for k in STAGE_FIGURES}
+    figures: dict[str, float | None] = {"raw decode fps": raw, **stage_figures, "pipeline fps": clean.fps}
+    figures["pipeline / slowest stage"] = clean.fps / min(decode, preprocess, infer, postprocess)
     figures["decode / raw decode"] = decode / raw
-    figures.update(isolation)
+    figures.update({k: v for k, v in alone.items() if k not in stage_figures})
     if faults:
         faulty = run(base.model_copy(update={"faults": base.faults.model_copy(update=faults)}))
         inf = faulty.inference

@@ -461,7 +461,7 @@ class InferScheduler:
             timeout = time_left - min(max(4 * self._infer_s, RETRY_ROOM_S), time_left / 2)
             start = time.monotonic()
             try:
-                inputs = self.stage.inputs(frames, getattr(slot.context, "input_buffer", None))
+                inputs = self.stage.inputs(frames, slot.context)
                 outputs = slot.call(inputs, timeout, self.settings.call_grace_s)
             except InferenceError as err:
                 failed_at = failed_at or time.monotonic()

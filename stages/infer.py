@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engines.base import Engine
+from engines.base import Context, Engine
 from engines.errors import ModelError
 from pipeline.types import Frame
 from stages.preprocess import stack
@@ -48,8 +48,10 @@ class InferStage:
     def max_batch(self, wanted: int) -> int:
         return min(wanted, self.fixed_batch) if self.fixed_batch else wanted
 
-    def inputs(self, frames: list[Frame], into: InputBuffer | None = None) -> dict[str, np.ndarray]:
-        """The batch tensor, written straight into a context's own buffer when it offers one."""
+    def inputs(self, frames: list[Frame], context: Context | None = None) -> dict[str, np.ndarray]:
+        """The batch tensor, written straight into `context`'s own buffer when it offers one
+        (an optional `input_buffer(name, shape, dtype)` method, e.g. shared memory)."""
+        into: InputBuffer | None = getattr(context, "input_buffer", None)
         if into is None:
             return {self.input_name: stack(frames, self.fixed_batch)}
         w, h = self.input_size
