@@ -155,3 +155,16 @@ def build_conv_detector(seed: int = 7) -> onnx.ModelProto:
 def save_conv_detector(path: Path, **kwargs: object) -> Path:
     onnx.save(build_conv_detector(**kwargs), str(path))
     return path
+
+
+def prepared_conv_models(directory: Path, calibration_clip: Path) -> dict[str, Path]:
+    """The conv detector at fp32 and prepared for fp16 and int8 (calibrated on `calibration_clip`)."""
+    from engines.prepare import prepare_fp16, prepare_int8
+    from pipeline.calibration import calibration_batches
+
+    fp32 = save_conv_detector(directory / "conv.onnx")
+    return {
+        "fp32": fp32,
+        "fp16": prepare_fp16(fp32, directory / "conv-fp16.onnx"),
+        "int8": prepare_int8(fp32, directory / "conv-int8.onnx", calibration_batches(calibration_clip, INPUT_SIZE)),
+    }

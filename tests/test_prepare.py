@@ -20,7 +20,7 @@ from pipeline.calibration import calibration_batches
 from pipeline.cli import main
 from pipeline.model import DEFAULT_MODEL
 from stages.decode import iter_images
-from tests.conv_model import INPUT_SIZE, NAMES, save_conv_detector
+from tests.conv_model import INPUT_SIZE, NAMES, prepared_conv_models, save_conv_detector
 from tests.detections import agreement, detect, onnxruntime_runner
 
 FRAME_STEP = 4  # every 4th frame of car-detection.mp4: 95 frames
@@ -39,13 +39,7 @@ def car_frames(car_clip: Path) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def conv_models(tmp_path_factory: pytest.TempPathFactory, person_clip: Path) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("conv")
-    fp32 = save_conv_detector(tmp / "conv.onnx")
-    return {
-        "fp32": fp32,
-        "fp16": prepare_fp16(fp32, tmp / "conv-fp16.onnx"),
-        "int8": prepare_int8(fp32, tmp / "conv-int8.onnx", calibration_batches(person_clip, INPUT_SIZE)),
-    }
+    return prepared_conv_models(tmp_path_factory.mktemp("conv"), person_clip)
 
 
 def test_fp16_conv_model_finds_the_same_boxes_on_car_footage(conv_models, car_frames):

@@ -18,14 +18,12 @@ from onnx import TensorProto, helper
 from engines.build import BatchProfile, build_engine, find_or_build_engine
 from engines.errors import InferenceError, InferenceTimeout, ModelError
 from engines.plan import pack, unpack
-from engines.prepare import prepare_fp16, prepare_int8
 from pipeline.api import run
-from pipeline.calibration import calibration_batches
 from pipeline.config import build_config
 from pipeline.types import Status
 from stages.decode import iter_images
 from stages.preprocess import letterbox
-from tests.conv_model import INPUT_SIZE, NAMES, save_conv_detector
+from tests.conv_model import INPUT_SIZE, NAMES, prepared_conv_models
 from tests.detections import agreement, detect, onnxruntime_runner
 from tests.gpu import StreamGate, tensorrt_skip_reason
 from tests.sinks import CollectSink
@@ -37,13 +35,7 @@ pytestmark = [pytest.mark.tensorrt, pytest.mark.gpu, pytest.mark.skipif(SKIP is 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, person_clip: Path) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("trt")
-    fp32 = save_conv_detector(tmp / "conv.onnx")
-    return {
-        "fp32": fp32,
-        "fp16": prepare_fp16(fp32, tmp / "conv-fp16.onnx"),
-        "int8": prepare_int8(fp32, tmp / "conv-int8.onnx", calibration_batches(person_clip, INPUT_SIZE)),
-    }
+    return prepared_conv_models(tmp_path_factory.mktemp("trt"), person_clip)
 
 
 @pytest.fixture(scope="module")
