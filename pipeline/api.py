@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from pipeline import interrupts
 from pipeline.config import RunConfig, SourceConfig
+from pipeline.errors import OutputError
 from pipeline.model import load_model
 from pipeline.sample_clip import SAMPLE_CLIP
 from pipeline.report import RunDisplay, print_summary
 from pipeline.runtime import Pipeline, RunHooks, Source
 from pipeline.sinks import Sink
-from pipeline.summary import RunSummary
+from pipeline.summary import RunSummary, SourceLedger
 from stages.decode import VideoDecoder, source_name
 from stages.live import LiveSource
 
@@ -118,8 +120,12 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
             stack.callback(source.decoder.close)
         if metrics:
             metrics.sources_opened()
+        if _signalled():
+            return _not_started(names, show, console)
         model = load_model(config.model, config.faults, config.infer)
         stack.callback(model.engine.close)
+        if _signalled():
+            return _not_started(names, show, console)
         # Outputs open last: a run rejected for its input never truncates an earlier --out file.
         all_sinks = open_sinks(config, run_id, {n: c.url for n, c in zip(names, configs)}) + list(sinks or [])
         for sink in all_sinks:
@@ -140,8 +146,42 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
             metrics.attach(pipeline)
         summary = pipeline.run()
         summary.inference["backend"] = config.model.backend
-        for sink in all_sinks:
+        failed = write_summary(summary, [s for s in all_sinks if s not in pipeline.publisher.dead])
+    if show:
+        # A failed output may be stdout itself (a closed pipe): the summary then goes to stderr.
+        if pipeline.publisher.dead or failed:
+            console = Console(file=sys.stderr)
+        try:
+            print_summary(summary, console)
+        except OSError:
+            print_summary(summary, Console(file=sys.stderr))
+    return summary
+
+
+def write_summary(summary: RunSummary, sinks: list[Sink]) -> bool:
+    """The summary to every sink that still works; one that fails now is named in the later ones'.
+
+    Returns whether one failed.
+    """
+    failed = False
+    for sink in sinks:
+        try:
             sink.write_summary(summary)
+        except (OutputError, OSError) as err:
+            summary.error = "; ".join(filter(None, [summary.error, str(err)]))
+            failed = True
+    return failed
+
+
+def _signalled() -> bool:
+    """Ctrl-C or SIGTERM during start-up (CLI only): the run does not start."""
+    return interrupts.current is not None and interrupts.current.count > 0
+
+
+def _not_started(names: list[str], show: bool, console: Console) -> RunSummary:
+    """Stopped before any output was opened: existing files are left as they were."""
+    summary = RunSummary({name: SourceLedger() for name in names}, 0.0, None, None, interrupted=True)
+    summary.outputs["outputs"] = {"written": "none (interrupted during start-up; existing files untouched)"}
     if show:
         print_summary(summary, console)
     return summary

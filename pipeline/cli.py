@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
+# Only light imports here: the signal handlers go in before anything slow (main), and
+# `vidpipe --help` must not pay for numpy, PyAV or ONNX Runtime.
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pipeline import interrupts
 from pipeline.errors import ConfigError, VidpipeError
+
+if TYPE_CHECKING:
+    import argparse
 
 EXIT_USER_ERROR = 2
 EXIT_LEDGER = 1
@@ -157,6 +162,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run(config, show=True)
     if summary.error:
         print(f"vidpipe: error: {summary.error}", file=sys.stderr)
+    abandoned = summary.inference.get("abandoned_live", 0)
+    if abandoned:
+        # Their threads never return; main() ends the process without waiting for them.
+        print(f"vidpipe: {abandoned} hung inference call(s) were abandoned; they are not waited for", file=sys.stderr)
     if not summary.balanced:
         print("vidpipe: error: the ledger did not balance (a frame has no result); this is a bug, please report it", file=sys.stderr)
         return EXIT_LEDGER
@@ -167,40 +176,108 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if summary.interrupted else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pipeline.bench import add_bench_arguments, cmd_bench
-    from pipeline.cli_engine import add_build_engine_parser, add_inspect_parser, run_build_engine, run_inspect
-    from pipeline.cli_subscribe import add_subscribe_parser, run_subscribe
+# Each command's help, and the module that fills in its arguments (imported only when needed).
+COMMANDS = {
+    "run": "run the pipeline over video files or RTSP URLs",
+    "bench": "measure each stage alone and the whole pipeline",
+    "subscribe": "print results from Redis Streams as they arrive",
+    "build-engine": "prepare an ONNX model for fp16/int8 and build a TensorRT engine",
+    "inspect": "describe an ONNX model or a TensorRT engine",
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; given a `command`, only its arguments are built (and its modules imported)."""
+    import argparse
 
     parser = argparse.ArgumentParser(prog="vidpipe", description=__doc__)
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
-    run_parser = sub.add_parser("run", help="run the pipeline over video files or RTSP URLs")
-    add_run_arguments(run_parser)
-    run_parser.set_defaults(func=cmd_run)
-    bench_parser = sub.add_parser("bench", help="measure each stage alone and the whole pipeline")
-    add_bench_arguments(bench_parser)
-    bench_parser.set_defaults(func=cmd_bench)
-    add_subscribe_parser(sub)
-    sub.choices["subscribe"].set_defaults(func=run_subscribe)
-    add_build_engine_parser(sub)
-    sub.choices["build-engine"].set_defaults(func=run_build_engine)
-    add_inspect_parser(sub)
-    sub.choices["inspect"].set_defaults(func=run_inspect)
+    for name in COMMANDS:
+        if command is None or name == command:
+            _add_command(sub, name)
+        else:
+            sub.add_parser(name, help=COMMANDS[name])
     return parser
 
 
+def _add_command(sub: argparse._SubParsersAction, name: str) -> None:
+    if name == "run":
+        run_parser = sub.add_parser("run", help=COMMANDS["run"])
+        add_run_arguments(run_parser)
+        run_parser.set_defaults(func=cmd_run)
+    elif name == "bench":
+        from pipeline.bench import add_bench_arguments, cmd_bench
+
+        bench_parser = sub.add_parser("bench", help=COMMANDS["bench"])
+        add_bench_arguments(bench_parser)
+        bench_parser.set_defaults(func=cmd_bench)
+    elif name == "subscribe":
+        from pipeline.cli_subscribe import add_subscribe_parser, run_subscribe
+
+        add_subscribe_parser(sub)
+        sub.choices["subscribe"].set_defaults(func=run_subscribe)
+    else:
+        from pipeline import cli_engine
+
+        if name == "build-engine":
+            cli_engine.add_build_engine_parser(sub)
+            sub.choices[name].set_defaults(func=cli_engine.run_build_engine)
+        else:
+            cli_engine.add_inspect_parser(sub)
+            sub.choices[name].set_defaults(func=cli_engine.run_inspect)
+
+
+def _command(argv: list[str]) -> str:
+    """The command named on the command line ("" for none: `vidpipe --help` builds no command's arguments)."""
+    return next((a for a in argv if a in COMMANDS), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """`vidpipe`: exit 0, 1 (unbalanced ledger: a bug), 2 (user error: bad input, config or a
+    failed output), 3 (worker restart budget spent), 128 + signal (130 Ctrl-C, 143 SIGTERM).
+
+    Run as the process itself (argv None), it ends with os._exit once everything is written,
+    so that threads stuck in native calls (a hung inference) never keep it alive.
+    """
+    process = interrupts.Interrupts()
+    process.install()  # first: before any slow import
+    interrupts.current = process
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv, process)
+    finally:
+        if argv is not None:
+            interrupts.current = None
+            process.uninstall()
+    if argv is None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str], process: interrupts.Interrupts) -> int:
+    import logging
+
+    process.raises = _command(argv) != "run"
+    try:
+        args = build_parser(_command(argv)).parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed
+        return done.code if isinstance(done.code, int) else EXIT_USER_ERROR
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        code = args.func(args)
     except VidpipeError as err:
         print(f"vidpipe: error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("vidpipe: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        code = EXIT_USER_ERROR
+    except KeyboardInterrupt:  # a command that does not use the handlers' stop (e.g. subscribe)
+        code = EXIT_INTERRUPTED
+    if process.exit_code is not None and code in (0, EXIT_INTERRUPTED):
+        code = process.exit_code
+    return code
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import logging
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 
+from pipeline.errors import OutputError
 from pipeline.ledger import Ledger
 from pipeline.sinks import Sink
 from pipeline.types import Result, SourceEvent, Status
@@ -16,8 +17,17 @@ log = logging.getLogger("vidpipe.publisher")
 class Publisher:
     """Holds results that arrive early (another context finished first) until their turn."""
 
-    def __init__(self, sinks: list[Sink], ledger: Ledger, on_result: Callable[[Result], None] | None = None) -> None:
-        self.sinks = sinks
+    def __init__(
+        self,
+        sinks: list[Sink],
+        ledger: Ledger,
+        on_result: Callable[[Result], None] | None = None,
+        on_output_failed: Callable[[str], None] | None = None,
+    ) -> None:
+        self.sinks = list(sinks)
+        self.on_output_failed = on_output_failed
+        # Sinks whose output failed a write: they get nothing more, not even the summary.
+        self.dead: list[Sink] = []
         self.ledger = ledger
         self.on_result = on_result
         self._next: dict[str, int] = defaultdict(int)
@@ -57,18 +67,35 @@ class Publisher:
             self._call(self.on_result, result)
 
     def _to_sinks(self, method: str, item: Result | SourceEvent) -> None:
-        for sink in self.sinks:
-            self._call(getattr(sink, method), item)
+        for sink in list(self.sinks):
+            try:
+                getattr(sink, method)(item)
+            except (OutputError, OSError) as err:
+                self._output_failed(sink, err)
+            except Exception as err:  # a sink's bug must not stop the publisher
+                self._report(sink, err)
+
+    def _output_failed(self, sink: Sink, err: Exception) -> None:
+        """A failed write (full disk, closed pipe, ...) is the user's to fix: one line, and the run stops."""
+        self.sinks.remove(sink)
+        self.dead.append(sink)
+        message = str(err) if isinstance(err, OutputError) else f"{type(sink).__name__}: writing failed ({err})"
+        self.failed[type(sink).__name__] = message
+        if self.on_output_failed:
+            self.on_output_failed(message)
 
     def _call(self, fn: Callable, item: Result | SourceEvent) -> None:
-        """A failing sink or hook is reported once and skipped; the others still get every item."""
+        """A failing hook is reported once and skipped; the sinks still get every item."""
         try:
             fn(item)
-        except Exception as err:  # a sink's failure must not stop the publisher
-            owner = type(getattr(fn, "__self__", fn)).__name__
-            if owner not in self.failed:
-                log.exception("%s failed", owner)
-                self.failed[owner] = f"{owner} failed: {err}"
+        except Exception as err:  # a hook's failure must not stop the publisher
+            self._report(getattr(fn, "__self__", fn), err)
+
+    def _report(self, owner: object, err: Exception) -> None:
+        name = type(owner).__name__
+        if name not in self.failed:
+            log.exception("%s failed", name)
+            self.failed[name] = f"{name} failed: {err}"
 
     def flush(self) -> None:
         """At the end: anything still held means a seq never arrived (a bug); publish it anyway."""

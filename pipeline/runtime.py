@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pipeline import interrupts
 from pipeline.config import RunConfig
 from pipeline.ledger import Ledger
 from pipeline.model import Model
@@ -75,7 +76,7 @@ class Pipeline:
         self.post_q = FrameQueue(size, "postprocess")
         self.results_q: BoundedQueue[Result | SourceEvent] = BoundedQueue(4 * size + 64, "publish")
         self.ledger = Ledger([s.name for s in sources])
-        self.publisher = Publisher(sinks, self.ledger, self.hooks.on_result)
+        self.publisher = Publisher(sinks, self.ledger, self.hooks.on_result, self._output_failed)
         self.stats = InferStats()
         self.preprocess = Preprocess(model.input_size)
         self._stopping = threading.Event()
@@ -103,6 +104,16 @@ class Pipeline:
         for queue in (self.pre_q, self.infer_q, self.post_q):
             for frame in queue.drain():
                 self._fail(frame, reason, error)
+
+    def _output_failed(self, message: str) -> None:
+        """An output failed a write: stop reading, end the frames in flight as failed/shutdown.
+
+        Called on the publisher's thread, which must keep draining the results the abort
+        produces, so the abort runs on a thread of its own.
+        """
+        self.stop()
+        threading.Thread(target=self.abort, args=(Reason.SHUTDOWN, f"stopped: {message}"),
+                         name="vidpipe-output-failed", daemon=True).start()  # fmt: skip
 
     def _fatal(self, err: Exception) -> None:
         if str(err) not in self.errors:  # every inference worker thread reports the same cause
@@ -328,26 +339,48 @@ def _describe_damage(decoder: VideoDecoder | LiveSource, event: SourceEvent) -> 
 
 
 class _signals_stop:
-    """Ctrl-C / SIGTERM once: drain and finish. Twice: abort, in-flight frames end as failed/shutdown."""
+    """Ctrl-C / SIGTERM once: drain and finish. Twice: abort, in-flight frames end as failed/shutdown.
+
+    Under the CLI the process's handlers (pipeline/interrupts.py) are already in place and stay
+    after the run; the pipeline only lends them its stop and abort. Through the Python API it
+    installs its own handlers for the run, from the main thread.
+    """
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.previous: dict[int, object] = {}
 
-    def _handle(self, signum: int, _frame: object) -> None:
+    def _stop(self) -> None:
         self.pipeline.interrupted = True
+        log.warning("stopping: finishing frames in flight (press Ctrl-C again to abort)")
+        self.pipeline.stop()
+
+    def _abort(self) -> None:
+        self.pipeline.interrupted = True
+        self.pipeline.abort(Reason.SHUTDOWN, "interrupted")
+
+    def _handle(self, signum: int, _frame: object) -> None:
         if self.pipeline._stopping.is_set():
-            self.pipeline.abort(Reason.SHUTDOWN, "interrupted")
+            self._abort()
         else:
-            log.warning("stopping: finishing frames in flight (press Ctrl-C again to abort)")
-            self.pipeline.stop()
+            self._stop()
 
     def __enter__(self) -> _signals_stop:
-        if threading.current_thread() is threading.main_thread():
+        process = interrupts.current
+        if process is not None:
+            process.stop, process.abort = self._stop, self._abort
+            if process.count:  # a signal came during start-up
+                self._stop()
+                if process.count > 1:
+                    self._abort()
+        elif threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        process = interrupts.current
+        if process is not None:
+            process.stop = process.abort = None
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
+from pathlib import Path
 from typing import Protocol
 
+from pipeline.errors import OutputError
 from pipeline.summary import RunSummary
 from pipeline.types import Result, SourceEvent
 
 
 class Sink(Protocol):
+    """A sink raises OutputError (or OSError) when its output cannot be written; the run then
+    stops, and the summary goes to every other sink and to stderr (pipeline/publisher.py)."""
+
     def write_result(self, result: Result) -> None: ...
 
     def write_event(self, event: SourceEvent) -> None: ...
@@ -18,3 +26,55 @@ class Sink(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# What to do about a failed write, by errno; the default covers EIO and the rest.
+_ADVICE = {
+    errno.ENOSPC: "free space on its disk or choose another path",
+    errno.EDQUOT: "free space within your disk quota or choose another path",
+    errno.EFBIG: "the file size limit was reached (ulimit -f); raise it or choose another path",
+    errno.EPIPE: "whatever read the output closed it; keep the reader open or choose a file",
+}
+
+
+def write_failed(what: str, path: Path, err: BaseException, flag: str) -> OutputError:
+    """The one line for a failed write: which output, the OS error, what to do."""
+    code = getattr(err, "errno", None)
+    reason = os.strerror(code) if code else str(err)
+    advice = _ADVICE.get(code, "check the disk or choose another path")
+    return OutputError(f"{what} {path}: writing failed ({reason}); {advice} with {flag}")
+
+
+def lock_output(fd: int, path: Path, flag: str) -> None:
+    """Hold an advisory lock (flock) on an output file for the life of `fd`: one run per output.
+
+    Raises OutputError naming the other run's PID (from /proc/locks, where Linux shows it)
+    when another process holds it. Only regular files are locked (not /dev/full or a pipe).
+    """
+    import stat
+
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        who = f"another vidpipe run (PID {holder})" if holder else "another process"
+        raise OutputError(
+            f"output {path} is being written by {who}; wait for it to end or choose another path with {flag}"
+        ) from None
+
+
+def _lock_holder(fd: int) -> int | None:
+    st = os.fstat(fd)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii") as locks:
+            for line in locks:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 4566 fe:00:2146381 0 EOF"; waiters have "->" and no PID of note.
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == key:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None

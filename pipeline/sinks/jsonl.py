@@ -1,33 +1,71 @@
-"""Results as JSON lines: one per frame, events with their own type, a summary last."""
+"""Results as JSON lines: one per frame, events with their own type, a summary last.
+
+The file is created 0600 (results can show faces and plates), locked for the run (one run
+per output), and an existing file is only emptied when the first record is ready to replace
+it. Each line is written whole with its own write(2), so a crash or a signal never loses a
+result already produced; a failed write cuts the file back to its last whole line.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
-from typing import IO
 
 from pipeline.errors import OutputError
 from pipeline.records import event_to_record, result_to_record, summary_to_record
+from pipeline.sinks import lock_output, write_failed
 from pipeline.summary import RunSummary
 from pipeline.types import Result, SourceEvent
 
+FILE_MODE = 0o600
+
 
 class JsonlSink:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mode: int = FILE_MODE) -> None:
         self.path = Path(path)
         try:
-            self._file: IO[str] = open(self.path, "w", encoding="utf-8")
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, mode)
         except OSError as err:
             raise OutputError(
                 f"output {self.path}: cannot write it ({err.strerror}); choose a writable path with --out"
             ) from None
+        try:
+            lock_output(self._fd, self.path, "--out")
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
+        self._started = False
+        self._offset = 0
         self.lines = 0
 
     def _write(self, record: dict) -> None:
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        # Flushed per line so a crash or Ctrl-C never loses a result already produced.
-        self._file.flush()
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        data = memoryview(line)
+        try:
+            if not self._started:
+                if self._regular:
+                    os.ftruncate(self._fd, 0)
+                self._started = True
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError as err:
+            self._cut_back()
+            raise write_failed("output", self.path, err, "--out") from None
+        self._offset += len(line)
         self.lines += 1
+
+    def _cut_back(self) -> None:
+        """Drop a half-written line (truncating frees space, so this works on a full disk)."""
+        if not self._regular:
+            return
+        try:
+            os.ftruncate(self._fd, self._offset)
+            os.lseek(self._fd, self._offset, os.SEEK_SET)
+        except OSError:
+            pass
 
     def write_result(self, result: Result) -> None:
         self._write(result_to_record(result))
@@ -40,4 +78,6 @@ class JsonlSink:
         self._write(summary_to_record(summary))
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
