@@ -8,7 +8,10 @@ result seq k. A live stream cannot be read twice: annotated video needs file sou
 
 Every result becomes one output frame, failed ones marked FAILED with their reason, so
 the output has exactly as many frames as the pipeline decoded, at the source's size,
-frame rate and timestamps (H.264; the audio track is not copied). Decoding, drawing
+frame rate and timestamps (H.264; the audio track is not copied). Each file is written
+under a temporary name beside it and renamed into place once finalised (moov written), so
+the path holds either a playable video or what it held before; it is locked (flock) for
+the run, one run per output. Decoding, drawing
 and encoding run in one thread per source behind a small bounded queue, so the
 publisher only waits when encoding falls behind (backpressure, never unbounded memory).
 """
@@ -16,6 +19,7 @@ publisher only waits when encoding falls behind (backpressure, never unbounded m
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -28,6 +32,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import OutputError
+from pipeline.sinks import lock_output, write_failed
 from pipeline.summary import RunSummary
 from pipeline.types import Frame, Result, SourceEvent, Status
 from stages.decode import VideoDecoder
@@ -71,6 +76,8 @@ class VideoSink:
         self._failures = dict.fromkeys(sources, 0)
 
     def write_result(self, result: Result) -> None:
+        """Raises OutputError once a file's write failed (it happened on the encoding thread)."""
+        self._raise_failed()
         now = time.monotonic()
         arrivals = self._arrivals[result.source]
         arrivals.append(now)
@@ -84,12 +91,19 @@ class VideoSink:
         pass
 
     def write_summary(self, summary: RunSummary) -> None:
+        """Finalises every file; raises OutputError when one could not be written."""
         self.close()
         report: dict[str, object] = {"path": str(self.path), "frames": sum(v.frames for v in self._videos.values())}
         errors = [f"{v.name}: {v.error}" for v in self._videos.values() if v.error]
         if errors:
             report["error"] = "; ".join(errors)
         summary.outputs["video"] = report
+        self._raise_failed()
+
+    def _raise_failed(self) -> None:
+        for video in self._videos.values():
+            if video.os_error is not None:
+                raise write_failed("annotated video", video.path, video.os_error, "--video")
 
     def close(self) -> None:
         if self._closed:
@@ -107,6 +121,7 @@ class _SourceVideo:
         self.path = path
         self.frames = 0
         self.error: str | None = None
+        self.os_error: OSError | None = None  # a failed write: the user's to fix (disk full, ...)
         with av.open(url) as probe:
             stream = probe.streams.video[0]
             self._time_base: Fraction = stream.time_base or Fraction(1, 90_000)
@@ -115,11 +130,20 @@ class _SourceVideo:
         self._decoder = VideoDecoder(name, url, deadline_s=0.0)
         self._source = iter(self._decoder)
         width, height = self._decoder.info.width, self._decoder.info.height
+        self._partial = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
+        self._lock_fd = -1
+        self._created = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._output = av.open(str(path), "w")
-        except (OSError, av.error.FFmpegError) as err:
+            self._created = not path.exists()
+            self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            lock_output(self._lock_fd, path, "--video")
+            self._output = av.open(str(self._partial), "w")
+        except (OSError, av.error.FFmpegError, OutputError) as err:
             self._decoder.close()
+            self._release(replaced=False)
+            if isinstance(err, OutputError):
+                raise
             raise OutputError(f"outputs.video: cannot write {path} ({err}); choose a writable path") from None
         self._stream = self._output.add_stream("libx264", rate=rate, options={"preset": "ultrafast"})
         self._stream.width, self._stream.height = width, height
@@ -143,15 +167,41 @@ class _SourceVideo:
         self._queue.put(None)
         self._thread.join()
         try:
-            for packet in self._stream.encode():
-                self._output.mux(packet)
+            if not self.error:
+                for packet in self._stream.encode():
+                    self._output.mux(packet)
         except av.error.FFmpegError as err:
-            self.error = self.error or f"finishing the file failed: {err}"
+            self._failed(err)
         finally:
-            self._output.close()
+            try:
+                self._output.close()  # writes the moov
+            except (OSError, av.error.FFmpegError) as err:
+                self._failed(err)
             self._decoder.close()
-        if self.error:
+        self._release(replaced=not self.error and self.frames > 0)
+        if self.error and self.os_error is None:  # a failed write is reported by the run itself
             log.error("annotated video %s: %s", self.path, self.error)
+
+    def _failed(self, err: BaseException) -> None:
+        if self.error is None:
+            self.error = f"writing failed: {err}"
+            if isinstance(err, OSError) and err.errno:
+                self.os_error = err
+
+    def _release(self, replaced: bool) -> None:
+        """Rename the finished file into place, or drop the partial one (and an empty file we made)."""
+        try:
+            if replaced:
+                os.replace(self._partial, self.path)
+            else:
+                self._partial.unlink(missing_ok=True)
+                if self._created and self._lock_fd >= 0 and os.fstat(self._lock_fd).st_size == 0:
+                    self.path.unlink(missing_ok=True)
+        except OSError as err:
+            self._failed(err)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -159,6 +209,8 @@ class _SourceVideo:
                 continue  # keep draining so the publisher never blocks on a dead writer
             try:
                 self._write(*item)
+            except OSError as err:  # a full disk: the run stops and says so (VideoSink.write_result)
+                self._failed(err)
             except Exception as err:  # a bad output must not stop the results
                 log.exception("annotated video %s failed", self.path)
                 self.error = str(err)
