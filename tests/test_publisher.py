@@ -1,4 +1,5 @@
-"""The publisher: a failing sink or hook is reported, never stalls the run or starves the other sinks."""
+"""The publisher: a failing sink stops the run cleanly, a failing hook is reported; neither
+stalls the run or starves the other sinks."""
 
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ class BrokenSink(CollectSink):
         super().write_result(result)
 
 
-def test_a_failing_sink_is_reported_and_the_other_sinks_get_every_result():
+def test_a_failing_sink_stops_the_run_and_the_other_sinks_get_every_result_and_the_summary():
     broken, healthy = BrokenSink(), CollectSink()
-    summary = run(build_config({"max_frames": 120}), sinks=[broken, healthy])
-    assert [r.seq for r in healthy.results] == list(range(120))
-    assert len(broken.results) == 50
-    assert summary.balanced
-    assert summary.error and "BrokenSink failed: No space left on device" in summary.error
+    summary = run(build_config({}), sinks=[broken, healthy])  # the 200-frame sample clip
+    decoded = summary.frames
+    assert 50 < decoded < 200  # the sources stopped once the write failed
+    assert [r.seq for r in healthy.results] == list(range(decoded))
+    assert all(r.reason.value == "shutdown" for r in healthy.results if r.status.value == "failed")
+    assert len(broken.results) == 50 and broken.summary is None
+    assert healthy.summary is summary and summary.balanced
+    assert summary.error == "BrokenSink: writing failed (No space left on device)"
 
 
 def test_a_hook_that_raises_does_not_hang_the_run():
