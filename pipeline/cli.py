@@ -237,19 +237,21 @@ def main(argv: list[str] | None = None) -> int:
     """`vidpipe`: exit 0, 1 (unbalanced ledger: a bug), 2 (user error: bad input, config or a
     failed output), 3 (worker restart budget spent), 128 + signal (130 Ctrl-C, 143 SIGTERM).
 
-    Run as the process itself (argv None), it ends with os._exit once everything is written,
+    `run`, as the process itself (argv None), ends with os._exit once everything is written,
     so that threads stuck in native calls (a hung inference) never keep it alive.
     """
+    args = sys.argv[1:] if argv is None else argv
     process = interrupts.Interrupts()
-    process.install()  # first: before any slow import
-    interrupts.current = process
+    if _command(args) == "run":  # the other commands keep Python's handlers (KeyboardInterrupt)
+        process.install()  # first: before any slow import
+        interrupts.current = process
     try:
-        code = _main(sys.argv[1:] if argv is None else argv, process)
+        code = _main(args, process)
     finally:
         if argv is not None:
             interrupts.current = None
             process.uninstall()
-    if argv is None:
+    if argv is None and interrupts.current is process:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -262,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str], process: interrupts.Interrupts) -> int:
     import logging
 
-    process.raises = _command(argv) != "run"
     try:
         args = build_parser(_command(argv)).parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed
@@ -273,7 +274,7 @@ def _main(argv: list[str], process: interrupts.Interrupts) -> int:
     except VidpipeError as err:
         print(f"vidpipe: error: {err}", file=sys.stderr)
         code = EXIT_USER_ERROR
-    except KeyboardInterrupt:  # a command that does not use the handlers' stop (e.g. subscribe)
+    except KeyboardInterrupt:  # the commands other than `run` keep Python's handler
         code = EXIT_INTERRUPTED
     if process.exit_code is not None and code in (0, EXIT_INTERRUPTED):
         code = process.exit_code

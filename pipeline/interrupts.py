@@ -10,8 +10,7 @@ them until the last byte is written, so a signal never interrupts a write half-w
   `os._exit`, after flushing what Python holds;
 - a third ends it at once.
 
-Commands other than `run` (subscribe, bench, ...) get a KeyboardInterrupt on the first
-signal instead, as under Python's own handler. The exit code is 128 + the first signal's number (130 for SIGINT, 143 for SIGTERM).
+Commands other than `run` (subscribe, bench, ...) keep Python's own handlers. The exit code is 128 + the first signal's number (130 for SIGINT, 143 for SIGTERM).
 The Python API (`pipeline.run` without the CLI) keeps its own handlers for the run only and
 never ends the process (pipeline/runtime.py `_signals_stop`).
 """
@@ -35,8 +34,6 @@ class Interrupts:
         self.count = 0
         self.stop: Callable[[], None] | None = None
         self.abort: Callable[[], None] | None = None
-        # Commands other than `run` stop on KeyboardInterrupt, as Python's default handler does.
-        self.raises = False
         self._previous: dict[int, object] = {}
 
     @property
@@ -61,8 +58,6 @@ class Interrupts:
             self.signum = signum
             if self.stop:
                 self.stop()
-            elif self.raises:
-                raise KeyboardInterrupt
             return
         if self.count == 2:
             timer = threading.Timer(HARD_EXIT_S, self.hard_exit, args=("a second signal",))

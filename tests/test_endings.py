@@ -225,3 +225,27 @@ def test_a_signal_during_start_up_leaves_an_existing_output_as_it_was(
     assert "Traceback" not in stderr
     assert out.read_text() == '{"type": "summary"}\n'
     assert "interrupted during start-up" in stdout
+
+
+def test_two_runs_on_one_spool_directory_the_second_exits_2_naming_the_first(
+    tmp_path: Path, car_clip: Path, redis_server
+) -> None:
+    """The Redis spool directory is one run's too (here the default, .vidpipe-spool in the cwd)."""
+    url, client = redis_server.url, redis_server.client()
+    command = [*VIDPIPE, "run", "--quiet", str(car_clip), "--redis", url]
+    first = subprocess.Popen([*command, "--realtime", "--max-frames", "40"], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not client.xlen("vidpipe:results:car-detection"):
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    second = subprocess.run([*command, "--max-frames", "5"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    first.communicate(timeout=120)
+
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [
+        f"vidpipe: error: outputs.redis.spool_dir .vidpipe-spool is in use by another vidpipe run (PID {first.pid}); "
+        "give each run its own outputs.redis.spool_dir"
+    ]
+    assert first.returncode == 0
+    assert (tmp_path / ".vidpipe-spool").stat().st_mode & 0o777 == 0o700

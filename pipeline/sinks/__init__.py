@@ -65,6 +65,26 @@ def lock_output(fd: int, path: Path, flag: str) -> None:
         ) from None
 
 
+def lock_directory(path: Path, field: str) -> int:
+    """Create `path` (0700) if needed and hold an advisory lock on it; returns the fd to close.
+
+    Raises OutputError naming the other run's PID when another process holds it.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise OutputError(f"{field} {path}: cannot use it ({err.strerror}); choose a writable directory") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        who = f"another vidpipe run (PID {holder})" if holder else "another process"
+        raise OutputError(f"{field} {path} is in use by {who}; give each run its own {field}") from None
+    return fd
+
+
 def _lock_holder(fd: int) -> int | None:
     st = os.fstat(fd)
     key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"

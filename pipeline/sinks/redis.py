@@ -42,6 +42,7 @@ from redis.retry import Retry
 from pipeline.config import RedisConfig
 from pipeline.errors import OutputError
 from pipeline.records import event_to_record, result_to_record, summary_to_record
+from pipeline.sinks import lock_directory
 from pipeline.spool import Spool
 from pipeline.summary import RunSummary
 from pipeline.types import Result, SourceEvent
@@ -134,6 +135,7 @@ class RedisSink:
         self._bases: dict[str, int] = {}
         self._spool: Spool | None = None
         self._spooling = False
+        self._spool_dir_lock = lock_directory(config.spool_dir, "outputs.redis.spool_dir")  # one run per spool dir
         self._leftovers = Spool.leftovers(config.spool_dir) if config.spool_dir.is_dir() else []
         self._in_flight = False
         self._connected = False
@@ -183,6 +185,7 @@ class RedisSink:
             for spool in self._leftovers:
                 spool.close()
         self._client.close()
+        os.close(self._spool_dir_lock)
 
     @property
     def spool_bytes(self) -> int:
