@@ -146,6 +146,7 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
             metrics.attach(pipeline)
         summary = pipeline.run()
         summary.inference["backend"] = config.model.backend
+        summary.interrupted = summary.interrupted or _signalled()  # a signal after the drain counts too
         failed = write_summary(summary, [s for s in all_sinks if s not in pipeline.publisher.dead])
     if show:
         # A failed output may be stdout itself (a closed pipe): the summary then goes to stderr.

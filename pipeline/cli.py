@@ -257,7 +257,20 @@ def main(argv: list[str] | None = None) -> int:
                 stream.flush()
             except (OSError, ValueError):
                 pass
-        os._exit(code)
+        os._exit(_final_code(code, process))
+    return code
+
+
+def _final_code(code: int, process: interrupts.Interrupts) -> int:
+    """The exit code, counting a signal that came while the last bytes were written: from here
+    on signals are blocked, and one still pending counts as if it had come a moment earlier."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.SIGNALS)
+    pending = [s for s in interrupts.SIGNALS if s in signal.sigpending()]
+    signum = process.signum or (pending[0] if pending else None)
+    if signum is not None and code in (0, EXIT_INTERRUPTED):
+        return 128 + signum
     return code
 
 

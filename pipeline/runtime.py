@@ -112,8 +112,14 @@ class Pipeline:
         produces, so the abort runs on a thread of its own.
         """
         self.stop()
-        threading.Thread(target=self.abort, args=(Reason.SHUTDOWN, f"stopped: {message}"),
-                         name="vidpipe-output-failed", daemon=True).start()  # fmt: skip
+
+        def abort() -> None:
+            try:
+                self.abort(Reason.SHUTDOWN, f"stopped: {message}")
+            except Closed:  # the run had already drained everything
+                pass
+
+        threading.Thread(target=abort, name="vidpipe-output-failed", daemon=True).start()
 
     def _fatal(self, err: Exception) -> None:
         if str(err) not in self.errors:  # every inference worker thread reports the same cause

@@ -76,6 +76,14 @@ def frame_lines(out: Path) -> int:
     return out.read_text().count('"type":"frame"')
 
 
+def summary_written(out: Path) -> bool:
+    text = out.read_text()
+    try:
+        return text.endswith("\n") and json.loads(text.splitlines()[-1])["type"] == "summary" and "from" not in text
+    except ValueError:
+        return False
+
+
 def test_a_signal_at_any_moment_ends_the_run_whole(tmp_path: Path, car_clip: Path) -> None:
     """Seeded moments over a run's whole life, by turns: start-up (a delay after the handlers are
     in), steady state and drain (after k of the 40 results), and the end (just after the last
@@ -102,17 +110,20 @@ def test_a_signal_at_any_moment_ends_the_run_whole(tmp_path: Path, car_clip: Pat
             while proc.poll() is None and frame_lines(out) < results:
                 time.sleep(0.001)
             time.sleep(0 if kind == 1 else rng.uniform(0, 0.3))
+        # Once everything is written the process exits 0; the kernel can take a few ms to end it,
+        # and a signal then comes too late to count: only then may a signalled run exit 0.
+        written = summary_written(out)
         sent = proc.poll() is None
         if sent:
             proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=120)
         assert "Traceback" not in stderr, stderr
         decoded = assert_ended_whole(out, video, old, stdout)
-        if not sent:
+        if not sent or (proc.returncode == 0 and written):
             assert proc.returncode == 0, stderr
             continue
         delivered += 1
-        assert proc.returncode == 128 + sig, (proc.returncode, stderr)
+        assert proc.returncode == 128 + sig, (attempts, kind, decoded, proc.returncode, stderr)
         phases["start-up" if decoded == 0 else "running"] += 1
     assert phases["running"] >= 10 and phases["start-up"] >= 3, phases
 
