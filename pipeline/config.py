@@ -42,6 +42,13 @@ class ModelConfig(StrictModel):
     )
     engine_cache: Path | None = Field(None, description="TensorRT engine cache (default ~/.cache/vidpipe/engines).")
     layout: Literal["auto", "yolov8", "yolov5", "yolox"] = "auto"
+    imgsz: int | None = Field(
+        None,
+        ge=32,
+        le=4096,
+        description="A square model input of this size for a model with dynamic height and width; "
+        "none: the smallest stride-aligned rectangle that fits the sources at the model's nominal size.",
+    )
     labels: Path | None = Field(None, description="Class names, one per line.")
     conf: float = Field(0.25, ge=0.0, le=1.0)
     iou: float = Field(0.45, ge=0.0, le=1.0)
