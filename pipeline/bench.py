@@ -205,6 +205,8 @@ def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float
     slowest = min(alone[k] for k in STAGE_FIGURES)
     clean_fps = statistics.median(s.fps for s in clean)
     figures: dict[str, float | None] = {"input width": input_size[0], "input height": input_size[1], **alone}
+    figures["frames per pipeline run"] = clean[0].frames
+    figures["pipeline runs"] = len(clean) + len(faulty)
     figures["pipeline fps (ok frames)"] = clean_fps
     figures["pipeline fps (processed)"] = statistics.median(s.processed_fps for s in clean)
     figures["first result s"] = statistics.median(s.first_result_s or 0.0 for s in clean)
