@@ -36,6 +36,7 @@ class RunSummary:
     events: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     interrupted: bool = False
+    analytics: dict[str, Any] = field(default_factory=dict)  # per source: line in/out totals
 
     @property
     def frames(self) -> int:
