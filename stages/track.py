@@ -42,6 +42,7 @@ class Track:
     first_time: float
     last_time: float
     gaps: int = 0
+    unseen_gaps: int = 0  # failed frames since last seen: they count once the track is seen again
 
     def record(self, kind: str) -> dict:
         """The `track_start` / `track_end` event's fields."""
@@ -77,7 +78,7 @@ class SourceTracker:
         det = result.detections
         failed = result.status is Status.FAILED
         for track in self.tracks.values():
-            track.gaps += failed
+            track.unseen_gaps += failed
         tracked = self._tracker.update_with_detections(_to_supervision(det))
         track_id = np.full(len(det), -1, np.int64)
         if len(tracked):
@@ -91,6 +92,7 @@ class SourceTracker:
                 track = self.tracks[tid] = Track(tid, int(det.class_id[i]), det.labels[i], result.seq, result.seq, now, now)
                 started.append(track)
             track.last_seq, track.last_time = result.seq, now
+            track.gaps, track.unseen_gaps = track.gaps + track.unseen_gaps, 0
         ended = [t for t in self.tracks.values() if result.seq - t.last_seq > self.lost_frames]
         for track in ended:
             del self.tracks[track.track_id]
