@@ -110,7 +110,7 @@ class MqttConfig(StrictModel):
     url: str = Field(description="mqtt://[user:password@]host[:1883], or mqtts:// for TLS (port 8883).")
     topic_prefix: str = Field("vidpipe", description="Topics are <prefix>/<source>/events, .../counts.")
     detections: bool = Field(False, description="Also publish every frame's detections (QoS 0).")
-    spool: int = Field(10_000, ge=1, description="Events held while the broker is unreachable; more are dropped and counted.")
+    spool: int = Field(10_000, ge=1, le=60_000, description="Events held while the broker is unreachable; more are dropped and counted.")
     drain_timeout_s: float = Field(10.0, ge=0.0, description="How long the end of a run waits for the broker.")
     home_assistant: bool = Field(False, description="Publish Home Assistant MQTT discovery for the counters.")
     discovery_prefix: str = "homeassistant"
