@@ -87,6 +87,10 @@ def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[
         from pipeline.sinks.redis import RedisSink
 
         sinks.append(RedisSink(config.outputs.redis, run_id))
+    if config.outputs.mqtt:
+        from pipeline.sinks.mqtt import MqttSink
+
+        sinks.append(MqttSink(config.outputs.mqtt, list(sources), run_id))
     return sinks
 
 

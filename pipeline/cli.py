@@ -55,6 +55,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=["tcp", "udp"], help="RTSP transport for every live source")
     parser.add_argument("--decode", choices=["cpu", "nvdec"], help="nvdec: NVIDIA hardware decoding")
     parser.add_argument("--video", type=Path, help="annotated video: a .mp4 file, or a directory for several sources")
+    parser.add_argument("--track", action="store_true", default=None,
+                        help="give each detection a track id (ByteTrack); zones and lines come from --config")
+    parser.add_argument("--mqtt", metavar="URL", help="publish events and counts to MQTT (mqtt://, mqtts://)")
     parser.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on this port (0: any)")
     parser.add_argument("--log-format", choices=["text", "json"], help="json: one JSON object per log line")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
@@ -84,6 +87,7 @@ FLAG_FIELDS = {
     "decode": "decode",
     "metrics_port": "metrics.port",
     "log_format": "log_format",
+    "mqtt": "outputs.mqtt.url",
 }
 # Flags that name a file or directory.
 PATH_FLAGS = {"model": "model.path", "labels": "model.labels", "out": "outputs.jsonl", "video": "outputs.video"}
@@ -139,6 +143,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         put("faults", parse_key_values(args.faults, "--faults"))
     if args.quiet:
         put("progress", False)
+    if args.track:
+        put("analytics.tracker", "bytetrack")
     return out
 
 
