@@ -13,6 +13,7 @@ from rich.console import Console
 
 from pipeline.config import RunConfig, SourceConfig
 from pipeline.model import load_model
+from pipeline.sizing import size_run
 from pipeline.sample_clip import SAMPLE_CLIP
 from pipeline.report import RunDisplay, print_summary
 from pipeline.runtime import Pipeline, RunHooks, Source
@@ -118,6 +119,7 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
     hooks.on_result = _chain(hooks.on_result, lambda _: first_result or first_result.append(time.monotonic()))
     configs = source_configs(config)
     names = unique_names(configs)
+    config, _ = size_run(config, len(configs))  # the engine's threads are sized before it loads
     with ExitStack() as stack:
         metrics = start_metrics(config, names, stack)
         decoders = [open_source(config, src, name) for src, name in zip(configs, names)]

@@ -14,6 +14,10 @@ EXIT_USER_ERROR = 2
 EXIT_LEDGER = 1
 EXIT_INTERRUPTED = 130
 EXIT_WORKER_BUDGET = 3
+EXIT_FAILED_FRAMES = 4
+# Failures a run that did its job may have: frames shed by a source whose policy is shed, and
+# (after a signal) frames in flight when it came.
+EXCUSED_FAILURES = {"shed"}
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +177,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_WORKER_BUDGET
     if summary.error:
         return EXIT_USER_ERROR
-    return EXIT_INTERRUPTED if summary.interrupted else 0
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return failed_frames_exit(summary)
+
+
+def failed_frames_exit(summary) -> int:
+    """Exit 4 and one line when frames failed for a reason a batch job must hear about."""
+    excused = EXCUSED_FAILURES | ({"shutdown"} if summary.interrupted else set())
+    failed = {reason: n for reason, n in sorted(summary.failed.items()) if reason not in excused and n}
+    if not failed:
+        return 0
+    counts = ", ".join(f"{reason} {n}" for reason, n in failed.items())
+    print(f"vidpipe: {sum(failed.values())} of {summary.frames} frames failed ({counts}); see the summary", file=sys.stderr)
+    return EXIT_FAILED_FRAMES
 
 
 def build_parser() -> argparse.ArgumentParser:

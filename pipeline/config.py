@@ -34,6 +34,13 @@ class SourceConfig(StrictModel):
     max_reconnects: int | None = Field(None, ge=0, description="Reconnects per outage before giving up; none: forever.")
 
 
+class ProviderConfig(StrictModel):
+    """One ONNX Runtime execution provider with its options (ORT's provider_options)."""
+
+    name: str = Field(description="e.g. CUDAExecutionProvider")
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
 class ModelConfig(StrictModel):
     path: Path | None = Field(None, description="ONNX model; the embedded default when absent.")
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
@@ -53,13 +60,33 @@ class ModelConfig(StrictModel):
     conf: float = Field(0.25, ge=0.0, le=1.0)
     iou: float = Field(0.45, ge=0.0, le=1.0)
     classes: list[str] | None = Field(None, description="Keep only these labels.")
-    intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads per inference.")
-    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    intra_op_threads: int | None = Field(
+        None, ge=0, le=1024,
+        description="ONNX Runtime threads per inference; none: usable CPUs / contexts (pipeline/sizing.py).",
+    )
+    providers: list[str | ProviderConfig] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="ONNX Runtime execution providers in order of preference: names, or {name, options}.",
+    )
+
+    @property
+    def provider_names(self) -> list[str]:
+        return [p if isinstance(p, str) else p.name for p in self.providers]
 
 
 class InferConfig(StrictModel):
     contexts: int = Field(2, ge=1, le=64)
-    max_batch: int = Field(4, ge=1, le=256)
+    max_batch: int | None = Field(
+        None, ge=1, le=256, description="Largest inference batch; none: 1 on the CPU, 16 on a GPU (pipeline/sizing.py)."
+    )
+    batch_shapes: list[int] | None = Field(
+        None, min_length=1, max_length=16,
+        description="Batch sizes a batch is padded up to, each warmed before a context serves; none: sized to the device.",
+    )
+    hang_factor: float = Field(
+        8.0, ge=2.0, le=1000.0, description="A call is hung past this many times its shape's slowest recent healthy call."
+    )
+    hang_floor_ms: float = Field(250.0, ge=10.0, le=600_000.0, description="...and never before this.")
     max_delay_ms: float = Field(5.0, ge=0.0)
     max_attempts: int = Field(5, ge=1, description="Inference attempts per frame; deadlines bound them too.")
     health_interval_s: float = Field(5.0, gt=0.0)
@@ -96,8 +123,8 @@ class FaultConfig(StrictModel):
 
 class QueueConfig(StrictModel):
     size: int = Field(8, ge=1, description="Capacity per source of each bounded queue between stages.")
-    preprocess_workers: int = Field(1, ge=1)
-    postprocess_workers: int = Field(1, ge=1)
+    preprocess_workers: int | None = Field(None, ge=1, le=256, description="None: sized to the host (pipeline/sizing.py).")
+    postprocess_workers: int | None = Field(None, ge=1, le=256, description="None: sized to the host (pipeline/sizing.py).")
 
 
 class RedisConfig(StrictModel):

@@ -15,6 +15,7 @@ from pipeline.config import FaultConfig, InferConfig, ModelConfig
 from pipeline.default_model import DEFAULT_MODEL
 from stages.infer import InferStage
 from stages.labels import load_names
+from stages.output_check import layout_check
 from stages.postprocess import Postprocess, class_count, detect_layout
 from stages.preprocess import STRIDE, run_input_size
 
@@ -29,7 +30,8 @@ def open_engine(config: ModelConfig) -> Engine:
         return open_tensorrt_engine(path, config.precision, config.engine_cache)
     from engines.onnxruntime import OnnxRuntimeEngine
 
-    return OnnxRuntimeEngine(path, providers=list(config.providers), intra_op_threads=config.intra_op_threads)
+    threads = 1 if config.intra_op_threads is None else config.intra_op_threads  # api.run sizes it first
+    return OnnxRuntimeEngine(path, providers=list(config.providers), intra_op_threads=threads)
 
 
 def open_isolated_engine(config: ModelConfig, infer: InferConfig) -> Engine:
@@ -98,6 +100,7 @@ def load_model(
             iou=config.iou,
             classes=config.classes,
         )
+        stage.check = layout_check(output.name, post.layout)
     except ModelError as err:
         engine.close()
         message = str(err)

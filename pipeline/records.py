@@ -93,6 +93,7 @@ def summary_to_record(summary: RunSummary) -> dict[str, Any]:
             for name, s in summary.sources.items()
         },
         "inference": summary.inference,
+        "sizing": summary.sizing,
         "outputs": summary.outputs,
         "events": summary.events,
         "error": summary.error,

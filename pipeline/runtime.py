@@ -9,6 +9,7 @@ through `_fail`, so each decoded frame becomes exactly one Result.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -20,7 +21,10 @@ from pipeline.ledger import Ledger
 from pipeline.model import Model
 from pipeline.publisher import Publisher
 from pipeline.queues import BoundedQueue, Closed, FrameQueue
-from pipeline.scheduler import ContextPool, InferScheduler, InferStats, SchedulerSettings, percentile
+from pipeline.context_pool import ContextPool
+from pipeline.infer_stats import InferStats, percentile
+from pipeline.scheduler import InferScheduler, SchedulerSettings
+from pipeline.sizing import size_run
 from pipeline.sinks import Sink
 from pipeline.summary import RunSummary
 from pipeline.types import Detections, Frame, Reason, Result, SourceEvent, Status
@@ -45,6 +49,12 @@ class Source:
     def name(self) -> str:
         return self.decoder.name
 
+    @property
+    def latency_bound(self) -> bool:
+        """Live sources and paced files promise latency: their frames' deadlines run from
+        decode. An unpaced file's frames get theirs when they enter a batch (pipeline/scheduler.py)."""
+        return self.realtime or isinstance(self.decoder, LiveSource)
+
 
 @dataclass
 class RunHooks:
@@ -64,7 +74,9 @@ class Pipeline:
         sinks: list[Sink],
         hooks: RunHooks | None = None,
     ) -> None:
-        self.config = config
+        self.config, self.sizing = size_run(config, len(sources))
+        config = self.config
+        log.info("sized for this host: %s", self.sizing.describe())
         self.sources = sources
         self.model = model
         self.sinks = sinks
@@ -73,6 +85,7 @@ class Pipeline:
         self.pre_q = FrameQueue(size, "preprocess")
         self.infer_q = FrameQueue(size, "infer")
         self.post_q = FrameQueue(size, "postprocess")
+        self.pre_q.feeds(self.infer_q)  # a full infer lane holds back only its own source
         self.results_q: BoundedQueue[Result | SourceEvent] = BoundedQueue(4 * size + 64, "publish")
         self.ledger = Ledger([s.name for s in sources])
         self.analytics = _analytics(config, sources)
@@ -190,6 +203,8 @@ class Pipeline:
     def _admit(self, source: Source, frame: Frame) -> None:
         """Count a decoded frame in the ledger and queue it (blocking or shedding)."""
         self.ledger.decoded(frame.source)
+        if not source.latency_bound:
+            frame.latency_bound, frame.deadline = False, math.inf
         if self.hooks.on_decoded:
             self.hooks.on_decoded(frame)
         try:
@@ -250,11 +265,15 @@ class Pipeline:
         infer = self.config.infer
         settings = SchedulerSettings(
             contexts=infer.contexts,
-            max_batch=infer.max_batch,
+            max_batch=self.sizing.max_batch,
+            batch_shapes=self.sizing.batch_shapes,
+            deadline_s=self.config.deadline_ms / 1000,
             max_delay_s=infer.max_delay_ms / 1000,
             max_attempts=infer.max_attempts,
             health_interval_s=infer.health_interval_s,
             probe_tolerance=infer.probe_tolerance,
+            hang_factor=infer.hang_factor,
+            hang_floor_s=infer.hang_floor_ms / 1000,
             spares=min(infer.contexts, 2),
         )
         pool = ContextPool(self.model.engine, self.model.stage, self.model.reference, settings, self.stats)
@@ -316,6 +335,7 @@ class Pipeline:
             error="; ".join([*self.errors, *self.publisher.failed.values()]) or None,
             interrupted=self.interrupted,
             analytics=self.analytics.totals() if self.analytics else {},
+            sizing=self.sizing.as_dict(),
         )
 
 

@@ -68,6 +68,9 @@ class Frame:
     """One decoded frame on its way through the stages.
 
     `decoded_at` and `deadline` are time.monotonic() seconds; `wall_time` is time.time().
+    `latency_bound`: the deadline runs from decode (live sources, paced files) and a late
+    result fails as `deadline`; False for unpaced files, whose deadline the scheduler
+    stamps when the frame enters a batch and which bounds only retries.
     Stages fill `tensor`/`letterbox` (preprocess), `outputs` (infer) and `detections`
     (postprocess); `timings` collects per-stage milliseconds.
     """
@@ -86,6 +89,7 @@ class Frame:
     detections: Detections | None = None
     attempts: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    latency_bound: bool = True
 
 
 @dataclass(frozen=True)

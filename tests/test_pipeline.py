@@ -180,9 +180,20 @@ def test_classes_keep_only_those_labels(tmp_path: Path, odd_clip: Path) -> None:
         assert_detections(record["detections"], expected)
 
 
+def test_an_unpaced_file_never_fails_a_frame_for_its_deadline(tmp_path: Path, odd_clip: Path) -> None:
+    # Unpaced: the deadline starts when a frame enters a batch and bounds only retries, so
+    # even an impossible one fails nothing in a fault-free run.
+    summary, records = run_to_jsonl(tmp_path, {"sources": [{"url": str(odd_clip)}], "deadline_ms": 0.01})
+    frames = frames_of(records, "odd")
+    assert [r["seq"] for r in frames] == list(range(count_frames(odd_clip)))
+    assert all(r["status"] == "ok" for r in frames)
+    assert summary.inference["timeouts"] == summary.inference["abandoned"] == 0
+
+
 def test_impossible_deadline_fails_every_frame_visibly(tmp_path: Path, odd_clip: Path) -> None:
+    # Paced (--realtime): the deadline is a latency promise from decode, which no frame can keep.
     summary, records = run_to_jsonl(
-        tmp_path, {"sources": [{"url": str(odd_clip)}], "deadline_ms": 0.01}
+        tmp_path, {"sources": [{"url": str(odd_clip)}], "deadline_ms": 0.01, "realtime": True}
     )
 
     count = count_frames(odd_clip)
