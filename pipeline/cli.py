@@ -58,6 +58,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", choices=["block", "shed"], help="overload policy for every source")
     parser.add_argument("--transport", choices=["tcp", "udp"], help="RTSP transport for every live source")
     parser.add_argument("--decode", choices=["cpu", "nvdec"], help="nvdec: NVIDIA hardware decoding")
+    parser.add_argument("--device", metavar="cpu|cuda[:N]",
+                        help="where ONNX Runtime infers: cuda[:N] is the CUDA provider on GPU N (needs onnxruntime-gpu)")
     parser.add_argument("--video", type=Path, help="annotated video: a .mp4 file, or a directory for several sources")
     parser.add_argument("--track", action="store_true", default=None,
                         help="give each detection a track id (ByteTrack); zones and lines come from --config")
@@ -134,6 +136,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError("give either --model or --engine, not both")
         put("model.path", str(args.engine))
         put("model.backend", "tensorrt")
+    if args.device:
+        put("model.providers", device_providers(args.device))
     if args.classes:
         put("model.classes", [c.strip() for c in args.classes.split(",") if c.strip()])
     if args.redis is not None:
@@ -150,6 +154,17 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.track:
         put("analytics.tracker", "bytetrack")
     return out
+
+
+def device_providers(device: str) -> list:
+    """--device cpu | cuda | cuda:N as ONNX Runtime providers (the CPU stays as ORT's per-node fallback)."""
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
+        return ["CPUExecutionProvider"]
+    if kind == "cuda" and (not index or index.isdigit()):
+        options = {"device_id": int(index or 0)}
+        return [{"name": "CUDAExecutionProvider", "options": options}, "CPUExecutionProvider"]
+    raise ConfigError(f"--device {device!r}: give cpu, cuda or cuda:N (N the GPU's index)")
 
 
 def config_from_args(args: argparse.Namespace):

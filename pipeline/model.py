@@ -31,7 +31,8 @@ def open_engine(config: ModelConfig) -> Engine:
     from engines.onnxruntime import OnnxRuntimeEngine
 
     threads = 1 if config.intra_op_threads is None else config.intra_op_threads  # api.run sizes it first
-    return OnnxRuntimeEngine(path, providers=list(config.providers), intra_op_threads=threads)
+    providers = [p if isinstance(p, str) else (p.name, dict(p.options)) for p in config.providers]
+    return OnnxRuntimeEngine(path, providers=providers, intra_op_threads=threads)
 
 
 def open_isolated_engine(config: ModelConfig, infer: InferConfig) -> Engine:
@@ -100,7 +101,7 @@ def load_model(
             iou=config.iou,
             classes=config.classes,
         )
-        stage.check = layout_check(output.name, post.layout)
+        stage.check = layout_check(output.name, post.layout, config.conf)
     except ModelError as err:
         engine.close()
         message = str(err)

@@ -124,10 +124,12 @@ def test_three_sources_one_flooding_under_shed_the_others_lose_nothing(rtsp, car
             "max_frames": 40,
             # The test server sends video in bursts of about ten frames: room for a burst.
             "queues": {"size": 16},
-            # One slow context: about 60 frames/s, room for both cameras (25 frames/s)
-            # but far below the unpaced file's decode rate.
+            # One slow context: about 60-90 frames/s even beside a CPU hog, room for both
+            # cameras (25 frames/s each) but far below the unpaced file's decode rate. The
+            # cameras' frames carry deadlines and the file's do not (it is unpaced), so EDF
+            # serves the cameras first, and a full lane downstream holds back only its own source.
             "infer": {"contexts": 1, "max_batch": 1},
-            "faults": {"slow_rate": 1.0, "slow_ms": 15},
+            "faults": {"slow_rate": 1.0, "slow_ms": 8},
         }
     )
     summary = run(config, sinks=[sink])
