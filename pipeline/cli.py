@@ -24,7 +24,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["onnxruntime", "tensorrt"])
     parser.add_argument("--engine", type=Path, help="a serialized TensorRT engine to load (implies --backend tensorrt)")
     parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="TensorRT build precision")
-    parser.add_argument("--layout", choices=["auto", "yolov8", "yolov5", "yolox"])
+    parser.add_argument("--layout", choices=["auto", "yolov8", "yolov5", "yolox", "e2e"])
     parser.add_argument("--labels", type=Path, help="class names, one per line")
     parser.add_argument("--out", type=Path, help="write one JSON line per frame result here")
     parser.add_argument(

@@ -41,7 +41,7 @@ class ModelConfig(StrictModel):
         None, description="TensorRT: the precision to build at; none: the ONNX model's own."
     )
     engine_cache: Path | None = Field(None, description="TensorRT engine cache (default ~/.cache/vidpipe/engines).")
-    layout: Literal["auto", "yolov8", "yolov5", "yolox"] = "auto"
+    layout: Literal["auto", "yolov8", "yolov5", "yolox", "e2e"] = "auto"
     labels: Path | None = Field(None, description="Class names, one per line.")
     conf: float = Field(0.25, ge=0.0, le=1.0)
     iou: float = Field(0.45, ge=0.0, le=1.0)

@@ -14,8 +14,8 @@ from pipeline.config import FaultConfig, InferConfig, ModelConfig
 from pipeline.default_model import DEFAULT_MODEL
 from stages.infer import InferStage
 from stages.labels import load_names
-from stages.postprocess import Postprocess, class_count, detect_layout
-
+from stages.layouts import AmbiguousLayout, detect_head
+from stages.postprocess import Postprocess
 
 
 def open_engine(config: ModelConfig) -> Engine:
@@ -74,22 +74,24 @@ def load_model(config: ModelConfig, faults: FaultConfig | None = None, infer: In
     try:
         stage = InferStage(engine)
         output = engine.outputs[0]
-        layout = detect_layout(output.shape, stage.input_size) if config.layout == "auto" else config.layout
-        names = load_names(engine.metadata, config.labels, class_count(output.shape, layout))
+        try:
+            # From the shape first: one that declares an absurd class count is refused unrun.
+            head = detect_head(output.shape, stage.input_size, config.layout, engine.metadata)
+            reference = reference_outputs(engine, stage)
+        except AmbiguousLayout:  # the shape fits two layouts: the values of a real output can tell
+            reference = reference_outputs(engine, stage)
+            sample = np.asarray(reference[output.name])[0]
+            head = detect_head(output.shape, stage.input_size, "auto", engine.metadata, sample)
+        names = load_names(engine.metadata, config.labels, head.num_classes)
         post = Postprocess(
             output.shape,
             stage.input_size,
             names,
-            layout=layout,
+            layout=head,
             conf=config.conf,
             iou=config.iou,
             classes=config.classes,
         )
-        reference = reference_outputs(engine, stage)
-    except ModelError as err:
-        engine.close()
-        message = str(err)
-        raise ModelError(message if message.startswith("model ") else f"model {engine.name}: {message}") from None
     except ModelError as err:
         engine.close()
         message = str(err)
