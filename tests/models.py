@@ -58,7 +58,8 @@ def build_yolov5_model(
         candidates[row, :4] = _cxcywh(xyxy)
         candidates[row, 4] = root
         candidates[row, 5 + class_id] = root
-        candidates[row, 5 + (class_id + 1) % num_classes] = root / 2
+        if num_classes > 1:
+            candidates[row, 5 + (class_id + 1) % num_classes] = root / 2
     return _save_model(path, candidates, input_size, names=names)
 
 
@@ -87,7 +88,8 @@ def build_yolox_model(
                                math.log(h / stride))  # fmt: skip
         candidates[row, 4] = root
         candidates[row, 5 + class_id] = root
-        candidates[row, 5 + (class_id + 1) % num_classes] = root / 2
+        if num_classes > 1:
+            candidates[row, 5 + (class_id + 1) % num_classes] = root / 2
     return _save_model(path, candidates, input_size, names=names)
 
 
@@ -142,10 +144,36 @@ def build_ultralytics_model(
 
 
 def build_output_model(
-    path: Path, candidates: np.ndarray, input_size: tuple[int, int] = (320, 320)
+    path: Path, candidates: np.ndarray, probe: np.ndarray, input_size: tuple[int, int] = (320, 320)
 ) -> Path:
-    """A model whose output is `candidates` (one frame's, without the batch dim) as given."""
-    return _save_model(path, candidates, input_size)
+    """A model whose output (one frame's, without the batch dim) is `candidates` on a frame whose
+    top-left pixel is grey (the letterbox padding of a wide video) and `probe` otherwise, as on
+    the random start-up probe: a model that goes wrong on some inputs only."""
+    width, height = input_size
+    nodes = [
+        helper.make_node("Slice", ["images", "r_start", "r_end"], ["red"]),
+        helper.make_node("Slice", ["images", "g_start", "g_end"], ["green"]),
+        helper.make_node("Equal", ["red", "green"], ["grey_b111"]),
+        helper.make_node("Squeeze", ["grey_b111", "last_axis"], ["grey_b11"]),
+        helper.make_node("Where", ["grey_b11", "candidates", "probe"], ["output0"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([0, 0, 0, 0], np.int64), "r_start"),
+        numpy_helper.from_array(np.array([2**31, 1, 1, 1], np.int64), "r_end"),
+        numpy_helper.from_array(np.array([0, 1, 0, 0], np.int64), "g_start"),
+        numpy_helper.from_array(np.array([2**31, 2, 1, 1], np.int64), "g_end"),
+        numpy_helper.from_array(np.array([3], np.int64), "last_axis"),
+        numpy_helper.from_array(candidates[None].astype(np.float32), "candidates"),
+        numpy_helper.from_array(probe[None].astype(np.float32), "probe"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "grey-switch",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, height, width])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", *candidates.shape])],
+        initializer=initializers,
+    )
+    return _write(path, graph, {})
 
 
 def build_fixed_batch_model(
@@ -235,7 +263,8 @@ def _yolov8_candidates(
     for column, (class_id, score, *xyxy) in zip(_spread(len(boxes)), boxes):
         candidates[:4, column] = _cxcywh(xyxy)
         candidates[4 + class_id, column] = score
-        candidates[4 + (class_id + 1) % num_classes, column] = score / 2  # a runner-up class
+        if num_classes > 1:
+            candidates[4 + (class_id + 1) % num_classes, column] = score / 2  # a runner-up class
     return candidates
 
 
