@@ -160,7 +160,8 @@ class Postprocess:
                 "id (or check --layout)"
             )
         xyxy = rows[:, :4].astype(np.float64)
-        return np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1), rows[:, 4], class_id.astype(np.int32)
+        xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+        return xywh, rows[:, 4], class_id.astype(np.int32)
 
 
 def _checked_scores(scores: np.ndarray, what: str) -> np.ndarray:
