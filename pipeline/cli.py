@@ -28,7 +28,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["onnxruntime", "tensorrt"])
     parser.add_argument("--engine", type=Path, help="a serialized TensorRT engine to load (implies --backend tensorrt)")
     parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="TensorRT build precision")
-    parser.add_argument("--layout", choices=["auto", "yolov8", "yolov5", "yolox"])
+    parser.add_argument("--layout", choices=["auto", "yolov8", "yolov5", "yolox", "e2e"])
     parser.add_argument("--imgsz", type=int, help="square input size for a model with dynamic height and width "
                         "(default: a rectangle fitting the video)")
     parser.add_argument("--labels", type=Path, help="class names, one per line")

@@ -48,7 +48,7 @@ class ModelConfig(StrictModel):
         None, description="TensorRT: the precision to build at; none: the ONNX model's own."
     )
     engine_cache: Path | None = Field(None, description="TensorRT engine cache (default ~/.cache/vidpipe/engines).")
-    layout: Literal["auto", "yolov8", "yolov5", "yolox"] = "auto"
+    layout: Literal["auto", "yolov8", "yolov5", "yolox", "e2e"] = "auto"
     imgsz: int | None = Field(
         None,
         ge=32,

@@ -15,8 +15,9 @@ from pipeline.config import FaultConfig, InferConfig, ModelConfig
 from pipeline.default_model import DEFAULT_MODEL
 from stages.infer import InferStage
 from stages.labels import load_names
+from stages.layouts import detect_head
 from stages.output_check import layout_check
-from stages.postprocess import Postprocess, class_count, detect_layout
+from stages.postprocess import Postprocess
 from stages.preprocess import STRIDE, run_input_size
 
 DEFAULT_IMGSZ = 640  # Ultralytics' default export size, for a dynamic model that does not say
@@ -90,18 +91,20 @@ def load_model(
         output = engine.outputs[0]
         # The probe's output has the real shape: a dynamic model's anchor count follows its input size.
         shape = (output.shape[0], *reference[output.name].shape[1:])
-        layout = detect_layout(shape, stage.input_size) if config.layout == "auto" else config.layout
-        names = load_names(engine.metadata, config.labels, class_count(shape, layout))
+        # Where the shape fits two layouts, the values of this real output tell them apart.
+        sample = np.asarray(reference[output.name])[0]
+        head = detect_head(shape, stage.input_size, config.layout, engine.metadata, sample)
+        names = load_names(engine.metadata, config.labels, head.num_classes)
         post = Postprocess(
             shape,
             stage.input_size,
             names,
-            layout=layout,
+            layout=head,
             conf=config.conf,
             iou=config.iou,
             classes=config.classes,
         )
-        stage.check = layout_check(output.name, post.layout, config.conf)
+        stage.check = layout_check(output.name, head, config.conf)
     except ModelError as err:
         engine.close()
         message = str(err)

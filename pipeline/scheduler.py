@@ -180,6 +180,7 @@ class InferScheduler:
     def _run(self, slot: Slot, frames: list[Frame]) -> Slot:
         failed_at: float | None = None
         last_error: str | None = None
+        corrupt_before = False
         attempts = 0
         while True:
             frames = self._out_of_time(frames, attempts, last_error)
@@ -196,10 +197,11 @@ class InferScheduler:
             shape = self.stage.shape_for(len(frames), self.pool.shapes)
             start = time.monotonic()
             try:
-                outputs = self._attempt(slot, frames, shape)
+                outputs = self._attempt(slot, frames, shape, trust=corrupt_before and slot.fresh)
             except InferenceError as err:
                 failed_at = failed_at or time.monotonic()
                 last_error = str(err)
+                corrupt_before = corrupt_before or isinstance(err, CorruptOutput)
                 slot = self._recover(slot, frames, err)
                 if attempts < self.settings.max_attempts:
                     self.stats.add(retries=1)
@@ -213,12 +215,17 @@ class InferScheduler:
             self._succeeded(slot, frames, shape, took, failed_at, outputs)
             return slot
 
-    def _attempt(self, slot: Slot, frames: list[Frame], shape: int) -> dict:
-        """One call at batch `shape`, its outputs checked before anything trusts them."""
+    def _attempt(self, slot: Slot, frames: list[Frame], shape: int, trust: bool) -> dict:
+        """One call at batch `shape`, its outputs checked before anything trusts them.
+
+        Outputs that fail the check are the context's fault (CorruptOutput: replaced and
+        retried) unless a fresh context, which passed its warm-up, gives failing outputs for
+        the same frames again (`trust`): then they are the model's answer to those frames,
+        and postprocess fails just the frames whose values are not detections."""
         inputs = self.stage.inputs(frames, slot.context, shape)
         outputs = slot.call(inputs, self.times.hang_timeout(shape), self.settings.call_grace_s)
         problem = self.stage.output_problem(outputs, len(frames))
-        if problem:
+        if problem and not trust:
             raise CorruptOutput(f"context returned outputs that cannot be right: {problem}")
         return outputs
 
