@@ -318,13 +318,16 @@ class Pipeline:
 
 
 def _describe_damage(decoder: VideoDecoder | LiveSource, event: SourceEvent) -> str:
-    if event.details.get("error") == "truncated":
-        return (
-            f"{decoder.url}: truncated: the file holds {event.details['packets']} of its "
-            f"{event.details['declared']} frames; all that could be read were processed; "
-            "re-copy or re-encode the file"
-        )
-    return f"{decoder.url}: damaged ({event.details.get('error')}); frames up to the damage were processed"
+    details = event.details
+    if details.get("error") == "truncated":
+        if "declared" in details:
+            held = f"holds {details['packets']} of its {details['declared']} frames"
+        elif "declared_s" in details:
+            held = f"holds {details['read_s']:g} s of its {details['declared_s']:g} s"
+        else:
+            held = "ends inside a frame"
+        return f"{decoder.url}: truncated: the file {held}; all that could be read were processed; re-copy or re-encode the file"
+    return f"{decoder.url}: damaged ({details.get('error')}); frames up to the damage were processed"
 
 
 class _signals_stop:
