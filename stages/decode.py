@@ -32,6 +32,10 @@ class StreamInfo:
     codec: str
 
 
+class NoVideo(SourceError):
+    """A live source that gave no video in time: opening timed out, or the probe found no frame."""
+
+
 def _open_error(url: str, err: Exception) -> SourceError:
     if isinstance(err, FileNotFoundError) or (isinstance(err, av.error.FileNotFoundError)):
         return SourceError(f"{url}: no such file; check the path")
@@ -82,6 +86,8 @@ class VideoDecoder:
             self._container = av.open(url, options=options or {}, timeout=timeout, hwaccel=_hwaccel(hwaccel))
         except SourceError:
             raise
+        except av.error.ExitError:  # the timeout's interrupt: nothing usable arrived in time
+            raise NoVideo(f"{url}: no video in time") from None
         except Exception as err:  # PyAV raises many error types; all mean "cannot open"
             if hwaccel != "cpu" and Path(url).exists():
                 raise SourceError(
@@ -107,6 +113,8 @@ class VideoDecoder:
         )
         if not ctx.width or not ctx.height:
             self._container.close()
+            if stall_s:
+                raise NoVideo(f"{url}: the stream sent no video frame")
             raise SourceError(f"{url}: video stream has no frame size; the file is damaged")
 
     def __iter__(self) -> Iterator[Frame | SourceEvent]:
