@@ -146,25 +146,24 @@ class VideoDecoder:
                 self.errors += 1
                 yield self._event("decode_error", error=f"demux failed: {err}", fatal=True)
                 return
+            if packet.stream is self._stream and packet.size:  # not the empty end-of-stream packet
+                self._keep(packet)
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError as err:
+                    self.errors += 1
+                    self._failed += 1
+                    # With frame threading FFmpeg reports an error a few packets late: approximate.
+                    time_s = float(packet.pts * packet.time_base) if packet.pts is not None else None
+                    yield self._event("decode_error", error=str(err), packet_time_s=time_s)
+                    decoded = []
+                for av_frame in decoded:
+                    last_frame = time.monotonic()
+                    yield self._frame(av_frame)
             if self.stall_s and time.monotonic() - last_frame > self.stall_s:
                 yield from self._drain()
                 yield self._event("decode_error", error=f"stalled: no frame for {self.stall_s:g} s", fatal=True)
                 return
-            if packet.stream is not self._stream or not packet.size:
-                continue  # the demuxer's empty end-of-stream packet: _drain below flushes
-            self._keep(packet)
-            try:
-                decoded = packet.decode()
-            except av.error.FFmpegError as err:
-                self.errors += 1
-                self._failed += 1
-                # With frame threading FFmpeg reports an error a few packets late: approximate.
-                time_s = float(packet.pts * packet.time_base) if packet.pts is not None else None
-                yield self._event("decode_error", error=str(err), packet_time_s=time_s)
-                continue
-            for av_frame in decoded:
-                last_frame = time.monotonic()
-                yield self._frame(av_frame)
         if self._stopped:
             return
         yield from self._drain()

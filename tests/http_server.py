@@ -1,7 +1,8 @@
 """A real HTTP camera on loopback: multipart MJPEG (what most IP cameras serve), in a thread.
 
 `/cam.mjpg?frames=N&then=hang|close` sends N JPEG frames at `fps`, then either keeps the
-connection open and silent (a hung camera) or closes it. `/stream.ts?then=hang` sends the
+connection open and silent (a hung camera) or closes it; with `once=1` later connections
+to it get no frames (a camera that stays down). `/stream.ts?then=hang` sends the
 bytes of `ts` (an H.264 MPEG-TS clip) in small timed chunks, the same way. `/novideo`
 answers with the MJPEG headers and never sends a frame (a camera that connects but
 streams nothing).
@@ -34,6 +35,7 @@ class MjpegCamera:
         self.ts = ts
         self.released = threading.Event()  # ends the silent waits at shutdown
         self.connections = 0
+        self.served: set[str] = set()
         camera = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,7 +54,9 @@ class MjpegCamera:
                     return
                 self.send_header("Content-Type", f"multipart/x-mixed-replace;boundary={BOUNDARY}")
                 self.end_headers()
-                if url.path == "/novideo":
+                first = self.path not in camera.served
+                camera.served.add(self.path)
+                if url.path == "/novideo" or (query.get("once") and not first):
                     camera.released.wait()
                     return
                 try:
