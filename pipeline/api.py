@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 from contextlib import ExitStack
 from dataclasses import replace
@@ -105,6 +106,10 @@ def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[
         from pipeline.sinks.redis import RedisSink
 
         sinks.append(RedisSink(config.outputs.redis, run_id))
+    if config.outputs.mqtt:
+        from pipeline.sinks.mqtt import MqttSink
+
+        sinks.append(MqttSink(config.outputs.mqtt, list(sources), run_id))
     return sinks
 
 
@@ -128,6 +133,8 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
     console = Console(file=sys.stdout)
     run_id = uuid.uuid4().hex[:12]
     hooks = replace(hooks) if hooks else RunHooks()
+    started, first_result = time.monotonic(), []
+    hooks.on_result = _chain(hooks.on_result, lambda _: first_result or first_result.append(time.monotonic()))
     configs = source_configs(config)
     names = unique_names(configs)
     with ExitStack() as stack:
@@ -137,7 +144,8 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
             stack.callback(source.decoder.close)
         if metrics:
             metrics.sources_opened()
-        model = load_model(config.model, config.faults, config.infer)
+        sizes = [(s.decoder.info.width, s.decoder.info.height) for s in decoders]
+        model = load_model(config.model, config.faults, config.infer, source_sizes=sizes)
         stack.callback(model.engine.close)
         # Outputs open last: a run rejected for its input never truncates an earlier --out file.
         all_sinks = open_sinks(config, run_id, {n: c.url for n, c in zip(names, configs)}) + list(sinks or [])
@@ -159,6 +167,7 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
             metrics.attach(pipeline)
         summary = pipeline.run()
         summary.inference["backend"] = config.model.backend
+        summary.first_result_s = first_result[0] - started if first_result else None
         for sink in all_sinks:
             sink.write_summary(summary)
     if show:

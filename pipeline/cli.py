@@ -25,6 +25,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", type=Path, help="a serialized TensorRT engine to load (implies --backend tensorrt)")
     parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="TensorRT build precision")
     parser.add_argument("--layout", choices=["auto", "yolov8", "yolov5", "yolox"])
+    parser.add_argument("--imgsz", type=int, help="square input size for a model with dynamic height and width "
+                        "(default: a rectangle fitting the video)")
     parser.add_argument("--labels", type=Path, help="class names, one per line")
     parser.add_argument("--out", type=Path, help="write one JSON line per frame result here")
     parser.add_argument(
@@ -53,6 +55,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=["tcp", "udp"], help="RTSP transport for every live source")
     parser.add_argument("--decode", choices=["cpu", "nvdec"], help="nvdec: NVIDIA hardware decoding")
     parser.add_argument("--video", type=Path, help="annotated video: a .mp4 file, or a directory for several sources")
+    parser.add_argument("--track", action="store_true", default=None,
+                        help="give each detection a track id (ByteTrack); zones and lines come from --config")
+    parser.add_argument("--mqtt", metavar="URL", help="publish events and counts to MQTT (mqtt://, mqtts://)")
     parser.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on this port (0: any)")
     parser.add_argument("--log-format", choices=["text", "json"], help="json: one JSON object per log line")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
@@ -63,6 +68,7 @@ FLAG_FIELDS = {
     "backend": "model.backend",
     "precision": "model.precision",
     "layout": "model.layout",
+    "imgsz": "model.imgsz",
     "conf": "model.conf",
     "iou": "model.iou",
     "threads": "model.intra_op_threads",
@@ -81,6 +87,7 @@ FLAG_FIELDS = {
     "decode": "decode",
     "metrics_port": "metrics.port",
     "log_format": "log_format",
+    "mqtt": "outputs.mqtt.url",
 }
 # Flags that name a file or directory.
 PATH_FLAGS = {"model": "model.path", "labels": "model.labels", "out": "outputs.jsonl", "video": "outputs.video"}
@@ -136,6 +143,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         put("faults", parse_key_values(args.faults, "--faults"))
     if args.quiet:
         put("progress", False)
+    if args.track:
+        put("analytics.tracker", "bytetrack")
     return out
 
 

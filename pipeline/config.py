@@ -42,6 +42,13 @@ class ModelConfig(StrictModel):
     )
     engine_cache: Path | None = Field(None, description="TensorRT engine cache (default ~/.cache/vidpipe/engines).")
     layout: Literal["auto", "yolov8", "yolov5", "yolox"] = "auto"
+    imgsz: int | None = Field(
+        None,
+        ge=32,
+        le=4096,
+        description="A square model input of this size for a model with dynamic height and width; "
+        "none: the smallest stride-aligned rectangle that fits the sources at the model's nominal size.",
+    )
     labels: Path | None = Field(None, description="Class names, one per line.")
     conf: float = Field(0.25, ge=0.0, le=1.0)
     iou: float = Field(0.45, ge=0.0, le=1.0)
@@ -104,6 +111,18 @@ class RedisConfig(StrictModel):
     pubsub: bool = Field(False, description="Also publish each result on a lossy Pub/Sub channel.")
 
 
+class MqttConfig(StrictModel):
+    """Publishing analytics to an MQTT broker (see pipeline/sinks/mqtt.py)."""
+
+    url: str = Field(description="mqtt://[user:password@]host[:1883], or mqtts:// for TLS (port 8883).")
+    topic_prefix: str = Field("vidpipe", description="Topics are <prefix>/<source>/events, .../counts.")
+    detections: bool = Field(False, description="Also publish every frame's detections (QoS 0).")
+    spool: int = Field(10_000, ge=1, le=60_000, description="Events held while the broker is unreachable; more are dropped and counted.")
+    drain_timeout_s: float = Field(10.0, ge=0.0, description="How long the end of a run waits for the broker.")
+    home_assistant: bool = Field(False, description="Publish Home Assistant MQTT discovery for the counters.")
+    discovery_prefix: str = "homeassistant"
+
+
 class OutputConfig(StrictModel):
     jsonl: Path | None = Field(None, description="One JSON line per frame result, events and the summary.")
     redis: RedisConfig | None = None
@@ -111,6 +130,7 @@ class OutputConfig(StrictModel):
         None,
         description="Annotated video: a .mp4 file (one source) or a directory (<dir>/<source>.mp4).",
     )
+    mqtt: MqttConfig | None = None
 
 
 class MetricsConfig(StrictModel):
@@ -120,6 +140,44 @@ class MetricsConfig(StrictModel):
         le=65535,
         description="Serve /metrics, /healthz and /readyz on this port (0: any free port).",
     )
+
+
+Point = tuple[float, float]
+
+
+class ZoneConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Letters, digits, - and _.")
+    source: str | None = Field(None, description="The source it belongs to; none: every source.")
+    polygon: list[Point] = Field(min_length=3, description="Corners, in source pixels or fractions of the frame.")
+    units: Literal["pixels", "fraction"] = "pixels"
+
+
+class LineConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Letters, digits, - and _.")
+    source: str | None = Field(None, description="The source it belongs to; none: every source.")
+    start: Point
+    end: Point
+    units: Literal["pixels", "fraction"] = "pixels"
+
+
+class AnalyticsConfig(StrictModel):
+    """Tracks, zones and lines (stages/track.py, stages/zones.py)."""
+
+    tracker: Literal["bytetrack"] | None = Field(None, description="bytetrack: give detections track ids (--track).")
+    lost_frames: int = Field(30, ge=1, description="A track not seen for this many frames ends.")
+    zones: list[ZoneConfig] = Field(default_factory=list)
+    lines: list[LineConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _zones_need_tracks(self) -> AnalyticsConfig:
+        if (self.zones or self.lines) and self.tracker is None:
+            raise ValueError("analytics: zones and lines follow tracks; set analytics.tracker: bytetrack (--track)")
+        for kind, items in (("zones", self.zones), ("lines", self.lines)):
+            keys = [(z.source, z.name) for z in items]
+            dupes = sorted({name for source, name in keys if keys.count((source, name)) > 1})
+            if dupes:
+                raise ValueError(f"analytics.{kind}: names must be unique per source, repeated: {', '.join(dupes)}")
+        return self
 
 
 class RunConfig(StrictModel):
@@ -135,6 +193,7 @@ class RunConfig(StrictModel):
     queues: QueueConfig = QueueConfig()
     outputs: OutputConfig = OutputConfig()
     metrics: MetricsConfig = MetricsConfig()
+    analytics: AnalyticsConfig = AnalyticsConfig()
     progress: bool = Field(True, description="Show progress when stdout is a terminal.")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,9 @@ from pipeline.default_model import DEFAULT_MODEL
 from stages.infer import InferStage
 from stages.labels import load_names
 from stages.postprocess import Postprocess, class_count, detect_layout
+from stages.preprocess import STRIDE, run_input_size
 
+DEFAULT_IMGSZ = 640  # Ultralytics' default export size, for a dynamic model that does not say
 
 
 def open_engine(config: ModelConfig) -> Engine:
@@ -68,16 +71,26 @@ def reference_outputs(engine: Engine, stage: InferStage, timeout: float = 60.0) 
         context.close()
 
 
-def load_model(config: ModelConfig, faults: FaultConfig | None = None, infer: InferConfig | None = None) -> Model:
+def load_model(
+    config: ModelConfig,
+    faults: FaultConfig | None = None,
+    infer: InferConfig | None = None,
+    source_sizes: list[tuple[int, int]] | None = None,
+) -> Model:
+    """The engine and its stages. `source_sizes` ((width, height) of each source) choose the
+    rectangle a model with dynamic height and width runs at (stages/preprocess.run_input_size)."""
     isolated = infer is not None and infer.isolation == "process"
     engine = open_isolated_engine(config, infer) if isolated else open_engine(config)
     try:
-        stage = InferStage(engine)
+        stage = InferStage(engine, _wanted_size(engine, config.imgsz, source_sizes or []))
+        reference = reference_outputs(engine, stage)
         output = engine.outputs[0]
-        layout = detect_layout(output.shape, stage.input_size) if config.layout == "auto" else config.layout
-        names = load_names(engine.metadata, config.labels, class_count(output.shape, layout))
+        # The probe's output has the real shape: a dynamic model's anchor count follows its input size.
+        shape = (output.shape[0], *reference[output.name].shape[1:])
+        layout = detect_layout(shape, stage.input_size) if config.layout == "auto" else config.layout
+        names = load_names(engine.metadata, config.labels, class_count(shape, layout))
         post = Postprocess(
-            output.shape,
+            shape,
             stage.input_size,
             names,
             layout=layout,
@@ -85,11 +98,6 @@ def load_model(config: ModelConfig, faults: FaultConfig | None = None, infer: In
             iou=config.iou,
             classes=config.classes,
         )
-        reference = reference_outputs(engine, stage)
-    except ModelError as err:
-        engine.close()
-        message = str(err)
-        raise ModelError(message if message.startswith("model ") else f"model {engine.name}: {message}") from None
     except ModelError as err:
         engine.close()
         message = str(err)
@@ -105,3 +113,26 @@ def load_model(config: ModelConfig, faults: FaultConfig | None = None, infer: In
         else:
             engine = FaultyEngine(engine, plan)
     return Model(engine, stage, post, reference)
+
+
+def _wanted_size(engine: Engine, imgsz: int | None, source_sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """The (width, height) asked of the model: --imgsz as a square, else for a model with dynamic
+    height and width the rectangle fitting the sources at its nominal size (its `imgsz` metadata,
+    as Ultralytics writes it, else 640); None lets a fixed-size model use its own."""
+    shape = engine.inputs[0].shape if engine.inputs else ()
+    fixed = len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int)
+    if fixed:
+        return None if imgsz is None else (imgsz, imgsz)  # InferStage rejects a size the model is not
+    stride = engine.metadata.get("stride", "")
+    stride = int(stride) if stride.isdigit() and int(stride) > 0 else STRIDE
+    if imgsz is not None:
+        return run_input_size([], (imgsz, imgsz), stride, rect=False)
+    return run_input_size(source_sizes, _nominal_size(engine.metadata.get("imgsz")), stride)
+
+
+def _nominal_size(imgsz: str | None) -> tuple[int, int]:
+    """(width, height) from Ultralytics' `imgsz` metadata ("[640, 640]", height first), else 640x640."""
+    numbers = [int(n) for n in re.findall(r"\d+", imgsz or "")]
+    if len(numbers) == 2:
+        return numbers[1], numbers[0]
+    return (numbers[0], numbers[0]) if len(numbers) == 1 else (DEFAULT_IMGSZ, DEFAULT_IMGSZ)

@@ -126,7 +126,9 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
     failed = ", ".join(f"{r} {n}" for r, n in sorted(summary.failed.items())) or "none"
     lines = [
         f"frames {summary.frames}  ok {summary.ok}  failed: {failed}",
-        f"{summary.fps:.1f} fps over {summary.elapsed_s:.1f} s  latency p50 {_ms(summary.latency_p50_ms)}  p99 {_ms(summary.latency_p99_ms)}",
+        f"{summary.fps:.1f} fps ok ({summary.processed_fps:.1f} processed) over {summary.elapsed_s:.1f} s  "
+        f"first result after {_s(summary.first_result_s)}  "
+        f"latency p50 {_ms(summary.latency_p50_ms)}  p99 {_ms(summary.latency_p99_ms)}",
         f"retries {inf.get('retries', 0)}  rebuilds {inf.get('rebuilds', 0)} (p50 {_ms(inf.get('rebuild_ms_p50'))}, "
         f"p99 {_ms(inf.get('rebuild_ms_p99'))})  recovery p50 {_ms(inf.get('recovery_ms_p50'))} "
         f"p99 {_ms(inf.get('recovery_ms_p99'))}  abandoned {inf.get('abandoned', 0)}  "
@@ -147,3 +149,7 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"

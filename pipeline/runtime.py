@@ -75,7 +75,8 @@ class Pipeline:
         self.post_q = FrameQueue(size, "postprocess")
         self.results_q: BoundedQueue[Result | SourceEvent] = BoundedQueue(4 * size + 64, "publish")
         self.ledger = Ledger([s.name for s in sources])
-        self.publisher = Publisher(sinks, self.ledger, self.hooks.on_result)
+        self.analytics = _analytics(config, sources)
+        self.publisher = Publisher(sinks, self.ledger, self.hooks.on_result, self.analytics)
         self.stats = InferStats()
         self.preprocess = Preprocess(model.input_size)
         self._stopping = threading.Event()
@@ -334,7 +335,18 @@ class Pipeline:
             events={k: v for k, v in self.publisher.event_counts.items() if k != "source_end"},
             error="; ".join([*self.errors, *self.publisher.failed.values()]) or None,
             interrupted=self.interrupted,
+            analytics=self.analytics.totals() if self.analytics else {},
         )
+
+
+def _analytics(config: RunConfig, sources: list[Source]):
+    """Tracks, zones and lines when the config asks for them (stages/analytics.py)."""
+    if config.analytics.tracker is None:
+        return None
+    from stages.analytics import Analytics
+
+    sizes = {s.name: (s.decoder.info.width, s.decoder.info.height) for s in sources}
+    return Analytics(config.analytics, sizes)
 
 
 class _PacingClock:

@@ -38,12 +38,17 @@ class Letterbox:
 
 @dataclass(frozen=True)
 class Detections:
-    """Boxes in source pixels: xyxy (N, 4) float32, score (N,) float32, class_id (N,) int32."""
+    """Boxes in source pixels: xyxy (N, 4) float32, score (N,) float32, class_id (N,) int32.
+
+    `track_id` (N,) int64 when tracking is on (stages/track.py): stable per object within
+    a source, -1 for a detection no track took.
+    """
 
     xyxy: np.ndarray
     score: np.ndarray
     class_id: np.ndarray
     labels: tuple[str, ...]
+    track_id: np.ndarray | None = None
 
     @classmethod
     def empty(cls) -> Detections:
@@ -98,6 +103,8 @@ class Result:
     timings: dict[str, float]
     latency_ms: float
     wall_time: float
+    # Zone occupancy and line totals after this frame (stages/analytics.py); None without zones/lines.
+    analytics: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import av
 from av.codec.hwaccel import HWAccel, hwdevices_available
+from av.video.reformatter import VideoReformatter
 import numpy as np
 
 from pipeline.types import Frame, SourceEvent
@@ -72,6 +73,7 @@ class VideoDecoder:
         self.errors = 0
         self.stall_s = stall_s
         self._stopped = False
+        self._reformatter = VideoReformatter()  # one swscale context for the source's frames
         self._packets = 0  # video packets with data sent to the decoder
         self._emitted = 0  # frames yielded
         self._failed = 0  # packets the decoder rejected with an error
@@ -262,7 +264,7 @@ class VideoDecoder:
         # detection runs on the picture as displayed and boxes are in displayed pixels.
         turns = round(av_frame.rotation / 90) % 4  # counterclockwise quarter turns
         fit_to = self.fit_to[::-1] if turns % 2 and self.fit_to else self.fit_to
-        image = to_rgb(av_frame, fit_to)
+        image = to_rgb(av_frame, fit_to, self._reformatter)
         if turns:
             image = np.ascontiguousarray(np.rot90(image, turns))
         source_size = (av_frame.height, av_frame.width) if turns % 2 else (av_frame.width, av_frame.height)
@@ -302,13 +304,24 @@ def _hwaccel(kind: str) -> HWAccel | None:
     return HWAccel(device_type="cuda", allow_software_fallback=False)
 
 
-def to_rgb(av_frame: av.VideoFrame, fit_to: tuple[int, int] | None) -> np.ndarray:
-    """RGB uint8, downscaled (never upscaled) to fit `fit_to` before colour conversion."""
+def to_rgb(
+    av_frame: av.VideoFrame, fit_to: tuple[int, int] | None, reformatter: VideoReformatter | None = None
+) -> np.ndarray:
+    """RGB uint8 (H, W, 3), downscaled (never upscaled) to fit `fit_to` before colour conversion.
+
+    Pass the source's own `reformatter`: it keeps one swscale context across frames of the
+    same size and format. `VideoFrame.to_ndarray(width=...)` builds a new one for every
+    frame, which cost more than the scaling itself (1.2 against 2.8 ms a frame on the car
+    clip), and made conversion, on the single decode thread, the pipeline's bottleneck.
+    """
+    reformatter = reformatter or VideoReformatter()
+    width, height = av_frame.width, av_frame.height
     if fit_to is not None:
         w, h = fit_size((av_frame.width, av_frame.height), fit_to)
         if w < av_frame.width:
-            return av_frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA")
-    return av_frame.to_ndarray(format="rgb24")
+            width, height = w, h
+    rgb = reformatter.reformat(av_frame, width=width, height=height, format="rgb24", interpolation="AREA")
+    return rgb.to_ndarray()
 
 
 def iter_images(path: Path, max_frames: int | None = None) -> Iterator[np.ndarray]:

@@ -6,11 +6,12 @@ business (pipeline/scheduler.py); this module only knows the model's tensors.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
 
-from engines.base import Context, Engine
+from engines.base import Context, Engine, TensorSpec
 from engines.errors import ModelError
 from pipeline.types import Frame
 from stages.preprocess import stack
@@ -20,7 +21,14 @@ InputBuffer = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
 
 
 class InferStage:
-    def __init__(self, engine: Engine) -> None:
+    """The model's one image input, [batch, 3, height, width] float32.
+
+    `input_size` (width, height) is the size a model with dynamic height and width runs at
+    (see stages/preprocess.run_input_size); a model with a fixed size runs at its own, and
+    a different `input_size` is a ModelError.
+    """
+
+    def __init__(self, engine: Engine, input_size: tuple[int, int] | None = None) -> None:
         if len(engine.inputs) != 1:
             names = ", ".join(i.name for i in engine.inputs)
             raise ModelError(
@@ -29,10 +37,10 @@ class InferStage:
             )
         spec = engine.inputs[0]
         shape = spec.shape
-        if len(shape) != 4 or shape[1] != 3 or not all(isinstance(d, int) for d in shape[2:]):
+        if len(shape) != 4 or shape[1] != 3:
             raise ModelError(
                 f"model {engine.name}: input '{spec.name}' has shape {list(shape)}, not an image "
-                "tensor [batch, 3, height, width] with a fixed size; export the model with a fixed imgsz"
+                "tensor [batch, 3, height, width]"
             )
         if spec.dtype != np.float32:
             raise ModelError(
@@ -42,8 +50,9 @@ class InferStage:
         if not engine.outputs:
             raise ModelError(f"model {engine.name}: has no outputs")
         self.input_name = spec.name
-        self.input_size = (int(shape[3]), int(shape[2]))  # (width, height)
+        self.input_size = _input_size(engine.name, spec, input_size)  # (width, height)
         self.fixed_batch = spec.batch_dim if not isinstance(shape[0], str) else None
+        self._buffers = threading.local()
 
     def max_batch(self, wanted: int) -> int:
         return min(wanted, self.fixed_batch) if self.fixed_batch else wanted
@@ -53,10 +62,22 @@ class InferStage:
         (an optional `input_buffer(name, shape, dtype)` method, e.g. shared memory)."""
         into: InputBuffer | None = getattr(context, "input_buffer", None)
         if into is None:
-            return {self.input_name: stack(frames, self.fixed_batch)}
+            return {self.input_name: stack(frames, self.fixed_batch, out=self._buffer(len(frames)))}
         w, h = self.input_size
         buffer = into(self.input_name, (self.fixed_batch or len(frames), 3, h, w), np.dtype(np.float32))
         return {self.input_name: stack(frames, self.fixed_batch, out=buffer)}
+
+    def _buffer(self, count: int) -> np.ndarray:
+        """This thread's float32 batch buffer, grown to the largest batch it has seen.
+
+        One per scheduler worker thread: a context's call has returned (or been given up,
+        its outputs unused) before its thread stacks the next batch into the same memory."""
+        w, h = self.input_size
+        count = self.fixed_batch or count
+        buffer: np.ndarray | None = getattr(self._buffers, "array", None)
+        if buffer is None or len(buffer) < count:
+            buffer = self._buffers.array = np.empty((count, 3, h, w), np.float32)
+        return buffer[:count]
 
     def probe_inputs(self) -> dict[str, np.ndarray]:
         """A fixed input whose outputs, recorded at start-up, tell a healthy context."""
@@ -68,3 +89,24 @@ class InferStage:
     def split(frames: list[Frame], outputs: dict[str, np.ndarray]) -> None:
         for i, frame in enumerate(frames):
             frame.outputs = {name: value[i] for name, value in outputs.items()}
+
+
+def _input_size(model: str, spec: TensorSpec, wanted: tuple[int, int] | None) -> tuple[int, int]:
+    """(width, height): the model's fixed size, or `wanted` when height and width are dynamic."""
+    height, width = spec.shape[2:]
+    fixed = isinstance(height, int) and isinstance(width, int)
+    if fixed and wanted is not None and wanted != (width, height):
+        raise ModelError(
+            f"model {model}: input '{spec.name}' is fixed at {width}x{height}, not {wanted[0]}x{wanted[1]}; "
+            "drop --imgsz, or export the model with dynamic=True"
+        )
+    if fixed:
+        return int(width), int(height)
+    if isinstance(height, int) or isinstance(width, int):
+        raise ModelError(
+            f"model {model}: input '{spec.name}' has shape {list(spec.shape)}: only one of height and "
+            "width is dynamic; export the model with a fixed imgsz or with dynamic=True"
+        )
+    if wanted is None:
+        raise ModelError(f"model {model}: input '{spec.name}' has a dynamic height and width; give --imgsz")
+    return wanted

@@ -182,3 +182,43 @@ def _spread(count: int) -> range:
 def _cxcywh(xyxy: list[float]) -> tuple[float, float, float, float]:
     x1, y1, x2, y2 = xyxy
     return (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+
+
+def build_dynamic_yolov8_model(
+    path: Path, boxes: list[Box] = CANDIDATES, num_classes: int = 80, imgsz: int = 320
+) -> Path:
+    """A YOLOv8-layout model exported as `dynamic=True` does: images [batch, 3, height, width],
+    output [batch, 4+C, anchors], anchors = the grid cells of strides 8, 16 and 32 for the
+    input it is given (H * W * 21 / 1024). Its candidates sit in the first columns, in
+    model-input pixels, whatever the size; `imgsz` metadata as Ultralytics writes it."""
+    most = _yolov8_candidates(boxes, num_classes, (640, 640))  # inputs up to 640x640
+    nodes = [
+        helper.make_node("Shape", ["images"], ["shape"]),
+        helper.make_node("Gather", ["shape", "hw_index"], ["hw"], axis=0),
+        helper.make_node("ReduceProd", ["hw"], ["pixels"], keepdims=1),
+        helper.make_node("Mul", ["pixels", "cells_per_1024"], ["cells_x1024"]),
+        helper.make_node("Div", ["cells_x1024", "k1024"], ["anchors"]),
+        helper.make_node("Slice", ["candidates", "zero_start", "anchors", "axis_two"], ["sliced"]),
+        helper.make_node("ReduceMean", ["images"], ["mean"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Unsqueeze", ["mean", "unsqueeze_axes"], ["mean_b11"]),
+        helper.make_node("Mul", ["mean_b11", "zero"], ["zeros_b11"]),
+        helper.make_node("Add", ["zeros_b11", "sliced"], ["output0"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([2, 3], np.int64), "hw_index"),
+        numpy_helper.from_array(np.array([21], np.int64), "cells_per_1024"),
+        numpy_helper.from_array(np.array([1024], np.int64), "k1024"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero_start"),
+        numpy_helper.from_array(np.array([2], np.int64), "axis_two"),
+        numpy_helper.from_array(np.array([1, 2], np.int64), "unsqueeze_axes"),
+        numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+        numpy_helper.from_array(most[None], "candidates"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "yolo-dynamic",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 4 + num_classes, "anchors"])],
+        initializer=initializers,
+    )
+    return _write(path, graph, {"imgsz": str([imgsz, imgsz]), "stride": "32"})

@@ -182,7 +182,7 @@ def test_classes_keep_only_those_labels(tmp_path: Path, odd_clip: Path) -> None:
 
 def test_impossible_deadline_fails_every_frame_visibly(tmp_path: Path, odd_clip: Path) -> None:
     summary, records = run_to_jsonl(
-        tmp_path, {"sources": [{"url": str(odd_clip)}], "deadline_ms": 1}
+        tmp_path, {"sources": [{"url": str(odd_clip)}], "deadline_ms": 0.01}
     )
 
     count = count_frames(odd_clip)
