@@ -20,14 +20,27 @@ from pipeline.runtime import Pipeline, RunHooks, Source
 from pipeline.sinks import Sink
 from pipeline.summary import RunSummary
 from stages.decode import VideoDecoder, source_name
+from stages.errors import SourceError
 from stages.live import LiveSource
 
 if TYPE_CHECKING:
     from pipeline.metrics import RunMetrics
 
 
+# Every network scheme FFmpeg reads video from: each is a live source, with timeouts,
+# a stall watchdog and reconnects (an HTTP camera can hang like an RTSP one).
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
+
+
+def url_scheme(url: str) -> str | None:
+    """The URL's scheme in lower case, or None for a plain path."""
+    if "://" not in url:
+        return None
+    return url.split("://", 1)[0].lower()
+
+
 def is_live(url: str) -> bool:
-    return url.startswith(("rtsp://", "rtsps://", "rtmp://", "udp://", "tcp://", "srt://"))
+    return url_scheme(url) in LIVE_SCHEMES
 
 
 def source_configs(config: RunConfig) -> list[SourceConfig]:
@@ -50,6 +63,12 @@ def open_source(config: RunConfig, src: SourceConfig, name: str) -> Source:
     """Open one source now, so a bad path or an unreachable camera fails before the run."""
     deadline_s = config.deadline_ms / 1000
     live = is_live(src.url)
+    scheme = url_scheme(src.url)
+    if scheme is not None and not live and scheme != "file":
+        raise SourceError(
+            f"source {name}: unsupported URL scheme {scheme}://; pass a file path or an "
+            + ", ".join(f"{s}://" for s in LIVE_SCHEMES) + " URL"
+        )
     if live:
         decoder: VideoDecoder | LiveSource = LiveSource(
             name,

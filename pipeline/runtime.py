@@ -163,10 +163,22 @@ class Pipeline:
             self._threads.setdefault(group, []).append(thread)
 
     def _read(self, source: Source) -> None:
+        """Read one source to its end, pacing a --realtime file and stopping at --duration.
+
+        --duration is seconds of video for a file (like --max-frames, whatever the speed)
+        and wall-clock seconds for a live source, enforced by a timer so that it also ends
+        a source that is reconnecting or stalled.
+        """
         decoder = source.decoder
-        started = time.monotonic()
-        first_pts: float | None = None
+        live = isinstance(decoder, LiveSource)
+        clock = _PacingClock(decoder.info.fps)
         end_reason = "end_of_stream"
+        expired = threading.Event()
+        timer = None
+        if live and source.duration_s is not None:
+            timer = threading.Timer(source.duration_s, lambda: (expired.set(), decoder.stop()))
+            timer.daemon = True
+            timer.start()
         try:
             for item in decoder:
                 if isinstance(item, SourceEvent):
@@ -174,9 +186,14 @@ class Pipeline:
                     if item.details.get("fatal"):
                         self.errors.append(_describe_damage(decoder, item))
                     continue
-                if source.realtime and item.pts is not None:
-                    first_pts = item.pts if first_pts is None else first_pts
-                    waited = max(0.0, started + item.pts - first_pts - time.monotonic())
+                video_s, jump = clock.position(item.pts) if not live else (0.0, None)
+                if not live and source.duration_s is not None and video_s >= source.duration_s:
+                    end_reason = "duration"
+                    break
+                if jump is not None:
+                    self.results_q.put(SourceEvent(source.name, "timestamp_jump", item.seq - 1, time.time(), jump))
+                if source.realtime:
+                    waited = clock.wait_s()
                     self._stopping.wait(waited)
                     # A paced frame enters the pipeline now: its latency and deadline start here.
                     item.decoded_at += waited
@@ -188,13 +205,16 @@ class Pipeline:
                 if source.max_frames is not None and decoder.seq >= source.max_frames:
                     end_reason = "max_frames"
                     break
-                if source.duration_s is not None and time.monotonic() - started >= source.duration_s:
-                    end_reason = "duration"
-                    break
         except Exception as err:  # a decoder bug must not lose the frames already decoded
             log.exception("source %s failed", source.name)
             self.errors.append(f"{source.name}: reading failed: {err}")
         finally:
+            if timer is not None:
+                timer.cancel()
+            if expired.is_set() and not self._stopping.is_set():
+                end_reason = "duration"
+            elif self._stopping.is_set() and end_reason == "end_of_stream":
+                end_reason = "stopped"
             decoder.close()
             self.results_q.put(
                 SourceEvent(source.name, "source_end", decoder.seq - 1, time.time(), {"frames": decoder.seq, "reason": end_reason})
@@ -349,14 +369,60 @@ def _analytics(config: RunConfig, sources: list[Source]):
     return Analytics(config.analytics, sizes)
 
 
+class _PacingClock:
+    """Where each frame sits in the video (seconds from the first frame) and when it is due.
+
+    A stream without timestamps (raw .h264) advances one nominal frame interval per
+    frame. A timestamp that jumps (forward by more than JUMP_S or any step back, as at
+    the seam of concatenated TS files) restarts the clock one interval after the
+    previous frame, and is reported, so the source is neither paused for hours nor let
+    run unpaced.
+    """
+
+    JUMP_S = 2.0
+
+    def __init__(self, fps: float | None) -> None:
+        self.interval = 1 / fps if fps else 1 / 25
+        self.started = time.monotonic()
+        self.video_s = 0.0  # the current frame's position in the video
+        self._offset: float | None = None  # pts - video_s
+        self._last_pts: float | None = None
+        self._frames = 0
+
+    def position(self, pts: float | None) -> tuple[float, dict | None]:
+        """The frame's position in seconds, and the jump's details when its pts jumped."""
+        jump = None
+        if self._frames == 0:
+            self._offset = pts
+        elif pts is None or self._last_pts is None:
+            self.video_s += self.interval
+            self._offset = None if pts is None else pts - self.video_s
+        else:
+            step = pts - self._last_pts
+            if step > self.JUMP_S or step < 0:
+                jump = {"from_s": round(self._last_pts, 6), "to_s": round(pts, 6), "jump_s": round(step, 6)}
+                self._offset = pts - (self.video_s + self.interval)
+            self.video_s = pts - self._offset
+        self._frames += 1
+        self._last_pts = pts
+        return self.video_s, jump
+
+    def wait_s(self) -> float:
+        """How long until the current frame is due (0 when late)."""
+        return max(0.0, self.started + self.video_s - time.monotonic())
+
+
 def _describe_damage(decoder: VideoDecoder | LiveSource, event: SourceEvent) -> str:
-    if event.details.get("error") == "truncated":
-        return (
-            f"{decoder.url}: truncated: the file holds {event.details['packets']} of its "
-            f"{event.details['declared']} frames; all that could be read were processed; "
-            "re-copy or re-encode the file"
-        )
-    return f"{decoder.url}: damaged ({event.details.get('error')}); frames up to the damage were processed"
+    details = event.details
+    if details.get("error") == "truncated":
+        if "declared" in details:
+            held = f"holds {details['packets']} of its {details['declared']} frames"
+        elif "declared_s" in details:
+            held = f"holds {details['read_s']:g} s of its {details['declared_s']:g} s"
+        else:
+            held = "ends inside a frame"
+        return f"{decoder.url}: truncated: the file {held}; all that could be read were processed; re-copy or re-encode the file"
+    return f"{decoder.url}: damaged ({details.get('error')}); frames up to the damage were processed"
 
 
 class _signals_stop:

@@ -159,6 +159,27 @@ def test_realtime_paces_a_file_and_duration_stops_it(car_clip):
     assert summary.balanced
 
 
+def test_duration_ends_a_live_source_while_it_reconnects(rtsp):
+    """The camera goes away for good: --duration still ends the source on time, without an error."""
+    decoded = threading.Event()
+    sink = CollectSink()
+    url = rtsp.url("car-detection.mp4")
+    config = build_config({"sources": [{"url": url, "name": "cam", **FAST_RECONNECT}], "duration_s": 6.0})
+    runner = threading.Thread(target=lambda: run(config, sinks=[sink], hooks=RunHooks(on_decoded=lambda f: decoded.set())))
+    start = time.monotonic()
+    runner.start()
+    assert decoded.wait(30), "no frames from the RTSP server"
+    rtsp.stop()
+    runner.join(60)
+    assert not runner.is_alive()
+    assert time.monotonic() - start < 30
+    assert sink.summary.error is None and sink.summary.balanced
+    assert [r.seq for r in sink.results] == list(range(sink.summary.sources["cam"].decoded))
+    assert "outage_start" in [e.type for e in sink.events]
+    assert "source_failed" not in [e.type for e in sink.events]
+    assert sink.events[-1].type == "source_end" and sink.events[-1].details["reason"] == "duration"
+
+
 def test_nvdec_without_a_gpu_is_a_clear_error(car_clip):
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "run", str(car_clip), "--decode", "nvdec", "--quiet"],

@@ -214,7 +214,9 @@ def test_damaged_packets_are_published_in_place(tmp_path: Path, corrupt_car_clip
     assert summary.balanced and summary.error is None
     assert summary.sources["car-corrupt"].ok == 377 - 3
     errors = [i for i, r in enumerate(records) if r["type"] == "decode_error"]
-    assert len(errors) == 3
+    assert len(errors) == 3 + 1  # one per damaged packet, then the end of file's counts
+    counts = records[errors.pop()]
+    assert (counts["packets"], counts["frames"], counts["lost"], counts["after_seq"]) == (377, 374, 3, 373)
     for i in errors:
         event = records[i]
         assert event["source"] == "car-corrupt" and not event.get("fatal")
