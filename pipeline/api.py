@@ -96,7 +96,7 @@ def start_metrics(config: RunConfig, names: list[str], stack: ExitStack) -> RunM
     from pipeline.metrics import MetricsServer, RunMetrics
 
     metrics = RunMetrics(names)
-    stack.enter_context(MetricsServer(metrics, config.metrics.port))
+    stack.enter_context(MetricsServer(metrics, config.metrics.port, config.metrics.host))
     return metrics
 
 

@@ -54,6 +54,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode", choices=["cpu", "nvdec"], help="nvdec: NVIDIA hardware decoding")
     parser.add_argument("--video", type=Path, help="annotated video: a .mp4 file, or a directory for several sources")
     parser.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on this port (0: any)")
+    parser.add_argument("--metrics-host", help="listen for metrics on this address (default 127.0.0.1; 0.0.0.0: all)")
     parser.add_argument("--log-format", choices=["text", "json"], help="json: one JSON object per log line")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -80,6 +81,7 @@ FLAG_FIELDS = {
     "realtime": "realtime",
     "decode": "decode",
     "metrics_port": "metrics.port",
+    "metrics_host": "metrics.host",
     "log_format": "log_format",
 }
 # Flags that name a file or directory.
