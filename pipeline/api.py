@@ -17,7 +17,7 @@ from pipeline.report import RunDisplay, print_summary
 from pipeline.runtime import Pipeline, RunHooks, Source
 from pipeline.sinks import Sink
 from pipeline.summary import RunSummary
-from stages.decode import VideoDecoder, source_name
+from stages.decode import NAME_MAX, VideoDecoder, source_name
 from stages.live import LiveSource
 
 if TYPE_CHECKING:
@@ -34,12 +34,21 @@ def source_configs(config: RunConfig) -> list[SourceConfig]:
 
 
 def unique_names(sources: list[SourceConfig]) -> list[str]:
+    """Each source's name: its own (validated by pipeline.config), else one derived from its URL
+    (stages.decode.source_name) with -2, -3, ... where it repeats another. Given names are
+    never changed: derived ones make way for them."""
+    taken = {src.name for src in sources if src.name}
     names: list[str] = []
     for src in sources:
-        base = src.name or source_name(src.url)
+        if src.name:
+            names.append(src.name)
+            continue
+        base = source_name(src.url)
         name, n = base, 2
-        while name in names:
-            name, n = f"{base}-{n}", n + 1
+        while name in taken:
+            suffix = f"-{n}"
+            name, n = base[: NAME_MAX - len(suffix)] + suffix, n + 1
+        taken.add(name)
         names.append(name)
     return names
 

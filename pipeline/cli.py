@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, VidpipeError
+from pipeline.redact import redact
 
 EXIT_USER_ERROR = 2
 EXIT_LEDGER = 1
@@ -158,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, config.log_format)
     summary = run(config, show=True)
     if summary.error:
-        print(f"vidpipe: error: {summary.error}", file=sys.stderr)
+        print(f"vidpipe: error: {redact(summary.error)}", file=sys.stderr)
     if not summary.balanced:
         print("vidpipe: error: the ledger did not balance (a frame has no result); this is a bug, please report it", file=sys.stderr)
         return EXIT_LEDGER
@@ -193,12 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.logs import configure_logging
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     try:
         return args.func(args)
     except VidpipeError as err:
-        print(f"vidpipe: error: {err}", file=sys.stderr)
+        print(f"vidpipe: error: {redact(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("vidpipe: interrupted", file=sys.stderr)

@@ -7,7 +7,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 from typing import Any, Literal
 
 import yaml
@@ -52,6 +52,8 @@ def check_redis_url(url: str) -> str:
         raise ValueError(f"has no valid host{hint}; use redis://[:password@]host:port/db")
     if port == 0:
         raise ValueError("port 0 is not a Redis port; give the server's port (6379 by default)")
+    if scheme == "redis" and any(key.startswith("ssl_") for key in parse_qs(parts.query)):
+        raise ValueError("ssl_ options need TLS: use rediss://")
     db = parts.path.strip("/")
     if db and not db.isdigit():
         raise ValueError(f"the path must be a database number (redis://host:port/0), not /{db}{hint}")

@@ -24,7 +24,7 @@ MASK = "***"
 # brackets are kept in: a password may hold them, and a closing quote hides nothing.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
 _SECRET_PARAM = re.compile(
-    r"([?&;](?:[^=&;#\s]*?)(?:pass|pwd|secret|token|key|auth|sig|credential)[^=&;#\s]*=)([^&;#\s]*)",
+    r"([?&;](?:[^=&;#\s]*?)(?:pass|pwd|secret|token|key|auth|sig|credential)[^=&;#\s]*=)([^&;#\s'\"]*)",
     re.IGNORECASE,
 )
 

@@ -20,6 +20,7 @@ from pipeline.ledger import Ledger
 from pipeline.model import Model
 from pipeline.publisher import Publisher
 from pipeline.queues import BoundedQueue, Closed, FrameQueue
+from pipeline.redact import redact, redact_url
 from pipeline.scheduler import ContextPool, InferScheduler, InferStats, SchedulerSettings, percentile
 from pipeline.sinks import Sink
 from pipeline.summary import RunSummary
@@ -179,7 +180,7 @@ class Pipeline:
                     break
         except Exception as err:  # a decoder bug must not lose the frames already decoded
             log.exception("source %s failed", source.name)
-            self.errors.append(f"{source.name}: reading failed: {err}")
+            self.errors.append(f"{source.name}: reading failed: {redact(str(err))}")
         finally:
             decoder.close()
             self.results_q.put(
@@ -320,11 +321,12 @@ class Pipeline:
 def _describe_damage(decoder: VideoDecoder | LiveSource, event: SourceEvent) -> str:
     if event.details.get("error") == "truncated":
         return (
-            f"{decoder.url}: truncated: the file holds {event.details['packets']} of its "
+            f"{redact_url(decoder.url)}: truncated: the file holds {event.details['packets']} of its "
             f"{event.details['declared']} frames; all that could be read were processed; "
             "re-copy or re-encode the file"
         )
-    return f"{decoder.url}: damaged ({event.details.get('error')}); frames up to the damage were processed"
+    error = redact(str(event.details.get("error")))
+    return f"{redact_url(decoder.url)}: damaged ({error}); frames up to the damage were processed"
 
 
 class _signals_stop:

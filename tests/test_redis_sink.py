@@ -314,7 +314,7 @@ def test_a_malformed_url_is_a_clear_error(tmp_path):
 def test_urls_are_redacted_and_default_from_redis_url(monkeypatch):
     assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert redact_url("rediss://user:pw@h:1/0") == "rediss://user:***@h:1/0"
-    assert redact_url("redis://h:1/0?password=pw&db=2") == "redis://h:1/0?password=%2A%2A%2A&db=2"
+    assert redact_url("redis://h:1/0?password=pw&db=2") == "redis://h:1/0?password=***&db=2"
     monkeypatch.setenv("REDIS_URL", "redis://env:6379/1")
     assert resolve_redis_url(None) == "redis://env:6379/1"
     assert resolve_redis_url("redis://cli:6379/0") == "redis://cli:6379/0"
