@@ -19,7 +19,7 @@ from pipeline.report import RunDisplay, print_summary
 from pipeline.runtime import Pipeline, RunHooks, Source
 from pipeline.sinks import Sink
 from pipeline.summary import RunSummary
-from stages.decode import VideoDecoder, source_name
+from stages.decode import NAME_MAX, VideoDecoder, source_name
 from stages.errors import SourceError
 from stages.live import LiveSource
 
@@ -49,12 +49,21 @@ def source_configs(config: RunConfig) -> list[SourceConfig]:
 
 
 def unique_names(sources: list[SourceConfig]) -> list[str]:
+    """Each source's name: its own (validated by pipeline.config), else one derived from its URL
+    (stages.decode.source_name) with -2, -3, ... where it repeats another. Given names are
+    never changed: derived ones make way for them."""
+    taken = {src.name for src in sources if src.name}
     names: list[str] = []
     for src in sources:
-        base = src.name or source_name(src.url)
+        if src.name:
+            names.append(src.name)
+            continue
+        base = source_name(src.url)
         name, n = base, 2
-        while name in names:
-            name, n = f"{base}-{n}", n + 1
+        while name in taken:
+            suffix = f"-{n}"
+            name, n = base[: NAME_MAX - len(suffix)] + suffix, n + 1
+        taken.add(name)
         names.append(name)
     return names
 
@@ -121,7 +130,7 @@ def start_metrics(config: RunConfig, names: list[str], stack: ExitStack) -> RunM
     from pipeline.metrics import MetricsServer, RunMetrics
 
     metrics = RunMetrics(names)
-    stack.enter_context(MetricsServer(metrics, config.metrics.port))
+    stack.enter_context(MetricsServer(metrics, config.metrics.port, config.metrics.host))
     return metrics
 
 

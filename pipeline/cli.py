@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, VidpipeError
+from pipeline.redact import redact
 
 EXIT_USER_ERROR = 2
 EXIT_LEDGER = 1
@@ -65,6 +66,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give each detection a track id (ByteTrack); zones and lines come from --config")
     parser.add_argument("--mqtt", metavar="URL", help="publish events and counts to MQTT (mqtt://, mqtts://)")
     parser.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on this port (0: any)")
+    parser.add_argument("--metrics-host", help="listen for metrics on this address (default 127.0.0.1; 0.0.0.0: all)")
     parser.add_argument("--log-format", choices=["text", "json"], help="json: one JSON object per log line")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -92,6 +94,7 @@ FLAG_FIELDS = {
     "realtime": "realtime",
     "decode": "decode",
     "metrics_port": "metrics.port",
+    "metrics_host": "metrics.host",
     "log_format": "log_format",
     "mqtt": "outputs.mqtt.url",
 }
@@ -184,7 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, config.log_format)
     summary = run(config, show=True)
     if summary.error:
-        print(f"vidpipe: error: {summary.error}", file=sys.stderr)
+        print(f"vidpipe: error: {redact(summary.error)}", file=sys.stderr)
     if not summary.balanced:
         print("vidpipe: error: the ledger did not balance (a frame has no result); this is a bug, please report it", file=sys.stderr)
         return EXIT_LEDGER
@@ -232,12 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.logs import configure_logging
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     try:
         return args.func(args)
     except VidpipeError as err:
-        print(f"vidpipe: error: {err}", file=sys.stderr)
+        print(f"vidpipe: error: {redact(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("vidpipe: interrupted", file=sys.stderr)

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.redact import redact
 from pipeline.summary import RunSummary, SourceLedger
 from pipeline.types import Detections, Reason, Result, SourceEvent, Status
 
@@ -19,7 +20,7 @@ def result_to_record(result: Result) -> dict[str, Any]:
         "pts": result.pts,
         "status": result.status.value,
         "reason": result.reason.value if result.reason else None,
-        "error": result.error,
+        "error": result.error and redact(result.error),
         "attempts": result.attempts,
         "detections": [
             {
@@ -73,7 +74,7 @@ def event_to_record(event: SourceEvent) -> dict[str, Any]:
         "source": event.source,
         "after_seq": event.after_seq,
         "wall_time": event.wall_time,
-        **event.details,
+        **{k: redact(v) if isinstance(v, str) else v for k, v in event.details.items()},
     }
 
 
@@ -96,7 +97,7 @@ def summary_to_record(summary: RunSummary) -> dict[str, Any]:
         "sizing": summary.sizing,
         "outputs": summary.outputs,
         "events": summary.events,
-        "error": summary.error,
+        "error": summary.error and redact(summary.error),
         "interrupted": summary.interrupted,
         **({"analytics": summary.analytics} if summary.analytics else {}),
     }

@@ -25,6 +25,7 @@ from pipeline.context_pool import ContextPool
 from pipeline.infer_stats import InferStats, percentile
 from pipeline.scheduler import InferScheduler, SchedulerSettings
 from pipeline.sizing import size_run
+from pipeline.redact import redact, redact_url
 from pipeline.sinks import Sink
 from pipeline.summary import RunSummary
 from pipeline.types import Detections, Frame, Reason, Result, SourceEvent, Status
@@ -207,7 +208,7 @@ class Pipeline:
                     break
         except Exception as err:  # a decoder bug must not lose the frames already decoded
             log.exception("source %s failed", source.name)
-            self.errors.append(f"{source.name}: reading failed: {err}")
+            self.errors.append(f"{source.name}: reading failed: {redact(str(err))}")
         finally:
             if timer is not None:
                 timer.cancel()
@@ -421,8 +422,8 @@ def _describe_damage(decoder: VideoDecoder | LiveSource, event: SourceEvent) -> 
             held = f"holds {details['read_s']:g} s of its {details['declared_s']:g} s"
         else:
             held = "ends inside a frame"
-        return f"{decoder.url}: truncated: the file {held}; all that could be read were processed; re-copy or re-encode the file"
-    return f"{decoder.url}: damaged ({details.get('error')}); frames up to the damage were processed"
+        return f"{redact_url(decoder.url)}: truncated: the file {held}; all that could be read were processed; re-copy or re-encode the file"
+    return f"{redact_url(decoder.url)}: damaged ({redact(str(details.get('error')))}); frames up to the damage were processed"
 
 
 class _signals_stop:

@@ -6,6 +6,7 @@ scales in YUV, then converts), which keeps decode close to raw decoding speed.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,12 +17,14 @@ from av.codec.hwaccel import HWAccel, hwdevices_available
 from av.video.reformatter import VideoReformatter
 import numpy as np
 
+from pipeline.redact import redact, redact_url
 from pipeline.types import Frame, SourceEvent
 from stages.errors import SourceError
 from stages.preprocess import fit_size
 
 
 MAX_GOP_PACKETS = 1000  # packets kept since the last keyframe, to re-decode after damage (_recover)
+NAME_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -38,13 +41,15 @@ class NoVideo(SourceError):
 
 
 def _open_error(url: str, err: Exception) -> SourceError:
+    # FFmpeg's messages quote the URL, credentials and all.
+    url, reason = redact_url(url), redact(str(err))
     if isinstance(err, FileNotFoundError) or (isinstance(err, av.error.FileNotFoundError)):
         return SourceError(f"{url}: no such file; check the path")
     if isinstance(err, PermissionError):
         return SourceError(f"{url}: permission denied; check the file's permissions")
     if isinstance(err, IsADirectoryError):
         return SourceError(f"{url}: is a directory; pass a video file")
-    return SourceError(f"{url}: not a video PyAV can open ({err}); pass an mp4/mkv/ts file or a working URL")
+    return SourceError(f"{url}: not a video PyAV can open ({reason}); pass an mp4/mkv/ts file or a working URL")
 
 
 class VideoDecoder:
@@ -93,12 +98,13 @@ class VideoDecoder:
         except Exception as err:  # PyAV raises many error types; all mean "cannot open"
             if hwaccel != "cpu" and Path(url).exists():
                 raise SourceError(
-                    f"{url}: NVDEC decoding unavailable ({err}); check the NVIDIA driver and GPU, or use --decode cpu"
+                    f"{url}: NVDEC decoding unavailable ({redact(str(err))}); check the NVIDIA driver and GPU, "
+                    "or use --decode cpu"
                 ) from None
             raise _open_error(url, err) from None
         if not self._container.streams.video:
             self._container.close()
-            raise SourceError(f"{url}: has no video stream; pass a file with video")
+            raise SourceError(f"{redact_url(url)}: has no video stream; pass a file with video")
         self._stream = self._container.streams.video[0]
         if hwaccel == "cpu":
             # Frame threading is for software decoding; with a hardware decoder FFmpeg's frame
@@ -116,8 +122,8 @@ class VideoDecoder:
         if not ctx.width or not ctx.height:
             self._container.close()
             if stall_s:
-                raise NoVideo(f"{url}: the stream sent no video frame")
-            raise SourceError(f"{url}: video stream has no frame size; the file is damaged")
+                raise NoVideo(f"{redact_url(url)}: the stream sent no video frame")
+            raise SourceError(f"{redact_url(url)}: video stream has no frame size; the file is damaged")
 
     def __iter__(self) -> Iterator[Frame | SourceEvent]:
         try:
@@ -146,7 +152,7 @@ class VideoDecoder:
                 # A dropped connection or a read timeout: the frames the decoder holds are good.
                 yield from self._drain()
                 self.errors += 1
-                yield self._event("decode_error", error=f"demux failed: {err}", fatal=True)
+                yield self._event("decode_error", error=f"demux failed: {redact(str(err))}", fatal=True)
                 return
             if packet.stream is self._stream and packet.size:  # not the empty end-of-stream packet
                 self._keep(packet)
@@ -157,7 +163,7 @@ class VideoDecoder:
                     self._failed += 1
                     # With frame threading FFmpeg reports an error a few packets late: approximate.
                     time_s = float(packet.pts * packet.time_base) if packet.pts is not None else None
-                    yield self._event("decode_error", error=str(err), packet_time_s=time_s)
+                    yield self._event("decode_error", error=redact(str(err)), packet_time_s=time_s)
                     decoded = []
                 for av_frame in decoded:
                     last_frame = time.monotonic()
@@ -195,7 +201,7 @@ class VideoDecoder:
         except av.error.FFmpegError as err:
             self.errors += 1
             self._failed += 1
-            yield self._event("decode_error", error=str(err))
+            yield self._event("decode_error", error=redact(str(err)))
             flushed = []
         for av_frame in flushed:
             av_frame.time_base = self._stream.time_base  # a flush has no packet to take it from
@@ -338,8 +344,17 @@ def iter_images(path: Path, max_frames: int | None = None) -> Iterator[np.ndarra
 
 
 def source_name(url: str) -> str:
-    """A readable name derived from a path or URL: the file stem, or host+path for URLs."""
+    """A valid source name derived from a path or URL; never fails, whatever the string.
+
+    The file stem, or host, port and path for URLs; never the user-info or the query, which
+    may hold credentials. Runs of characters other than letters, digits, '.', '_' and '-'
+    become '_', leading '.' and '-' are dropped and the name is cut to NAME_MAX characters,
+    so it is safe as a file name and a Redis key (see pipeline.config.SOURCE_NAME).
+    """
     if "://" in url:
-        rest = url.split("://", 1)[1].split("@")[-1]
-        return rest.strip("/").replace("/", "_").replace(":", "_") or "source"
-    return Path(url).stem or "source"
+        rest = url.split("://", 1)[1].rpartition("@")[2]  # the last '@': a password may hold '#' or '/'
+        raw = re.split(r"[?#]", rest, maxsplit=1)[0].strip("/")
+    else:
+        raw = Path(url).stem
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).lstrip(".-")[:NAME_MAX]
+    return name or "source"

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+from pipeline.redact import redact
 from pipeline.types import Frame, SourceEvent
 from stages.decode import NoVideo, StreamInfo, VideoDecoder
 from stages.errors import SourceError
@@ -136,7 +137,7 @@ class LiveSource:
             except SourceError as err:
                 if self._closed.is_set():
                     return  # stopped (a signal, --duration) while reconnecting: not a failure
-                yield SourceEvent(self.name, "source_failed", self.seq - 1, time.time(), {"error": str(err), "fatal": True})
+                yield SourceEvent(self.name, "source_failed", self.seq - 1, time.time(), {"error": redact(str(err)), "fatal": True})
                 return
             self.reconnects += 1
             yield SourceEvent(

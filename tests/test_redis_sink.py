@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import RedisConfig
-from pipeline.errors import OutputError
+from pipeline.config import RedisConfig, build_config
+from pipeline.errors import ConfigError
 from pipeline.sinks import redis as redis_sink
 from pipeline.sinks.redis import RedisSink, missing_seqs, redact_url, resolve_redis_url
 from pipeline.spool import Spool
@@ -307,14 +307,15 @@ def test_a_key_that_is_not_a_stream_keeps_results_spooled_and_says_why(redis_ser
 
 
 def test_a_malformed_url_is_a_clear_error(tmp_path):
-    with pytest.raises(OutputError, match="not valid.*redis://"):
-        RedisSink(config("http://:secret@localhost:6379", tmp_path / "spool"), "run-a")
+    with pytest.raises(ConfigError, match=r"outputs\.redis\.url = 'http://:\*\*\*@localhost:6379': must start with redis://") as caught:
+        build_config({"outputs": {"redis": {"url": "http://:secret@localhost:6379"}}})
+    assert "secret" not in str(caught.value)
 
 
 def test_urls_are_redacted_and_default_from_redis_url(monkeypatch):
     assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert redact_url("rediss://user:pw@h:1/0") == "rediss://user:***@h:1/0"
-    assert redact_url("redis://h:1/0?password=pw&db=2") == "redis://h:1/0?password=%2A%2A%2A&db=2"
+    assert redact_url("redis://h:1/0?password=pw&db=2") == "redis://h:1/0?password=***&db=2"
     monkeypatch.setenv("REDIS_URL", "redis://env:6379/1")
     assert resolve_redis_url(None) == "redis://env:6379/1"
     assert resolve_redis_url("redis://cli:6379/0") == "redis://cli:6379/0"

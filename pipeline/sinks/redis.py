@@ -33,7 +33,6 @@ import threading
 import time
 from collections import deque
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -41,6 +40,7 @@ from redis.retry import Retry
 
 from pipeline.config import RedisConfig
 from pipeline.errors import OutputError
+from pipeline.redact import has_secret, redact, redact_url
 from pipeline.records import event_to_record, result_to_record, summary_to_record
 from pipeline.spool import Spool
 from pipeline.summary import RunSummary
@@ -67,19 +67,6 @@ def resolve_redis_url(cli_value: str | None) -> str | None:
     return cli_value or os.environ.get("REDIS_URL") or None
 
 
-def redact_url(url: str) -> str:
-    """The URL with its password (user-info or `?password=`) replaced by ***."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, _, host = netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}:***@{host}"
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def connect(url: str, decode: bool = False, timeout_s: float = 5.0) -> redis.Redis:
     """A client for url that fails fast (no hidden retries): callers own the retry policy."""
     try:
@@ -91,8 +78,10 @@ def connect(url: str, decode: bool = False, timeout_s: float = 5.0) -> redis.Red
             retry=Retry(NoBackoff(), 0),
         )
     except ValueError as err:
+        # redis-py's message can quote a piece of a password it misparsed (an unencoded #).
+        reason = "" if has_secret(url) else f" ({redact(str(err))})"
         raise OutputError(
-            f"redis URL {redact_url(url)!r} is not valid ({err}); "
+            f"redis URL {redact_url(url)!r} is not valid{reason}; percent-encode special characters; "
             "use redis://[:password@]host:port/db, rediss:// for TLS or unix:///path"
         ) from None
 
