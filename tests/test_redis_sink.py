@@ -72,7 +72,7 @@ def test_results_events_and_summary_land_in_one_stream_per_source(redis_server, 
     assert [f["type"] for _, f in stream(redis_server, "cam2")][-1] == "summary"
     assert summary.outputs["redis"] == {
         "url": redis_server.url, "written": 29, "spooled": 0, "spool_path": None, "spool_bytes": 0,
-        "drained": True, "duplicates": 0, "earlier_runs": 0, "error": None,
+        "drained": True, "duplicates": 0, "resent": 0, "earlier_runs": 0, "lost": 0, "error": None,
     }
     assert spool_files(tmp_path / "spool") == []
 
@@ -275,19 +275,17 @@ def test_a_later_run_writes_after_a_stream_whose_ids_are_ahead_of_its_clock(redi
     assert frame_seqs(stream(redis_server, "cam1")[1:]) == list(range(10))
 
 
-@pytest.mark.parametrize("problem", ["not running", "wrong password"])
-def test_publisher_falls_back_to_the_spool_with_a_warning(make_redis_server, tmp_path, caplog, problem):
-    server = make_redis_server(password="sesame", start=problem != "not running")
-    url = server.url.replace("sesame", "wrong") if problem == "wrong password" else server.url
+def test_publisher_falls_back_to_the_spool_with_a_warning(make_redis_server, tmp_path, caplog):
+    server = make_redis_server(password="sesame", start=False)
+    url = server.url
     with caplog.at_level(logging.WARNING):
         sink = RedisSink(config(url, tmp_path / "spool", drain_timeout_s=0.2), "run-a")
         publish(sink, "cam1", range(10))
         summary = run_summary({"cam1": 10})
         sink.write_summary(summary)
         sink.close()
-    expected = "Connection refused" if problem == "not running" else "invalid username-password"
-    assert expected in caplog.text and "spooling results" in caplog.text
-    assert ":wrong@" not in caplog.text
+    assert "Connection refused" in caplog.text and "spooling results" in caplog.text
+    assert ":sesame@" not in caplog.text
     assert summary.outputs["redis"]["drained"] is False
     assert summary.outputs["redis"]["spooled"] == 11
 
