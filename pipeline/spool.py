@@ -106,8 +106,12 @@ class Spool:
             self._start_data_file()
         data = "".join(line + "\n" for line in lines).encode()
         view = memoryview(data)
-        while view:  # an unbuffered write may be partial
-            view = view[self._writer.write(view):]
+        try:
+            while view:  # an unbuffered write may be partial
+                view = view[self._writer.write(view):]
+        except OSError:
+            os.ftruncate(self._writer.fileno(), self._size)  # no torn line before the next append
+            raise
         self._size += len(data)
         self._dirty = True
 
@@ -121,18 +125,23 @@ class Spool:
             self.append(lines)
             return
         old = self.path
-        self._close_files()
         with open(old, "rb") as src:
             src.seek(self._committed)
             rest = src.read()
-        self._gen += 1
-        self._data = f"{self.stem}.{self._gen}.jsonl"
+        data = f"{self.stem}.{self._gen + 1}.jsonl"
         head = "".join(line + "\n" for line in lines).encode()
-        with _open_private(self.path, "wb") as dst:
-            dst.write(head)
-            dst.write(rest)
-            dst.flush()
-            os.fsync(dst.fileno())
+        try:
+            with _open_private(self.directory / data, "wb") as dst:
+                dst.write(head)
+                dst.write(rest)
+                dst.flush()
+                os.fsync(dst.fileno())
+        except OSError:
+            (self.directory / data).unlink(missing_ok=True)  # the old file stays the spool
+            raise
+        self._close_files()
+        self._gen += 1
+        self._data = data
         self._committed = self._read_pos = 0
         self._size = len(head) + len(rest)
         self._write_state(durable=True)
