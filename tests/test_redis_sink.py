@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -526,3 +527,43 @@ def test_a_run_killed_while_redis_hangs_loses_nothing_older_than_the_bound(redis
     replay.close()
     assert frame_seqs(stream(redis_server, "cam1")) == list(range(617))
     assert spool_files(spool_dir) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs: a disk that fills up for real (needs root and mount)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_spool_disk_keeps_the_writer_going_and_is_refused_at_start(redis_server, small_disk, caplog):
+    spool_dir = small_disk / "spool"
+    sink = RedisSink(config(redis_server.url, spool_dir), "run-a")
+    publish(sink, "cam1", range(50))
+    wait_for(lambda: len(stream(redis_server, "cam1")) == 50)
+    redis_server.pause()
+    with caplog.at_level(logging.WARNING):
+        publish(sink, "cam1", range(50, 1500))  # ~900 KiB of results: more than the disk holds
+        wait_for(lambda: "No space left on device" in caplog.text)
+        redis_server.resume()
+        summary = run_summary({"cam1": 1500})
+        sink.write_summary(summary)
+        sink.close()
+    assert frame_seqs(stream(redis_server, "cam1")) == list(range(1500))
+    assert summary.outputs["redis"]["drained"] and summary.error is None
+    assert spool_files(spool_dir) == []
+
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    with pytest.raises(OSError, match="No space"):  # the disk is full now
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+    for attempt in range(2):  # the same line both times: no lock is left behind
+        with pytest.raises(OutputError, match=r"spool_dir .*: cannot write \(No space left on device\)"):
+            RedisSink(config(redis_server.url, spool_dir), f"run-{attempt}")
