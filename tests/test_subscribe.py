@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli_subscribe import add_subscribe_parser, run_subscribe
+from pipeline.cli_subscribe import add_subscribe_parser, format_line, run_subscribe
 from pipeline.config import RedisConfig
 from pipeline.errors import OutputError
 from pipeline.sinks.redis import RedisSink
@@ -318,7 +318,7 @@ def test_vidpipe_subscribe_prints_live_and_stops_on_ctrl_c(redis_server, tmp_pat
         assert lines[8] == "cam1 summary: 7 frames, 6 ok, 1 failed (balanced)"
 
 
-def test_own_pending_entries_trimmed_while_away_are_reported_as_a_gap(redis_server, tmp_path, capsys):
+def test_own_pending_entries_trimmed_while_away_are_reported_as_a_gap(redis_server, tmp_path):
     """It read #0-#22 and died before handling them; the stream was trimmed; it came back."""
     key = "vidpipe:results:cam1"
     sink = sink_for(redis_server.url, tmp_path)
@@ -331,8 +331,6 @@ def test_own_pending_entries_trimmed_while_away_are_reported_as_a_gap(redis_serv
         client.xtrim(key, minid=ids[17], approximate=False)  # #0-#16 trimmed, #17-#22 still pending and present
     sink.close()
 
-    args = argparse.ArgumentParser()
-    add_subscribe_parser(args.add_subparsers())
     stop = threading.Event()
     got = collect(subscribe(redis_server.url, ["cam1"], consumer="cam-reader", block_ms=100, stop=stop),
                   lambda d: d.result is not None and d.result.seq == 39, stop)
@@ -342,7 +340,6 @@ def test_own_pending_entries_trimmed_while_away_are_reported_as_a_gap(redis_serv
     assert {d.gap for d in got[1:]} == {None}
     assert pending(redis_server, "cam1") == 0
 
-    from pipeline.cli_subscribe import format_line
     assert format_line(got[0]) == "cam1 gap: #0-#16 missing (read but not handled before they were trimmed)"
 
 
