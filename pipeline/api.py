@@ -115,7 +115,7 @@ def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[
     if config.outputs.redis:
         from pipeline.sinks.redis import RedisSink
 
-        sinks.append(RedisSink(config.outputs.redis, run_id))
+        sinks.append(RedisSink(config.outputs.redis, run_id, list(sources)))
     if config.outputs.mqtt:
         from pipeline.sinks.mqtt import MqttSink
 
