@@ -163,3 +163,34 @@ def test_without_ray_the_cluster_command_says_how_to_install_it():
     assert proc.stderr.strip() == (
         "vidpipe: error: vidpipe cluster needs Ray, which is not installed; pip install 'vidpipe[cluster]'"
     )
+
+
+def test_a_live_source_moved_off_a_killed_worker_reports_the_outage_and_seq_continues(
+    redis_db, tmp_path, media
+):
+    from tests.rtsp_server import RtspServer
+
+    with RtspServer(media.resolve(), tmp_path / "rtsp.log") as rtsp:
+        sources = [{"url": rtsp.url(clip), "name": name, "stall_s": 3.0, "open_timeout_s": 10.0}
+                   for name, clip in (("door", "car-detection.mp4"), ("hall", "one-by-one-person-detection.mp4"))]
+        config = make_config(redis_db.url, tmp_path, sources, max_frames=70)
+        client.start_cluster(config, workers=2)
+        current = wait_for("door publishing", lambda: frames_in(redis_db, "door") >= 10 and client.status())
+        victim = current["sources"]["door"]["worker"]
+        os.kill(current["workers"][victim]["pid"], signal.SIGKILL)
+        final = client.wait_finished(timeout_s=WAIT_S)
+    assert final["finished"] and final["sources"]["door"]["moves"] >= 1
+    door = stream_ledger(redis_db.client(), "vidpipe:results:door", "0-0")
+    assert door.missing == [] and door.duplicates == [] and door.frames == door.expected == 70, door
+    entries = [(f["type"], f) for _, f in redis_db.client().xrange("vidpipe:results:door")]
+    kinds = [kind for kind, _ in entries]
+    start, end = kinds.index("outage_start"), kinds.index("outage_end")
+    assert end == start + 1
+    import json
+
+    begun, ended = json.loads(entries[start][1]["data"]), json.loads(entries[end][1]["data"])
+    first_seq = final["sources"]["door"]["history"][-1]["first_seq"]
+    assert begun["after_seq"] == ended["after_seq"] == first_seq - 1
+    assert ended["duration_s"] > 0
+    seqs = [int(f["seq"]) for kind, f in entries if kind == "frame"]
+    assert seqs == list(range(70))  # in order, no hole where the source moved
