@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from pipeline.cluster import COORDINATOR, NAMESPACE, require_ray
 from pipeline.cluster.streams import ClusterState
 from pipeline.config import RunConfig, SourceConfig
@@ -81,9 +83,9 @@ def start_cluster(config: RunConfig, workers: int | None = None, worker_cpus: fl
     try:
         state = ClusterState(client)
         state.reset()
-        for src in source_configs(config):
+        for src in map(on_every_node, source_configs(config)):
             register_source(state, config.outputs.redis.key_prefix, src)
-    except OSError as err:
+    except redis.RedisError as err:
         raise ConfigError(f"redis {redact_url(config.outputs.redis.url)}: unreachable ({err}); start Redis or fix the URL") from None
     finally:
         client.close()
@@ -96,8 +98,20 @@ def start_cluster(config: RunConfig, workers: int | None = None, worker_cpus: fl
     return handle
 
 
+def on_every_node(src: SourceConfig) -> SourceConfig:
+    """A file source with an absolute path: workers do not run in this directory."""
+    if "://" in src.url:
+        return src
+    path = Path(src.url)
+    if not path.exists():
+        raise ConfigError(f"{src.url}: no such file; check the path")
+    return src.model_copy(update={"url": str(path.resolve())})
+
+
 def add_source(src: SourceConfig) -> str:
+    """Add a source to the running cluster; its name. ConfigError if the name is taken."""
     ray = require_ray()
+    src = on_every_node(src)
     name, error = ray.get(coordinator().add.remote(src.model_dump_json()))
     if error:
         raise ConfigError(error)
@@ -105,17 +119,20 @@ def add_source(src: SourceConfig) -> str:
 
 
 def remove_source(name: str) -> None:
+    """Stop a source on its worker (frames in flight are published) and forget it."""
     ray = require_ray()
     if not ray.get(coordinator().remove.remote(name)):
         raise ConfigError(f"no source {name!r} in the cluster; vidpipe cluster status lists them")
 
 
 def status() -> dict[str, Any]:
+    """Per source: worker, state, fps, the segment's ledger, moves; per worker: alive, pid."""
     ray = require_ray()
     return ray.get(coordinator().status.remote())
 
 
 def ledger() -> dict[str, dict[str, Any]]:
+    """The cluster-wide ledger, per source, counted from its stream (streams.StreamLedger)."""
     ray = require_ray()
     return ray.get(coordinator().ledger.remote())
 
