@@ -40,8 +40,14 @@ def connect_ray(address: str | None, start_local: bool = False) -> Any:
                 "or pass --ray HOST:PORT"
             ) from None
         ray_cli = Path(sys.executable).with_name("ray")
-        subprocess.run([str(ray_cli), "start", "--head", "--include-dashboard=false", "--disable-usage-stats"],
-                       check=True, capture_output=True)
+        started = subprocess.run([str(ray_cli), "start", "--head", "--include-dashboard=false", "--disable-usage-stats"],
+                                 capture_output=True, text=True)
+        if started.returncode != 0:
+            lines = (started.stderr or started.stdout).strip().splitlines()
+            raise ConfigError(
+                f"could not start a local Ray cluster ({lines[-1] if lines else 'ray start failed'}); "
+                "start one with `ray start --head --port PORT` and pass --ray auto"
+            )
         ray.init(address="auto", **kwargs)
     return ray
 
