@@ -231,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["build-engine"].set_defaults(func=run_build_engine)
     add_inspect_parser(sub)
     sub.choices["inspect"].set_defaults(func=run_inspect)
+    from pipeline.cluster.cli import add_cluster_parser, run_cluster
+
+    add_cluster_parser(sub)
+    sub.choices["cluster"].set_defaults(func=run_cluster)
     return parser
 
 
