@@ -1,7 +1,11 @@
 """`vidpipe bench`: each stage alone and the whole pipeline, measured in one run.
 
 Stage-alone figures use the same file, model and settings as the pipeline run, so
-their ratios hold on a shared machine where absolute times do not.
+their ratios hold on a shared machine where absolute times do not. Memory stays
+bounded: stages alone hold at most BENCH_FRAMES frames (uint8 after preprocessing),
+and pipeline runs respect --max-frames like `vidpipe run`. Compared figures (decode
+against raw decode, with faults against without) take turns and are repeated; their
+median, min and max are printed.
 """
 
 from __future__ import annotations
@@ -36,26 +40,50 @@ def _timed(fn: Callable[[], int]) -> float:
     return _fps(count, time.perf_counter() - start)
 
 
-def raw_decode_fps(path: str) -> float:
+BENCH_FRAMES = 120  # stage-alone runs hold this many frames at most (--max-frames lowers it)
+REPEATS = 3  # interleaved repeats of each compared measurement
+
+
+def raw_decode_fps(path: str, limit: int) -> float:
+    """Decoding alone, no colour conversion: the first `limit` frames."""
+
     def decode() -> int:
         with av.open(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            return sum(1 for _ in container.decode(stream))
+            return sum(1 for _, _ in zip(range(limit), container.decode(stream)))
 
     return _timed(decode)
 
 
-def decode_frames(path: str, model: Model, deadline_s: float) -> tuple[list[Frame], float]:
+def decode_frames(path: str, model: Model, deadline_s: float, limit: int) -> tuple[list[Frame], float]:
+    """The first `limit` frames as the pipeline decodes them (colour conversion included)."""
     frames: list[Frame] = []
 
     def decode() -> int:
-        for item in VideoDecoder("bench", path, deadline_s, fit_to=model.input_size):
+        decoder = VideoDecoder("bench", path, deadline_s, fit_to=model.input_size)
+        for item in decoder:
             if isinstance(item, Frame):
                 frames.append(item)
+                if len(frames) >= limit:
+                    break
+        decoder.close()
         return len(frames)
 
     return frames, _timed(decode)
+
+
+def decode_ratio(path: str, model: Model, deadline_s: float, limit: int) -> tuple[float, float, list[float]]:
+    """Raw decode fps, decode-with-conversion fps (medians) and their per-round ratios,
+    taking turns so a busy machine slows both alike."""
+    raw, converted, ratios = [], [], []
+    measures = [lambda: raw.append(raw_decode_fps(path, limit)),
+                lambda: converted.append(decode_frames(path, model, deadline_s, limit)[1])]
+    for i in range(REPEATS):
+        for measure in measures if i % 2 == 0 else measures[::-1]:
+            measure()
+        ratios.append(converted[-1] / raw[-1])
+    return statistics.median(raw), statistics.median(converted), ratios
 
 
 def preprocess_all(pre: Preprocess, frames: list[Frame], keep: bool) -> int:
@@ -82,7 +110,7 @@ def infer_fps(model: Model, frames: list[Frame], contexts: int, batch: int) -> f
                 chunk = next(todo, None)
             if chunk is None:
                 break
-            model.stage.split(chunk, context.infer(model.stage.inputs(chunk), 60.0))
+            model.stage.split(chunk, context.infer(model.stage.inputs(chunk, context), 60.0))
         context.close()
 
     def all_contexts() -> int:
@@ -134,40 +162,62 @@ STAGE_FIGURES = ("decode fps (with colour conversion)", "preprocess fps", "infer
 
 
 def stages_alone(config: RunConfig, path: Path, model: Model) -> dict[str, float]:
-    """Each stage's fps on its own. The frames and tensors it holds for that are released
-    when it returns: the pipeline never holds a whole file."""
-    frames, decode = decode_frames(str(path), model, config.deadline_ms / 1000)
+    """Each stage's fps on its own, on the first BENCH_FRAMES frames (or --max-frames). The
+    frames and tensors it holds for that are released when it returns."""
+    limit = min(config.max_frames or BENCH_FRAMES, BENCH_FRAMES)
+    deadline_s = config.deadline_ms / 1000
+    raw, decode, ratios = decode_ratio(str(path), model, deadline_s, limit)
+    frames, _ = decode_frames(str(path), model, deadline_s, limit)
     pre = Preprocess(model.input_size)
     preprocess = _timed(lambda: preprocess_all(pre, frames, keep=False))
     preprocess_all(pre, frames, keep=True)
     infer = infer_fps(model, frames, config.infer.contexts, config.infer.max_batch)
     postprocess = _timed(lambda: sum(1 for f in frames if model.postprocess(f)))
-    figures = dict(zip(STAGE_FIGURES, (decode, preprocess, infer, postprocess)))
+    figures = {"raw decode fps": raw, **dict(zip(STAGE_FIGURES, (decode, preprocess, infer, postprocess)))}
+    figures.update(_spread("decode / raw decode", ratios))
     if config.infer.isolation == "process":
         figures.update(isolation_overhead(config, model, frames))
     return figures
 
 
+def _spread(name: str, values: list[float]) -> dict[str, float]:
+    return {f"{name} (median)": statistics.median(values), f"{name} (min)": min(values), f"{name} (max)": max(values)}
+
+
 def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float | None]:
-    model = load_model(config.model)
-    raw = raw_decode_fps(str(path))
+    """Stages alone, then whole-pipeline runs. With `faults`, runs with and without them take
+    turns (clean, faulty, faulty, clean, ...) REPEATS times each, so neither is the cold one;
+    fps counts frames that ended ok."""
+    config, _ = size_run(config, len(config.sources))
+    model = load_model(config.model, source_sizes=[_source_size(path)])
     alone = stages_alone(config, path, model)
+    input_size, batch = model.input_size, model.stage.max_batch(config.infer.max_batch)
     model.engine.close()
+    del model
     gc.collect()
     base = config.model_copy(update={"sources": [config.sources[0]], "progress": False})
-    clean = run(base)
-    decode, preprocess, infer, postprocess = (alone[k] for k in STAGE_FIGURES)
-    stage_figures = {k: alone[k] for k in STAGE_FIGURES}
-    figures: dict[str, float | None] = {"raw decode fps": raw, **stage_figures, "pipeline fps": clean.fps}
-    figures["pipeline / slowest stage"] = clean.fps / min(decode, preprocess, infer, postprocess)
-    figures["decode / raw decode"] = decode / raw
-    figures.update({k: v for k, v in alone.items() if k not in stage_figures})
+    faulty_config = base.model_copy(update={"faults": base.faults.model_copy(update=faults or {})})
+    clean, faulty = [], []
+    for i in range(REPEATS if faults else 1):
+        order = [(base, clean), (faulty_config, faulty)] if faults else [(base, clean)]
+        for run_config, runs in order if i % 2 == 0 else order[::-1]:
+            runs.append(run(run_config))
+            gc.collect()
+    slowest = min(alone[k] for k in STAGE_FIGURES)
+    clean_fps = statistics.median(s.fps for s in clean)
+    figures: dict[str, float | None] = {"input width": input_size[0], "input height": input_size[1], **alone}
+    figures["frames per pipeline run"] = clean[0].frames
+    figures["pipeline runs"] = len(clean) + len(faulty)
+    figures["pipeline fps (ok frames)"] = clean_fps
+    figures["pipeline fps (processed)"] = statistics.median(s.processed_fps for s in clean)
+    figures["first result s"] = statistics.median(s.first_result_s or 0.0 for s in clean)
+    figures["pipeline / slowest stage"] = clean_fps / slowest
     if faults:
-        faulty = run(base.model_copy(update={"faults": base.faults.model_copy(update=faults)}))
-        inf = faulty.inference
-        figures["pipeline fps with faults"] = faulty.fps
-        figures["with faults / without"] = faulty.fps / clean.fps if clean.fps else None
-        figures["ok with faults"] = faulty.ok / faulty.frames if faulty.frames else None
+        inf = faulty[-1].inference
+        figures["pipeline fps with faults (ok frames)"] = statistics.median(s.fps for s in faulty)
+        figures["pipeline fps with faults (processed)"] = statistics.median(s.processed_fps for s in faulty)
+        figures.update(_spread("with faults / without", [f.fps / c.fps for f, c in zip(faulty, clean) if c.fps]))
+        figures["ok with faults"] = sum(s.ok for s in faulty) / max(1, sum(s.frames for s in faulty))
         for key in ("rebuild_ms_p50", "rebuild_ms_p99", "recovery_ms_p50", "recovery_ms_p99",
                     "recovery_overhead_ms_p50", "recovery_overhead_ms_p99"):
             figures[key.replace("_ms_", " ms ").replace("_", " ")] = inf.get(key)
@@ -175,8 +225,15 @@ def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float
             figures["worker restarts"] = inf["worker_restarts"]
             figures["worker restart ms p50"] = inf["worker_restart_ms_p50"]
             figures["worker restart ms p99"] = inf["worker_restart_ms_p99"]
-        figures["inference ms (mean)"] = 1000 / infer * model.stage.max_batch(config.infer.max_batch) if infer else None
+        infer = alone["inference fps"]
+        figures["inference ms per batch (mean)"] = 1000 / infer * batch if infer else None
     return figures
+
+
+def _source_size(path: Path) -> tuple[int, int]:
+    decoder = VideoDecoder("bench", str(path), 1.0)
+    decoder.close()
+    return decoder.info.width, decoder.info.height
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:

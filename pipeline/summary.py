@@ -36,6 +36,9 @@ class RunSummary:
     events: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     interrupted: bool = False
+    first_result_s: float | None = None  # from the start of the run (model loading included) to the first result
+    analytics: dict[str, Any] = field(default_factory=dict)  # per source: line in/out totals
+    sizing: dict[str, Any] = field(default_factory=dict)  # what auto values became (pipeline/sizing.py)
 
     @property
     def frames(self) -> int:
@@ -55,6 +58,12 @@ class RunSummary:
 
     @property
     def fps(self) -> float:
+        """Frames that ended `ok`, per second: failed frames are not throughput."""
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def processed_fps(self) -> float:
+        """Frames that ended as any result (ok or failed), per second."""
         return self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property

@@ -5,6 +5,7 @@ exists to measure the pipeline when inference costs what a real CPU detector cos
 (YOLOv8n is 8.7 GFLOPs), which the tiny embedded default does not.
 
     python samples/bench_model.py bench-model.onnx
+    python samples/bench_model.py bench-dynamic.onnx --dynamic   # dynamic height and width
     vidpipe bench ../shared/media/car-detection.mp4 --model bench-model.onnx
 """
 
@@ -21,7 +22,9 @@ STAGES = [(16, 1), (32, 2), (64, 2), (128, 2), (256, 2)]  # (channels, extra 3x3
 CLASSES = 80
 
 
-def build(size: int = 640, seed: int = 0) -> onnx.ModelProto:
+def build(size: int = 640, seed: int = 0, dynamic: bool = False) -> onnx.ModelProto:
+    """`dynamic`: height and width dynamic, as `yolo export ... dynamic=True` writes them,
+    with Ultralytics' `imgsz` and `stride` metadata."""
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
 
@@ -53,17 +56,22 @@ def build(size: int = 640, seed: int = 0) -> onnx.ModelProto:
     nodes.append(helper.make_node("Concat", heads, ["raw"], axis=2))
     nodes.append(helper.make_node("Sigmoid", ["raw"], ["output0"]))
     cells = sum((size // s) ** 2 for s in (8, 16, 32))
+    height, width, anchors = ("height", "width", "anchors") if dynamic else (size, size, cells)
     graph = helper.make_graph(
         nodes,
         "bench-detector",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 4 + CLASSES, cells])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, height, width])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 4 + CLASSES, anchors])],
         inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    if dynamic:
+        helper.set_model_props(model, {"imgsz": str([size, size]), "stride": "32"})
+    return model
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench-model.onnx")
-    onnx.save(build(), out)
+    args = [a for a in sys.argv[1:] if a != "--dynamic"]
+    out = Path(args[0] if args else "bench-model.onnx")
+    onnx.save(build(dynamic="--dynamic" in sys.argv), out)
     print(f"wrote {out}")

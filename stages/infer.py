@@ -6,11 +6,12 @@ business (pipeline/scheduler.py); this module only knows the model's tensors.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
 
-from engines.base import Context, Engine
+from engines.base import Context, Engine, TensorSpec
 from engines.errors import ModelError
 from pipeline.types import Frame
 from stages.preprocess import stack
@@ -20,7 +21,14 @@ InputBuffer = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
 
 
 class InferStage:
-    def __init__(self, engine: Engine) -> None:
+    """The model's one image input, [batch, 3, height, width] float32.
+
+    `input_size` (width, height) is the size a model with dynamic height and width runs at
+    (see stages/preprocess.run_input_size); a model with a fixed size runs at its own, and
+    a different `input_size` is a ModelError.
+    """
+
+    def __init__(self, engine: Engine, input_size: tuple[int, int] | None = None) -> None:
         if len(engine.inputs) != 1:
             names = ", ".join(i.name for i in engine.inputs)
             raise ModelError(
@@ -29,10 +37,10 @@ class InferStage:
             )
         spec = engine.inputs[0]
         shape = spec.shape
-        if len(shape) != 4 or shape[1] != 3 or not all(isinstance(d, int) for d in shape[2:]):
+        if len(shape) != 4 or shape[1] != 3:
             raise ModelError(
                 f"model {engine.name}: input '{spec.name}' has shape {list(shape)}, not an image "
-                "tensor [batch, 3, height, width] with a fixed size; export the model with a fixed imgsz"
+                "tensor [batch, 3, height, width]"
             )
         if spec.dtype != np.float32:
             raise ModelError(
@@ -42,29 +50,93 @@ class InferStage:
         if not engine.outputs:
             raise ModelError(f"model {engine.name}: has no outputs")
         self.input_name = spec.name
-        self.input_size = (int(shape[3]), int(shape[2]))  # (width, height)
+        self.input_size = _input_size(engine.name, spec, input_size)  # (width, height)
         self.fixed_batch = spec.batch_dim if not isinstance(shape[0], str) else None
+        self._buffers = threading.local()
+        # The output layout's own sanity check (scores in 0..1, ...), set by pipeline/model.py.
+        self.check: Callable[[dict[str, np.ndarray], int], str | None] | None = None
 
     def max_batch(self, wanted: int) -> int:
         return min(wanted, self.fixed_batch) if self.fixed_batch else wanted
 
-    def inputs(self, frames: list[Frame], context: Context | None = None) -> dict[str, np.ndarray]:
-        """The batch tensor, written straight into `context`'s own buffer when it offers one
-        (an optional `input_buffer(name, shape, dtype)` method, e.g. shared memory)."""
+    def batch_shapes(self, wanted: tuple[int, ...]) -> tuple[int, ...]:
+        """The batch sizes this model will run at: `wanted` (ascending), or the model's own
+        fixed batch. Every batch is padded up to one of them, so each is warmed once and
+        measured on its own (pipeline/context_pool.py)."""
+        if self.fixed_batch:
+            return (self.fixed_batch,)
+        return tuple(sorted(set(wanted)))
+
+    @staticmethod
+    def shape_for(count: int, shapes: tuple[int, ...]) -> int:
+        """The smallest batch shape that holds `count` frames."""
+        return next(s for s in shapes if s >= count)
+
+    def inputs(self, frames: list[Frame], context: Context | None = None, batch: int | None = None) -> dict[str, np.ndarray]:
+        """The batch tensor [batch, 3, H, W], zero-padded past len(frames) (the padding's
+        outputs never reach a result: `split` reads only the frames' rows), written straight
+        into `context`'s own buffer when it offers one (an optional
+        `input_buffer(name, shape, dtype)` method, e.g. shared memory)."""
+        batch = self.fixed_batch or batch or len(frames)
         into: InputBuffer | None = getattr(context, "input_buffer", None)
         if into is None:
-            return {self.input_name: stack(frames, self.fixed_batch)}
+            return {self.input_name: stack(frames, batch, out=self._buffer(batch))}
         w, h = self.input_size
-        buffer = into(self.input_name, (self.fixed_batch or len(frames), 3, h, w), np.dtype(np.float32))
-        return {self.input_name: stack(frames, self.fixed_batch, out=buffer)}
+        buffer = into(self.input_name, (batch, 3, h, w), np.dtype(np.float32))
+        return {self.input_name: stack(frames, batch, out=buffer)}
 
-    def probe_inputs(self) -> dict[str, np.ndarray]:
-        """A fixed input whose outputs, recorded at start-up, tell a healthy context."""
+    def _buffer(self, count: int) -> np.ndarray:
+        """This thread's float32 batch buffer, grown to the largest batch it has seen.
+
+        One per scheduler worker thread: a context's call has returned (or been given up,
+        its outputs unused) before its thread stacks the next batch into the same memory."""
         w, h = self.input_size
-        rng = np.random.default_rng(20240611)
-        return {self.input_name: rng.random((self.fixed_batch or 1, 3, h, w), dtype=np.float32)}
+        count = self.fixed_batch or count
+        buffer: np.ndarray | None = getattr(self._buffers, "array", None)
+        if buffer is None or len(buffer) < count:
+            buffer = self._buffers.array = np.empty((count, 3, h, w), np.float32)
+        return buffer[:count]
+
+    def probe_inputs(self, batch: int | None = None) -> dict[str, np.ndarray]:
+        """A fixed input whose outputs, recorded at start-up, tell a healthy context: one
+        random image repeated `batch` times (every row must give the same outputs)."""
+        w, h = self.input_size
+        image = np.random.default_rng(20240611).random((1, 3, h, w), dtype=np.float32)
+        return {self.input_name: np.repeat(image, self.fixed_batch or batch or 1, axis=0)}
+
+    def output_problem(self, outputs: dict[str, np.ndarray], rows: int) -> str | None:
+        """Why the first `rows` rows of a context's outputs cannot be trusted, or None.
+
+        Every value must be finite; `check` (set from the model's output layout, see
+        stages/postprocess.py) adds what the layout knows, e.g. scores within 0..1."""
+        for name, value in outputs.items():
+            head = value[:rows]
+            if head.dtype.kind == "f" and not np.isfinite(head).all():
+                return f"output '{name}' holds NaN or infinite values"
+        return self.check(outputs, rows) if self.check is not None else None
 
     @staticmethod
     def split(frames: list[Frame], outputs: dict[str, np.ndarray]) -> None:
         for i, frame in enumerate(frames):
             frame.outputs = {name: value[i] for name, value in outputs.items()}
+
+
+def _input_size(model: str, spec: TensorSpec, wanted: tuple[int, int] | None) -> tuple[int, int]:
+    """(width, height): the model's fixed size, or `wanted` when height and width are dynamic."""
+    height, width = spec.shape[2:]
+    fixed = isinstance(height, int) and isinstance(width, int)
+    if fixed and wanted is not None and wanted != (width, height):
+        raise ModelError(
+            f"model {model}: input '{spec.name}' is fixed at {width}x{height}, not {wanted[0]}x{wanted[1]}; "
+            "drop --imgsz, or export the model with dynamic=True"
+        )
+    if fixed:
+        return int(width), int(height)
+    if isinstance(height, int) or isinstance(width, int):
+        raise ModelError(
+            f"model {model}: input '{spec.name}' has shape {list(spec.shape)}: only one of height and "
+            "width is dynamic; export the model with a fixed imgsz or with dynamic=True"
+        )
+    if wanted is None:
+        raise ModelError(f"model {model}: input '{spec.name}' has a dynamic height and width; give --imgsz")
+    return wanted

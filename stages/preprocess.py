@@ -1,6 +1,21 @@
-"""Letterbox a frame into the model input: keep aspect, pad, RGB, NCHW float32 in 0..1."""
+"""Letterbox a frame into the model input: keep aspect, pad, RGB; NCHW float32 in 0..1 per batch.
+
+Memory: a frame leaves this stage as a uint8 (H, W, 3) letterboxed image, a quarter of
+its float32 size, so the queues behind it hold bytes; the float tensor is made once per
+batch by `stack`, into a buffer the caller reuses.
+
+Input shapes: a model with a fixed height and width gets exactly those. A model with
+dynamic height and width (`yolo export ... dynamic=True`) gets one shape per run,
+chosen by `run_input_size`: the smallest stride-aligned rectangle that holds every
+source at the model's nominal size (16:9 at 640 -> 640x384, as Ultralytics' letterbox
+with `auto=True` does), or the square when the sources differ in aspect. One shape,
+not one per source, because a batch holds one shape: frames of every source share
+batches, and each extra shape would need its own warm-up and its own slower calls.
+"""
 
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -8,6 +23,7 @@ import numpy as np
 from pipeline.types import Frame, Letterbox
 
 PAD_VALUE = 114  # the grey YOLO exporters train with
+STRIDE = 32  # the largest stride of YOLO heads: input sides must be multiples of it
 
 
 def fit_size(source_size: tuple[int, int], input_size: tuple[int, int]) -> tuple[int, int]:
@@ -17,11 +33,33 @@ def fit_size(source_size: tuple[int, int], input_size: tuple[int, int]) -> tuple
     return max(1, round(sw * ratio)), max(1, round(sh * ratio))
 
 
-def letterbox(image: np.ndarray, input_size: tuple[int, int], source_size: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
-    """Fit an RGB uint8 image (possibly already downscaled by decode) into `input_size`.
+def rect_size(source_size: tuple[int, int], nominal: tuple[int, int], stride: int = STRIDE) -> tuple[int, int]:
+    """The smallest (width, height), multiples of `stride`, that hold `source_size` fitted
+    into `nominal`: 768x432 at 640x640 -> 640x384. Never larger than `nominal` rounded up."""
+    w, h = fit_size(source_size, nominal)
+    return math.ceil(w / stride) * stride, math.ceil(h / stride) * stride
+
+
+def run_input_size(
+    source_sizes: list[tuple[int, int]], nominal: tuple[int, int], stride: int = STRIDE, rect: bool = True
+) -> tuple[int, int]:
+    """The one (width, height) a dynamic-size model runs at: the rectangle all sources share,
+    else `nominal` (rounded up to the stride). `rect=False` asks for the square."""
+    square = (math.ceil(nominal[0] / stride) * stride, math.ceil(nominal[1] / stride) * stride)
+    if not rect or not source_sizes:
+        return square
+    shapes = {rect_size(size, nominal, stride) for size in source_sizes}
+    return shapes.pop() if len(shapes) == 1 else square
+
+
+def letterbox_image(
+    image: np.ndarray, input_size: tuple[int, int], source_size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, Letterbox]:
+    """Fit an RGB uint8 image (possibly already downscaled by decode) into `input_size`
+    (width, height): a uint8 (height, width, 3) image, grey-padded, and its Letterbox.
 
     `source_size` is the original frame's (width, height) when `image` was downscaled,
-    so the Letterbox maps boxes back to the original pixels.
+    so the Letterbox maps boxes back to the original pixels: source = (model - pad) / ratio.
     """
     h, w = image.shape[:2]
     source_size = source_size or (w, h)
@@ -34,31 +72,44 @@ def letterbox(image: np.ndarray, input_size: tuple[int, int], source_size: tuple
     padded = cv2.copyMakeBorder(
         image, top, ih - nh - top, left, iw - nw - left, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3
     )
-    tensor = np.ascontiguousarray(padded.transpose(2, 0, 1), dtype=np.float32)
-    tensor *= np.float32(1 / 255)
     ratio = min(iw / source_size[0], ih / source_size[1])
-    return tensor, Letterbox(ratio=ratio, pad_x=float(left), pad_y=float(top), source_size=source_size)
+    return padded, Letterbox(ratio=ratio, pad_x=float(left), pad_y=float(top), source_size=source_size)
+
+
+def to_tensor(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in 0..1, into `out` when given."""
+    if out is None:
+        out = np.empty((3, *image.shape[:2]), np.float32)
+    np.multiply(image.transpose(2, 0, 1), np.float32(1 / 255), out=out, dtype=np.float32)
+    return out
+
+
+def letterbox(image: np.ndarray, input_size: tuple[int, int], source_size: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
+    """`letterbox_image` as a float32 (3, height, width) tensor in 0..1 (for tools and calibration)."""
+    padded, box = letterbox_image(image, input_size, source_size)
+    return to_tensor(padded), box
 
 
 class Preprocess:
-    """Frame -> Frame with `tensor` (3, H, W) and `letterbox` set."""
+    """Frame -> Frame with `tensor` the uint8 (H, W, 3) letterboxed image and `letterbox` set."""
 
     def __init__(self, input_size: tuple[int, int]) -> None:
         self.input_size = input_size
 
     def __call__(self, frame: Frame) -> Frame:
-        frame.tensor, frame.letterbox = letterbox(frame.image, self.input_size, frame.source_size)
+        frame.tensor, frame.letterbox = letterbox_image(frame.image, self.input_size, frame.source_size)
         return frame
 
 
 def stack(frames: list[Frame], batch_size: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
-    """Batch frame tensors as NCHW; pad with zeros up to a fixed `batch_size`; into `out` when given."""
-    if out is not None:
-        np.stack([f.tensor for f in frames], out=out[: len(frames)])
-        out[len(frames) :] = 0
-        return out
-    batch = np.stack([f.tensor for f in frames])
-    if batch_size and len(frames) < batch_size:
-        pad = np.zeros((batch_size - len(frames), *batch.shape[1:]), batch.dtype)
-        batch = np.concatenate([batch, pad])
-    return batch
+    """The batch as NCHW float32 in 0..1 from the frames' uint8 (H, W, 3) tensors, zero-padded
+    up to a fixed `batch_size`; written into `out` (shape [N, 3, H, W], N >= len(frames))
+    when given, so a caller that keeps `out` converts without allocating."""
+    count = max(len(frames), batch_size or 0)
+    if out is None:
+        h, w = frames[0].tensor.shape[:2]
+        out = np.empty((count, 3, h, w), np.float32)
+    for i, frame in enumerate(frames):
+        to_tensor(frame.tensor, out=out[i])
+    out[len(frames) :] = 0
+    return out

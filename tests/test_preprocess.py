@@ -73,7 +73,8 @@ def test_downscaled_by_decode_matches_full_size(request: pytest.FixtureRequest, 
         assert a.image.shape[1] == 320 and b.image.shape[1] > 320
         a, b = stage(a), stage(b)
         assert a.letterbox == b.letterbox
-        difference = np.abs(a.tensor - b.tensor)
+        assert a.tensor.dtype == np.uint8 and a.tensor.shape == (320, 320, 3)
+        difference = np.abs(a.tensor.astype(np.float32) - b.tensor) / 255
         assert difference.mean() < 0.005
         assert difference.max() < 0.06
 
@@ -89,25 +90,45 @@ def first_frames(path: Path, fit_to: tuple[int, int] | None, count: int = 5) -> 
     return frames
 
 
-def frame_with_tensor(value: float) -> Frame:
+def frame_with_tensor(value: int) -> Frame:
+    """A frame as preprocess leaves it: a uint8 (H, W, 3) letterboxed image."""
     return Frame(
         source="cam", seq=0, pts=0.0, decoded_at=0.0, deadline=1.0, wall_time=0.0,
         image=np.zeros((4, 4, 3), np.uint8), source_size=(4, 4),
-        tensor=np.full((3, 8, 8), value, np.float32),
+        tensor=np.full((8, 6, 3), value, np.uint8),
     )  # fmt: skip
 
 
-def test_stack_pads_a_fixed_batch_with_zeros() -> None:
-    frames = [frame_with_tensor(v) for v in (0.25, 0.5, 0.75)]
+def test_stack_makes_nchw_float_and_pads_a_fixed_batch_with_zeros() -> None:
+    frames = [frame_with_tensor(v) for v in (51, 102, 255)]
+    frames[0].tensor[2, 3] = (255, 0, 0)  # one red pixel: channels land in their planes
     batch = stack(frames, batch_size=4)
-    assert batch.shape == (4, 3, 8, 8)
+    assert batch.shape == (4, 3, 8, 6)
     assert batch.dtype == np.float32
     for i, frame in enumerate(frames):
-        np.testing.assert_array_equal(batch[i], frame.tensor)
+        np.testing.assert_allclose(batch[i], frame.tensor.transpose(2, 0, 1) / 255, atol=1e-6)
+    assert batch[0, :, 2, 3].tolist() == [1.0, 0.0, 0.0]
     assert not batch[3].any()
 
 
 def test_stack_without_a_fixed_batch_keeps_the_count() -> None:
-    frames = [frame_with_tensor(v) for v in (0.25, 0.5)]
-    assert stack(frames).shape == (2, 3, 8, 8)
-    assert stack(frames, batch_size=2).shape == (2, 3, 8, 8)
+    frames = [frame_with_tensor(v) for v in (51, 102)]
+    assert stack(frames).shape == (2, 3, 8, 6)
+    assert stack(frames, batch_size=2).shape == (2, 3, 8, 6)
+
+
+def test_stack_writes_into_the_given_buffer() -> None:
+    """A reused buffer: a smaller batch after a larger one leaves no stale frame behind."""
+    out = np.full((4, 3, 8, 6), 7.0, np.float32)
+    batch = stack([frame_with_tensor(v) for v in (51, 102, 153)], out=out)
+    assert np.shares_memory(batch, out)
+    batch = stack([frame_with_tensor(255)], batch_size=2, out=out[:2])
+    assert np.shares_memory(batch, out) and batch.shape == (2, 3, 8, 6)
+    assert (batch[0] == 1.0).all() and not batch[1].any()
+
+
+def test_preprocess_keeps_uint8_in_the_frame(odd_clip: Path) -> None:
+    """What waits in the queue after preprocess is bytes: a quarter of the float tensor."""
+    frame = Preprocess((320, 192))(first_frames(odd_clip, fit_to=(320, 192), count=1)[0])
+    assert frame.tensor.dtype == np.uint8 and frame.tensor.shape == (192, 320, 3)
+    assert (frame.letterbox.pad_x, frame.letterbox.pad_y) == (0, 6)
