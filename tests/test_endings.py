@@ -250,7 +250,9 @@ def test_two_runs_on_one_spool_directory_the_second_exits_2_naming_the_first(
     while not client.xlen("vidpipe:results:car-detection"):
         assert first.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    second = subprocess.run([*command, "--max-frames", "5"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    # Another source name: the streams do not clash (that is refused too), only the spool directory.
+    second = subprocess.run([*command, "--max-frames", "5", "--name", "other"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
     first.communicate(timeout=120)
 
     assert second.returncode == 2
