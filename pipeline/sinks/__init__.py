@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 from typing import Protocol
 
@@ -51,8 +52,6 @@ def lock_output(fd: int, path: Path, flag: str) -> None:
     Raises OutputError naming the other run's PID (from /proc/locks, where Linux shows it)
     when another process holds it. Only regular files are locked (not /dev/full or a pipe).
     """
-    import stat
-
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         return
     try:
