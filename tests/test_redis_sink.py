@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import RedisConfig, build_config
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, OutputError
 from pipeline.sinks import redis as redis_sink
 from pipeline.sinks.redis import RedisSink, missing_seqs, redact_url, resolve_redis_url
 from pipeline.spool import Spool
