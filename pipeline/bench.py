@@ -25,6 +25,7 @@ from rich.table import Table
 from pipeline.api import run
 from pipeline.config import RunConfig
 from pipeline.model import Model, load_model, open_isolated_engine
+from pipeline.sizing import size_run
 from pipeline.types import Frame
 from stages.decode import VideoDecoder
 from stages.preprocess import Preprocess

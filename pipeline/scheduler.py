@@ -197,7 +197,7 @@ class InferScheduler:
             shape = self.stage.shape_for(len(frames), self.pool.shapes)
             start = time.monotonic()
             try:
-                outputs = self._attempt(slot, frames, shape, trust=corrupt_before and slot.fresh)
+                outputs = self._attempt(slot, frames, shape, confirm=corrupt_before)
             except InferenceError as err:
                 failed_at = failed_at or time.monotonic()
                 last_error = str(err)
@@ -215,17 +215,17 @@ class InferScheduler:
             self._succeeded(slot, frames, shape, took, failed_at, outputs)
             return slot
 
-    def _attempt(self, slot: Slot, frames: list[Frame], shape: int, trust: bool) -> dict:
+    def _attempt(self, slot: Slot, frames: list[Frame], shape: int, confirm: bool) -> dict:
         """One call at batch `shape`, its outputs checked before anything trusts them.
 
         Outputs that fail the check are the context's fault (CorruptOutput: replaced and
-        retried) unless a fresh context, which passed its warm-up, gives failing outputs for
-        the same frames again (`trust`): then they are the model's answer to those frames,
-        and postprocess fails just the frames whose values are not detections."""
+        retried) unless, on a retry (`confirm`), the context that gave them again still passes
+        a health probe: then they are the model's own answer to these frames, and postprocess
+        fails just the frames whose values are not detections."""
         inputs = self.stage.inputs(frames, slot.context, shape)
         outputs = slot.call(inputs, self.times.hang_timeout(shape), self.settings.call_grace_s)
         problem = self.stage.output_problem(outputs, len(frames))
-        if problem and not trust:
+        if problem and not (confirm and self.pool.probe(slot)):
             raise CorruptOutput(f"context returned outputs that cannot be right: {problem}")
         return outputs
 

@@ -40,15 +40,36 @@ def raw_iobinding_fps(model: Path, batch: int, seconds: float = 3.0) -> float:
     return runs * batch / (time.perf_counter() - start)
 
 
+class StageTimes:
+    """Mean per-frame milliseconds of each stage (Result.timings), to see where a run's time goes."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def write(self, result) -> None:
+        self.count += 1
+        for name, ms in result.timings.items():
+            self.sums[name] = self.sums.get(name, 0.0) + ms
+
+    def means(self) -> dict[str, float]:
+        return {k: round(v / max(1, self.count), 2) for k, v in self.sums.items()}
+
+
 def vidpipe(label: str, clip: Path, path: Path, sources: int = 1, model: dict | None = None, **config) -> None:
+    from pipeline.runtime import RunHooks
+
     start = time.perf_counter()
+    times = StageTimes()
     summary = run(build_config({"sources": [{"url": str(clip), "name": f"cam{i}"} for i in range(sources)],
-                                "model": {"path": str(path), **(model or {})}, **config}))
+                                "model": {"path": str(path), **(model or {})}, **config}),
+                  hooks=RunHooks(on_result=times.write))
     inf = summary.inference
     print(f"{label}: {summary.ok}/{summary.frames} ok, {summary.fps:.0f} fps ok, p50 {summary.latency_p50_ms} ms, "
           f"p99 {summary.latency_p99_ms} ms, wall {time.perf_counter() - start:.1f} s, first result {summary.first_result_s} s, "
           f"rebuild p99 {inf['rebuild_ms_p99']} ms, timeouts {inf['timeouts']}, abandoned {inf['abandoned']}, "
-          f"reloads {inf['engine_reloads']}, mean batch {inf['mean_batch']}, sizing {summary.sizing}", flush=True)
+          f"reloads {inf['engine_reloads']}, mean batch {inf['mean_batch']}, stage ms {times.means()}, "
+          f"sizing {summary.sizing}", flush=True)
 
 
 def main() -> None:

@@ -122,7 +122,7 @@ def test_a_post_nms_class_id_beyond_the_names_fails_the_frame(tmp_path: Path, ca
 
     proc = vidpipe(str(car_clip), "--model", str(model), "--max-frames", "2", "--out", str(out))
 
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 4, proc.stderr  # frames failed: exit 4 (issue 11)
     frames = [r for r in map(strict_json, out.read_text().splitlines()) if r["type"] == "frame"]
     assert [(f["status"], f["reason"]) for f in frames] == [("failed", "postprocess")] * 2
     assert all("class id 93" in f["error"] and "--labels" in f["error"] for f in frames)
@@ -221,7 +221,7 @@ def test_a_decoded_value_that_is_not_a_detection_fails_the_frame(
     proc = vidpipe(str(car_clip), "--model", str(model), "--max-frames", "2", "--out", str(out),
                    "--video", str(video))  # fmt: skip
 
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 4, proc.stderr  # frames failed: exit 4 (issue 11)
     records = [strict_json(line) for line in out.read_text().splitlines()]
     frames = [r for r in records if r["type"] == "frame"]
     assert [(f["status"], f["reason"], f["detections"]) for f in frames] == [("failed", "postprocess", [])] * 2
