@@ -45,7 +45,7 @@ REPEATS = 3  # interleaved repeats of each compared measurement
 
 
 def raw_decode_fps(path: str, limit: int) -> float:
-    """Decoding alone, no colour conversion: the first `limit` frames."""
+    """Decoding alone, frames left in FFmpeg's buffers: the first `limit` frames."""
 
     def decode() -> int:
         with av.open(path) as container:
@@ -57,7 +57,9 @@ def raw_decode_fps(path: str, limit: int) -> float:
 
 
 def decode_frames(path: str, model: Model, deadline_s: float, limit: int) -> tuple[list[Frame], float]:
-    """The first `limit` frames as the pipeline decodes them (colour conversion included)."""
+    """The first `limit` frames as the pipeline decodes them: copied out as I420 planes (and
+    converted to yuv420p BT.601 first where the source is not). Scaling and RGB conversion
+    are preprocessing's, measured there."""
     frames: list[Frame] = []
 
     def decode() -> int:
@@ -158,7 +160,7 @@ def isolation_overhead(config: RunConfig, model: Model, frames: list[Frame], rou
     }
 
 
-STAGE_FIGURES = ("decode fps (with colour conversion)", "preprocess fps", "inference fps", "postprocess fps")
+STAGE_FIGURES = ("decode fps (to I420 planes)", "preprocess fps (to RGB, letterbox)", "inference fps", "postprocess fps")
 
 
 def stages_alone(config: RunConfig, path: Path, model: Model) -> dict[str, float]:

@@ -63,6 +63,9 @@ class Frame:
     """One decoded frame on its way through the stages.
 
     `decoded_at` and `deadline` are time.monotonic() seconds; `wall_time` is time.time().
+    `image` is the decoded picture's I420 (yuv420p) planes, uint8 (H2 * 3 // 2, W2), BT.601
+    limited range, with (W2, H2) the displayed `source_size` (width, height) rounded up to
+    even (see stages.decode.to_i420); preprocessing turns it into RGB.
     Stages fill `tensor`/`letterbox` (preprocess), `outputs` (infer) and `detections`
     (postprocess); `timings` collects per-stage milliseconds.
     """

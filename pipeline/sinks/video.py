@@ -24,6 +24,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.video.reformatter import VideoReformatter
 import cv2
 import numpy as np
 
@@ -31,6 +32,7 @@ from pipeline.errors import OutputError
 from pipeline.summary import RunSummary
 from pipeline.types import Frame, Result, SourceEvent, Status
 from stages.decode import VideoDecoder
+from stages.preprocess import i420_to_rgb
 
 log = logging.getLogger("vidpipe.video")
 
@@ -114,6 +116,7 @@ class _SourceVideo:
         self._step = max(1, round(1 / (rate * self._time_base)))  # one frame's duration in pts units
         self._decoder = VideoDecoder(name, url, deadline_s=0.0)
         self._source = iter(self._decoder)
+        self._rgb = VideoReformatter()  # one swscale context for the frames' I420 -> RGB
         width, height = self._decoder.info.width, self._decoder.info.height
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +177,7 @@ class _SourceVideo:
         if frame is None:  # the file changed since the pipeline read it
             image, pts, missing = self._blank.copy(), None, True
         else:
-            image, missing = frame.image, False
+            image, missing = i420_to_rgb(frame.image, frame.source_size, reformatter=self._rgb), False
             pts = round(frame.pts / self._time_base) if frame.pts is not None else None
         if pts is None or (self._last_pts is not None and pts <= self._last_pts):
             pts = 0 if self._last_pts is None else self._last_pts + self._step
