@@ -233,10 +233,11 @@ def _plane(av_frame: av.VideoFrame, index: int) -> np.ndarray:
 def iter_images(path: Path, max_frames: int | None = None) -> Iterator[np.ndarray]:
     """Full-size RGB uint8 (H, W, 3) images of a video file (for calibration and tools)."""
     decoder = VideoDecoder(Path(path).stem, str(path), deadline_s=0.0)
+    reformatter = VideoReformatter()
     count = 0
     for item in decoder:
         if isinstance(item, Frame):
-            yield i420_to_rgb(item.image, item.source_size)
+            yield i420_to_rgb(item.image, item.source_size, reformatter=reformatter)
             count += 1
             if max_frames is not None and count >= max_frames:
                 decoder.close()
