@@ -101,7 +101,7 @@ def i420_to_rgb(
     """
     width, height = source_size
     if width % 2 == 0 and height % 2 == 0:
-        frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        frame = av.VideoFrame.from_numpy_buffer(planes, format="yuv420p")  # no copy
     else:  # padded to even sizes (see to_i420): copy the picture's part of each plane
         frame = av.VideoFrame(width, height, "yuv420p")
         h2, w2 = planes.shape[0] * 2 // 3, planes.shape[1]
