@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import socket
 import subprocess
 import sys
@@ -124,6 +123,7 @@ def test_three_sources_one_flooding_under_shed_the_others_lose_nothing(rtsp, car
             ],
             "max_frames": 40,
             # The test server sends video in bursts of about ten frames: room for a burst.
+            # Colour conversion happens in preprocessing: a worker per source keeps up on a busy machine.
             "queues": {"size": 16, "preprocess_workers": 3},
             # One slow context: about 60 frames/s, room for both cameras (25 frames/s)
             # but far below the unpaced file's decode rate.
@@ -136,7 +136,7 @@ def test_three_sources_one_flooding_under_shed_the_others_lose_nothing(rtsp, car
     for cam in ("cam1", "cam2"):
         results = [r for r in sink.results if r.source == cam]
         assert [r.seq for r in results] == list(range(40))
-        assert all(r.status is Status.OK for r in results), (cam, collections.Counter((r.reason, r.error) for r in results if r.status is not Status.OK))
+        assert all(r.status is Status.OK for r in results), cam
     flood = [r for r in sink.results if r.source == "flood"]
     assert [r.seq for r in flood] == list(range(40))
     shed = [r for r in flood if r.status is Status.FAILED]
