@@ -110,7 +110,10 @@ def i420_to_rgb(
             target = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
             target[:, : plane.width] = source[: plane.height, : plane.width]
     w, h = size or source_size
-    rgb = (reformatter or VideoReformatter()).reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA")
+    # One swscale thread: the preprocess workers are the parallelism; its own threads would oversubscribe.
+    rgb = (reformatter or VideoReformatter()).reformat(
+        frame, width=w, height=h, format="rgb24", interpolation="AREA", threads=1
+    )
     return rgb.to_ndarray()
 
 
