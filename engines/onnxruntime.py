@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from engines.base import TensorSpec
 from engines.errors import InferenceError, InferenceTimeout, ModelError
+from engines.onnxruntime_cuda import CUDA, DEFAULT_CUDA_OPTIONS, OnnxRuntimeCudaContext
 from engines.watchdog import shared_watchdog
 
 _DTYPES = {
@@ -34,20 +35,31 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
 
 
 class OnnxRuntimeEngine:
+    """`providers`: names, or (name, options) pairs, in order of preference. With the CUDA
+    provider every context gets its own session and CUDA stream (engines/onnxruntime_cuda.py);
+    otherwise contexts share this engine's session. Raises ModelError for a provider this
+    ONNX Runtime lacks or one that did not load (never a silent CPU fallback)."""
+
     def __init__(
         self,
         path: Path,
-        providers: list[str] | None = None,
+        providers: list[str | tuple[str, dict]] | None = None,
         intra_op_threads: int = 1,
     ) -> None:
         self.name = Path(path).name
-        providers = providers or ["CPUExecutionProvider"]
-        missing = [p for p in providers if p not in ort.get_available_providers()]
+        providers = [p if isinstance(p, tuple) else (p, {}) for p in providers or ["CPUExecutionProvider"]]
+        # ORT takes provider options as strings; the CUDA provider gets our first-call-friendly defaults.
+        providers = [(name, {**(DEFAULT_CUDA_OPTIONS if name == CUDA else {}), **{k: str(v) for k, v in opts.items()}})
+                     for name, opts in providers]
+        names = [name for name, _ in providers]
+        missing = [p for p in names if p not in ort.get_available_providers()]
         if missing:
+            hint = "; pip install 'vidpipe[gpu]' (onnxruntime-gpu)" if CUDA in missing else "; pick one of those providers"
             raise ModelError(
                 f"ONNX Runtime here has no {', '.join(missing)}; available: "
-                f"{', '.join(ort.get_available_providers())}; pick one of those providers"
+                f"{', '.join(ort.get_available_providers())}{hint}"
             )
+        self.cuda_options = dict(providers[names.index(CUDA)][1]) if CUDA in names else None
         if not Path(path).is_file():
             raise ModelError(f"model {path}: no such file; check the path")
         options = ort.SessionOptions()
@@ -61,6 +73,11 @@ class OnnxRuntimeEngine:
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.providers = self._session.get_providers()
+        if self.cuda_options is not None and CUDA not in self.providers:
+            raise ModelError(
+                f"model {path}: ONNX Runtime could not start its CUDA provider (no GPU, or CUDA/cuDNN "
+                "libraries it cannot load); check nvidia-smi and the onnxruntime-gpu install, or run on the CPU"
+            )
 
     def _open(self) -> ort.InferenceSession:
         try:
@@ -76,8 +93,12 @@ class OnnxRuntimeEngine:
             raise ModelError(f"model {self._path}: no such file any more; cannot reload the engine")
         self._session = self._open()
 
-    def create_context(self) -> OnnxRuntimeContext:
-        return OnnxRuntimeContext(self._session, [o.name for o in self.outputs])
+    def create_context(self) -> OnnxRuntimeContext | OnnxRuntimeCudaContext:
+        outputs = [o.name for o in self.outputs]
+        if self.cuda_options is None:
+            return OnnxRuntimeContext(self._session, outputs)
+        fallbacks = [p for p in self._providers if p[0] != CUDA]
+        return OnnxRuntimeCudaContext(self._path, self._options, self.cuda_options, fallbacks, self.inputs[0].name, outputs)
 
     def close(self) -> None:
         self._session = None  # type: ignore[assignment]

@@ -13,20 +13,34 @@ from rich.console import Console
 
 from pipeline.config import RunConfig, SourceConfig
 from pipeline.model import load_model
+from pipeline.sizing import size_run
 from pipeline.sample_clip import SAMPLE_CLIP
 from pipeline.report import RunDisplay, print_summary
 from pipeline.runtime import Pipeline, RunHooks, Source
 from pipeline.sinks import Sink
 from pipeline.summary import RunSummary
-from stages.decode import VideoDecoder, source_name
+from stages.decode import NAME_MAX, VideoDecoder, source_name
+from stages.errors import SourceError
 from stages.live import LiveSource
 
 if TYPE_CHECKING:
     from pipeline.metrics import RunMetrics
 
 
+# Every network scheme FFmpeg reads video from: each is a live source, with timeouts,
+# a stall watchdog and reconnects (an HTTP camera can hang like an RTSP one).
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
+
+
+def url_scheme(url: str) -> str | None:
+    """The URL's scheme in lower case, or None for a plain path."""
+    if "://" not in url:
+        return None
+    return url.split("://", 1)[0].lower()
+
+
 def is_live(url: str) -> bool:
-    return url.startswith(("rtsp://", "rtsps://", "rtmp://", "udp://", "tcp://", "srt://"))
+    return url_scheme(url) in LIVE_SCHEMES
 
 
 def source_configs(config: RunConfig) -> list[SourceConfig]:
@@ -35,12 +49,21 @@ def source_configs(config: RunConfig) -> list[SourceConfig]:
 
 
 def unique_names(sources: list[SourceConfig]) -> list[str]:
+    """Each source's name: its own (validated by pipeline.config), else one derived from its URL
+    (stages.decode.source_name) with -2, -3, ... where it repeats another. Given names are
+    never changed: derived ones make way for them."""
+    taken = {src.name for src in sources if src.name}
     names: list[str] = []
     for src in sources:
-        base = src.name or source_name(src.url)
+        if src.name:
+            names.append(src.name)
+            continue
+        base = source_name(src.url)
         name, n = base, 2
-        while name in names:
-            name, n = f"{base}-{n}", n + 1
+        while name in taken:
+            suffix = f"-{n}"
+            name, n = base[: NAME_MAX - len(suffix)] + suffix, n + 1
+        taken.add(name)
         names.append(name)
     return names
 
@@ -49,6 +72,12 @@ def open_source(config: RunConfig, src: SourceConfig, name: str) -> Source:
     """Open one source now, so a bad path or an unreachable camera fails before the run."""
     deadline_s = config.deadline_ms / 1000
     live = is_live(src.url)
+    scheme = url_scheme(src.url)
+    if scheme is not None and not live and scheme != "file":
+        raise SourceError(
+            f"source {name}: unsupported URL scheme {scheme}://; pass a file path or an "
+            + ", ".join(f"{s}://" for s in LIVE_SCHEMES) + " URL"
+        )
     if live:
         decoder: VideoDecoder | LiveSource = LiveSource(
             name,
@@ -86,7 +115,11 @@ def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[
     if config.outputs.redis:
         from pipeline.sinks.redis import RedisSink
 
-        sinks.append(RedisSink(config.outputs.redis, run_id))
+        sinks.append(RedisSink(config.outputs.redis, run_id, list(sources)))
+    if config.outputs.mqtt:
+        from pipeline.sinks.mqtt import MqttSink
+
+        sinks.append(MqttSink(config.outputs.mqtt, list(sources), run_id))
     return sinks
 
 
@@ -97,7 +130,7 @@ def start_metrics(config: RunConfig, names: list[str], stack: ExitStack) -> RunM
     from pipeline.metrics import MetricsServer, RunMetrics
 
     metrics = RunMetrics(names)
-    stack.enter_context(MetricsServer(metrics, config.metrics.port))
+    stack.enter_context(MetricsServer(metrics, config.metrics.port, config.metrics.host))
     return metrics
 
 
@@ -114,6 +147,7 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
     hooks.on_result = _chain(hooks.on_result, lambda _: first_result or first_result.append(time.monotonic()))
     configs = source_configs(config)
     names = unique_names(configs)
+    config, _ = size_run(config, len(configs))  # the engine's threads are sized before it loads
     with ExitStack() as stack:
         metrics = start_metrics(config, names, stack)
         decoders = [open_source(config, src, name) for src, name in zip(configs, names)]

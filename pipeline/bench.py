@@ -25,6 +25,7 @@ from rich.table import Table
 from pipeline.api import run
 from pipeline.config import RunConfig
 from pipeline.model import Model, load_model, open_isolated_engine
+from pipeline.sizing import size_run
 from pipeline.types import Frame
 from stages.decode import VideoDecoder
 from stages.preprocess import Preprocess
@@ -119,7 +120,7 @@ def infer_fps(model: Model, frames: list[Frame], contexts: int, batch: int) -> f
                 chunk = next(todo, None)
             if chunk is None:
                 break
-            model.stage.split(chunk, context.infer(model.stage.inputs(chunk), 60.0))
+            model.stage.split(chunk, context.infer(model.stage.inputs(chunk, context), 60.0))
         context.close()
 
     def all_contexts() -> int:
@@ -197,6 +198,7 @@ def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float
     """Stages alone, then whole-pipeline runs. With `faults`, runs with and without them take
     turns (clean, faulty, faulty, clean, ...) REPEATS times each, so neither is the cold one;
     fps counts frames that ended ok."""
+    config, _ = size_run(config, len(config.sources))
     model = load_model(config.model, source_sizes=[_source_size(path)])
     alone = stages_alone(config, path, model)
     input_size, batch = model.input_size, model.stage.max_batch(config.infer.max_batch)

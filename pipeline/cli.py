@@ -9,11 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, VidpipeError
+from pipeline.redact import redact
 
 EXIT_USER_ERROR = 2
 EXIT_LEDGER = 1
 EXIT_INTERRUPTED = 130
 EXIT_WORKER_BUDGET = 3
+EXIT_FAILED_FRAMES = 4
+# Failures a run that did its job may have: frames shed by a source whose policy is shed, and
+# (after a signal) frames in flight when it came.
+EXCUSED_FAILURES = {"shed"}
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +29,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["onnxruntime", "tensorrt"])
     parser.add_argument("--engine", type=Path, help="a serialized TensorRT engine to load (implies --backend tensorrt)")
     parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="TensorRT build precision")
-    parser.add_argument("--layout", choices=["auto", "yolov8", "yolov5", "yolox"])
+    parser.add_argument("--layout", choices=["auto", "yolov8", "yolov5", "yolox", "e2e"])
     parser.add_argument("--imgsz", type=int, help="square input size for a model with dynamic height and width "
                         "(default: a rectangle fitting the video)")
     parser.add_argument("--labels", type=Path, help="class names, one per line")
@@ -54,8 +59,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", choices=["block", "shed"], help="overload policy for every source")
     parser.add_argument("--transport", choices=["tcp", "udp"], help="RTSP transport for every live source")
     parser.add_argument("--decode", choices=["cpu", "nvdec"], help="nvdec: NVIDIA hardware decoding")
+    parser.add_argument("--device", metavar="cpu|cuda[:N]",
+                        help="where ONNX Runtime infers: cuda[:N] is the CUDA provider on GPU N (needs onnxruntime-gpu)")
     parser.add_argument("--video", type=Path, help="annotated video: a .mp4 file, or a directory for several sources")
+    parser.add_argument("--track", action="store_true", default=None,
+                        help="give each detection a track id (ByteTrack); zones and lines come from --config")
+    parser.add_argument("--mqtt", metavar="URL", help="publish events and counts to MQTT (mqtt://, mqtts://)")
     parser.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on this port (0: any)")
+    parser.add_argument("--metrics-host", help="listen for metrics on this address (default 127.0.0.1; 0.0.0.0: all)")
     parser.add_argument("--log-format", choices=["text", "json"], help="json: one JSON object per log line")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -83,7 +94,9 @@ FLAG_FIELDS = {
     "realtime": "realtime",
     "decode": "decode",
     "metrics_port": "metrics.port",
+    "metrics_host": "metrics.host",
     "log_format": "log_format",
+    "mqtt": "outputs.mqtt.url",
 }
 # Flags that name a file or directory.
 PATH_FLAGS = {"model": "model.path", "labels": "model.labels", "out": "outputs.jsonl", "video": "outputs.video"}
@@ -126,6 +139,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError("give either --model or --engine, not both")
         put("model.path", str(args.engine))
         put("model.backend", "tensorrt")
+    if args.device:
+        put("model.providers", device_providers(args.device))
     if args.classes:
         put("model.classes", [c.strip() for c in args.classes.split(",") if c.strip()])
     if args.redis is not None:
@@ -139,7 +154,20 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         put("faults", parse_key_values(args.faults, "--faults"))
     if args.quiet:
         put("progress", False)
+    if args.track:
+        put("analytics.tracker", "bytetrack")
     return out
+
+
+def device_providers(device: str) -> list:
+    """--device cpu | cuda | cuda:N as ONNX Runtime providers (the CPU stays as ORT's per-node fallback)."""
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
+        return ["CPUExecutionProvider"]
+    if kind == "cuda" and (not index or index.isdigit()):
+        options = {"device_id": int(index or 0)}
+        return [{"name": "CUDAExecutionProvider", "options": options}, "CPUExecutionProvider"]
+    raise ConfigError(f"--device {device!r}: give cpu, cuda or cuda:N (N the GPU's index)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -159,7 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, config.log_format)
     summary = run(config, show=True)
     if summary.error:
-        print(f"vidpipe: error: {summary.error}", file=sys.stderr)
+        print(f"vidpipe: error: {redact(summary.error)}", file=sys.stderr)
     if not summary.balanced:
         print("vidpipe: error: the ledger did not balance (a frame has no result); this is a bug, please report it", file=sys.stderr)
         return EXIT_LEDGER
@@ -167,7 +195,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_WORKER_BUDGET
     if summary.error:
         return EXIT_USER_ERROR
-    return EXIT_INTERRUPTED if summary.interrupted else 0
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return failed_frames_exit(summary)
+
+
+def failed_frames_exit(summary) -> int:
+    """Exit 4 and one line when frames failed for a reason a batch job must hear about."""
+    excused = EXCUSED_FAILURES | ({"shutdown"} if summary.interrupted else set())
+    failed = {reason: n for reason, n in sorted(summary.failed.items()) if reason not in excused and n}
+    if not failed:
+        return 0
+    counts = ", ".join(f"{reason} {n}" for reason, n in failed.items())
+    print(f"vidpipe: {sum(failed.values())} of {summary.frames} frames failed ({counts}); see the summary", file=sys.stderr)
+    return EXIT_FAILED_FRAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,16 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["build-engine"].set_defaults(func=run_build_engine)
     add_inspect_parser(sub)
     sub.choices["inspect"].set_defaults(func=run_inspect)
+    from pipeline.cluster.cli import add_cluster_parser, run_cluster
+
+    add_cluster_parser(sub)
+    sub.choices["cluster"].set_defaults(func=run_cluster)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.logs import configure_logging
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     try:
         return args.func(args)
     except VidpipeError as err:
-        print(f"vidpipe: error: {err}", file=sys.stderr)
+        print(f"vidpipe: error: {redact(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("vidpipe: interrupted", file=sys.stderr)

@@ -66,13 +66,23 @@ def run_subscribe(args: argparse.Namespace) -> int:
     return 0
 
 
+GAP_CAUSES = {
+    "trimmed": "trimmed before this group read them",
+    "trimmed_pending": "read but not handled before they were trimmed",
+    "lost": "lost by Redis: restarted without persistence?",
+}
+
+
 def format_line(d: Delivery) -> str:
-    line = _format_entry(d)
+    gap = ""
     if d.gap:
         first, last = d.gap
-        gap = f"{d.source} gap: #{first}-#{last} missing (trimmed before this group read them)"
-        line = f"{gap}\n{line}"
-    return line
+        cause = GAP_CAUSES.get(d.gap_cause or "trimmed", d.gap_cause)
+        gap = f"{d.source} gap: #{first}-#{last} missing ({cause})"
+    if d.kind == "gap":
+        return gap
+    line = _format_entry(d)
+    return f"{gap}\n{line}" if gap else line
 
 
 def _format_entry(d: Delivery) -> str:
@@ -102,6 +112,6 @@ def _format_entry(d: Delivery) -> str:
 def format_json(d: Delivery) -> str:
     return json.dumps(
         {**d.record, "source": d.source, "entry_id": d.entry_id,
-         "gap": list(d.gap) if d.gap else None},
+         "gap": list(d.gap) if d.gap else None, "gap_cause": d.gap_cause},
         separators=(",", ":"),
     )

@@ -3,15 +3,61 @@
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.redact import has_secret, redact
+
+
+# A source name becomes a file name (<video dir>/<name>.mp4), a Redis key and a metrics label.
+SOURCE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+SOURCE_NAME_RULE = "1-64 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+MAX_THREADS = 256
+DAY_S = 86_400.0
+HOUR_S = 3_600.0
+
+
+def check_source_name(name: str) -> str:
+    """`name` if it is a valid source name (SOURCE_NAME_RULE), else ValueError."""
+    if not SOURCE_NAME.fullmatch(name):
+        raise ValueError(f"a source name is {SOURCE_NAME_RULE}")
+    return name
+
+
+def check_redis_url(url: str) -> str:
+    """`url` if redis-py can connect with it, else ValueError saying why (never quoting a secret)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
+    if scheme == "unix":
+        if not rest.partition("?")[0].lstrip("/"):
+            raise ValueError("unix:// needs the socket's path: unix:///path/to/redis.sock")
+        return url
+    encode = " (percent-encode special characters in the password: # as %23, @ as %40, / as %2F)"
+    hint = encode if has_secret(url) else ""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"is not a valid URL: its host or port cannot be read{hint}") from None
+    if not parts.hostname or any(c.isspace() for c in parts.hostname):
+        raise ValueError(f"has no valid host{hint}; use redis://[:password@]host:port/db")
+    if port == 0:
+        raise ValueError("port 0 is not a Redis port; give the server's port (6379 by default)")
+    if scheme == "redis" and any(key.startswith("ssl_") for key in parse_qs(parts.query)):
+        raise ValueError("ssl_ options need TLS: use rediss://")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"the path must be a database number (redis://host:port/0), not /{db}{hint}")
+    return url
 
 
 class StrictModel(BaseModel):
@@ -22,16 +68,32 @@ class StrictModel(BaseModel):
 
 class SourceConfig(StrictModel):
     url: str = Field(description="A video file path or an rtsp:// URL.")
-    name: str | None = Field(None, description="Source name; derived from the URL when absent.")
+    name: str | None = Field(
+        None, description=f"Source name ({SOURCE_NAME_RULE}); derived from the URL when absent."
+    )
     policy: Literal["block", "shed"] | None = Field(
         None, description="Overload policy; default block for files, shed for live sources."
     )
     realtime: bool | None = Field(None, description="Pace a file at its frame rate (default: the run's realtime).")
     transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
-    open_timeout_s: float = Field(10.0, gt=0, description="Connecting to a live source gives up after this.")
-    stall_s: float = Field(5.0, gt=0, description="No frame for this long: reconnect.")
-    connect_attempts: int = Field(3, ge=1, description="Tries to connect at start before the run fails.")
-    max_reconnects: int | None = Field(None, ge=0, description="Reconnects per outage before giving up; none: forever.")
+    open_timeout_s: float = Field(10.0, gt=0, le=HOUR_S, description="Connecting to a live source gives up after this.")
+    stall_s: float = Field(5.0, gt=0, le=HOUR_S, description="No frame for this long: reconnect.")
+    connect_attempts: int = Field(3, ge=1, le=1000, description="Tries to connect at start before the run fails.")
+    max_reconnects: int | None = Field(
+        None, ge=0, le=1_000_000, description="Reconnects per outage before giving up; none: forever."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str | None) -> str | None:
+        return name if name is None else check_source_name(name)
+
+
+class ProviderConfig(StrictModel):
+    """One ONNX Runtime execution provider with its options (ORT's provider_options)."""
+
+    name: str = Field(description="e.g. CUDAExecutionProvider")
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
 class ModelConfig(StrictModel):
@@ -41,7 +103,7 @@ class ModelConfig(StrictModel):
         None, description="TensorRT: the precision to build at; none: the ONNX model's own."
     )
     engine_cache: Path | None = Field(None, description="TensorRT engine cache (default ~/.cache/vidpipe/engines).")
-    layout: Literal["auto", "yolov8", "yolov5", "yolox"] = "auto"
+    layout: Literal["auto", "yolov8", "yolov5", "yolox", "e2e"] = "auto"
     imgsz: int | None = Field(
         None,
         ge=32,
@@ -53,24 +115,44 @@ class ModelConfig(StrictModel):
     conf: float = Field(0.25, ge=0.0, le=1.0)
     iou: float = Field(0.45, ge=0.0, le=1.0)
     classes: list[str] | None = Field(None, description="Keep only these labels.")
-    intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads per inference.")
-    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    intra_op_threads: int | None = Field(
+        None, ge=0, le=MAX_THREADS,
+        description="ONNX Runtime threads per inference; none: usable CPUs / contexts (pipeline/sizing.py).",
+    )
+    providers: list[str | ProviderConfig] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="ONNX Runtime execution providers in order of preference: names, or {name, options}.",
+    )
+
+    @property
+    def provider_names(self) -> list[str]:
+        return [p if isinstance(p, str) else p.name for p in self.providers]
 
 
 class InferConfig(StrictModel):
     contexts: int = Field(2, ge=1, le=64)
-    max_batch: int = Field(4, ge=1, le=256)
-    max_delay_ms: float = Field(5.0, ge=0.0)
-    max_attempts: int = Field(5, ge=1, description="Inference attempts per frame; deadlines bound them too.")
-    health_interval_s: float = Field(5.0, gt=0.0)
-    probe_tolerance: float = Field(1e-3, gt=0.0)
+    max_batch: int | None = Field(
+        None, ge=1, le=256, description="Largest inference batch; none: 1 on the CPU, 16 on a GPU (pipeline/sizing.py)."
+    )
+    batch_shapes: list[int] | None = Field(
+        None, min_length=1, max_length=16,
+        description="Batch sizes a batch is padded up to, each warmed before a context serves; none: sized to the device.",
+    )
+    hang_factor: float = Field(
+        8.0, ge=2.0, le=1000.0, description="A call is hung past this many times its shape's slowest recent healthy call."
+    )
+    hang_floor_ms: float = Field(250.0, ge=10.0, le=600_000.0, description="...and never before this.")
+    max_delay_ms: float = Field(5.0, ge=0.0, le=10_000.0)
+    max_attempts: int = Field(5, ge=1, le=100, description="Inference attempts per frame; deadlines bound them too.")
+    health_interval_s: float = Field(5.0, gt=0.0, le=DAY_S)
+    probe_tolerance: float = Field(1e-3, gt=0.0, le=1.0)
     isolation: Literal["thread", "process"] = Field(
         "thread",
         description="process: the engine runs in a supervised worker process, restarted after a crash "
         "or an error that poisons it; thread: in vidpipe's own process.",
     )
-    max_restarts: int = Field(5, ge=0, description="Worker restarts allowed within restart_window_s.")
-    restart_window_s: float = Field(60.0, gt=0.0, description="The window of the restart budget.")
+    max_restarts: int = Field(5, ge=0, le=1000, description="Worker restarts allowed within restart_window_s.")
+    restart_window_s: float = Field(60.0, gt=0.0, le=DAY_S, description="The window of the restart budget.")
 
 
 class FaultConfig(StrictModel):
@@ -78,15 +160,15 @@ class FaultConfig(StrictModel):
 
     error_rate: float = Field(0.0, ge=0.0, le=1.0)
     hang_rate: float = Field(0.0, ge=0.0, le=1.0)
-    hang_s: float = Field(5.0, ge=0.0)
+    hang_s: float = Field(5.0, ge=0.0, le=HOUR_S)
     slow_rate: float = Field(0.0, ge=0.0, le=1.0)
-    slow_ms: float = Field(50.0, ge=0.0)
+    slow_ms: float = Field(50.0, ge=0.0, le=HOUR_S * 1000)
     corrupt_rate: float = Field(0.0, ge=0.0, le=1.0)
     sticky_rate: float = Field(
         0.0, ge=0.0, le=1.0, description="Errors that poison the process running the engine (a CUDA illegal address)."
     )
     crash_rate: float = Field(0.0, ge=0.0, le=1.0, description="Kills the process running the engine.")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
 
     @property
     def active(self) -> bool:
@@ -95,20 +177,37 @@ class FaultConfig(StrictModel):
 
 
 class QueueConfig(StrictModel):
-    size: int = Field(8, ge=1, description="Capacity per source of each bounded queue between stages.")
-    preprocess_workers: int = Field(1, ge=1)
-    postprocess_workers: int = Field(1, ge=1)
+    size: int = Field(8, ge=1, le=10_000, description="Capacity per source of each bounded queue between stages.")
+    preprocess_workers: int | None = Field(None, ge=1, le=MAX_THREADS, description="None: sized to the host (pipeline/sizing.py).")
+    postprocess_workers: int | None = Field(None, ge=1, le=MAX_THREADS, description="None: sized to the host (pipeline/sizing.py).")
 
 
 class RedisConfig(StrictModel):
     """Publishing results to Redis Streams (see pipeline/sinks/redis.py)."""
 
-    url: str = Field(description="redis://[:password@]host:port/db or rediss:// for TLS.")
+    url: str = Field(description="redis://[:password@]host:port/db, rediss:// for TLS or unix:///path.")
     key_prefix: str = "vidpipe:results:"
-    maxlen: int = Field(100_000, ge=1, description="Approximate per-stream length (MAXLEN ~).")
+    maxlen: int = Field(100_000, ge=1, le=1_000_000_000, description="Approximate per-stream length (MAXLEN ~).")
     spool_dir: Path = Field(Path(".vidpipe-spool"), description="Where results wait while Redis is down.")
-    drain_timeout_s: float = Field(10.0, ge=0.0, description="How long the end of a run waits for Redis.")
+    drain_timeout_s: float = Field(10.0, ge=0.0, le=HOUR_S, description="How long the end of a run waits for Redis.")
     pubsub: bool = Field(False, description="Also publish each result on a lossy Pub/Sub channel.")
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, url: str) -> str:
+        return check_redis_url(url)
+
+
+class MqttConfig(StrictModel):
+    """Publishing analytics to an MQTT broker (see pipeline/sinks/mqtt.py)."""
+
+    url: str = Field(description="mqtt://[user:password@]host[:1883], or mqtts:// for TLS (port 8883).")
+    topic_prefix: str = Field("vidpipe", description="Topics are <prefix>/<source>/events, .../counts.")
+    detections: bool = Field(False, description="Also publish every frame's detections (QoS 0).")
+    spool: int = Field(10_000, ge=1, le=60_000, description="Events held while the broker is unreachable; more are dropped and counted.")
+    drain_timeout_s: float = Field(10.0, ge=0.0, description="How long the end of a run waits for the broker.")
+    home_assistant: bool = Field(False, description="Publish Home Assistant MQTT discovery for the counters.")
+    discovery_prefix: str = "homeassistant"
 
 
 class OutputConfig(StrictModel):
@@ -118,9 +217,13 @@ class OutputConfig(StrictModel):
         None,
         description="Annotated video: a .mp4 file (one source) or a directory (<dir>/<source>.mp4).",
     )
+    mqtt: MqttConfig | None = None
 
 
 class MetricsConfig(StrictModel):
+    host: str = Field(
+        "127.0.0.1", description="The address to listen on; 0.0.0.0 (or ::) opens the endpoints to the network."
+    )
     port: int | None = Field(
         None,
         ge=0,
@@ -128,12 +231,57 @@ class MetricsConfig(StrictModel):
         description="Serve /metrics, /healthz and /readyz on this port (0: any free port).",
     )
 
+    @field_validator("host")
+    @classmethod
+    def _valid_host(cls, host: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host):
+            raise ValueError("must be a host name or an IP address, e.g. 127.0.0.1 or 0.0.0.0")
+        return host
+
+
+Point = tuple[float, float]
+
+
+class ZoneConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Letters, digits, - and _.")
+    source: str | None = Field(None, description="The source it belongs to; none: every source.")
+    polygon: list[Point] = Field(min_length=3, description="Corners, in source pixels or fractions of the frame.")
+    units: Literal["pixels", "fraction"] = "pixels"
+
+
+class LineConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Letters, digits, - and _.")
+    source: str | None = Field(None, description="The source it belongs to; none: every source.")
+    start: Point
+    end: Point
+    units: Literal["pixels", "fraction"] = "pixels"
+
+
+class AnalyticsConfig(StrictModel):
+    """Tracks, zones and lines (stages/track.py, stages/zones.py)."""
+
+    tracker: Literal["bytetrack"] | None = Field(None, description="bytetrack: give detections track ids (--track).")
+    lost_frames: int = Field(30, ge=1, description="A track not seen for this many frames ends.")
+    zones: list[ZoneConfig] = Field(default_factory=list)
+    lines: list[LineConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _zones_need_tracks(self) -> AnalyticsConfig:
+        if (self.zones or self.lines) and self.tracker is None:
+            raise ValueError("analytics: zones and lines follow tracks; set analytics.tracker: bytetrack (--track)")
+        for kind, items in (("zones", self.zones), ("lines", self.lines)):
+            keys = [(z.source, z.name) for z in items]
+            dupes = sorted({name for source, name in keys if keys.count((source, name)) > 1})
+            if dupes:
+                raise ValueError(f"analytics.{kind}: names must be unique per source, repeated: {', '.join(dupes)}")
+        return self
+
 
 class RunConfig(StrictModel):
     sources: list[SourceConfig] = Field(default_factory=list)
-    deadline_ms: float = Field(2000.0, gt=0.0, description="Per-frame deadline after decode.")
-    max_frames: int | None = Field(None, ge=1, description="Stop each source after this many frames.")
-    duration_s: float | None = Field(None, gt=0, description="Stop each source after this many seconds.")
+    deadline_ms: float = Field(2000.0, gt=0.0, le=HOUR_S * 1000, description="Per-frame deadline after decode.")
+    max_frames: int | None = Field(None, ge=1, le=10**12, description="Stop each source after this many frames.")
+    duration_s: float | None = Field(None, gt=0, le=365 * DAY_S, description="Stop each source after this many seconds.")
     realtime: bool = Field(False, description="Pace file sources at their native frame rate.")
     decode: Literal["cpu", "nvdec"] = Field("cpu", description="nvdec: PyAV's CUDA hwaccel (NVIDIA GPUs).")
     model: ModelConfig = ModelConfig()
@@ -142,6 +290,7 @@ class RunConfig(StrictModel):
     queues: QueueConfig = QueueConfig()
     outputs: OutputConfig = OutputConfig()
     metrics: MetricsConfig = MetricsConfig()
+    analytics: AnalyticsConfig = AnalyticsConfig()
     progress: bool = Field(True, description="Show progress when stdout is a terminal.")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line.")
 
@@ -189,7 +338,7 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
     errors = err.errors()
     shown = "; ".join(_describe_error(e) for e in errors[:MAX_ERRORS_SHOWN])
     more = f" (and {len(errors) - MAX_ERRORS_SHOWN} more)" if len(errors) > MAX_ERRORS_SHOWN else ""
-    return f"{origin}: {shown}{more}"
+    return redact(f"{origin}: {shown}{more}")  # a bad value may be a URL with a password
 
 
 def _describe_error(error: dict[str, Any]) -> str:

@@ -7,12 +7,25 @@ import logging
 import sys
 from datetime import datetime, timezone
 
+from pipeline.redact import redact
+
 # Attributes every LogRecord has; anything else was passed with `extra=` and is kept.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+class TextFormatter(logging.Formatter):
+    """`LEVEL logger: message`, with URL credentials redacted (pipeline.redact)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
-    """{"time": ISO-8601 UTC, "level", "logger", "message", "thread", extras..., "exception"}."""
+    """{"time": ISO-8601 UTC, "level", "logger", "message", "thread", extras..., "exception"},
+    with URL credentials redacted (pipeline.redact)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -25,7 +38,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return redact(json.dumps(entry, default=str))
 
 
 def configure_logging(level: str, fmt: str = "text") -> None:
@@ -34,5 +47,5 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

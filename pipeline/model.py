@@ -15,7 +15,9 @@ from pipeline.config import FaultConfig, InferConfig, ModelConfig
 from pipeline.default_model import DEFAULT_MODEL
 from stages.infer import InferStage
 from stages.labels import load_names
-from stages.postprocess import Postprocess, class_count, detect_layout
+from stages.layouts import detect_head
+from stages.output_check import layout_check
+from stages.postprocess import Postprocess
 from stages.preprocess import STRIDE, run_input_size
 
 DEFAULT_IMGSZ = 640  # Ultralytics' default export size, for a dynamic model that does not say
@@ -29,7 +31,9 @@ def open_engine(config: ModelConfig) -> Engine:
         return open_tensorrt_engine(path, config.precision, config.engine_cache)
     from engines.onnxruntime import OnnxRuntimeEngine
 
-    return OnnxRuntimeEngine(path, providers=list(config.providers), intra_op_threads=config.intra_op_threads)
+    threads = 1 if config.intra_op_threads is None else config.intra_op_threads  # api.run sizes it first
+    providers = [p if isinstance(p, str) else (p.name, dict(p.options)) for p in config.providers]
+    return OnnxRuntimeEngine(path, providers=providers, intra_op_threads=threads)
 
 
 def open_isolated_engine(config: ModelConfig, infer: InferConfig) -> Engine:
@@ -87,17 +91,20 @@ def load_model(
         output = engine.outputs[0]
         # The probe's output has the real shape: a dynamic model's anchor count follows its input size.
         shape = (output.shape[0], *reference[output.name].shape[1:])
-        layout = detect_layout(shape, stage.input_size) if config.layout == "auto" else config.layout
-        names = load_names(engine.metadata, config.labels, class_count(shape, layout))
+        # Where the shape fits two layouts, the values of this real output tell them apart.
+        sample = np.asarray(reference[output.name])[0]
+        head = detect_head(shape, stage.input_size, config.layout, engine.metadata, sample)
+        names = load_names(engine.metadata, config.labels, head.num_classes)
         post = Postprocess(
             shape,
             stage.input_size,
             names,
-            layout=layout,
+            layout=head,
             conf=config.conf,
             iou=config.iou,
             classes=config.classes,
         )
+        stage.check = layout_check(output.name, head, config.conf)
     except ModelError as err:
         engine.close()
         message = str(err)

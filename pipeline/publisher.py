@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pipeline.ledger import Ledger
 from pipeline.sinks import Sink
 from pipeline.types import Result, SourceEvent, Status
+
+if TYPE_CHECKING:
+    from stages.analytics import Analytics
 
 log = logging.getLogger("vidpipe.publisher")
 
@@ -16,8 +20,11 @@ log = logging.getLogger("vidpipe.publisher")
 class Publisher:
     """Holds results that arrive early (another context finished first) until their turn."""
 
-    def __init__(self, sinks: list[Sink], ledger: Ledger, on_result: Callable[[Result], None] | None = None) -> None:
+    def __init__(self, sinks: list[Sink], ledger: Ledger, on_result: Callable[[Result], None] | None = None,
+                 analytics: Analytics | None = None) -> None:  # fmt: skip
         self.sinks = sinks
+        # Tracks need each source's frames in seq order: here, where that order is restored.
+        self.analytics = analytics
         self.ledger = ledger
         self.on_result = on_result
         self._next: dict[str, int] = defaultdict(int)
@@ -41,18 +48,38 @@ class Publisher:
             due = [e for e in events if e.after_seq < self._next[source]]
             for event in due:
                 events.remove(event)
-                self._to_sinks("write_event", event)
+                self._event(event)
             result = waiting.pop(self._next[source], None)
             if result is None:
                 return
             self._emit(result)
             self._next[source] += 1
 
+    def _event(self, event: SourceEvent) -> None:
+        if self.analytics and event.type == "source_end":
+            for found in self.analytics.finish(event.source):
+                self._analytics_event(found)
+        self._to_sinks("write_event", event)
+
+    def _analytics_event(self, event: SourceEvent) -> None:
+        self.event_counts[event.type] += 1
+        self._to_sinks("write_event", event)
+
     def _emit(self, result: Result) -> None:
+        found: list[SourceEvent] = []
+        if self.analytics:
+            try:
+                result, found = self.analytics.step(result)
+            except Exception as err:  # analytics must never cost a frame its result
+                if "analytics" not in self.failed:
+                    log.exception("analytics failed")
+                    self.failed["analytics"] = f"analytics failed: {err}"
         self.ledger.result(result)
         if result.status is Status.OK:
             self.latencies.append(result.latency_ms)
         self._to_sinks("write_result", result)
+        for event in found:
+            self._analytics_event(event)
         if self.on_result:
             self._call(self.on_result, result)
 
@@ -79,5 +106,5 @@ class Publisher:
                 self._emit(waiting.pop(seq))
         for source, events in self._events.items():
             for event in events:
-                self._to_sinks("write_event", event)
+                self._event(event)
             events.clear()

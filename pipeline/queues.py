@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 from pipeline.types import Frame
 
 T = TypeVar("T")
+ROOM_POLL_S = 0.05
 
 
 class Closed(Exception):
@@ -49,6 +50,8 @@ class FrameQueue:
         self._size = 0
         self._cond = threading.Condition()
         self._closed = False
+        self.downstream: FrameQueue | None = None
+        self.upstream: FrameQueue | None = None
 
     def put(self, frame: Frame, shed: bool = False) -> list[Frame]:
         with self._cond:
@@ -68,16 +71,48 @@ class FrameQueue:
             return []
 
     def get(self, timeout: float | None = None) -> Frame | None:
-        """The frame whose deadline is earliest among the lanes' heads; None after `timeout`;
-        Closed once closed and empty."""
+        """The frame whose deadline is earliest among the lanes' heads (the oldest first among
+        equal deadlines); None after `timeout`; Closed once closed and empty.
+
+        With a `downstream` queue, only lanes whose source has room there are served: a worker
+        that feeds one source's full lane downstream would block every other source behind it.
+        """
+        end = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            if not _wait_for_items(self._cond, lambda: self._size, lambda: self._closed, timeout, self.name):
-                return None
-            lane = min((q for q in self._lanes.values() if q), key=lambda q: q[0].deadline)
-            frame = lane.popleft()
-            self._size -= 1
+            while True:
+                lanes = [q for s, q in self._lanes.items() if q and self._ready(s)]
+                if lanes:
+                    lane = min(lanes, key=lambda q: (q[0].deadline, q[0].decoded_at))
+                    frame = lane.popleft()
+                    self._size -= 1
+                    self._cond.notify_all()
+                    break
+                if self._closed and not self._size:
+                    raise Closed(self.name)
+                remaining = None if end is None else end - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                # Room downstream is announced by `room`; the short wait is a safety net.
+                self._cond.wait(ROOM_POLL_S if remaining is None else min(remaining, ROOM_POLL_S))
+        if self.upstream is not None:
+            self.upstream.room()
+        return frame
+
+    def _ready(self, source: str) -> bool:
+        return self.downstream is None or self.downstream.has_room(source)
+
+    def has_room(self, source: str) -> bool:
+        lane = self._lanes.get(source)
+        return lane is None or len(lane) < self.capacity
+
+    def room(self) -> None:
+        """Wake workers waiting for room downstream (called by the downstream queue)."""
+        with self._cond:
             self._cond.notify_all()
-            return frame
+
+    def feeds(self, downstream: FrameQueue) -> None:
+        """Link this queue to the one its workers put into (see `get`)."""
+        self.downstream, downstream.upstream = downstream, self
 
     def close(self) -> None:
         with self._cond:

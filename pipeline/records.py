@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.redact import redact
 from pipeline.summary import RunSummary, SourceLedger
 from pipeline.types import Detections, Reason, Result, SourceEvent, Status
 
@@ -19,7 +20,7 @@ def result_to_record(result: Result) -> dict[str, Any]:
         "pts": result.pts,
         "status": result.status.value,
         "reason": result.reason.value if result.reason else None,
-        "error": result.error,
+        "error": result.error and redact(result.error),
         "attempts": result.attempts,
         "detections": [
             {
@@ -27,12 +28,14 @@ def result_to_record(result: Result) -> dict[str, Any]:
                 "score": round(float(d.score[i]), 4),
                 "class_id": int(d.class_id[i]),
                 "label": d.labels[i],
+                **({"track_id": int(d.track_id[i])} if d.track_id is not None else {}),
             }
             for i in range(len(d))
         ],
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
         "latency_ms": round(result.latency_ms, 3),
         "wall_time": result.wall_time,
+        **({"analytics": result.analytics} if result.analytics is not None else {}),
     }
 
 
@@ -44,6 +47,7 @@ def record_to_result(record: dict[str, Any]) -> Result:
             score=np.array([x["score"] for x in dets], np.float32),
             class_id=np.array([x["class_id"] for x in dets], np.int32),
             labels=tuple(x["label"] for x in dets),
+            track_id=np.array([x["track_id"] for x in dets], np.int64) if "track_id" in dets[0] else None,
         )
         if dets
         else Detections.empty()
@@ -60,6 +64,7 @@ def record_to_result(record: dict[str, Any]) -> Result:
         timings=dict(record.get("timings") or {}),
         latency_ms=float(record.get("latency_ms", 0.0)),
         wall_time=float(record.get("wall_time", 0.0)),
+        analytics=record.get("analytics"),
     )
 
 
@@ -69,7 +74,7 @@ def event_to_record(event: SourceEvent) -> dict[str, Any]:
         "source": event.source,
         "after_seq": event.after_seq,
         "wall_time": event.wall_time,
-        **event.details,
+        **{k: redact(v) if isinstance(v, str) else v for k, v in event.details.items()},
     }
 
 
@@ -89,10 +94,12 @@ def summary_to_record(summary: RunSummary) -> dict[str, Any]:
             for name, s in summary.sources.items()
         },
         "inference": summary.inference,
+        "sizing": summary.sizing,
         "outputs": summary.outputs,
         "events": summary.events,
-        "error": summary.error,
+        "error": summary.error and redact(summary.error),
         "interrupted": summary.interrupted,
+        **({"analytics": summary.analytics} if summary.analytics else {}),
     }
 
 

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from pipeline.redact import redact
 from pipeline.summary import RunSummary
 from pipeline.types import Result, SourceEvent, Status
 
@@ -48,7 +50,10 @@ class RunDisplay:
             TimeRemainingColumn(),
             console=console,
         )
-        self._tasks = {name: self._progress.add_task(name, total=total, fps=0.0) for name, total in files.items()}
+        # Names and messages are shown as text, never read as rich markup ("[/x]" would end a style).
+        self._tasks = {
+            name: self._progress.add_task(escape(name), total=total, fps=0.0) for name, total in files.items()
+        }
         self._stats = {name: _LiveStats() for name in live}
         self._lock = threading.Lock()
         self._live = Live(console=console, transient=True, refresh_per_second=4, get_renderable=self._render)
@@ -108,8 +113,8 @@ class RunDisplay:
         for name, s in self._stats.items():
             lag = f"{(wall - s.last_wall_time) * 1000:.0f} ms" if s.last_wall_time else "-"
             state = "[green]live[/]" if s.connected else "[red]outage[/]"
-            table.add_row(name, state, f"{s.fps(now):.1f}", lag, str(s.ok), str(s.failed),
-                          s.last_reason or "-", str(s.outages))  # fmt: skip
+            table.add_row(escape(name), state, f"{s.fps(now):.1f}", lag, str(s.ok), str(s.failed),
+                          escape(s.last_reason or "-"), str(s.outages))  # fmt: skip
         return table
 
 
@@ -120,7 +125,8 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
         table.add_column(column, justify="right" if column != "source" else "left")
     for name, book in summary.sources.items():
         failed = ", ".join(f"{r} {n}" for r, n in sorted(book.failed.items())) or "0"
-        table.add_row(name, str(book.decoded), str(book.ok), failed, "balanced" if book.balanced else "UNBALANCED")
+        table.add_row(escape(name), str(book.decoded), str(book.ok), escape(failed),
+                      "balanced" if book.balanced else "UNBALANCED")  # fmt: skip
     console.print(table)
     inf = summary.inference
     failed = ", ".join(f"{r} {n}" for r, n in sorted(summary.failed.items())) or "none"
@@ -144,7 +150,7 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
     for name, info in summary.outputs.items():
         lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     for line in lines:
-        console.print(line, highlight=False)
+        console.print(redact(line), highlight=False, markup=False)
 
 
 def _ms(value: float | None) -> str:

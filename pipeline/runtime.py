@@ -9,6 +9,7 @@ through `_fail`, so each decoded frame becomes exactly one Result.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -20,7 +21,11 @@ from pipeline.ledger import Ledger
 from pipeline.model import Model
 from pipeline.publisher import Publisher
 from pipeline.queues import BoundedQueue, Closed, FrameQueue
-from pipeline.scheduler import ContextPool, InferScheduler, InferStats, SchedulerSettings, percentile
+from pipeline.context_pool import ContextPool
+from pipeline.infer_stats import InferStats, percentile
+from pipeline.scheduler import InferScheduler, SchedulerSettings
+from pipeline.sizing import size_run
+from pipeline.redact import redact, redact_url
 from pipeline.sinks import Sink
 from pipeline.summary import RunSummary
 from pipeline.types import Detections, Frame, Reason, Result, SourceEvent, Status
@@ -45,6 +50,12 @@ class Source:
     def name(self) -> str:
         return self.decoder.name
 
+    @property
+    def latency_bound(self) -> bool:
+        """Live sources and paced files promise latency: their frames' deadlines run from
+        decode. An unpaced file's frames get theirs when they enter a batch (pipeline/scheduler.py)."""
+        return self.realtime or isinstance(self.decoder, LiveSource)
+
 
 @dataclass
 class RunHooks:
@@ -64,7 +75,9 @@ class Pipeline:
         sinks: list[Sink],
         hooks: RunHooks | None = None,
     ) -> None:
-        self.config = config
+        self.config, self.sizing = size_run(config, len(sources))
+        config = self.config
+        log.info("sized for this host: %s", self.sizing.describe())
         self.sources = sources
         self.model = model
         self.sinks = sinks
@@ -73,9 +86,11 @@ class Pipeline:
         self.pre_q = FrameQueue(size, "preprocess")
         self.infer_q = FrameQueue(size, "infer")
         self.post_q = FrameQueue(size, "postprocess")
+        self.pre_q.feeds(self.infer_q)  # a full infer lane holds back only its own source
         self.results_q: BoundedQueue[Result | SourceEvent] = BoundedQueue(4 * size + 64, "publish")
         self.ledger = Ledger([s.name for s in sources])
-        self.publisher = Publisher(sinks, self.ledger, self.hooks.on_result)
+        self.analytics = _analytics(config, sources)
+        self.publisher = Publisher(sinks, self.ledger, self.hooks.on_result, self.analytics)
         self.stats = InferStats()
         self.preprocess = Preprocess(model.input_size)
         self._stopping = threading.Event()
@@ -149,10 +164,22 @@ class Pipeline:
             self._threads.setdefault(group, []).append(thread)
 
     def _read(self, source: Source) -> None:
+        """Read one source to its end, pacing a --realtime file and stopping at --duration.
+
+        --duration is seconds of video for a file (like --max-frames, whatever the speed)
+        and wall-clock seconds for a live source, enforced by a timer so that it also ends
+        a source that is reconnecting or stalled.
+        """
         decoder = source.decoder
-        started = time.monotonic()
-        first_pts: float | None = None
+        live = isinstance(decoder, LiveSource)
+        clock = _PacingClock(decoder.info.fps)
         end_reason = "end_of_stream"
+        expired = threading.Event()
+        timer = None
+        if live and source.duration_s is not None:
+            timer = threading.Timer(source.duration_s, lambda: (expired.set(), decoder.stop()))
+            timer.daemon = True
+            timer.start()
         try:
             for item in decoder:
                 if isinstance(item, SourceEvent):
@@ -160,9 +187,14 @@ class Pipeline:
                     if item.details.get("fatal"):
                         self.errors.append(_describe_damage(decoder, item))
                     continue
-                if source.realtime and item.pts is not None:
-                    first_pts = item.pts if first_pts is None else first_pts
-                    waited = max(0.0, started + item.pts - first_pts - time.monotonic())
+                video_s, jump = clock.position(item.pts) if not live else (0.0, None)
+                if not live and source.duration_s is not None and video_s >= source.duration_s:
+                    end_reason = "duration"
+                    break
+                if jump is not None:
+                    self.results_q.put(SourceEvent(source.name, "timestamp_jump", item.seq - 1, time.time(), jump))
+                if source.realtime:
+                    waited = clock.wait_s()
                     self._stopping.wait(waited)
                     # A paced frame enters the pipeline now: its latency and deadline start here.
                     item.decoded_at += waited
@@ -174,13 +206,16 @@ class Pipeline:
                 if source.max_frames is not None and decoder.seq >= source.max_frames:
                     end_reason = "max_frames"
                     break
-                if source.duration_s is not None and time.monotonic() - started >= source.duration_s:
-                    end_reason = "duration"
-                    break
         except Exception as err:  # a decoder bug must not lose the frames already decoded
             log.exception("source %s failed", source.name)
-            self.errors.append(f"{source.name}: reading failed: {err}")
+            self.errors.append(f"{source.name}: reading failed: {redact(str(err))}")
         finally:
+            if timer is not None:
+                timer.cancel()
+            if expired.is_set() and not self._stopping.is_set():
+                end_reason = "duration"
+            elif self._stopping.is_set() and end_reason == "end_of_stream":
+                end_reason = "stopped"
             decoder.close()
             self.results_q.put(
                 SourceEvent(source.name, "source_end", decoder.seq - 1, time.time(), {"frames": decoder.seq, "reason": end_reason})
@@ -189,6 +224,8 @@ class Pipeline:
     def _admit(self, source: Source, frame: Frame) -> None:
         """Count a decoded frame in the ledger and queue it (blocking or shedding)."""
         self.ledger.decoded(frame.source)
+        if not source.latency_bound:
+            frame.latency_bound, frame.deadline = False, math.inf
         if self.hooks.on_decoded:
             self.hooks.on_decoded(frame)
         try:
@@ -249,11 +286,15 @@ class Pipeline:
         infer = self.config.infer
         settings = SchedulerSettings(
             contexts=infer.contexts,
-            max_batch=infer.max_batch,
+            max_batch=self.sizing.max_batch,
+            batch_shapes=self.sizing.batch_shapes,
+            deadline_s=self.config.deadline_ms / 1000,
             max_delay_s=infer.max_delay_ms / 1000,
             max_attempts=infer.max_attempts,
             health_interval_s=infer.health_interval_s,
             probe_tolerance=infer.probe_tolerance,
+            hang_factor=infer.hang_factor,
+            hang_floor_s=infer.hang_floor_ms / 1000,
             spares=min(infer.contexts, 2),
         )
         pool = ContextPool(self.model.engine, self.model.stage, self.model.reference, settings, self.stats)
@@ -314,17 +355,75 @@ class Pipeline:
             events={k: v for k, v in self.publisher.event_counts.items() if k != "source_end"},
             error="; ".join([*self.errors, *self.publisher.failed.values()]) or None,
             interrupted=self.interrupted,
+            analytics=self.analytics.totals() if self.analytics else {},
+            sizing=self.sizing.as_dict(),
         )
+
+
+def _analytics(config: RunConfig, sources: list[Source]):
+    """Tracks, zones and lines when the config asks for them (stages/analytics.py)."""
+    if config.analytics.tracker is None:
+        return None
+    from stages.analytics import Analytics
+
+    sizes = {s.name: (s.decoder.info.width, s.decoder.info.height) for s in sources}
+    return Analytics(config.analytics, sizes)
+
+
+class _PacingClock:
+    """Where each frame sits in the video (seconds from the first frame) and when it is due.
+
+    A stream without timestamps (raw .h264) advances one nominal frame interval per
+    frame. A timestamp that jumps (forward by more than JUMP_S or any step back, as at
+    the seam of concatenated TS files) restarts the clock one interval after the
+    previous frame, and is reported, so the source is neither paused for hours nor let
+    run unpaced.
+    """
+
+    JUMP_S = 2.0
+
+    def __init__(self, fps: float | None) -> None:
+        self.interval = 1 / fps if fps else 1 / 25
+        self.started = time.monotonic()
+        self.video_s = 0.0  # the current frame's position in the video
+        self._offset: float | None = None  # pts - video_s
+        self._last_pts: float | None = None
+        self._frames = 0
+
+    def position(self, pts: float | None) -> tuple[float, dict | None]:
+        """The frame's position in seconds, and the jump's details when its pts jumped."""
+        jump = None
+        if self._frames == 0:
+            self._offset = pts
+        elif pts is None or self._last_pts is None:
+            self.video_s += self.interval
+            self._offset = None if pts is None else pts - self.video_s
+        else:
+            step = pts - self._last_pts
+            if step > self.JUMP_S or step < 0:
+                jump = {"from_s": round(self._last_pts, 6), "to_s": round(pts, 6), "jump_s": round(step, 6)}
+                self._offset = pts - (self.video_s + self.interval)
+            self.video_s = pts - self._offset
+        self._frames += 1
+        self._last_pts = pts
+        return self.video_s, jump
+
+    def wait_s(self) -> float:
+        """How long until the current frame is due (0 when late)."""
+        return max(0.0, self.started + self.video_s - time.monotonic())
 
 
 def _describe_damage(decoder: VideoDecoder | LiveSource, event: SourceEvent) -> str:
-    if event.details.get("error") == "truncated":
-        return (
-            f"{decoder.url}: truncated: the file holds {event.details['packets']} of its "
-            f"{event.details['declared']} frames; all that could be read were processed; "
-            "re-copy or re-encode the file"
-        )
-    return f"{decoder.url}: damaged ({event.details.get('error')}); frames up to the damage were processed"
+    details = event.details
+    if details.get("error") == "truncated":
+        if "declared" in details:
+            held = f"holds {details['packets']} of its {details['declared']} frames"
+        elif "declared_s" in details:
+            held = f"holds {details['read_s']:g} s of its {details['declared_s']:g} s"
+        else:
+            held = "ends inside a frame"
+        return f"{redact_url(decoder.url)}: truncated: the file {held}; all that could be read were processed; re-copy or re-encode the file"
+    return f"{redact_url(decoder.url)}: damaged ({redact(str(details.get('error')))}); frames up to the damage were processed"
 
 
 class _signals_stop:

@@ -49,13 +49,17 @@ class Spool:
     @classmethod
     def create(cls, directory: Path, stem: str, meta: dict[str, Any]) -> Spool:
         """A new, empty spool owned by this process (nothing is written until `append`)."""
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = _try_lock(directory / f"{stem}.lock")
         if fd is None:
             raise RuntimeError(f"spool {directory / stem} is already held by another process")
-        spool = cls(directory, stem, fd, {"meta": meta})
-        spool._sealed = False
-        spool._write_state(durable=True)
+        try:
+            spool = cls(directory, stem, fd, {"meta": meta})
+            spool._sealed = False
+            spool._write_state(durable=True)
+        except BaseException:
+            os.close(fd)  # a failed create (disk full) must not keep its own lock held
+            raise
         return spool
 
     @classmethod
@@ -102,8 +106,12 @@ class Spool:
             self._start_data_file()
         data = "".join(line + "\n" for line in lines).encode()
         view = memoryview(data)
-        while view:  # an unbuffered write may be partial
-            view = view[self._writer.write(view):]
+        try:
+            while view:  # an unbuffered write may be partial
+                view = view[self._writer.write(view):]
+        except OSError:
+            os.ftruncate(self._writer.fileno(), self._size)  # no torn line before the next append
+            raise
         self._size += len(data)
         self._dirty = True
 
@@ -117,23 +125,28 @@ class Spool:
             self.append(lines)
             return
         old = self.path
-        self._close_files()
         with open(old, "rb") as src:
             src.seek(self._committed)
             rest = src.read()
-        self._gen += 1
-        self._data = f"{self.stem}.{self._gen}.jsonl"
+        data = f"{self.stem}.{self._gen + 1}.jsonl"
         head = "".join(line + "\n" for line in lines).encode()
-        with open(self.path, "wb") as dst:
-            dst.write(head)
-            dst.write(rest)
-            dst.flush()
-            os.fsync(dst.fileno())
+        try:
+            with _open_private(self.directory / data, "wb") as dst:
+                dst.write(head)
+                dst.write(rest)
+                dst.flush()
+                os.fsync(dst.fileno())
+        except OSError:
+            (self.directory / data).unlink(missing_ok=True)  # the old file stays the spool
+            raise
+        self._close_files()
+        self._gen += 1
+        self._data = data
         self._committed = self._read_pos = 0
         self._size = len(head) + len(rest)
         self._write_state(durable=True)
         old.unlink()
-        self._writer = open(self.path, "ab", buffering=0)
+        self._writer = _open_private(self.path, "ab", buffering=0)
 
     def sync(self) -> None:
         """Make appended records durable (fsync); called in batches, not per record."""
@@ -207,7 +220,7 @@ class Spool:
         self._data = f"{self.stem}.{self._gen}.jsonl"
         self._committed = self._read_pos = self._size = 0
         self._write_state(durable=True)
-        self._writer = open(self.path, "ab", buffering=0)
+        self._writer = _open_private(self.path, "ab", buffering=0)
         _fsync_dir(self.directory)
 
     def _file_size(self) -> int:
@@ -227,7 +240,7 @@ class Spool:
         state = {"data": self._data, "offset": self._committed, "meta": self.meta}
         path = self.directory / f"{self.stem}.state"
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as f:
+        with _open_private(tmp, "w") as f:
             json.dump(state, f)
             if durable:
                 f.flush()
@@ -238,13 +251,19 @@ class Spool:
 
 
 def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
     return fd
+
+
+def _open_private(path: Path, mode: str, buffering: int = -1) -> Any:
+    """open(path, mode), creating the file 0600: results can be sensitive (faces, plates)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC)
+    return os.fdopen(os.open(path, flags, 0o600), mode, buffering=buffering)
 
 
 def _fsync_dir(directory: Path) -> None:

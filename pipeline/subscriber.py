@@ -23,7 +23,7 @@ import redis
 
 from pipeline.errors import OutputError
 from pipeline.records import record_to_result
-from pipeline.sinks.redis import connect, missing_seqs, redact_url
+from pipeline.sinks.redis import connect, entry_seq, missing_seqs, redact_url
 from pipeline.types import Result
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,14 @@ return {last, reply[1][2]}
 class Delivery:
     """One stream entry handed to a consumer.
 
-    kind is "frame" (then `result` is set), an event type ("end", "reconnect", ...) or
-    "summary"; `record` is the entry's JSON record. `gap` is the range of seqs (first,
-    last) missing right before this entry: trimmed (MAXLEN) before the group read them.
+    kind is "frame" (then `result` is set), an event type ("end", "reconnect", ...),
+    "summary", or "gap"; `record` is the entry's JSON record. `gap` is the range of seqs
+    (first, last) this group will never see, right before this entry, and `gap_cause` why:
+    "trimmed" (MAXLEN) before the group read them, "trimmed_pending" (this consumer, or a
+    dead one whose entries it reclaimed, had read them but not handled them before they
+    were trimmed: then kind is "gap" and the record is {"type": "gap", "first", "last",
+    "cause"}), or "lost" (Redis lost the stream and the group, as when redis-server
+    restarts without persistence).
     """
 
     source: str
@@ -66,6 +71,7 @@ class Delivery:
     result: Result | None
     record: dict[str, Any]
     gap: tuple[int, int] | None
+    gap_cause: str | None = None
 
 
 def subscribe(
@@ -168,6 +174,8 @@ class _GroupReader:
         self._read_new = client.register_script(_READ_NEW)
         self._acks: dict[str, list[str]] = {}
         self._last_delivered: dict[str, str] = dict.fromkeys(keys, "0-0")
+        self._reset: set[str] = set()  # groups recreated: Redis lost them
+        self._reset_from: dict[str, str] = {}  # the last entry delivered before that
 
     def deliveries(self, stop: threading.Event) -> Iterator[Delivery]:
         try:
@@ -205,12 +213,37 @@ class _GroupReader:
                 self._wait_for_new()
 
     def _handle(self, key: str, entries: list[_Entry], stop: threading.Event) -> Iterator[Delivery]:
+        trimmed: list[str] = []  # pending entries gone from the stream: reported as one gap
         for entry_id, fields, previous in entries:
+            if fields is None:
+                trimmed.append(entry_id)
+                self._acks.setdefault(key, []).append(entry_id)
+                continue
+            if trimmed:
+                yield from self._trimmed_gap(key, trimmed)
+                trimmed = []
             if fields:
                 yield self._delivery(key, entry_id, fields, previous)
             self._acks.setdefault(key, []).append(entry_id)
             if stop.is_set():
                 return
+        yield from self._trimmed_gap(key, trimmed)
+
+    def _trimmed_gap(self, key: str, ids: list[str]) -> Iterator[Delivery]:
+        """One gap record per run of the same base among pending entries that were trimmed."""
+        runs: dict[str, list[int]] = {}
+        for entry_id in ids:
+            seq = entry_seq(entry_id)
+            if seq is not None:
+                runs.setdefault(entry_id.partition("-")[0], []).append(seq)
+        for base, seqs in runs.items():
+            first, last = min(seqs), max(seqs)
+            log.warning("%s: pending entries #%d-#%d were trimmed before they were handled",
+                        self._keys[key], first, last)
+            record = {"type": "gap", "source": self._keys[key], "first": first, "last": last,
+                      "cause": "trimmed_pending"}
+            entry_id = f"{base}-{(last + 1) * 1000}"
+            yield Delivery(self._keys[key], entry_id, "gap", None, record, (first, last), "trimmed_pending")
 
     def _delivery(
         self, key: str, entry_id: str, fields: dict[str, str], previous: str | None
@@ -218,13 +251,20 @@ class _GroupReader:
         # An entry without "data" was not written by vidpipe: hand over its raw fields.
         record = json.loads(fields["data"]) if "data" in fields else dict(fields)
         kind = fields.get("type", "unknown")
+        gap, cause = None, "trimmed"
+        if previous is not None:
+            if key in self._reset:  # Redis lost the stream: what lies between was lost, not trimmed
+                self._reset.discard(key)
+                previous, cause = self._reset_from.pop(key, previous), "lost"
+            gap = missing_seqs(previous, entry_id, int(fields.get("from_seq", 0)))
         return Delivery(
             source=self._keys[key],
             entry_id=entry_id,
             kind=kind,
             result=record_to_result(record) if kind == "frame" and "data" in fields else None,
             record=record,
-            gap=missing_seqs(previous, entry_id) if previous is not None else None,
+            gap=gap,
+            gap_cause=cause if gap else None,
         )
 
     def _own_pending(self, key: str) -> list[_Entry]:
@@ -237,7 +277,8 @@ class _GroupReader:
             entries = reply[0][1] if reply else []
             if not entries:
                 return out
-            out.extend((entry_id, fields, None) for entry_id, fields in entries)
+            # A pending entry trimmed since comes back without fields (nil, or {} from redis-py).
+            out.extend((entry_id, fields or None, None) for entry_id, fields in entries)
             start = entries[-1][0]
 
     def _reclaim(self, key: str) -> list[_Entry]:
@@ -252,10 +293,8 @@ class _GroupReader:
             if claimed:
                 log.warning("%s: reclaimed %d entries left pending by another consumer",
                             self._keys[key], len(claimed))
-            if deleted:
-                log.warning("%s: %d pending entries were trimmed before anyone handled them",
-                            self._keys[key], len(deleted))
             out.extend((entry_id, fields, None) for entry_id, fields in claimed)
+            out.extend((entry_id, None, None) for entry_id in deleted or [])
             if cursor == "0-0":
                 return out
 
@@ -288,8 +327,10 @@ class _GroupReader:
         except redis.ResponseError as err:
             if "NOGROUP" not in str(err) and "no such key" not in str(err):
                 raise
-            log.warning("%s: group %s is gone from Redis; recreating it",
-                        self._keys[key], self._group)
+            log.warning("%s: group %s is gone from Redis (restarted without persistence?); "
+                        "recreating it", self._keys[key], self._group)
+            self._reset.add(key)
+            self._reset_from[key] = self._last_delivered[key]
             _create_group(self._client, self._url, key, self._group, "0")
             return fn(*args, **kwargs)
 

@@ -37,6 +37,8 @@ class RunSummary:
     error: str | None = None
     interrupted: bool = False
     first_result_s: float | None = None  # from the start of the run (model loading included) to the first result
+    analytics: dict[str, Any] = field(default_factory=dict)  # per source: line in/out totals
+    sizing: dict[str, Any] = field(default_factory=dict)  # what auto values became (pipeline/sizing.py)
 
     @property
     def frames(self) -> int:

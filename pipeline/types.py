@@ -38,12 +38,17 @@ class Letterbox:
 
 @dataclass(frozen=True)
 class Detections:
-    """Boxes in source pixels: xyxy (N, 4) float32, score (N,) float32, class_id (N,) int32."""
+    """Boxes in source pixels: xyxy (N, 4) float32, score (N,) float32, class_id (N,) int32.
+
+    `track_id` (N,) int64 when tracking is on (stages/track.py): stable per object within
+    a source, -1 for a detection no track took.
+    """
 
     xyxy: np.ndarray
     score: np.ndarray
     class_id: np.ndarray
     labels: tuple[str, ...]
+    track_id: np.ndarray | None = None
 
     @classmethod
     def empty(cls) -> Detections:
@@ -66,6 +71,9 @@ class Frame:
     `image` is the decoded picture's I420 (yuv420p) planes, uint8 (H2 * 3 // 2, W2), BT.601
     limited range, with (W2, H2) the displayed `source_size` (width, height) rounded up to
     even (see stages.decode.to_i420); preprocessing turns it into RGB.
+    `latency_bound`: the deadline runs from decode (live sources, paced files) and a late
+    result fails as `deadline`; False for unpaced files, whose deadline the scheduler
+    stamps when the frame enters a batch and which bounds only retries.
     Stages fill `tensor`/`letterbox` (preprocess), `outputs` (infer) and `detections`
     (postprocess); `timings` collects per-stage milliseconds.
     """
@@ -84,6 +92,7 @@ class Frame:
     detections: Detections | None = None
     attempts: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    latency_bound: bool = True
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,8 @@ class Result:
     timings: dict[str, float]
     latency_ms: float
     wall_time: float
+    # Zone occupancy and line totals after this frame (stages/analytics.py); None without zones/lines.
+    analytics: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,8 @@ def run_naive(video: str, model: str, max_frames: int | None, out: Path, started
 
     from pipeline.types import Frame
     from stages.labels import load_names
-    from stages.postprocess import Postprocess, class_count, detect_layout
+    from stages.layouts import detect_head
+    from stages.postprocess import Postprocess
     from stages.preprocess import letterbox
 
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
@@ -65,9 +66,9 @@ def run_naive(video: str, model: str, max_frames: int | None, out: Path, started
             tensor, box = letterbox(rgb, (w, h))
             output = session.run(None, {spec.name: tensor[None]})[0]
             if post is None:
-                layout = detect_layout(output.shape, (w, h))
                 meta = session.get_modelmeta().custom_metadata_map
-                post = Postprocess(output.shape, (w, h), load_names(meta, None, class_count(output.shape, layout)))
+                head = detect_head(output.shape, (w, h), "auto", meta, output[0])
+                post = Postprocess(output.shape, (w, h), load_names(meta, None, head.num_classes), layout=head)
             frame = Frame("naive", frames, None, 0.0, 0.0, 0.0, rgb, (rgb.shape[1], rgb.shape[0]),
                           letterbox=box, outputs={"output0": output[0]})  # fmt: skip
             detections = post(frame).detections

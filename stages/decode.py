@@ -8,6 +8,7 @@ GPU, so the one decode thread per source only demuxes, decodes and copies planes
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,9 +19,14 @@ from av.codec.hwaccel import HWAccel, hwdevices_available
 from av.video.reformatter import VideoReformatter
 import numpy as np
 
+from pipeline.redact import redact, redact_url
 from pipeline.types import Frame, SourceEvent
 from stages.errors import SourceError
 from stages.preprocess import i420_to_rgb
+
+
+MAX_GOP_PACKETS = 1000  # packets kept since the last keyframe, to re-decode after damage (_recover)
+NAME_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -32,14 +38,20 @@ class StreamInfo:
     codec: str
 
 
+class NoVideo(SourceError):
+    """A live source that gave no video in time: opening timed out, or the probe found no frame."""
+
+
 def _open_error(url: str, err: Exception) -> SourceError:
+    # FFmpeg's messages quote the URL, credentials and all.
+    url, reason = redact_url(url), redact(str(err))
     if isinstance(err, FileNotFoundError) or (isinstance(err, av.error.FileNotFoundError)):
         return SourceError(f"{url}: no such file; check the path")
     if isinstance(err, PermissionError):
         return SourceError(f"{url}: permission denied; check the file's permissions")
     if isinstance(err, IsADirectoryError):
         return SourceError(f"{url}: is a directory; pass a video file")
-    return SourceError(f"{url}: not a video PyAV can open ({err}); pass an mp4/mkv/ts file or a working URL")
+    return SourceError(f"{url}: not a video PyAV can open ({reason}); pass an mp4/mkv/ts file or a working URL")
 
 
 class VideoDecoder:
@@ -69,21 +81,32 @@ class VideoDecoder:
         self.stall_s = stall_s
         self._stopped = False
         self._reformatter = VideoReformatter()  # one swscale context for the source's frames
+        self._packets = 0  # video packets with data sent to the decoder
+        self._emitted = 0  # frames yielded
+        self._failed = 0  # packets the decoder rejected with an error
+        self._gop: list[av.Packet] | None = []
+        self._last_pts: int | None = None
+        self._end_s: float | None = None  # where the frames read so far end, in seconds
+        self._concealed = 0  # frames FFmpeg decoded with damage concealed (flagged corrupt)
+        self._last_corrupt = False
         if "://" not in url and not Path(url).exists():
             raise SourceError(f"{url}: no such file; check the path")
         try:
             self._container = av.open(url, options=options or {}, timeout=timeout, hwaccel=_hwaccel(hwaccel))
         except SourceError:
             raise
+        except av.error.ExitError:  # the timeout's interrupt: nothing usable arrived in time
+            raise NoVideo(f"{url}: no video in time") from None
         except Exception as err:  # PyAV raises many error types; all mean "cannot open"
             if hwaccel != "cpu" and Path(url).exists():
                 raise SourceError(
-                    f"{url}: NVDEC decoding unavailable ({err}); check the NVIDIA driver and GPU, or use --decode cpu"
+                    f"{url}: NVDEC decoding unavailable ({redact(str(err))}); check the NVIDIA driver and GPU, "
+                    "or use --decode cpu"
                 ) from None
             raise _open_error(url, err) from None
         if not self._container.streams.video:
             self._container.close()
-            raise SourceError(f"{url}: has no video stream; pass a file with video")
+            raise SourceError(f"{redact_url(url)}: has no video stream; pass a file with video")
         self._stream = self._container.streams.video[0]
         if hwaccel == "cpu":
             # Frame threading is for software decoding; with a hardware decoder FFmpeg's frame
@@ -100,7 +123,9 @@ class VideoDecoder:
         )
         if not ctx.width or not ctx.height:
             self._container.close()
-            raise SourceError(f"{url}: video stream has no frame size; the file is damaged")
+            if stall_s:
+                raise NoVideo(f"{redact_url(url)}: the stream sent no video frame")
+            raise SourceError(f"{redact_url(url)}: video stream has no frame size; the file is damaged")
 
     def __iter__(self) -> Iterator[Frame | SourceEvent]:
         try:
@@ -119,7 +144,6 @@ class VideoDecoder:
         # A live source demuxes every stream so control comes back on each packet: audio
         # that keeps flowing must not hide a video stall from the watchdog.
         packets = self._container.demux() if self.stall_s else self._container.demux(self._stream)
-        demuxed = 0
         last_frame = time.monotonic()
         while not self._stopped:
             try:
@@ -127,38 +151,130 @@ class VideoDecoder:
             except StopIteration:
                 break
             except av.error.FFmpegError as err:
+                # A dropped connection or a read timeout: the frames the decoder holds are good.
+                yield from self._drain()
                 self.errors += 1
-                yield self._event("decode_error", error=f"demux failed: {err}", fatal=True)
+                yield self._event("decode_error", error=f"demux failed: {redact(str(err))}", fatal=True)
                 return
+            if packet.stream is self._stream and packet.size:  # not the empty end-of-stream packet
+                self._keep(packet)
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError as err:
+                    self.errors += 1
+                    self._failed += 1
+                    # With frame threading FFmpeg reports an error a few packets late: approximate.
+                    time_s = float(packet.pts * packet.time_base) if packet.pts is not None else None
+                    yield self._event("decode_error", error=redact(str(err)), packet_time_s=time_s)
+                    decoded = []
+                for av_frame in decoded:
+                    last_frame = time.monotonic()
+                    yield self._frame(av_frame)
             if self.stall_s and time.monotonic() - last_frame > self.stall_s:
+                yield from self._drain()
                 yield self._event("decode_error", error=f"stalled: no frame for {self.stall_s:g} s", fatal=True)
                 return
-            if packet.stream is not self._stream:
-                continue
-            demuxed += packet.size > 0
-            try:
-                decoded = packet.decode()
-            except av.error.FFmpegError as err:
-                self.errors += 1
-                # With frame threading FFmpeg reports an error a few packets late: approximate.
-                time_s = float(packet.pts * packet.time_base) if packet.pts is not None else None
-                yield self._event("decode_error", error=str(err), packet_time_s=time_s)
-                continue
-            for av_frame in decoded:
-                last_frame = time.monotonic()
-                yield self._frame(av_frame)
-        declared = self.info.frames
-        if declared and demuxed < declared:
-            # The container promised more packets than the file holds: it was cut short.
+        if self._stopped:
+            return
+        yield from self._drain()
+        yield from self._damage_report()
+
+    def _keep(self, packet: av.Packet) -> None:
+        """Count a packet and keep it with the others since the last keyframe (for _recover)."""
+        self._packets += 1
+        if packet.is_keyframe:
+            self._gop = []
+        if self._gop is not None:
+            self._gop.append(packet)
+            if len(self._gop) > MAX_GOP_PACKETS:
+                self._gop = None  # too long to re-decode; recovery waits for the next keyframe
+
+    def _drain(self) -> Iterator[Frame | SourceEvent]:
+        """Flush the frames the decoder still holds (frame threads and B-frame reordering hold a few).
+
+        With frame threading FFmpeg reports a damaged packet when its frame is due, and a
+        failure while draining strands the frames behind it (PyAV cannot receive without
+        sending, and a drained decoder takes no more packets). Those are decoded again
+        from the last keyframe by a fresh single-threaded decoder: see _recover.
+        """
+        pending = self._packets - self._emitted - self._failed
+        try:
+            flushed = self._stream.codec_context.decode(None)
+        except av.error.FFmpegError as err:
             self.errors += 1
+            self._failed += 1
+            yield self._event("decode_error", error=redact(str(err)))
+            flushed = []
+        for av_frame in flushed:
+            av_frame.time_base = self._stream.time_base  # a flush has no packet to take it from
+            yield self._frame(av_frame)
+        if len(flushed) < pending:
+            for av_frame in self._recover():
+                yield self._frame(av_frame)
+
+    def _recover(self) -> list[av.VideoFrame]:
+        """Frames after the last one emitted, decoded again from the kept GOP (may be none)."""
+        if not self._gop or self._stream.codec_context.name is None:
+            return []
+        template = self._stream.codec_context
+        codec = av.CodecContext.create(template.name, "r")
+        if template.extradata:
+            codec.extradata = template.extradata
+        frames: list[av.VideoFrame] = []
+        for packet in [*self._gop, None]:
+            try:
+                frames += codec.decode(packet)
+            except av.error.FFmpegError:
+                continue  # the damaged packet fails again; the ones after it decode
+        last = self._last_pts
+        return [f for f in frames if f.pts is not None and (last is None or f.pts > last)]
+
+    def _damage_report(self) -> Iterator[SourceEvent]:
+        """After the end of a file: a truncated container (fatal) and frames lost to damage."""
+        truncated = self._truncation() if "://" not in self.url else None
+        if truncated:
+            self.errors += 1
+            yield self._event("decode_error", error="truncated", fatal=True, packets=self._packets, frames=self._emitted, **truncated)
+        lost = self._packets - self._emitted
+        if lost > 0 or self._concealed:
+            # The decoder skips frames that refer to damaged ones, mostly without an error,
+            # and conceals damage in others (FFmpeg flags those frames corrupt).
             yield self._event(
-                "decode_error", error="truncated", fatal=True, packets=demuxed, declared=declared
+                "decode_error",
+                error=f"damaged: {lost} of {self._packets} packets gave no frame, {self._concealed} frames concealed",
+                packets=self._packets, frames=self._emitted, lost=lost, concealed=self._concealed,
             )
+
+    def _truncation(self) -> dict[str, object] | None:
+        """What the container promised and did not hold, or None when it held it all."""
+        declared = self.info.frames
+        if declared:  # MP4 declares its frame count
+            return {"declared": declared} if self._packets < declared else None
+        if self._last_corrupt:
+            return {"last_frame": "incomplete"}  # cut inside the last frame's data
+        container = self._container
+        if "matroska" in container.format.name and container.duration and self._end_s is not None:
+            # MKV/WebM declare their duration in the header; the packets must reach it.
+            declared_s = container.duration / 1_000_000 - (container.start_time or 0) / 1_000_000
+            tolerance = max(0.5, 2 / self.info.fps) if self.info.fps else 0.5
+            if self._end_s < declared_s - tolerance:
+                return {"declared_s": round(declared_s, 3), "read_s": round(self._end_s, 3)}
+        if container.format.name == "mpegts" and "://" not in self.url:
+            # A transport stream is a run of 188-byte packets (192 in M2TS): a cut one is truncation.
+            size = Path(self.url).stat().st_size
+            if size % 188 and size % 192:
+                return {"bytes": size}
+        return None
 
     def _frame(self, av_frame: av.VideoFrame) -> Frame:
         start = time.perf_counter()
-        source_size = (av_frame.width, av_frame.height)
         image = to_i420(av_frame, self._reformatter)
+        source_size = (av_frame.width, av_frame.height)
+        # The display matrix (phone video) says how to turn the coded picture upright:
+        # detection runs on the picture as displayed and boxes are in displayed pixels.
+        turns = round(av_frame.rotation / 90) % 4  # counterclockwise quarter turns
+        if turns:
+            image, source_size = rotate_i420(image, source_size, turns)
         now = time.monotonic()
         frame = Frame(
             source=self.name,
@@ -172,6 +288,14 @@ class VideoDecoder:
         )
         frame.timings["convert"] = (time.perf_counter() - start) * 1000
         self.seq += 1
+        self._emitted += 1
+        self._concealed += av_frame.is_corrupt
+        self._last_corrupt = av_frame.is_corrupt
+        if av_frame.pts is not None:
+            self._last_pts = av_frame.pts if self._last_pts is None else max(self._last_pts, av_frame.pts)
+            if av_frame.time is not None:
+                end = float(av_frame.time) + (1 / self.info.fps if self.info.fps else 0.0)
+                self._end_s = end if self._end_s is None else max(self._end_s, end)
         return frame
 
     def _event(self, kind: str, **details: object) -> SourceEvent:
@@ -211,17 +335,34 @@ def to_i420(av_frame: av.VideoFrame, reformatter: VideoReformatter | None = None
         av_frame = (reformatter or VideoReformatter()).reformat(
             av_frame, format="yuv420p", dst_colorspace="ITU601", dst_color_range="MPEG"
         )
-    width, height = av_frame.width, av_frame.height
-    if width % 2 == 0 and height % 2 == 0:
+    if av_frame.width % 2 == 0 and av_frame.height % 2 == 0:
         return av_frame.to_ndarray(format="yuv420p")
+    return _pack(*(_plane(av_frame, i) for i in range(3)))
+
+
+def rotate_i420(planes: np.ndarray, size: tuple[int, int], turns: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """I420 `planes` of a (width, height) picture turned `turns` quarter turns counterclockwise
+    (as np.rot90), and the turned picture's (width, height). Each plane turns on its own, so
+    an odd size's padding stays at the right and bottom edges."""
+    width, height = size
+    h2, w2 = planes.shape[0] * 2 // 3, planes.shape[1]
+    chroma = planes[h2:].reshape(2, h2 // 2, w2 // 2)
+    turned = _pack(*(np.rot90(p, turns) for p in (planes[:height, :width], chroma[0], chroma[1])))
+    return turned, ((height, width) if turns % 2 else size)
+
+
+def _pack(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """One I420 array from a (height, width) luma plane and its ceil-half chroma planes, an
+    odd width or height padded by repeating the last luma column or row."""
+    height, width = y.shape
     w2, h2 = width + width % 2, height + height % 2
     out = np.empty((h2 * 3 // 2, w2), np.uint8)
-    y = out[:h2]
-    y[:height, :width] = _plane(av_frame, 0)
-    y[:height, width:] = y[:height, width - 1 : width]
-    y[height:] = y[height - 1 : height]
+    luma = out[:h2]
+    luma[:height, :width] = y
+    luma[:height, width:] = luma[:height, width - 1 : width]
+    luma[height:] = luma[height - 1 : height]
     chroma = out[h2:].reshape(2, h2 // 2, w2 // 2)
-    chroma[0], chroma[1] = _plane(av_frame, 1), _plane(av_frame, 2)
+    chroma[0], chroma[1] = u, v
     return out
 
 
@@ -245,8 +386,17 @@ def iter_images(path: Path, max_frames: int | None = None) -> Iterator[np.ndarra
 
 
 def source_name(url: str) -> str:
-    """A readable name derived from a path or URL: the file stem, or host+path for URLs."""
+    """A valid source name derived from a path or URL; never fails, whatever the string.
+
+    The file stem, or host, port and path for URLs; never the user-info or the query, which
+    may hold credentials. Runs of characters other than letters, digits, '.', '_' and '-'
+    become '_', leading '.' and '-' are dropped and the name is cut to NAME_MAX characters,
+    so it is safe as a file name and a Redis key (see pipeline.config.SOURCE_NAME).
+    """
     if "://" in url:
-        rest = url.split("://", 1)[1].split("@")[-1]
-        return rest.strip("/").replace("/", "_").replace(":", "_") or "source"
-    return Path(url).stem or "source"
+        rest = url.split("://", 1)[1].rpartition("@")[2]  # the last '@': a password may hold '#' or '/'
+        raw = re.split(r"[?#]", rest, maxsplit=1)[0].strip("/")
+    else:
+        raw = Path(url).stem
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).lstrip(".-")[:NAME_MAX]
+    return name or "source"

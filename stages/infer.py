@@ -53,19 +53,37 @@ class InferStage:
         self.input_size = _input_size(engine.name, spec, input_size)  # (width, height)
         self.fixed_batch = spec.batch_dim if not isinstance(shape[0], str) else None
         self._buffers = threading.local()
+        # The output layout's own sanity check (scores in 0..1, ...), set by pipeline/model.py.
+        self.check: Callable[[dict[str, np.ndarray], int], str | None] | None = None
 
     def max_batch(self, wanted: int) -> int:
         return min(wanted, self.fixed_batch) if self.fixed_batch else wanted
 
-    def inputs(self, frames: list[Frame], context: Context | None = None) -> dict[str, np.ndarray]:
-        """The batch tensor, written straight into `context`'s own buffer when it offers one
-        (an optional `input_buffer(name, shape, dtype)` method, e.g. shared memory)."""
+    def batch_shapes(self, wanted: tuple[int, ...]) -> tuple[int, ...]:
+        """The batch sizes this model will run at: `wanted` (ascending), or the model's own
+        fixed batch. Every batch is padded up to one of them, so each is warmed once and
+        measured on its own (pipeline/context_pool.py)."""
+        if self.fixed_batch:
+            return (self.fixed_batch,)
+        return tuple(sorted(set(wanted)))
+
+    @staticmethod
+    def shape_for(count: int, shapes: tuple[int, ...]) -> int:
+        """The smallest batch shape that holds `count` frames."""
+        return next(s for s in shapes if s >= count)
+
+    def inputs(self, frames: list[Frame], context: Context | None = None, batch: int | None = None) -> dict[str, np.ndarray]:
+        """The batch tensor [batch, 3, H, W], zero-padded past len(frames) (the padding's
+        outputs never reach a result: `split` reads only the frames' rows), written straight
+        into `context`'s own buffer when it offers one (an optional
+        `input_buffer(name, shape, dtype)` method, e.g. shared memory)."""
+        batch = self.fixed_batch or batch or len(frames)
         into: InputBuffer | None = getattr(context, "input_buffer", None)
         if into is None:
-            return {self.input_name: stack(frames, self.fixed_batch, out=self._buffer(len(frames)))}
+            return {self.input_name: stack(frames, batch, out=self._buffer(batch))}
         w, h = self.input_size
-        buffer = into(self.input_name, (self.fixed_batch or len(frames), 3, h, w), np.dtype(np.float32))
-        return {self.input_name: stack(frames, self.fixed_batch, out=buffer)}
+        buffer = into(self.input_name, (batch, 3, h, w), np.dtype(np.float32))
+        return {self.input_name: stack(frames, batch, out=buffer)}
 
     def _buffer(self, count: int) -> np.ndarray:
         """This thread's float32 batch buffer, grown to the largest batch it has seen.
@@ -79,11 +97,23 @@ class InferStage:
             buffer = self._buffers.array = np.empty((count, 3, h, w), np.float32)
         return buffer[:count]
 
-    def probe_inputs(self) -> dict[str, np.ndarray]:
-        """A fixed input whose outputs, recorded at start-up, tell a healthy context."""
+    def probe_inputs(self, batch: int | None = None) -> dict[str, np.ndarray]:
+        """A fixed input whose outputs, recorded at start-up, tell a healthy context: one
+        random image repeated `batch` times (every row must give the same outputs)."""
         w, h = self.input_size
-        rng = np.random.default_rng(20240611)
-        return {self.input_name: rng.random((self.fixed_batch or 1, 3, h, w), dtype=np.float32)}
+        image = np.random.default_rng(20240611).random((1, 3, h, w), dtype=np.float32)
+        return {self.input_name: np.repeat(image, self.fixed_batch or batch or 1, axis=0)}
+
+    def output_problem(self, outputs: dict[str, np.ndarray], rows: int) -> str | None:
+        """Why the first `rows` rows of a context's outputs cannot be trusted, or None.
+
+        Every value must be finite; `check` (set from the model's output layout, see
+        stages/postprocess.py) adds what the layout knows, e.g. scores within 0..1."""
+        for name, value in outputs.items():
+            head = value[:rows]
+            if head.dtype.kind == "f" and not np.isfinite(head).all():
+                return f"output '{name}' holds NaN or infinite values"
+        return self.check(outputs, rows) if self.check is not None else None
 
     @staticmethod
     def split(frames: list[Frame], outputs: dict[str, np.ndarray]) -> None:

@@ -22,22 +22,34 @@ COCO_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def load_names(metadata: dict[str, str], labels_path: Path | None, num_classes: int) -> list[str]:
+def load_names(metadata: dict[str, str], labels_path: Path | None, num_classes: int | None) -> list[str]:
     """The model's class names, in class-id order.
 
     Priority: the labels file (one name per line), the model's `names` metadata (as
     Ultralytics writes it), COCO when the model has 80 classes, else "class0".."classN-1".
+    `num_classes` None (a post-NMS output, whose rows carry class ids) takes any count and
+    defaults to COCO.
     """
     if labels_path is not None:
         return _read_labels_file(Path(labels_path), num_classes)
     if "names" in metadata:
         return _parse_metadata_names(metadata["names"], num_classes)
-    if num_classes == len(COCO_NAMES):
+    if num_classes is None or num_classes == len(COCO_NAMES):
         return list(COCO_NAMES)
     return [f"class{i}" for i in range(num_classes)]
 
 
-def _read_labels_file(path: Path, num_classes: int) -> list[str]:
+def metadata_name_count(metadata: dict[str, str]) -> int | None:
+    """How many class names the model's `names` metadata holds; None without readable names."""
+    if "names" not in metadata:
+        return None
+    try:
+        return len(_parse_metadata_names(metadata["names"], None))
+    except ModelError:
+        return None
+
+
+def _read_labels_file(path: Path, num_classes: int | None) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -46,7 +58,9 @@ def _read_labels_file(path: Path, num_classes: int) -> list[str]:
             "pass a text file with one class name per line"
         ) from None
     names = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(names) != num_classes:
+    if num_classes is None and not names:
+        raise ModelError(f"labels file {path} has no names; give it one class name per line")
+    if num_classes is not None and len(names) != num_classes:
         raise ModelError(
             f"labels file {path} has {len(names)} names but the model has {num_classes} classes; "
             f"give it exactly {num_classes} lines, one name per class in class-id order"
@@ -54,7 +68,7 @@ def _read_labels_file(path: Path, num_classes: int) -> list[str]:
     return names
 
 
-def _parse_metadata_names(raw: str, num_classes: int) -> list[str]:
+def _parse_metadata_names(raw: str, num_classes: int | None) -> list[str]:
     # Ultralytics writes str(dict) ("{0: 'person', ...}"), which is a Python literal, not JSON.
     value: object = None
     for parse in (ast.literal_eval, json.loads):
@@ -69,7 +83,7 @@ def _parse_metadata_names(raw: str, num_classes: int) -> list[str]:
             f"cannot read the model's 'names' metadata {raw[:80]!r}: expected a dict of "
             "class id to name or a list of names; pass a labels file with one name per line"
         )
-    if len(names) != num_classes:
+    if num_classes is not None and len(names) != num_classes:
         raise ModelError(
             f"the model's 'names' metadata has {len(names)} names but the model has "
             f"{num_classes} classes; pass a labels file with {num_classes} lines"

@@ -1,4 +1,5 @@
-"""Live sources (RTSP cameras): reconnect with backoff and jitter, seq continues across outages.
+"""Live sources (RTSP, RTMP, HTTP(S) MJPEG/HLS cameras, UDP/TCP/SRT streams): reconnect with
+backoff and jitter, seq continues across outages.
 
 An outage is published as `outage_start` / `outage_end` events (with its duration), so
 subscribers see the gap; the frames around it keep consecutive seq numbers.
@@ -7,13 +8,19 @@ subscribers see the gap; the frames around it keep consecutive seq numbers.
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
+from pipeline.redact import redact
 from pipeline.types import Frame, SourceEvent
-from stages.decode import StreamInfo, VideoDecoder
+from stages.decode import NoVideo, StreamInfo, VideoDecoder
 from stages.errors import SourceError
+
+
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443, "http": 80, "https": 443}
 
 
 class LiveSource:
@@ -56,19 +63,39 @@ class LiveSource:
         options = {"analyzeduration": "500000", "probesize": "1000000"}
         if self.url.startswith(("rtsp://", "rtsps://")):
             options["rtsp_transport"] = self.transport
-        decoder = VideoDecoder(
-            self.name,
-            self.url,
-            self.deadline_s,
-            self.fit_to,
-            options=options,
-            timeout=(self.open_timeout_s, self.stall_s),
-            first_seq=self.seq,
-            hwaccel=self.hwaccel,
-            stall_s=self.stall_s,
-        )
+        try:
+            decoder = VideoDecoder(
+                self.name,
+                self.url,
+                self.deadline_s,
+                self.fit_to,
+                options=options,
+                timeout=(self.open_timeout_s, self.stall_s),
+                first_seq=self.seq,
+                hwaccel=self.hwaccel,
+                stall_s=self.stall_s,
+            )
+        except NoVideo:
+            raise SourceError(self._no_video()) from None
         decoder.fit_to = self.fit_to
         return decoder
+
+    def _no_video(self) -> str:
+        """Why opening gave no video: a connection that was made, or one that never was."""
+        parts = urlsplit(self.url)
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+        if parts.hostname and port and parts.scheme != "udp":
+            try:
+                socket.create_connection((parts.hostname, port), timeout=min(self.open_timeout_s, 3.0)).close()
+            except OSError as err:
+                return (
+                    f"{self.url}: cannot connect ({err}); check the camera's address and the network, "
+                    "or raise open_timeout_s for a slow link"
+                )
+        return (
+            f"{self.url}: connected, but no video arrived within {self.open_timeout_s:g} s; check that the "
+            "camera streams video at this path, or raise open_timeout_s if it is slow to start"
+        )
 
     def _connect(self, attempts: int | None) -> VideoDecoder:
         """Open the stream, retrying with backoff; SourceError after `attempts` (None: forever)."""
@@ -108,7 +135,9 @@ class LiveSource:
             try:
                 self._decoder = self._connect(self.max_reconnects)
             except SourceError as err:
-                yield SourceEvent(self.name, "source_failed", self.seq - 1, time.time(), {"error": str(err), "fatal": True})
+                if self._closed.is_set():
+                    return  # stopped (a signal, --duration) while reconnecting: not a failure
+                yield SourceEvent(self.name, "source_failed", self.seq - 1, time.time(), {"error": redact(str(err)), "fatal": True})
                 return
             self.reconnects += 1
             yield SourceEvent(

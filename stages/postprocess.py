@@ -1,4 +1,4 @@
-"""The postprocess stage: decode YOLO outputs, NMS, map boxes back to source pixels."""
+"""The postprocess stage: decode YOLO outputs, check them, NMS, map boxes back to source pixels."""
 
 from __future__ import annotations
 
@@ -8,46 +8,19 @@ import numpy as np
 from engines.errors import ModelError
 from pipeline.types import Detections, Frame
 from stages.errors import StageError
-
-LAYOUTS = ("yolov8", "yolov5", "yolox")
-STRIDES = (8, 16, 32)
+from stages.layouts import STRIDES, Head, detect_head
 
 MAX_CANDIDATES = 4096  # highest-scoring candidates kept for NMS
 
 
-def detect_layout(output_shape: tuple, input_size: tuple[int, int]) -> str:
-    """Which YOLO head produced `output_shape` ([B, ...]) for an input of (width, height)."""
-    grid = _grid_cells(input_size)
-    if len(output_shape) == 3:
-        rows, cols = output_shape[1], output_shape[2]
-        if _is_dim(rows) and rows >= 5 and (not _is_dim(cols) or rows < cols):
-            return "yolov8"
-        if _is_dim(cols) and cols >= 6 and rows == 3 * grid:
-            return "yolov5"
-        if _is_dim(cols) and cols >= 6 and rows == grid:
-            return "yolox"
-    width, height = input_size
-    raise ModelError(
-        f"cannot tell the YOLO layout of output shape {list(output_shape)} for a "
-        f"{width}x{height} input: tried yolov8 [B, 4+C, N] with 4+C < N, "
-        f"yolov5 [B, {3 * grid}, 5+C] and yolox [B, {grid}, 5+C]; "
-        "pass --layout yolov8|yolov5|yolox or use a standard YOLO export"
-    )
-
-
-def class_count(output_shape: tuple, layout: str) -> int:
-    """The number of classes an output of `layout` carries (for load_names)."""
-    if layout not in LAYOUTS:
-        raise ModelError(f"unknown layout {layout!r}; use one of auto, {', '.join(LAYOUTS)}")
-    dim = output_shape[1] if layout == "yolov8" else output_shape[-1]
-    header = 4 if layout == "yolov8" else 5
-    if len(output_shape) != 3 or not _is_dim(dim) or dim <= header:
-        raise ModelError(
-            f"output shape {list(output_shape)} does not fit the {layout} layout "
-            f"({'[B, 4+C, N]' if layout == 'yolov8' else '[B, N, 5+C]'}); "
-            "pass the right --layout or use a standard YOLO export"
-        )
-    return dim - header
+def detect_layout(
+    output_shape: tuple,
+    input_size: tuple[int, int],
+    metadata: dict[str, str] | None = None,
+    sample: np.ndarray | None = None,
+) -> str:
+    """Which head produced `output_shape` ([B, ...]) for an input of (width, height); see detect_head."""
+    return detect_head(output_shape, input_size, "auto", metadata, sample).layout
 
 
 class Postprocess:
@@ -58,19 +31,20 @@ class Postprocess:
         output_shape: tuple,
         input_size: tuple[int, int],
         names: list[str],
-        layout: str = "auto",
+        layout: str | Head = "auto",
         conf: float = 0.25,
         iou: float = 0.45,
         classes: list[str] | None = None,
         max_det: int = 300,
     ) -> None:
-        self.layout = detect_layout(output_shape, input_size) if layout == "auto" else layout
-        num_classes = class_count(output_shape, self.layout)
-        if len(names) != num_classes:
+        head = layout if isinstance(layout, Head) else detect_head(output_shape, input_size, layout)
+        if head.num_classes is not None and len(names) != head.num_classes:
             raise ModelError(
-                f"got {len(names)} class names for a model with {num_classes} classes; "
-                f"pass a labels file with {num_classes} lines"
+                f"got {len(names)} class names for a model with {head.num_classes} classes; "
+                f"pass a labels file with {head.num_classes} lines"
             )
+        self.head = head
+        self.layout = head.layout
         self.names = list(names)
         self.conf = conf
         self.iou = iou
@@ -95,24 +69,33 @@ class Postprocess:
         return np.array([self.names.index(name) for name in classes], np.int32)
 
     def __call__(self, frame: Frame) -> Frame:
+        """Decode, check and publish one frame's detections.
+
+        Raises StageError (the frame fails with reason `postprocess`) when the output is not
+        one frame's, or when a candidate above `conf` has a NaN or infinite box, or any score is
+        NaN, infinite or outside 0..1: such values are not detections and are never published.
+        """
         output = np.asarray(next(iter(frame.outputs.values())), np.float32)
         if output.ndim != 2:
             raise StageError(
                 f"postprocess expects one frame's output without the batch dimension, "
                 f"got shape {list(output.shape)}"
             )
-        cxcywh, score, class_id = self._decode(output)
+        xywh, score, class_id = self._decode(output)
+        if not np.isfinite(xywh).all():
+            raise StageError(
+                f"the model output holds a NaN or infinite box among {len(score)} candidates "
+                f"above conf {self.conf}; these are not detections (check the model and --layout)"
+            )
         if self.allowed is not None:
             keep = np.isin(class_id, self.allowed)
-            cxcywh, score, class_id = cxcywh[keep], score[keep], class_id[keep]
+            xywh, score, class_id = xywh[keep], score[keep], class_id[keep]
 
         if len(score) > MAX_CANDIDATES:
             # NMS is quadratic: a model gone wrong (every score high) must not stall the stage.
             top = np.argpartition(-score, MAX_CANDIDATES)[:MAX_CANDIDATES]
-            cxcywh, score, class_id = cxcywh[top], score[top], class_id[top]
+            xywh, score, class_id = xywh[top], score[top], class_id[top]
 
-        xywh = cxcywh.astype(np.float64)
-        xywh[:, :2] -= xywh[:, 2:] / 2
         kept = cv2.dnn.NMSBoxesBatched(xywh, score, class_id, self.conf, self.iou)
         kept = np.asarray(kept, np.int64).reshape(-1)
         kept = kept[np.argsort(-score[kept], kind="stable")][: self.max_det]
@@ -134,18 +117,24 @@ class Postprocess:
         return frame
 
     def _decode(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates above `conf`: (cx, cy, w, h) in model pixels, score, class id."""
+        """Candidates above `conf`: (x, y, w, h) of the top-left corner in model pixels (float64),
+        score, class id."""
+        if self.layout == "e2e":
+            return self._decode_e2e(output)
         if self.layout == "yolov8":
-            class_scores = output[4:]
-            score = class_scores.max(axis=0)
+            columns = output.T if self.head.transposed else output
+            class_scores = columns[4 : 4 + self.head.num_classes]
+            score = _checked_scores(class_scores.max(axis=0), "class score")
             keep = score > self.conf
             class_id = class_scores[:, keep].argmax(axis=0).astype(np.int32)
-            return output[:4, keep].T, score[keep], class_id
+            return _xywh(columns[:4, keep].T), score[keep], class_id
 
         # yolov5 and yolox: objectness gates the class probabilities.
-        index = np.flatnonzero(output[:, 4] > self.conf)
+        objectness = _checked_scores(output[:, 4], "objectness")
+        index = np.flatnonzero(objectness > self.conf)
         rows = output[index]
-        class_scores = rows[:, 5:] * rows[:, 4:5]
+        probabilities = _checked_scores(rows[:, 5 : 5 + self.head.num_classes], "class probability")
+        class_scores = probabilities * rows[:, 4:5]
         class_id = class_scores.argmax(axis=1).astype(np.int32)
         score = class_scores[np.arange(len(rows)), class_id]
         keep = score > self.conf
@@ -155,15 +144,46 @@ class Postprocess:
             cxcywh = np.concatenate(
                 [(cxcywh[:, :2] + cell) * stride, np.exp(cxcywh[:, 2:]) * stride], axis=1
             )
-        return cxcywh, score[keep], class_id[keep]
+        return _xywh(cxcywh), score[keep], class_id[keep]
+
+    def _decode_e2e(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows of (x1, y1, x2, y2, score, class id), already through NMS (or, as DeepStream-Yolo
+        exports, one best class per candidate before it): NMS again is harmless and needed then."""
+        score = _checked_scores(output[:, 4], "score")
+        rows = output[score > self.conf]
+        class_id = rows[:, 5]
+        bad = (class_id != np.round(class_id)) | (class_id < 0) | (class_id >= len(self.names))
+        if bad.any():
+            raise StageError(
+                f"the model output has class id {class_id[bad][0]:g} in a post-NMS row, but the "
+                f"model has {len(self.names)} class names; pass --labels with one name per class "
+                "id (or check --layout)"
+            )
+        xyxy = rows[:, :4].astype(np.float64)
+        xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+        return xywh, rows[:, 4], class_id.astype(np.int32)
+
+
+def _checked_scores(scores: np.ndarray, what: str) -> np.ndarray:
+    """`scores` unchanged, or StageError when one is NaN, infinite or outside 0..1."""
+    bad = ~((scores >= 0) & (scores <= 1))  # NaN compares false both ways
+    if bad.any():
+        sample = scores[bad].flat[0]
+        raise StageError(
+            f"the model output holds {int(bad.sum())} {what} values that are NaN, infinite or "
+            f"outside 0..1 (e.g. {sample:g}); these are not detections (check the model and --layout)"
+        )
+    return scores
+
+
+def _xywh(cxcywh: np.ndarray) -> np.ndarray:
+    xywh = cxcywh.astype(np.float64)
+    xywh[:, :2] -= xywh[:, 2:] / 2
+    return xywh
+
 
 def _is_dim(dim: object) -> bool:
     return isinstance(dim, (int, np.integer)) and not isinstance(dim, bool) and dim > 0
-
-
-def _grid_cells(input_size: tuple[int, int]) -> int:
-    width, height = input_size
-    return sum((height // s) * (width // s) for s in STRIDES)
 
 
 def _yolox_grid(input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -83,3 +83,57 @@ def corrupt_middle(src: Path, dst: Path, packets: int = 3) -> Path:
             data[i] ^= 0xFF
     Path(dst).write_bytes(bytes(data))
     return dst
+
+
+def remux(src: Path, dst: Path, ts_offset: float = 0.0, format: str | None = None) -> Path:
+    """Copy the video packets into another container (by `dst`'s suffix or `format`), as
+    `ffmpeg -i src -c copy [-output_ts_offset S] dst` does."""
+    options = {"output_ts_offset": str(ts_offset)} if ts_offset else {}
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format=format, options=options) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(video=0):
+            if packet.dts is None:
+                continue  # the demuxer's empty end-of-stream packet
+            packet.stream = stream
+            out.mux(packet)
+    return dst
+
+
+def overwrite_packet(src: Path, dst: Path, index: int, seed: int = 0) -> Path:
+    """Overwrite video packet `index` (file order) with random bytes of its own size."""
+    data = bytearray(Path(src).read_bytes())
+    offset, size = video_packets(src)[index]
+    data[offset : offset + size] = np.random.default_rng(seed).bytes(size)
+    Path(dst).write_bytes(bytes(data))
+    return dst
+
+
+RED_BLOCK = (40, 60, 140, 120)  # x1, y1, x2, y2 in coded pixels
+
+
+def block_clip(path: Path, rotate: int, frames: int = 3, size: tuple[int, int] = (640, 360)) -> Path:
+    """A black clip with a red block at RED_BLOCK, tagged like `-metadata:s:v:0 rotate=R`.
+
+    The `rotate` tag is degrees clockwise to display; FFmpeg stores it as a display matrix
+    of -R degrees (counterclockwise), which is what this writes.
+    """
+    width, height = size
+    x1, y1, x2, y2 = RED_BLOCK
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.set_display_rotation(-rotate)
+        image = np.zeros((height, width, 3), np.uint8)
+        image[y1:y2, x1:x2] = (255, 0, 0)
+        for _ in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def red_box(image: np.ndarray) -> tuple[int, int, int, int]:
+    """The bounding box (x1, y1, x2, y2) of the red pixels of an RGB image."""
+    ys, xs = np.where((image[..., 0] > 128) & (image[..., 1] < 100) & (image[..., 2] < 100))
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1

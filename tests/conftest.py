@@ -113,3 +113,40 @@ def make_redis_server(tmp_path: Path):
 @pytest.fixture
 def redis_server(make_redis_server):
     return make_redis_server()
+
+
+# ---- load: timing-sensitive tests run beside a CPU hog ---------------------------------------
+
+
+@pytest.fixture
+def cpu_hog():
+    """One busy process per usable CPU for the test's duration: deadlines, recovery, shedding
+    and live sources must hold on a loaded machine, not only on an idle one."""
+    import os
+    import subprocess
+    import sys
+
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(len(os.sched_getaffinity(0)))
+    ]
+    yield len(hogs)
+    for hog in hogs:
+        hog.kill()
+    for hog in hogs:
+        hog.wait()
+
+
+@pytest.fixture(scope="session")
+def bench_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """samples/bench_model.py's detector-sized model (about 5 GFLOPs a frame at 640x640)."""
+    import importlib.util
+
+    import onnx
+
+    spec = importlib.util.spec_from_file_location("bench_model", REPO / "samples" / "bench_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = tmp_path_factory.mktemp("models") / "bench-model.onnx"
+    onnx.save(module.build(), path)
+    return path

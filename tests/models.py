@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from stages.labels import COCO_NAMES
+
 Box = tuple[int, float, float, float, float, float]
 
 STRIDES = (8, 16, 32)
@@ -56,7 +58,8 @@ def build_yolov5_model(
         candidates[row, :4] = _cxcywh(xyxy)
         candidates[row, 4] = root
         candidates[row, 5 + class_id] = root
-        candidates[row, 5 + (class_id + 1) % num_classes] = root / 2
+        if num_classes > 1:
+            candidates[row, 5 + (class_id + 1) % num_classes] = root / 2
     return _save_model(path, candidates, input_size, names=names)
 
 
@@ -85,8 +88,92 @@ def build_yolox_model(
                                math.log(h / stride))  # fmt: skip
         candidates[row, 4] = root
         candidates[row, 5 + class_id] = root
-        candidates[row, 5 + (class_id + 1) % num_classes] = root / 2
+        if num_classes > 1:
+            candidates[row, 5 + (class_id + 1) % num_classes] = root / 2
     return _save_model(path, candidates, input_size, names=names)
+
+
+def build_e2e_model(
+    path: Path,
+    boxes: list[Box],
+    rows: int = 300,
+    input_size: tuple[int, int] = (640, 640),
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """[B, rows, 6] post-NMS rows (x1, y1, x2, y2, score, class), zero rows after the boxes,
+    as YOLOv10, YOLO26 and RT-DETR-style exports give (and DeepStream-Yolo's YOLOv5 export,
+    with one row per anchor: 25200 on a 640x640 input)."""
+    candidates = np.zeros((rows, 6), np.float32)
+    for row, (class_id, score, *xyxy) in enumerate(boxes):
+        candidates[row] = (*xyxy, score, class_id)
+    return _save_model(path, candidates, input_size, metadata=metadata)
+
+
+def build_yolov8_transposed_model(
+    path: Path,
+    boxes: list[Box] = CANDIDATES,
+    num_classes: int = 80,
+    input_size: tuple[int, int] = (320, 320),
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """[B, N, 4+C]: the YOLOv8/YOLO11 head transposed, a common export variant."""
+    candidates = _yolov8_candidates(boxes, num_classes, input_size).T
+    return _save_model(path, candidates, input_size, metadata=metadata)
+
+
+def build_ultralytics_model(
+    path: Path,
+    task: str,
+    boxes: list[Box] = CANDIDATES,
+    input_size: tuple[int, int] = (320, 320),
+) -> Path:
+    """An Ultralytics `segment` export ([B, 4+80+32, N] and protos [B, 32, H/4, W/4]) or `pose`
+    export ([B, 4+1+51, N], one class, 17 keypoints), with the metadata Ultralytics writes.
+    The values after the classes are large, as mask coefficients and keypoints in pixels are."""
+    num_classes, extra = (80, 32) if task == "segment" else (1, 51)
+    head = _yolov8_candidates(boxes, num_classes, input_size)
+    values = np.full((extra, head.shape[1]), 300.0, np.float32)
+    candidates = np.concatenate([head, values])
+    width, height = input_size
+    protos = {"output1": np.ones((32, height // 4, width // 4), np.float32)} if task == "segment" else {}
+    names = list(COCO_NAMES) if task == "segment" else ["person"]
+    metadata = {"task": task, "names": str(dict(enumerate(names))), "author": "Ultralytics"}
+    if task == "pose":
+        metadata["kpt_shape"] = "[17, 3]"
+    return _save_model(path, candidates, input_size, metadata=metadata, extra_outputs=protos)
+
+
+def build_output_model(
+    path: Path, candidates: np.ndarray, probe: np.ndarray, input_size: tuple[int, int] = (320, 320)
+) -> Path:
+    """A model whose output (one frame's, without the batch dim) is `candidates` on a frame whose
+    top-left pixel is grey (the letterbox padding of a wide video) and `probe` otherwise, as on
+    the random start-up probe: a model that goes wrong on some inputs only."""
+    width, height = input_size
+    nodes = [
+        helper.make_node("Slice", ["images", "r_start", "r_end"], ["red"]),
+        helper.make_node("Slice", ["images", "g_start", "g_end"], ["green"]),
+        helper.make_node("Equal", ["red", "green"], ["grey_b111"]),
+        helper.make_node("Squeeze", ["grey_b111", "last_axis"], ["grey_b11"]),
+        helper.make_node("Where", ["grey_b11", "candidates", "probe"], ["output0"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([0, 0, 0, 0], np.int64), "r_start"),
+        numpy_helper.from_array(np.array([2**31, 1, 1, 1], np.int64), "r_end"),
+        numpy_helper.from_array(np.array([0, 1, 0, 0], np.int64), "g_start"),
+        numpy_helper.from_array(np.array([2**31, 2, 1, 1], np.int64), "g_end"),
+        numpy_helper.from_array(np.array([3], np.int64), "last_axis"),
+        numpy_helper.from_array(candidates[None].astype(np.float32), "candidates"),
+        numpy_helper.from_array(probe[None].astype(np.float32), "probe"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "grey-switch",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, height, width])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", *candidates.shape])],
+        initializer=initializers,
+    )
+    return _write(path, graph, {})
 
 
 def build_fixed_batch_model(
@@ -123,29 +210,40 @@ def _save_model(
     input_size: tuple[int, int],
     batch: int | str = "batch",
     names: list[str] | None = None,
+    metadata: dict[str, str] | None = None,
+    extra_outputs: dict[str, np.ndarray] | None = None,
 ) -> Path:
     width, height = input_size
+    outputs = {"output0": candidates, **(extra_outputs or {})}
     # output = candidates + 0 * mean(images): the output takes the input's batch size.
     nodes = [
         helper.make_node("ReduceMean", ["images"], ["mean"], axes=[1, 2, 3], keepdims=0),
         helper.make_node("Unsqueeze", ["mean", "unsqueeze_axes"], ["mean_b11"]),
         helper.make_node("Mul", ["mean_b11", "zero"], ["zeros_b11"]),
-        helper.make_node("Add", ["zeros_b11", "candidates"], ["output0"]),
     ]
     initializers = [
         numpy_helper.from_array(np.array([1, 2], np.int64), "unsqueeze_axes"),
         numpy_helper.from_array(np.zeros((), np.float32), "zero"),
-        numpy_helper.from_array(candidates[None].astype(np.float32), "candidates"),
     ]
+    for name, value in outputs.items():
+        if value.ndim == 3:  # [B, 1, 1] -> [B, 1, 1, 1] to broadcast over a 4-D output
+            nodes.append(helper.make_node("Unsqueeze", ["zeros_b11", f"{name}_axis"], [f"zeros_{name}"]))
+            initializers.append(numpy_helper.from_array(np.array([3], np.int64), f"{name}_axis"))
+        zeros = f"zeros_{name}" if value.ndim == 3 else "zeros_b11"
+        nodes.append(helper.make_node("Add", [zeros, f"{name}_value"], [name]))
+        initializers.append(numpy_helper.from_array(value[None].astype(np.float32), f"{name}_value"))
     graph = helper.make_graph(
         nodes,
         "yolo",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, height, width])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, *candidates.shape])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, *value.shape])
+         for name, value in outputs.items()],
         initializer=initializers,
-    )
+    )  # fmt: skip
     # Ultralytics writes the names as str(dict), a Python literal rather than JSON.
-    metadata = {} if names is None else {"names": str(dict(enumerate(names)))}
+    metadata = dict(metadata or {})
+    if names is not None:
+        metadata["names"] = str(dict(enumerate(names)))
     return _write(path, graph, metadata)
 
 
@@ -165,7 +263,8 @@ def _yolov8_candidates(
     for column, (class_id, score, *xyxy) in zip(_spread(len(boxes)), boxes):
         candidates[:4, column] = _cxcywh(xyxy)
         candidates[4 + class_id, column] = score
-        candidates[4 + (class_id + 1) % num_classes, column] = score / 2  # a runner-up class
+        if num_classes > 1:
+            candidates[4 + (class_id + 1) % num_classes, column] = score / 2  # a runner-up class
     return candidates
 
 

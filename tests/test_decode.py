@@ -142,18 +142,22 @@ def test_truncated_file_yields_what_it_holds_then_a_fatal_event(truncated_car_cl
 
 
 def test_damaged_packets_are_reported_and_decoding_goes_on(corrupt_car_clip: Path) -> None:
-    """Each damaged packet becomes one non-fatal decode_error event; every other packet a frame."""
+    """Each damaged packet becomes one non-fatal decode_error event, and the end of the file one
+    event with the counts; every other packet a frame."""
     frames, events = decode(corrupt_car_clip)
 
     assert len(video_packets(corrupt_car_clip)) == 377
     assert len(frames) == 377 - 3
     assert [f.seq for f in frames] == list(range(len(frames)))
     assert all(b.pts > a.pts for a, b in zip(frames, frames[1:]))
-    assert [e.type for e in events] == ["decode_error"] * 3
+    assert [e.type for e in events] == ["decode_error"] * 4
     assert not any(e.details.get("fatal") for e in events)
     # The damage is in the middle of the file; the events say so.
-    assert all(170 <= e.after_seq <= 200 for e in events)
+    assert all(170 <= e.after_seq <= 200 for e in events[:3])
     assert all(e.details["error"] for e in events)
+    counts = events[-1].details
+    assert (counts["packets"], counts["frames"], counts["lost"]) == (377, 374, 3)
+    assert events[-1].after_seq == 373
     with pytest.raises(av.error.InvalidDataError):
         count_frames(corrupt_car_clip)  # a plain PyAV loop stops at the damage
 

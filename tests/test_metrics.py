@@ -6,6 +6,8 @@ import json
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -19,6 +21,7 @@ import pipeline.api
 from pipeline.api import run
 from pipeline.config import build_config
 from pipeline.errors import OutputError
+from pipeline.metrics import MAX_CONNECTIONS, MetricsServer, RunMetrics
 from pipeline.runtime import RunHooks
 from pipeline.summary import RunSummary
 from pipeline.types import Result
@@ -194,3 +197,61 @@ def test_cli_port_0_and_json_logs(tmp_path: Path) -> None:
     assert logs and all({"time", "level", "logger", "message"} <= set(entry) for entry in logs)
     serving = [entry["message"] for entry in logs if entry["logger"] == "vidpipe.metrics"]
     assert len(serving) == 1 and "serving metrics on port" in serving[0]
+
+
+def _connect(host: str, port: int) -> socket.socket:
+    return socket.create_connection((host, port), timeout=5)
+
+
+def test_metrics_listen_on_loopback_unless_opened() -> None:
+    # 127.0.0.2 is this machine too, but not the address 127.0.0.1: a server bound to
+    # 127.0.0.1 alone refuses it, one bound to every interface (0.0.0.0) accepts it.
+    with MetricsServer(RunMetrics(["a"]), 0) as server:
+        assert get(server.port, "/healthz")[0] == 200
+        with pytest.raises(ConnectionRefusedError):
+            _connect("127.0.0.2", server.port)
+    with MetricsServer(RunMetrics(["a"]), 0, host="0.0.0.0") as server:
+        _connect("127.0.0.2", server.port).close()
+
+
+def test_cli_metrics_host_flag_and_default(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    for flags, host in (([], "127.0.0.1"), (["--metrics-host", "0.0.0.0"], "0.0.0.0")):
+        proc = subprocess.run(
+            [*VIDPIPE, "run", "--quiet", "--max-frames", "2", "--metrics-port", "0", *flags, "--out", str(out)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads(out.read_text().splitlines()[-1])
+        assert summary["outputs"]["metrics"]["url"].startswith(f"http://{host}:")
+    proc = subprocess.run([*VIDPIPE, "run", "--metrics-port", "0", "--metrics-host", "a b"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "metrics.host" in proc.stderr
+
+
+def test_idle_and_slow_connections_are_cut_and_capped() -> None:
+    metrics = RunMetrics(["a"])
+    threads_before = threading.active_count()
+    with MetricsServer(metrics, 0, request_timeout_s=3.0) as server:
+        idle = [_connect("127.0.0.1", server.port) for _ in range(MAX_CONNECTIONS)]
+        time.sleep(0.5)  # the server has taken them all in
+        # Past the cap: answered 503 at once, no thread, no waiting.
+        extra = _connect("127.0.0.1", server.port)
+        assert extra.recv(1024).startswith(b"HTTP/1.0 503")
+        extra.close()
+        assert threading.active_count() <= threads_before + 1 + 2 * MAX_CONNECTIONS
+        # A client trickling a byte at a time is cut after the request timeout as a whole.
+        idle[0].sendall(b"GET /metrics HTTP/1.0\r\n")
+        trickle_started = time.monotonic()
+        with pytest.raises(OSError):
+            for _ in range(200):
+                idle[0].sendall(b"X")
+                time.sleep(0.1)
+        assert time.monotonic() - trickle_started < 10.0
+        # Idle ones are closed by the server (EOF), which frees their slots for real scrapes.
+        for sock in idle[1:]:
+            sock.settimeout(10)
+            assert sock.recv(1024) == b""
+            sock.close()
+        idle[0].close()
+        assert get(server.port, "/healthz")[0] == 200

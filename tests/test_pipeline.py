@@ -180,9 +180,20 @@ def test_classes_keep_only_those_labels(tmp_path: Path, odd_clip: Path) -> None:
         assert_detections(record["detections"], expected)
 
 
+def test_an_unpaced_file_never_fails_a_frame_for_its_deadline(tmp_path: Path, odd_clip: Path) -> None:
+    # Unpaced: the deadline starts when a frame enters a batch and bounds only retries, so
+    # even an impossible one fails nothing in a fault-free run.
+    summary, records = run_to_jsonl(tmp_path, {"sources": [{"url": str(odd_clip)}], "deadline_ms": 0.01})
+    frames = frames_of(records, "odd")
+    assert [r["seq"] for r in frames] == list(range(count_frames(odd_clip)))
+    assert all(r["status"] == "ok" for r in frames)
+    assert summary.inference["timeouts"] == summary.inference["abandoned"] == 0
+
+
 def test_impossible_deadline_fails_every_frame_visibly(tmp_path: Path, odd_clip: Path) -> None:
+    # Paced (--realtime): the deadline is a latency promise from decode, which no frame can keep.
     summary, records = run_to_jsonl(
-        tmp_path, {"sources": [{"url": str(odd_clip)}], "deadline_ms": 0.01}
+        tmp_path, {"sources": [{"url": str(odd_clip)}], "deadline_ms": 0.01, "realtime": True}
     )
 
     count = count_frames(odd_clip)
@@ -203,7 +214,9 @@ def test_damaged_packets_are_published_in_place(tmp_path: Path, corrupt_car_clip
     assert summary.balanced and summary.error is None
     assert summary.sources["car-corrupt"].ok == 377 - 3
     errors = [i for i, r in enumerate(records) if r["type"] == "decode_error"]
-    assert len(errors) == 3
+    assert len(errors) == 3 + 1  # one per damaged packet, then the end of file's counts
+    counts = records[errors.pop()]
+    assert (counts["packets"], counts["frames"], counts["lost"], counts["after_seq"]) == (377, 374, 3, 373)
     for i in errors:
         event = records[i]
         assert event["source"] == "car-corrupt" and not event.get("fatal")

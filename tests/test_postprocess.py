@@ -12,7 +12,8 @@ from engines.errors import ModelError
 from pipeline.types import Frame, Letterbox
 from stages.errors import StageError
 from stages.labels import COCO_NAMES, load_names
-from stages.postprocess import Postprocess, class_count, detect_layout
+from stages.layouts import AmbiguousLayout, detect_head
+from stages.postprocess import Postprocess, detect_layout
 from tests.models import (
     CANDIDATES,
     KEPT,
@@ -68,12 +69,21 @@ class RunModel:
         ]
 
     def postprocess(self, **options) -> Postprocess:
-        names = load_names(self.metadata, None, class_count(self.output_shape, self.layout))
-        return Postprocess(self.output_shape, self.input_size, names, **options)
+        names = load_names(self.metadata, None, self.head.num_classes)
+        return Postprocess(self.output_shape, self.input_size, names, layout=self.head, **options)
+
+    @property
+    def head(self):
+        """What load_model reads: the shape and metadata, and one output where they cannot tell."""
+        try:
+            return detect_head(self.output_shape, self.input_size, "auto", self.metadata)
+        except AmbiguousLayout:
+            sample = next(iter(self.frames()[0].outputs.values()))
+            return detect_head(self.output_shape, self.input_size, "auto", self.metadata, sample)
 
     @property
     def layout(self) -> str:
-        return detect_layout(self.output_shape, self.input_size)
+        return self.head.layout
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +129,14 @@ def test_detects_layouts_from_their_shapes() -> None:
     assert detect_layout((1, 84, 8400), (640, 640)) == "yolov8"
     assert detect_layout(("batch", 84, "anchors"), (640, 640)) == "yolov8"
     assert detect_layout((None, 25200, 85), (640, 640)) == "yolov5"
-    assert detect_layout((1, 8400, 85), (640, 640)) == "yolox"
-    assert detect_layout((1, 1680, 85), (320, 256)) == "yolox"
     assert detect_layout((1, 5040, 85), (320, 256)) == "yolov5"
+    assert detect_layout((1, 300, 6), (640, 640)) == "e2e"
+    # [B, grid, K] is YOLOX or a transposed YOLOv8: offsets from a cell say YOLOX.
+    offsets = np.zeros((8400, 85), np.float32)
+    offsets[7, :4] = (0.5, 0.25, 1.0, 1.5)
+    assert detect_layout((1, 8400, 85), (640, 640), sample=offsets) == "yolox"
+    assert detect_layout((1, 1680, 85), (320, 256), sample=offsets[:1680]) == "yolox"
+    assert detect_layout((1, 8400, 85), (640, 640), {"names": str([f"c{i}" for i in range(80)])}) == "yolox"
 
 
 def test_a_shape_no_decoder_fits_is_a_model_error(tmp_path: Path) -> None:
@@ -132,7 +147,7 @@ def test_a_shape_no_decoder_fits_is_a_model_error(tmp_path: Path) -> None:
 
     message = str(error.value)
     assert "['batch', 7, 7]" in message
-    assert "yolov8" in message and "yolov5" in message and "yolox" in message
+    assert all(name in message for name in ("yolov8", "yolov5", "yolox", "e2e"))
     assert "--layout" in message
     assert "\n" not in message
 
@@ -239,7 +254,7 @@ def test_an_explicit_layout_that_does_not_fit_is_a_model_error(models: dict[str,
     with pytest.raises(ModelError, match="has 2100 candidates but a yolox head on a 320x256"):
         Postprocess(run.output_shape, (320, 256), list(COCO_NAMES), layout="yolox")
     with pytest.raises(ModelError, match="3 class names for a model with 80 classes"):
-        Postprocess(run.output_shape, run.input_size, ["a", "b", "c"])
+        Postprocess(run.output_shape, run.input_size, ["a", "b", "c"], layout="yolox")
 
 
 def test_postprocess_wants_one_frame_without_the_batch_dim(models: dict[str, RunModel]):

@@ -22,7 +22,9 @@ from pipeline.api import run
 from pipeline.config import build_config
 from pipeline.model import DEFAULT_MODEL, load_model
 from pipeline.runtime import Pipeline, Source
-from pipeline.scheduler import ContextPool, InferStats, SchedulerSettings
+from pipeline.context_pool import ContextPool
+from pipeline.infer_stats import InferStats
+from pipeline.scheduler import SchedulerSettings
 from pipeline.types import Reason, Status
 from stages.decode import VideoDecoder
 from stages.infer import InferStage
@@ -68,7 +70,8 @@ def test_sticky_errors_and_crashes_restart_the_worker_and_every_frame_gets_one_r
     sink = CollectSink()
     config = {
         "sources": [{"url": str(car_clip), "name": "cam"}],
-        "infer": {"isolation": "process"},
+        # Batches of up to 4, all run at shape 4 (one warm-up call per context): the calls this seed counts.
+        "infer": {"isolation": "process", "max_batch": 4, "batch_shapes": [4]},
         "faults": {"sticky_rate": 0.01, "crash_rate": 0.01, "seed": 51},
     }
     summary = run(build_config(config), sinks=[sink])

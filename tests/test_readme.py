@@ -8,6 +8,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -22,6 +24,7 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert readme_command("Tests") in ci
 
 
+@pytest.mark.timeout(1500)  # pip installs everything into a fresh venv: longer than the suite's 300 s
 def test_the_quick_start_command_works_from_a_clean_clone(tmp_path):
     clone = tmp_path / "vidpipe"
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=120)

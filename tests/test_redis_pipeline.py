@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
+import pytest
+
 from pipeline.api import run
-from pipeline.config import build_config
+from pipeline.config import RedisConfig, build_config
+from pipeline.sinks.redis import RedisSink
 from pipeline.runtime import RunHooks
 
 
@@ -66,3 +71,32 @@ def test_run_with_redis_down_spools_and_a_later_run_replays_it(make_redis_server
     frames = [r for r in stream_records(server.client(), "vidpipe:results:sample") if r["type"] == "frame"]
     # The first run's 30 results come first, then the second run's 10.
     assert [r["seq"] for r in frames] == list(range(30)) + list(range(10))
+
+
+def vidpipe_run(args: list[str], cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--max-frames", "5", "--quiet", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("problem", ["wrong password", "same source name"])
+def test_run_refuses_a_redis_it_must_not_write_at_start(make_redis_server, tmp_path, problem):
+    server = make_redis_server(password="sesame")
+    url = server.url
+    holder = None
+    if problem == "wrong password":
+        url = url.replace("sesame", "wrong")
+    else:  # another run publishes the source "sample" right now
+        holder = RedisSink(RedisConfig(url=url, spool_dir=tmp_path / "other"), "other-run", ["sample"])
+    try:
+        done = vidpipe_run(["--redis", url, "--out", str(tmp_path / "out.jsonl")], tmp_path)
+    finally:
+        if holder:
+            holder.close()
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    expected = "access denied" if problem == "wrong password" else "is being written by run other-run"
+    assert expected in lines[0] and "sesame" not in done.stderr and "wrong@" not in done.stderr
+    with server.client() as client:
+        assert client.xlen("vidpipe:results:sample") == 0
+    assert not (tmp_path / ".vidpipe-spool").exists() or not any((tmp_path / ".vidpipe-spool").glob("*.jsonl"))

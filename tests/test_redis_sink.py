@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import RedisConfig
-from pipeline.errors import OutputError
+from pipeline.config import RedisConfig, build_config
+from pipeline.errors import ConfigError
 from pipeline.sinks import redis as redis_sink
 from pipeline.sinks.redis import RedisSink, missing_seqs, redact_url, resolve_redis_url
 from pipeline.spool import Spool
@@ -72,7 +73,7 @@ def test_results_events_and_summary_land_in_one_stream_per_source(redis_server, 
     assert [f["type"] for _, f in stream(redis_server, "cam2")][-1] == "summary"
     assert summary.outputs["redis"] == {
         "url": redis_server.url, "written": 29, "spooled": 0, "spool_path": None, "spool_bytes": 0,
-        "drained": True, "duplicates": 0, "earlier_runs": 0, "error": None,
+        "drained": True, "duplicates": 0, "resent": 0, "earlier_runs": 0, "lost": 0, "error": None,
     }
     assert spool_files(tmp_path / "spool") == []
 
@@ -275,19 +276,17 @@ def test_a_later_run_writes_after_a_stream_whose_ids_are_ahead_of_its_clock(redi
     assert frame_seqs(stream(redis_server, "cam1")[1:]) == list(range(10))
 
 
-@pytest.mark.parametrize("problem", ["not running", "wrong password"])
-def test_publisher_falls_back_to_the_spool_with_a_warning(make_redis_server, tmp_path, caplog, problem):
-    server = make_redis_server(password="sesame", start=problem != "not running")
-    url = server.url.replace("sesame", "wrong") if problem == "wrong password" else server.url
+def test_publisher_falls_back_to_the_spool_with_a_warning(make_redis_server, tmp_path, caplog):
+    server = make_redis_server(password="sesame", start=False)
+    url = server.url
     with caplog.at_level(logging.WARNING):
         sink = RedisSink(config(url, tmp_path / "spool", drain_timeout_s=0.2), "run-a")
         publish(sink, "cam1", range(10))
         summary = run_summary({"cam1": 10})
         sink.write_summary(summary)
         sink.close()
-    expected = "Connection refused" if problem == "not running" else "invalid username-password"
-    assert expected in caplog.text and "spooling results" in caplog.text
-    assert ":wrong@" not in caplog.text
+    assert "Connection refused" in caplog.text and "spooling results" in caplog.text
+    assert ":sesame@" not in caplog.text
     assert summary.outputs["redis"]["drained"] is False
     assert summary.outputs["redis"]["spooled"] == 11
 
@@ -307,14 +306,15 @@ def test_a_key_that_is_not_a_stream_keeps_results_spooled_and_says_why(redis_ser
 
 
 def test_a_malformed_url_is_a_clear_error(tmp_path):
-    with pytest.raises(OutputError, match="not valid.*redis://"):
-        RedisSink(config("http://:secret@localhost:6379", tmp_path / "spool"), "run-a")
+    with pytest.raises(ConfigError, match=r"outputs\.redis\.url = 'http://:\*\*\*@localhost:6379': must start with redis://") as caught:
+        build_config({"outputs": {"redis": {"url": "http://:secret@localhost:6379"}}})
+    assert "secret" not in str(caught.value)
 
 
 def test_urls_are_redacted_and_default_from_redis_url(monkeypatch):
     assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert redact_url("rediss://user:pw@h:1/0") == "rediss://user:***@h:1/0"
-    assert redact_url("redis://h:1/0?password=pw&db=2") == "redis://h:1/0?password=%2A%2A%2A&db=2"
+    assert redact_url("redis://h:1/0?password=pw&db=2") == "redis://h:1/0?password=***&db=2"
     monkeypatch.setenv("REDIS_URL", "redis://env:6379/1")
     assert resolve_redis_url(None) == "redis://env:6379/1"
     assert resolve_redis_url("redis://cli:6379/0") == "redis://cli:6379/0"
@@ -377,3 +377,194 @@ def test_publishing_throughput(redis_server, tmp_path, capsys):
     with capsys.disabled():
         print(f"\nredis sink: {n / total:,.0f} records/s into Redis "
               f"({calls / n * 1e6:.1f} us per write_result on the publisher thread)")
+
+
+# --- issue 17: a write counts only when it is confirmed ---
+
+
+def seqs_of_run(server: RedisServer, source: str, run: str) -> list[int]:
+    return [int(f["seq"]) for _, f in stream(server, source) if f["type"] == "frame" and f["run"] == run]
+
+
+def test_a_late_replay_after_another_run_wrote_the_stream_is_resent_not_taken_as_written(
+    make_redis_server, tmp_path
+):
+    server = make_redis_server(aof=True)
+    spool_a = tmp_path / "spool-a"
+    first = RedisSink(config(server.url, spool_a, drain_timeout_s=0.1), "run-a")
+    publish(first, "cam1", range(100))
+    wait_for(lambda: len(stream(server, "cam1")) == 100)
+    server.stop()
+    publish(first, "cam1", range(100, 400))
+    first.write_summary(run_summary({"cam1": 400}))
+    first.close()
+
+    server.start()
+    other = RedisSink(config(server.url, tmp_path / "spool-b"), "run-b")  # another spool_dir
+    publish(other, "cam1", range(50))
+    other.close()
+
+    replay = RedisSink(config(server.url, spool_a), "run-c")
+    summary = run_summary({})
+    replay.write_summary(summary)
+    replay.close()
+
+    assert seqs_of_run(server, "cam1", "run-a") == list(range(400))
+    assert seqs_of_run(server, "cam1", "run-b") == list(range(50))
+    entries = stream(server, "cam1")
+    assert_ids_increase(entries)
+    resent = [f for _, f in entries if f["run"] == "run-a" and "from_seq" in f]
+    assert len(resent) == 301 and {f["from_seq"] for f in resent} == {"100"}
+    report = summary.outputs["redis"]
+    assert (report["earlier_runs"], report["resent"], report["duplicates"]) == (301, 301, 0)
+    first_resent = next(i for i, (_, f) in enumerate(entries) if "from_seq" in f)
+    assert entries[first_resent - 1][1]["run"] == "run-b"  # after the other run's entries...
+    assert missing_seqs(entries[first_resent - 1][0], entries[first_resent][0], 100) is None  # ...no gap
+
+
+def test_two_runs_on_one_source_name_conflict_at_start(redis_server, tmp_path):
+    first = RedisSink(config(redis_server.url, tmp_path / "a"), "run-a", ["cam1", "cam2"])
+    with pytest.raises(OutputError, match=r"stream vidpipe:results:cam2 is being written by run run-a \(pid \d+"):
+        RedisSink(config(redis_server.url, tmp_path / "b"), "run-b", ["cam2"])
+    publish(first, "cam2", range(10))
+    first.close()
+    second = RedisSink(config(redis_server.url, tmp_path / "b"), "run-b", ["cam2"])  # released
+    publish(second, "cam2", range(5))
+    second.close()
+    assert seqs_of_run(redis_server, "cam2", "run-a") == list(range(10))
+    assert seqs_of_run(redis_server, "cam2", "run-b") == list(range(5))
+
+
+def test_redis_out_of_memory_mid_batch_loses_nothing(redis_server, tmp_path, caplog):
+    with redis_server.client() as client:
+        used = client.info("memory")["used_memory"]
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", used + 600_000)
+    sink = RedisSink(config(redis_server.url, tmp_path / "spool"), "run-a")
+    with caplog.at_level(logging.WARNING):
+        publish(sink, "cam1", range(4000))
+        wait_for(lambda: "maxmemory" in caplog.text, timeout=20)
+        with redis_server.client() as client:
+            client.config_set("maxmemory", 0)
+        summary = run_summary({"cam1": 4000})
+        sink.write_summary(summary)
+        sink.close()
+    assert frame_seqs(stream(redis_server, "cam1")) == list(range(4000))
+    assert summary.outputs["redis"]["drained"] and summary.error is None
+
+
+@pytest.mark.parametrize("problem", ["wrong password", "no permission"])
+def test_a_refused_login_is_a_user_error_at_start(make_redis_server, tmp_path, problem):
+    server = make_redis_server(password="sesame")
+    if problem == "wrong password":
+        url = server.url.replace("sesame", "wrong")
+    else:
+        with server.client() as client:
+            client.acl_setuser("reader", enabled=True, passwords=["+pw"], keys=["*"], commands=["+ping", "+xrange"])
+        url = f"redis://reader:pw@127.0.0.1:{server.port}/0"
+    with pytest.raises(OutputError) as caught:
+        RedisSink(config(url, tmp_path / "spool"), "run-a", ["cam1"])
+    message = str(caught.value)
+    assert "access denied" in message and "password" in message
+    assert ("invalid username-password" if problem == "wrong password" else "no permissions") in message
+    assert "sesame" not in message and ":wrong@" not in message and ":pw@" not in message
+
+
+def test_a_spool_dir_that_cannot_be_written_is_refused_at_start(redis_server, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match=r"spool_dir .*file/spool: cannot write \(Not a directory\)"):
+        RedisSink(config(redis_server.url, tmp_path / "file" / "spool"), "run-a")
+
+
+def test_spool_files_are_private(make_redis_server, tmp_path):
+    server = make_redis_server(start=False)
+    spool_dir = tmp_path / "spool"
+    sink = RedisSink(config(server.url, spool_dir, drain_timeout_s=0.1), "run-a")
+    publish(sink, "cam1", range(10))
+    sink.write_summary(run_summary({"cam1": 10}))
+    sink.close()
+    assert spool_dir.stat().st_mode & 0o777 == 0o700
+    files = spool_files(spool_dir)
+    assert {p.suffix for p in files} == {".lock", ".state", ".jsonl"}
+    assert {p.stat().st_mode & 0o777 for p in files} == {0o600}
+
+
+SLOW_REDIS_RUN = """
+import sys, time
+from pathlib import Path
+from pipeline.config import RedisConfig
+from pipeline.sinks.redis import RedisSink
+from tests.redis_server import publish
+sink = RedisSink(RedisConfig(url=sys.argv[1], spool_dir=Path(sys.argv[2])), "crashed")
+publish(sink, "cam1", range(200))
+print("first", flush=True)
+sys.stdin.readline()
+publish(sink, "cam1", range(200, 617))
+print("second", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_run_killed_while_redis_hangs_loses_nothing_older_than_the_bound(redis_server, tmp_path):
+    """Redis stopped (SIGSTOP), results keep coming, vidpipe is SIGKILLed 3 s later."""
+    spool_dir = tmp_path / "spool"
+    run = subprocess.Popen([sys.executable, "-c", SLOW_REDIS_RUN, redis_server.url, str(spool_dir)], cwd=REPO,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert run.stdout.readline() == "first\n"
+        wait_for(lambda: len(stream(redis_server, "cam1")) == 200)
+        redis_server.pause()
+        run.stdin.write("go\n")
+        run.stdin.flush()
+        assert run.stdout.readline() == "second\n"
+        time.sleep(redis_sink.SPOOL_AFTER_S + 2.0)
+    finally:
+        run.kill()
+        run.wait()
+        redis_server.resume()
+
+    replay = RedisSink(config(redis_server.url, spool_dir), "run-b")
+    replay.write_summary(run_summary({}))
+    replay.close()
+    assert frame_seqs(stream(redis_server, "cam1")) == list(range(617))
+    assert spool_files(spool_dir) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs: a disk that fills up for real (needs root and mount)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_spool_disk_keeps_the_writer_going_and_is_refused_at_start(redis_server, small_disk, caplog):
+    spool_dir = small_disk / "spool"
+    sink = RedisSink(config(redis_server.url, spool_dir), "run-a")
+    publish(sink, "cam1", range(50))
+    wait_for(lambda: len(stream(redis_server, "cam1")) == 50)
+    redis_server.pause()
+    with caplog.at_level(logging.WARNING):
+        publish(sink, "cam1", range(50, 1500))  # ~900 KiB of results: more than the disk holds
+        wait_for(lambda: "No space left on device" in caplog.text)
+        redis_server.resume()
+        summary = run_summary({"cam1": 1500})
+        sink.write_summary(summary)
+        sink.close()
+    assert frame_seqs(stream(redis_server, "cam1")) == list(range(1500))
+    assert summary.outputs["redis"]["drained"] and summary.error is None
+    assert spool_files(spool_dir) == []
+
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    with pytest.raises(OSError, match="No space"):  # the disk is full now
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+    for attempt in range(2):  # the same line both times: no lock is left behind
+        with pytest.raises(OutputError, match=r"spool_dir .*: cannot write \(No space left on device\)"):
+            RedisSink(config(redis_server.url, spool_dir), f"run-{attempt}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli_subscribe import add_subscribe_parser, run_subscribe
+from pipeline.cli_subscribe import add_subscribe_parser, format_line, run_subscribe
 from pipeline.config import RedisConfig
 from pipeline.errors import OutputError
 from pipeline.sinks.redis import RedisSink
@@ -316,3 +316,71 @@ def test_vidpipe_subscribe_prints_live_and_stops_on_ctrl_c(redis_server, tmp_pat
         assert lines[6] == "cam1 #6 failed deadline after 2 attempts (2001.5 ms)"
         assert lines[7] == 'cam1 end after #6 {"gap_s":1.5}'
         assert lines[8] == "cam1 summary: 7 frames, 6 ok, 1 failed (balanced)"
+
+
+def test_own_pending_entries_trimmed_while_away_are_reported_as_a_gap(redis_server, tmp_path):
+    """It read #0-#22 and died before handling them; the stream was trimmed; it came back."""
+    key = "vidpipe:results:cam1"
+    sink = sink_for(redis_server.url, tmp_path)
+    with redis_server.client() as client:
+        client.xgroup_create(key, "vidpipe", id="0", mkstream=True)
+        publish(sink, "cam1", range(40))
+        wait_written(redis_server, "cam1", 39)
+        client.xreadgroup("vidpipe", "cam-reader", {key: ">"}, count=23)  # read, never acknowledged
+        ids = [entry_id for entry_id, _ in client.xrange(key)]
+        client.xtrim(key, minid=ids[17], approximate=False)  # #0-#16 trimmed, #17-#22 still pending and present
+    sink.close()
+
+    stop = threading.Event()
+    got = collect(subscribe(redis_server.url, ["cam1"], consumer="cam-reader", block_ms=100, stop=stop),
+                  lambda d: d.result is not None and d.result.seq == 39, stop)
+    assert got[0].kind == "gap" and got[0].gap == (0, 16) and got[0].gap_cause == "trimmed_pending"
+    assert got[0].record == {"type": "gap", "source": "cam1", "first": 0, "last": 16, "cause": "trimmed_pending"}
+    assert [d.result.seq for d in got[1:]] == list(range(17, 40))
+    assert {d.gap for d in got[1:]} == {None}
+    assert pending(redis_server, "cam1") == 0
+
+    assert format_line(got[0]) == "cam1 gap: #0-#16 missing (read but not handled before they were trimmed)"
+
+
+def test_a_redis_that_lost_its_data_is_not_blamed_on_trimming(make_redis_server, tmp_path):
+    """redis-server restarted without persistence mid-run: the subscriber says "lost"."""
+    server = make_redis_server()
+    stop = threading.Event()
+    got: list[Delivery] = []
+
+    def read() -> None:
+        for d in subscribe(server.url, ["cam1"], from_start=True, block_ms=100, stop=stop):
+            got.append(d)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    sink = sink_for(server.url, tmp_path)
+    try:
+        publish(sink, "cam1", range(100))
+        deadline = time.monotonic() + 10
+        while len(got) < 100:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.stop()
+        publish(sink, "cam1", range(100, 150))  # spooled, then written to the emptied Redis
+        server.start()
+        publish(sink, "cam1", range(150, 200))
+        summary = run_summary({"cam1": 200})
+        sink.write_summary(summary)
+        deadline = time.monotonic() + 20
+        while not got or got[-1].kind != "summary":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        reader.join()
+        sink.close()
+    frames = [d.result.seq for d in got if d.result is not None]
+    assert frames == list(range(200))
+    assert all(d.gap_cause != "trimmed" for d in got)
+    assert all(d.gap_cause != "trimmed" for d in got)
+    # The run says so too: the 100 entries it had written were gone from Redis.
+    assert [d.record["lost"] for d in got if d.kind == "redis_data_lost"] == [100]
+    assert summary.outputs["redis"]["lost"] == 100
+    assert "Redis lost 100 results" in summary.error and "appendonly" in summary.error

@@ -125,16 +125,25 @@ class _SourceVideo:
             self._decoder.close()
             raise OutputError(f"outputs.video: cannot write {path} ({err}); choose a writable path") from None
         self._stream = self._output.add_stream("libx264", rate=rate, options={"preset": "ultrafast"})
-        self._stream.width, self._stream.height = width, height
-        # 4:2:0 needs even sizes; an odd-sized source keeps its size in 4:4:4.
-        self._stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
         self._stream.time_base = self._time_base
         self._last_pts: int | None = None
-        self._blank = np.zeros((height, width, 3), np.uint8)
+        self._blank: np.ndarray | None = None
+        # The decoder turns rotated (phone) video upright, so the first frame tells the size.
+        first = next(self._source, None)
+        self._pending = first if isinstance(first, Frame) else None
+        if self._pending is not None:
+            width, height = self._pending.source_size
+        self._size(width, height)
         self._queue: queue.Queue[tuple[Result, float, int] | None] = queue.Queue(QUEUE_SIZE)
         self._finished = False
         self._thread = threading.Thread(target=self._run, name=f"vidpipe-video-{name}", daemon=True)
         self._thread.start()
+
+    def _size(self, width: int, height: int) -> None:
+        self._stream.width, self._stream.height = width, height
+        # 4:2:0 needs even sizes; an odd-sized source keeps its size in 4:4:4.
+        self._stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        self._blank = np.zeros((height, width, 3), np.uint8)
 
     def put(self, result: Result, fps: float, failures: int) -> None:
         self._queue.put((result, fps, failures))
@@ -167,6 +176,9 @@ class _SourceVideo:
                 self.error = str(err)
 
     def _next_source_frame(self, seq: int) -> Frame | None:
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.seq >= seq:
+            return pending
         for item in self._source:
             if isinstance(item, Frame) and item.seq >= seq:
                 return item

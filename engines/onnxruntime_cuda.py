@@ -1,0 +1,180 @@
+"""ONNX Runtime on an NVIDIA GPU: each context its own session, CUDA stream and buffers.
+
+The CUDA execution provider takes its compute stream when a session is created
+(`user_compute_stream`), so a context with a stream of its own needs a session of its own:
+one session per context is the only way ONNX Runtime gives each context its own stream.
+What that costs: the weights once more per context (a YOLO11n-sized detector holds about
+10 MB of them) and the session's start-up and per-shape cuDNN tuning for every new context,
+which the context pool does off the critical path when it warms spares (the pool warms every
+batch shape before a context serves). The engine's own session, made at load, gives the
+model's description and the reference outputs.
+
+One inference, all on the context's stream, and never an unbounded wait:
+
+    pinned host input --cudaMemcpyAsync--> device input (IO binding)
+    run_with_iobinding (kernels enqueued on the stream; ORT does not synchronise at the end:
+                        RunOptions `disable_synchronize_execution_providers`)
+    device outputs --cudaMemcpyAsync--> pinned host outputs; event recorded
+    poll the event until the call's timeout (engines/cuda.Event.wait)
+
+The scheduler writes each batch straight into the pinned input (`input_buffer`). A context
+given up on (a timeout) frees its stream and buffers only once its stream has finished
+(engines/cuda.release_when_done), on a background thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from engines.cuda import DeviceBuffer, Event, PinnedBuffer, Stream, check, release_when_done, runtime
+from engines.errors import InferenceError, InferenceTimeout
+
+log = logging.getLogger("vidpipe.onnxruntime")
+
+CUDA = "CUDAExecutionProvider"
+# First calls on a new shape take 0.16-1.2 s with HEURISTIC against 1.3-1.9 s with ORT's
+# default EXHAUSTIVE search on the H200 (MEASUREMENTS.md), for the same steady-state speed class.
+DEFAULT_CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+
+
+class OnnxRuntimeCudaContext:
+    """One session on one CUDA stream, with IO-bound device buffers grown to the largest batch."""
+
+    def __init__(
+        self,
+        path: Path,
+        options: ort.SessionOptions,
+        cuda_options: dict[str, Any],
+        fallbacks: list,
+        input_name: str,
+        output_names: list[str],
+    ) -> None:
+        self.device_id = int(cuda_options.get("device_id", 0))
+        self._host_in: PinnedBuffer | None = None
+        self._device_in: DeviceBuffer | None = None
+        self._host_out: dict[str, PinnedBuffer] = {}
+        self._session: ort.InferenceSession | None = None
+        self._closed = False
+        check(runtime().cudaSetDevice(self.device_id), "cudaSetDevice")
+        self._stream = Stream()
+        self._done = Event()
+        provider = {
+            **DEFAULT_CUDA_OPTIONS,
+            **{k: str(v) for k, v in cuda_options.items()},
+            "device_id": str(self.device_id),
+            "has_user_compute_stream": "1",
+            "user_compute_stream": str(self._stream.handle),
+        }
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=[(CUDA, provider), *fallbacks])
+        except Exception as err:  # ORT raises its own exception types for every load failure
+            self._release()
+            raise InferenceError(f"ONNX Runtime CUDA session: {str(err).splitlines()[0][:300]}") from None
+        self._binding = self._session.io_binding()
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
+        self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self._input_name = input_name
+        self._output_names = output_names
+
+    # ---- buffers ----------------------------------------------------------------------
+
+    def input_buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A view of this context's pinned input memory for a batch of `shape`: the scheduler
+        stacks frames straight into it, so no copy stands between the batch and the GPU."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if self._host_in is None or self._host_in.nbytes < nbytes:
+            self._grow_input(shape, dtype)
+        return self._host_in.array.reshape(-1)[: int(np.prod(shape))].view(dtype).reshape(shape)
+
+    def _grow_input(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        # The stream is idle here: infer() waited for the previous call's event.
+        if self._host_in is not None:
+            self._host_in.close()
+        if self._device_in is not None:
+            self._device_in.close()
+        self._host_in = PinnedBuffer(shape, dtype)
+        self._device_in = DeviceBuffer(self._host_in.nbytes, self._stream)
+
+    def _host_output(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        buffer = self._host_out.get(name)
+        if buffer is None or buffer.nbytes < nbytes:
+            if buffer is not None:
+                buffer.close()
+            buffer = self._host_out[name] = PinnedBuffer(shape, dtype)
+        return buffer.array.reshape(-1).view(np.uint8)[:nbytes].view(dtype).reshape(shape)
+
+    # ---- inference --------------------------------------------------------------------
+
+    def infer(self, inputs: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise InferenceError("context is closed")
+        batch = inputs[self._input_name]
+        host = self.input_buffer(self._input_name, batch.shape, batch.dtype)
+        if host.ctypes.data != batch.ctypes.data:
+            host[...] = batch  # a caller that did not stack into input_buffer()
+        cudart = runtime()
+        check(cudart.cudaMemcpyAsync(self._device_in.ptr, self._host_in.ptr, host.nbytes,
+                                     cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream.handle),
+              "cudaMemcpyAsync (input)")
+        binding = self._binding
+        binding.bind_input(self._input_name, "cuda", self.device_id, batch.dtype, list(batch.shape), self._device_in.ptr)
+        for name in self._output_names:
+            binding.bind_output(name, "cuda", self.device_id)
+        try:
+            self._session.run_with_iobinding(binding, self._run_options)
+        except Exception as err:  # ORT raises plain RuntimeError subclasses for run failures
+            raise InferenceError(f"ONNX Runtime CUDA run failed: {str(err).splitlines()[0][:300]}") from None
+        hosts = {}
+        for name, value in zip(self._output_names, binding.get_outputs()):
+            out = self._host_output(name, tuple(value.shape()), np.dtype(_numpy_type(value.data_type())))
+            check(cudart.cudaMemcpyAsync(out.ctypes.data, value.data_ptr(), out.nbytes,
+                                         cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream.handle),
+                  f"cudaMemcpyAsync (output {name})")
+            hosts[name] = out
+        self._done.record(self._stream)
+        if not self._done.wait(timeout):
+            raise InferenceTimeout(f"CUDA stream did not finish within {timeout * 1000:.0f} ms")
+        return {name: out.copy() for name, out in hosts.items()}  # the pinned memory is reused
+
+    # ---- lifetime ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Give the context up; its memory is freed once its stream has finished."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        buffers = [b for b in (self._host_in, self._device_in, *self._host_out.values()) if b is not None]
+        session, self._session = self._session, None
+
+        def drop_session() -> None:
+            nonlocal session
+            session = None  # the session (its arena and cuDNN state) goes once the stream is done
+
+        steps = [b.close for b in buffers] + [drop_session, self._done.close, self._stream.close]
+        release_when_done(self._done, steps, "ONNX Runtime CUDA context")
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _numpy_type(ort_type: str) -> type:
+    return _ORT_TYPES.get(ort_type, np.float32)

@@ -1,0 +1,233 @@
+"""The pipeline worker: a Ray actor that runs the sources assigned to it.
+
+Each source runs in the same `pipeline.runtime.Pipeline` a single run uses, one Pipeline
+per source so a source can join or leave without touching the others; the model is
+loaded once per worker and shared (its engine's weights live once in memory). Results
+go to the source's Redis Stream through the same RedisSink, continuing the IDs the
+stream already holds, so a subscriber sees one unbroken stream across workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+from pipeline.api import is_live, open_source
+from pipeline.config import RunConfig, SourceConfig
+from pipeline.model import Model, load_model
+from pipeline.runtime import Pipeline
+from pipeline.sinks.redis import RedisSink
+from pipeline.types import Frame, SourceEvent
+
+log = logging.getLogger("vidpipe.cluster.worker")
+
+
+class ResumedDecoder:
+    """A source's decoder that starts at seq `first_seq` (a segment after a move).
+
+    A file is decoded from its start and the frames before `first_seq` are skipped (they
+    are in the stream already); a live stream is new, so its seqs are shifted by
+    `first_seq`. `events` are published before the first frame (a live source's outage
+    while it moved).
+    """
+
+    def __init__(self, decoder: Any, first_seq: int, live: bool, events: list[SourceEvent]) -> None:
+        self._decoder = decoder
+        self._first_seq = first_seq
+        self._offset = first_seq if live else 0
+        self._events = events
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._decoder, name)
+
+    @property
+    def fit_to(self) -> tuple[int, int] | None:
+        return self._decoder.fit_to
+
+    @fit_to.setter
+    def fit_to(self, value: tuple[int, int] | None) -> None:
+        self._decoder.fit_to = value
+
+    @property
+    def seq(self) -> int:
+        return self._decoder.seq + self._offset
+
+    def __iter__(self) -> Iterator[Frame | SourceEvent]:
+        yield from self._events
+        for item in self._decoder:
+            if isinstance(item, SourceEvent):
+                yield replace(item, after_seq=item.after_seq + self._offset)
+                continue
+            item.seq += self._offset
+            if item.seq >= self._first_seq:
+                yield item
+
+
+class ResumingRedisSink(RedisSink):
+    """The RedisSink, continuing a stream's IDs (same base, positions above the last one)
+    so subscribers see no gap and no new run where a source merely moved."""
+
+    def __init__(self, config: Any, run_id: str, source: str, base: int | None, position: int) -> None:
+        super().__init__(config, run_id)
+        if base is not None:
+            # Set before the first write: _bases_for keeps a base it finds in the run's state.
+            self._bases[config.key_prefix + source] = base
+            self._positions[source] = position
+
+
+class Segment:
+    """One source's run on this worker, from `first_seq` to its end or a stop."""
+
+    def __init__(self, name: str, first_seq: int) -> None:
+        self.name = name
+        self.first_seq = first_seq
+        self.state = "starting"
+        self.error: str | None = None
+        self.pipeline: Pipeline | None = None
+        self.started = time.monotonic()
+        self.ended: float | None = None
+        self.end_seq: int | None = None
+        self.stop_requested = False
+
+    def status(self) -> dict[str, Any]:
+        ledger = self.pipeline.ledger.snapshot()[self.name] if self.pipeline else None
+        elapsed = (self.ended or time.monotonic()) - self.started
+        decoded = ledger.decoded if ledger else 0
+        return {
+            "state": self.state,
+            "first_seq": self.first_seq,
+            "end_seq": self.end_seq,
+            "error": self.error,
+            "fps": round(decoded / elapsed, 2) if elapsed > 0 else 0.0,
+            "ledger": {"decoded": decoded, "ok": ledger.ok if ledger else 0,
+                       "failed": dict(ledger.failed) if ledger else {}},
+        }
+
+
+class PipelineWorker:
+    """Runs assigned sources until told otherwise. Methods are called by the coordinator
+    (Ray actor calls, several at once: the actor is threaded)."""
+
+    def __init__(self, worker: str, config_json: str) -> None:
+        self.worker = worker
+        self.incarnation = uuid.uuid4().hex[:8]
+        self.config = RunConfig.model_validate_json(config_json)
+        self._model: Model | None = None
+        self._lock = threading.Lock()
+        self._segments: dict[str, Segment] = {}
+        self._metrics_port: int | None = None
+        if self.config.metrics.port is not None:
+            from pipeline.cluster.metrics import serve_worker_metrics
+
+            self._metrics_port = serve_worker_metrics(self)
+
+    def _model_once(self) -> Model:
+        with self._lock:
+            if self._model is None:
+                self._model = load_model(self.config.model, self.config.faults, self.config.infer)
+            return self._model
+
+    def start(self, source_json: str, name: str, resume: dict[str, Any], outage_since: float | None) -> None:
+        """Run source `name` from seq resume["seq"] in a thread of its own; returns at once."""
+        source = SourceConfig.model_validate_json(source_json)
+        segment = Segment(name, int(resume["seq"]))
+        with self._lock:
+            running = self._segments.get(name)
+            if running is not None and running.state in ("starting", "running"):
+                return
+            self._segments[name] = segment
+        threading.Thread(
+            target=self._run, args=(segment, source, resume, outage_since), name=f"vidpipe-segment-{name}", daemon=True
+        ).start()
+
+    def stop(self, name: str) -> None:
+        """Stop reading `name`; frames in flight finish and are published."""
+        with self._lock:
+            segment = self._segments.get(name)
+        if segment is not None:
+            segment.stop_requested = True
+            if segment.pipeline is not None:
+                segment.pipeline.stop()
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._segments.pop(name, None)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            segments = dict(self._segments)
+        return {
+            "worker": self.worker,
+            "incarnation": self.incarnation,
+            "pid": os.getpid(),
+            "node": _node_id(),
+            "metrics_port": self._metrics_port,
+            "sources": {name: s.status() for name, s in segments.items()},
+        }
+
+    def _run(self, segment: Segment, source: SourceConfig, resume: dict[str, Any], outage_since: float | None) -> None:
+        name, live = segment.name, is_live(source.url)
+        # max_frames counts seqs, so a resumed file ends where it would have.
+        config = self.config
+        try:
+            model = self._model_once()
+            opened = open_source(config, source, name)
+            events = _outage(name, segment.first_seq, outage_since, self.worker) if live and outage_since else []
+            opened.decoder = ResumedDecoder(opened.decoder, segment.first_seq, live, events)
+            opened.decoder.fit_to = model.input_size
+            assert config.outputs.redis is not None
+            sink = ResumingRedisSink(
+                config.outputs.redis, f"{self.worker}-{uuid.uuid4().hex[:6]}", name, resume.get("base"), int(resume.get("position", 0))
+            )
+        except Exception as err:
+            log.exception("worker %s: source %s did not start", self.worker, name)
+            segment.state, segment.error, segment.ended = "failed", str(err), time.monotonic()
+            return
+        try:
+            segment.pipeline = Pipeline(config, [opened], model, [sink])
+            segment.started = time.monotonic()
+            segment.state = "running"
+            if segment.stop_requested:
+                segment.pipeline.stop()
+            summary = segment.pipeline.run()
+            summary.inference["backend"] = config.model.backend
+            sink.write_summary(summary)
+            segment.end_seq = opened.decoder.seq
+            segment.error = summary.error
+            segment.state = "stopped" if segment.stop_requested else ("failed" if summary.error and not summary.balanced else "done")
+            if summary.inference.get("worker_budget_exhausted"):
+                # The GPU is past its restart budget: end this actor so Ray restarts it
+                # and the coordinator moves its sources.
+                log.error("worker %s: inference worker restart budget exhausted; exiting", self.worker)
+                os._exit(3)
+        except Exception as err:
+            log.exception("worker %s: source %s failed", self.worker, name)
+            segment.state, segment.error = "failed", str(err)
+        finally:
+            segment.ended = time.monotonic()
+            sink.close()
+
+
+def _outage(name: str, first_seq: int, since: float, worker: str) -> list[SourceEvent]:
+    """The outage_start/outage_end pair covering a live source's move to this worker."""
+    now = time.time()
+    return [
+        SourceEvent(name, "outage_start", first_seq - 1, since, {"error": "worker lost; source moved"}),
+        SourceEvent(name, "outage_end", first_seq - 1, now,
+                    {"duration_s": round(now - since, 3), "started": since, "reconnects": 1, "worker": worker}),
+    ]
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # outside Ray (tests of the class alone)
+        return None

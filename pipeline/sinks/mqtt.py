@@ -1,0 +1,200 @@
+"""Events and counts to an MQTT broker, with paho-mqtt (Eclipse Paho, the reference Python client).
+
+Topics (`<prefix>` is `vidpipe` unless configured):
+
+    <prefix>/<source>/events      every source event (track_start/end, zone_enter/exit,
+                                  line_cross, outages, source_end) as JSON, QoS 1
+    <prefix>/<source>/counts      zone occupancy and line totals, retained, on change
+    <prefix>/<source>/detections  each frame's record, QoS 0 (only with `detections: true`)
+    <prefix>/availability         "online" / "offline", retained; "offline" is the last will
+
+A broker outage never blocks the pipeline: QoS 1 messages wait in paho's own outgoing
+table, which we bound with `max_queued_messages_set(spool)`; paho resends them when it
+has reconnected (it reconnects by itself, `reconnect_delay_set`). A publish refused
+because that table is full is counted as dropped, and so is anything still unsent when
+the end of the run has waited `drain_timeout_s`; the summary reports both
+(`outputs.mqtt`). Counts and detections are state, not history: QoS 0, and the latest
+counts are published again, retained, on every (re)connect. QoS 1 is at least once: a
+message the broker got but whose PUBACK was lost is sent again (with DUP set).
+
+Home Assistant MQTT discovery (`home_assistant: true`): one sensor per line direction and
+per zone, reading the retained counts topic, announced under `<discovery_prefix>/sensor/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+
+from pipeline.config import MqttConfig
+from pipeline.errors import ConfigError, OutputError
+from pipeline.records import event_to_record, result_to_record
+from pipeline.sinks.redis import redact_url
+from pipeline.summary import RunSummary
+from pipeline.types import Result, SourceEvent
+
+log = logging.getLogger("vidpipe.mqtt")
+
+TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+MAX_SPOOL = 60_000  # paho's message ids are 16 bits: it cannot hold more in flight
+
+
+def _check_topic_level(what: str, value: str) -> None:
+    if not TOPIC_LEVEL.match(value):
+        raise ConfigError(f"{what} {value!r} cannot be an MQTT topic level; use letters, digits, '.', '-', '_'")
+
+
+class MqttSink:
+    """Publishes to one broker; never blocks the publisher on the network."""
+
+    def __init__(self, config: MqttConfig, sources: list[str], run_id: str) -> None:
+        parts = urlsplit(config.url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigError(f"outputs.mqtt.url {redact_url(config.url)!r}: use mqtt://HOST[:1883] or mqtts://HOST[:8883]")
+        for prefix_level in config.topic_prefix.split("/"):
+            _check_topic_level("outputs.mqtt.topic_prefix", prefix_level)
+        for name in sources:
+            _check_topic_level("source name", name)
+        self._config = config
+        self._url = redact_url(config.url)
+        self._prefix = config.topic_prefix
+        self._availability = f"{self._prefix}/availability"
+        self._counts: dict[str, str] = {}  # source -> last counts payload
+        self._announced: set[str] = set()
+        self._lock = threading.Lock()
+        self._pending: set[int] = set()  # mids of events not yet acknowledged (publisher thread)
+        self._acked: set[int] = set()  # mids acknowledged by the broker (network thread)
+        self._stale: set[int] = set()  # acks of other messages (counts, availability), dropped next round
+        self.published = 0
+        self.dropped = 0
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"vidpipe-{run_id}")
+        if parts.username:
+            client.username_pw_set(parts.username, parts.password)
+        if parts.scheme == "mqtts":
+            client.tls_set()
+        client.will_set(self._availability, "offline", qos=1, retain=True)
+        client.max_queued_messages_set(min(config.spool, MAX_SPOOL))
+        client.reconnect_delay_set(0.1, 2.0)
+        client.on_connect = self._connected
+        client.on_disconnect = self._disconnected
+        client.on_publish = self._acknowledged
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        try:
+            client.connect(parts.hostname, port, keepalive=30)
+        except (OSError, ValueError) as err:
+            raise OutputError(f"mqtt: cannot connect to {self._url} ({err}); start the broker or fix --mqtt") from None
+        self._client = client
+        client.loop_start()
+
+    # --- paho's network thread ---
+
+    def _connected(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log.warning("mqtt: %s refused the connection: %s", self._url, reason)
+            return
+        client.publish(self._availability, "online", qos=1, retain=True)
+        with self._lock:
+            counts = dict(self._counts)
+            self._announced.clear()
+        for source, payload in counts.items():
+            self._publish_counts(source, payload)
+
+    def _acknowledged(self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _props: Any) -> None:
+        with self._lock:
+            self._acked.add(mid)
+
+    def _reconcile(self) -> None:
+        with self._lock:
+            done = self._pending & self._acked
+            self._acked -= done | self._stale
+            self._stale = self._acked - self._pending
+        self._pending -= done
+        self.published += len(done)
+
+    def _disconnected(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        log.warning("mqtt: lost %s (%s); events wait in the spool", self._url, reason)
+
+    # --- the Sink protocol (publisher thread) ---
+
+    def write_result(self, result: Result) -> None:
+        if self._config.detections:
+            self._client.publish(f"{self._prefix}/{result.source}/detections", _json(result_to_record(result)), qos=0)
+        if result.analytics is None:
+            return
+        payload = _json(result.analytics)
+        with self._lock:
+            if self._counts.get(result.source) == payload:
+                return
+            self._counts[result.source] = payload
+        self._publish_counts(result.source, payload)
+
+    def write_event(self, event: SourceEvent) -> None:
+        info = self._client.publish(f"{self._prefix}/{event.source}/events", _json(event_to_record(event)), qos=1)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning("mqtt: the spool of %d events is full; dropping (counted)", self._config.spool)
+            return
+        self._pending.add(info.mid)
+        self._reconcile()
+
+    def write_summary(self, summary: RunSummary) -> None:
+        deadline = time.monotonic() + self._config.drain_timeout_s
+        self._reconcile()
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.02)
+            self._reconcile()
+        undelivered = len(self._pending)
+        self._pending.clear()
+        self.dropped += undelivered
+        report: dict[str, Any] = {"url": self._url, "events_published": self.published, "events_dropped": self.dropped}
+        if self.dropped:
+            report["error"] = f"{self.dropped} events not delivered (spool full or broker unreachable at the end)"
+            log.warning("mqtt: %s", report["error"])
+        summary.outputs["mqtt"] = report
+        self.close()
+
+    def close(self) -> None:
+        if self._client is None:
+            return
+        client, self._client = self._client, None
+        client.publish(self._availability, "offline", qos=1, retain=True)
+        client.disconnect()
+        client.loop_stop()
+
+    # --- counts and Home Assistant discovery ---
+
+    def _publish_counts(self, source: str, payload: str) -> None:
+        client = self._client
+        if client is None:
+            return
+        if self._config.home_assistant and source not in self._announced:
+            self._announced.add(source)
+            self._announce(client, source, json.loads(payload))
+        client.publish(f"{self._prefix}/{source}/counts", payload, qos=0, retain=True)
+
+    def _announce(self, client: mqtt.Client, source: str, counts: dict) -> None:
+        """Home Assistant discovery: a sensor per line direction and per zone."""
+        sensors = [(f"{line}_{d}", f"{line} {d}", f"{{{{ value_json.lines['{line}']['{d}'] }}}}")
+                   for line in counts.get("lines", {}) for d in ("in", "out")]  # fmt: skip
+        sensors += [(zone, f"{zone} occupancy", f"{{{{ value_json.zones['{zone}'].values() | sum }}}}")
+                    for zone in counts.get("zones", {})]  # fmt: skip
+        for key, name, template in sensors:
+            uid = f"vidpipe_{self._prefix.replace('/', '_')}_{source}_{key}"
+            config = {
+                "name": f"{source} {name}", "unique_id": uid, "state_topic": f"{self._prefix}/{source}/counts",
+                "value_template": template, "availability_topic": self._availability, "state_class": "measurement",
+                "device": {"identifiers": [f"vidpipe_{source}"], "name": f"vidpipe {source}"},
+            }  # fmt: skip
+            client.publish(f"{self._config.discovery_prefix}/sensor/{uid}/config", _json(config), qos=1, retain=True)
+
+
+def _json(record: Any) -> str:
+    return json.dumps(record, separators=(",", ":"))

@@ -1,0 +1,105 @@
+"""Defaults sized to the host: what a run uses when the config leaves a knob on auto.
+
+Every value here can be set by flag or config; a field left unset (None) is sized from the
+CPUs this process may use (`os.sched_getaffinity`, so a container's or taskset's limit counts)
+and from the device the engine runs on:
+
+- ONNX Runtime threads per context = usable CPUs // contexts (at least 1). With one thread
+  per context on a 16-core host, inference used 2 of 16 cores (19 fps); with the cores split
+  between the contexts it used them all (51 fps) — measured on the lent GPU machine's CPU.
+- Largest batch: 1 on the CPU, where a larger batch measured no faster and held more memory
+  (issue 18: batch 1 was 1.09x faster than 4 with 320 MB less); 16 on a GPU, where throughput
+  keeps rising with the batch (MEASUREMENTS.md: 274 fps at 1, 2,773 at 16 with IO binding).
+- Batch shapes: every size up to the largest batch on the CPU (padding costs compute there);
+  powers of two and the largest on a GPU (each shape is warmed and tuned once per context).
+- Preprocess and postprocess workers: one per four CPUs, at least 1, at most one per source.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from pipeline.config import RunConfig
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+CPU_MAX_BATCH = 1
+GPU_MAX_BATCH = 16
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def on_gpu(config: RunConfig) -> bool:
+    return config.model.backend == "tensorrt" or any(p in GPU_PROVIDERS for p in config.model.provider_names)
+
+
+def batch_shapes(max_batch: int, gpu: bool) -> tuple[int, ...]:
+    """The batch sizes a run pads its batches to (see module docstring)."""
+    if not gpu and max_batch <= 8:
+        return tuple(range(1, max_batch + 1))
+    shapes = {1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch}
+    return tuple(sorted(shapes | {max_batch}))
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What this run uses, after auto values were sized; in the summary as `sizing`."""
+
+    cpus: int
+    device: str
+    contexts: int
+    intra_op_threads: int
+    max_batch: int
+    batch_shapes: tuple[int, ...]
+    preprocess_workers: int
+    postprocess_workers: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.cpus} CPUs, {self.device}: {self.contexts} contexts x {self.intra_op_threads} "
+            f"ONNX Runtime threads, batch up to {self.max_batch} (shapes {list(self.batch_shapes)}), "
+            f"{self.preprocess_workers} preprocess / {self.postprocess_workers} postprocess workers"
+        )
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "batch_shapes": list(self.batch_shapes)}
+
+
+def size_run(config: RunConfig, sources: int) -> tuple[RunConfig, Sizing]:
+    """The config with every auto value filled in, and what was chosen."""
+    cpus = usable_cpus()
+    gpu = on_gpu(config)
+    infer, model, queues = config.infer, config.model, config.queues
+    contexts = infer.contexts
+    threads = model.intra_op_threads if model.intra_op_threads is not None else max(1, cpus // contexts)
+    max_batch = infer.max_batch or (GPU_MAX_BATCH if gpu else CPU_MAX_BATCH)
+    shapes = tuple(sorted(set(infer.batch_shapes))) if infer.batch_shapes else batch_shapes(max_batch, gpu)
+    if shapes[-1] < max_batch:
+        shapes = (*shapes, max_batch)
+    workers = max(1, min(cpus // 4, sources))
+    sizing = Sizing(
+        cpus=cpus,
+        device="gpu" if gpu else "cpu",
+        contexts=contexts,
+        intra_op_threads=threads,
+        max_batch=max_batch,
+        batch_shapes=shapes,
+        preprocess_workers=queues.preprocess_workers or workers,
+        postprocess_workers=queues.postprocess_workers or workers,
+    )
+    sized = config.model_copy(
+        update={
+            "model": model.model_copy(update={"intra_op_threads": threads}),
+            "infer": infer.model_copy(update={"max_batch": max_batch, "batch_shapes": list(shapes)}),
+            "queues": queues.model_copy(
+                update={"preprocess_workers": sizing.preprocess_workers, "postprocess_workers": sizing.postprocess_workers}
+            ),
+        }
+    )
+    return sized, sizing

@@ -1,0 +1,76 @@
+"""GPU figures for the closing note: raw ONNX Runtime IO-binding fps against vidpipe runs.
+
+    python samples/bench_model.py bm.onnx
+    python samples/gpu_bench.py bm.onnx ../shared/media/one-by-one-person-detection.mp4
+
+Prints one line per measurement: raw ORT (CUDA provider, IO binding, input already on the
+GPU, output left there) at batch 1/8/16; vidpipe with --device cuda at default flags on one
+source and on 16 sources; with 5% injected errors; and the CPU provider on this host's cores
+at the sized default against hand-set thread counts.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from pipeline.api import run
+from pipeline.config import build_config
+
+CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def raw_iobinding_fps(model: Path, batch: int, seconds: float = 3.0) -> float:
+    session = ort.InferenceSession(str(model), providers=[("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})])
+    x = ort.OrtValue.ortvalue_from_numpy(np.random.default_rng(0).random((batch, 3, 640, 640), dtype=np.float32), "cuda", 0)
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(session.get_inputs()[0].name, x)
+    binding.bind_output(session.get_outputs()[0].name, "cuda", 0)
+    for _ in range(3):
+        session.run_with_iobinding(binding)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run_with_iobinding(binding)
+        runs += 1
+    binding.synchronize_outputs()
+    return runs * batch / (time.perf_counter() - start)
+
+
+def vidpipe(label: str, clip: Path, path: Path, sources: int = 1, model: dict | None = None, **config) -> None:
+    start = time.perf_counter()
+    summary = run(build_config({"sources": [{"url": str(clip), "name": f"cam{i}"} for i in range(sources)],
+                                "model": {"path": str(path), **(model or {})}, **config}))
+    inf = summary.inference
+    print(f"{label}: {summary.ok}/{summary.frames} ok, {summary.fps:.0f} fps ok, p50 {summary.latency_p50_ms} ms, "
+          f"p99 {summary.latency_p99_ms} ms, wall {time.perf_counter() - start:.1f} s, first result {summary.first_result_s} s, "
+          f"rebuild p99 {inf['rebuild_ms_p99']} ms, timeouts {inf['timeouts']}, abandoned {inf['abandoned']}, "
+          f"reloads {inf['engine_reloads']}, mean batch {inf['mean_batch']}, sizing {summary.sizing}", flush=True)
+
+
+def main() -> None:
+    model, clip = Path(sys.argv[1]), Path(sys.argv[2])
+    what = sys.argv[3] if len(sys.argv) > 3 else "all"
+    gpu = {"providers": [{"name": "CUDAExecutionProvider", "options": {"device_id": 0}}, "CPUExecutionProvider"]}
+    if what in ("all", "raw"):
+        for batch in (1, 8, 16, 32):
+            print(f"raw ORT IO binding b{batch}: {raw_iobinding_fps(model, batch):.0f} fps", flush=True)
+    if what in ("all", "gpu"):
+        vidpipe("gpu 1 source defaults", clip, model, model=gpu)
+        vidpipe("gpu 16 sources defaults", clip, model, sources=16, model=gpu, max_frames=600)
+        vidpipe("gpu 16 sources 4 contexts", clip, model, sources=16, model=gpu, max_frames=600, infer={"contexts": 4})
+        vidpipe("gpu 16 sources realtime", clip, model, sources=16, model=gpu, realtime=True, duration_s=10)
+        vidpipe("gpu 1 source clean", clip, model, model=gpu, max_frames=600)
+        vidpipe("gpu 1 source 5% errors", clip, model, model=gpu, max_frames=600, faults={"error_rate": 0.05, "seed": 1})
+    if what in ("all", "cpu"):
+        vidpipe("cpu defaults", clip, model, max_frames=200)
+        for contexts, threads in ((2, 8), (2, 7), (4, 4), (8, 2), (1, 16)):
+            vidpipe(f"cpu {contexts}x{threads}", clip, model, max_frames=200,
+                    infer={"contexts": contexts}, model={"intra_op_threads": threads})
+
+
+if __name__ == "__main__":
+    main()

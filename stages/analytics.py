@@ -1,0 +1,73 @@
+"""Analytics of a run: per source, a tracker (stages/track.py) and its zones and lines (stages/zones.py).
+
+`step(result)` must see each source's results in seq order, failed ones included; the
+publisher calls it as it releases them (pipeline/publisher.py). It returns the result
+with track ids and the frame's occupancy, and the events that frame caused as
+SourceEvents with `after_seq = seq`, so every sink gets them right after the frame, in
+order, with the guarantees of any source event (JSONL, Redis Streams, MQTT).
+
+Events: `track_start`, `track_end` (class, first and last seq, duration, failed frames
+spanned), `zone_enter`, `zone_exit` (with `dwell_s`) and `line_cross` (direction,
+class, track).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from time import time as wall_clock
+
+from pipeline.config import AnalyticsConfig
+from pipeline.types import Result, SourceEvent, Status
+from stages.track import SourceTracker, frame_time
+from stages.zones import SourceZones
+
+
+class Analytics:
+    """One tracker and one set of zones and lines per source."""
+
+    def __init__(self, config: AnalyticsConfig, sizes: dict[str, tuple[int, int]]) -> None:
+        """`sizes` maps each source to its frame (width, height) in pixels, for fractional geometry."""
+        self.trackers = {name: SourceTracker(config.lost_frames) for name in sizes}
+        self.zones = {
+            name: SourceZones(
+                [z for z in config.zones if z.source in (None, name)],
+                [ln for ln in config.lines if ln.source in (None, name)],
+                size,
+            )
+            for name, size in sizes.items()
+        }
+        self._last: dict[str, tuple[int, float]] = {}
+
+    def step(self, result: Result) -> tuple[Result, list[SourceEvent]]:
+        tracker, zones = self.trackers[result.source], self.zones[result.source]
+        time = frame_time(result)
+        self._last[result.source] = (result.seq, time)
+        detections, started, ended = tracker.update(result)
+        found: list[tuple[str, dict]] = [("track_start", t.record("track_start")) for t in started]
+        if result.status is Status.OK:
+            counts, events = zones.update(result.seq, time, detections)
+            found += events
+            result = replace(result, detections=detections, analytics=counts or None)
+        else:  # a gap: nothing is known of this frame's zones; totals stand
+            result = replace(result, analytics=zones.counts() or None)
+        found += zones.ended(ended)
+        found += [("track_end", t.record("track_end")) for t in ended]
+        return result, self._events(result.source, result.seq, result.wall_time, found)
+
+    def finish(self, source: str) -> list[SourceEvent]:
+        """The source ended: its live tracks end and leave their zones (before `source_end`)."""
+        if source not in self.trackers:
+            return []
+        seq, _ = self._last.get(source, (-1, 0.0))
+        ended = self.trackers[source].finish()
+        found = self.zones[source].ended(ended) + [("track_end", t.record("track_end")) for t in ended]
+        return self._events(source, seq, None, found)
+
+    def totals(self) -> dict[str, dict]:
+        """Per source: line in/out totals (summary and metrics)."""
+        return {name: zones.counts().get("lines", {}) for name, zones in self.zones.items() if zones.lines}
+
+    @staticmethod
+    def _events(source: str, seq: int, wall_time: float | None, found: list[tuple[str, dict]]) -> list[SourceEvent]:
+        now = wall_time if wall_time is not None else wall_clock()
+        return [SourceEvent(source, kind, seq, now, {"seq": seq, **details}) for kind, details in found]
