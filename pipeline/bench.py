@@ -46,7 +46,7 @@ REPEATS = 3  # interleaved repeats of each compared measurement
 
 
 def raw_decode_fps(path: str, limit: int) -> float:
-    """Decoding alone, no colour conversion: the first `limit` frames."""
+    """Decoding alone, frames left in FFmpeg's buffers: the first `limit` frames."""
 
     def decode() -> int:
         with av.open(path) as container:
@@ -57,19 +57,28 @@ def raw_decode_fps(path: str, limit: int) -> float:
     return _timed(decode)
 
 
-def decode_frames(path: str, model: Model, deadline_s: float, limit: int) -> tuple[list[Frame], float]:
-    """The first `limit` frames as the pipeline decodes them (colour conversion included)."""
+def decode_frames(
+    path: str, model: Model, deadline_s: float, limit: int, keep: bool = True
+) -> tuple[list[Frame], float]:
+    """The first `limit` frames as the pipeline decodes them: copied out as I420 planes (and
+    converted to yuv420p BT.601 first where the source is not), and the fps. Scaling and RGB
+    conversion are preprocessing's, measured there. `keep=False` times decoding as the
+    pipeline and raw decoding run it, each frame let go once passed on: keeping 120 fresh
+    full-size frames would time the page faults of new memory instead."""
     frames: list[Frame] = []
 
     def decode() -> int:
-        decoder = VideoDecoder("bench", path, deadline_s, fit_to=model.input_size)
+        decoder = VideoDecoder("bench", path, deadline_s)
+        count = 0
         for item in decoder:
             if isinstance(item, Frame):
-                frames.append(item)
-                if len(frames) >= limit:
+                count += 1
+                if keep:
+                    frames.append(item)
+                if count >= limit:
                     break
         decoder.close()
-        return len(frames)
+        return count
 
     return frames, _timed(decode)
 
@@ -79,7 +88,7 @@ def decode_ratio(path: str, model: Model, deadline_s: float, limit: int) -> tupl
     taking turns so a busy machine slows both alike."""
     raw, converted, ratios = [], [], []
     measures = [lambda: raw.append(raw_decode_fps(path, limit)),
-                lambda: converted.append(decode_frames(path, model, deadline_s, limit)[1])]
+                lambda: converted.append(decode_frames(path, model, deadline_s, limit, keep=False)[1])]
     for i in range(REPEATS):
         for measure in measures if i % 2 == 0 else measures[::-1]:
             measure()
@@ -159,7 +168,7 @@ def isolation_overhead(config: RunConfig, model: Model, frames: list[Frame], rou
     }
 
 
-STAGE_FIGURES = ("decode fps (with colour conversion)", "preprocess fps", "inference fps", "postprocess fps")
+STAGE_FIGURES = ("decode fps (to I420 planes)", "preprocess fps (to RGB, letterbox)", "inference fps", "postprocess fps")
 
 
 def stages_alone(config: RunConfig, path: Path, model: Model) -> dict[str, float]:

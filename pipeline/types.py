@@ -68,6 +68,9 @@ class Frame:
     """One decoded frame on its way through the stages.
 
     `decoded_at` and `deadline` are time.monotonic() seconds; `wall_time` is time.time().
+    `image` is the decoded picture's I420 (yuv420p) planes, uint8 (H2 * 3 // 2, W2), BT.601
+    limited range, with (W2, H2) the displayed `source_size` (width, height) rounded up to
+    even (see stages.decode.to_i420); preprocessing turns it into RGB.
     `latency_bound`: the deadline runs from decode (live sources, paced files) and a late
     result fails as `deadline`; False for unpaced files, whose deadline the scheduler
     stamps when the frame enters a batch and which bounds only retries.

@@ -1,5 +1,13 @@
 """Letterbox a frame into the model input: keep aspect, pad, RGB; NCHW float32 in 0..1 per batch.
 
+Frames arrive as I420 planes (stages.decode.to_i420). Scaling and colour conversion are
+one swscale call per frame, in these workers (one context per thread and source size):
+swscale scales the planes in YUV, then converts the fewer pixels to RGB, BT.601 limited
+range, as decode did before. Measured on the car clip (768x432 -> 640x360, one thread):
+swscale area 0.7 ms a frame; OpenCV's COLOR_YUV2RGB_I420 then INTER_AREA 6-9 ms
+(its area filter is slow at non-integer ratios), then INTER_LINEAR 1.8 ms. swscale
+releases the GIL while it scales, so several workers run in parallel.
+
 Memory: a frame leaves this stage as a uint8 (H, W, 3) letterboxed image, a quarter of
 its float32 size, so the queues behind it hold bytes; the float tensor is made once per
 batch by `stack`, into a buffer the caller reuses.
@@ -16,7 +24,10 @@ batches, and each extra shape would need its own warm-up and its own slower call
 from __future__ import annotations
 
 import math
+import threading
 
+import av
+from av.video.reformatter import VideoReformatter
 import cv2
 import numpy as np
 
@@ -76,6 +87,50 @@ def letterbox_image(
     return padded, Letterbox(ratio=ratio, pad_x=float(left), pad_y=float(top), source_size=source_size)
 
 
+def i420_to_rgb(
+    planes: np.ndarray,
+    source_size: tuple[int, int],
+    size: tuple[int, int] | None = None,
+    reformatter: VideoReformatter | None = None,
+) -> np.ndarray:
+    """RGB uint8 (h, w, 3) from I420 `planes` (stages.decode.to_i420's layout) of a picture of
+    `source_size` (width, height), scaled by swscale's area filter to `size` (w, h) when given.
+
+    BT.601 limited range, swscale's default for an untagged frame. Pass a `reformatter`
+    kept for frames of this size: building a swscale context costs more than a conversion.
+    """
+    width, height = source_size
+    if width % 2 == 0 and height % 2 == 0:
+        frame = av.VideoFrame.from_numpy_buffer(planes, format="yuv420p")  # no copy
+    else:  # padded to even sizes (see to_i420): copy the picture's part of each plane
+        frame = av.VideoFrame(width, height, "yuv420p")
+        h2, w2 = planes.shape[0] * 2 // 3, planes.shape[1]
+        chroma = planes[h2:].reshape(2, h2 // 2, w2 // 2)
+        for plane, source in zip(frame.planes, (planes[:h2], chroma[0], chroma[1])):
+            target = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+            target[:, : plane.width] = source[: plane.height, : plane.width]
+    w, h = size or source_size
+    # One swscale thread: the preprocess workers are the parallelism; its own threads would oversubscribe.
+    rgb = (reformatter or VideoReformatter()).reformat(
+        frame, width=w, height=h, format="rgb24", interpolation="AREA", threads=1
+    )
+    return rgb.to_ndarray()
+
+
+def letterbox_i420(
+    planes: np.ndarray,
+    input_size: tuple[int, int],
+    source_size: tuple[int, int],
+    reformatter: VideoReformatter | None = None,
+) -> tuple[np.ndarray, Letterbox]:
+    """`letterbox_image` for I420 planes of a `source_size` picture: a uint8 (height, width, 3)
+    image and its Letterbox. A downscale happens in swscale with the colour conversion
+    (area filter); an upscale converts at full size, then OpenCV scales up (linear)."""
+    fit = fit_size(source_size, input_size)
+    rgb = i420_to_rgb(planes, source_size, fit if fit[0] < source_size[0] else None, reformatter)
+    return letterbox_image(rgb, input_size, source_size)
+
+
 def to_tensor(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 (H, W, 3) -> float32 (3, H, W) in 0..1, into `out` when given."""
     if out is None:
@@ -91,13 +146,24 @@ def letterbox(image: np.ndarray, input_size: tuple[int, int], source_size: tuple
 
 
 class Preprocess:
-    """Frame -> Frame with `tensor` the uint8 (H, W, 3) letterboxed image and `letterbox` set."""
+    """Frame -> Frame with `tensor` the uint8 (H, W, 3) letterboxed image and `letterbox` set.
+
+    `frame.image` is I420 planes (stages.decode.to_i420). Safe to call from several threads:
+    each keeps its own swscale contexts, one per source size, so frames of sources of
+    different sizes do not rebuild a context every time they alternate.
+    """
 
     def __init__(self, input_size: tuple[int, int]) -> None:
         self.input_size = input_size
+        self._local = threading.local()
 
     def __call__(self, frame: Frame) -> Frame:
-        frame.tensor, frame.letterbox = letterbox_image(frame.image, self.input_size, frame.source_size)
+        if not hasattr(self._local, "reformatters"):
+            self._local.reformatters = {}
+        reformatter = self._local.reformatters.get(frame.source_size)
+        if reformatter is None:
+            reformatter = self._local.reformatters[frame.source_size] = VideoReformatter()
+        frame.tensor, frame.letterbox = letterbox_i420(frame.image, self.input_size, frame.source_size, reformatter)
         return frame
 
 

@@ -5,25 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 import pytest
 
 from pipeline.types import Frame, SourceEvent
 from stages.decode import VideoDecoder
 from stages.errors import SourceError
-from tests.clips import count_frames, frame_times, video_packets
+from stages.preprocess import i420_to_rgb
+from tests.clips import count_frames, frame_times, make_clip, video_packets
 from tests.conftest import VFR_FPS, VFR_STEPS
 
 DEADLINE_S = 2.0
-FIT_TO = (320, 320)
 
 
-def decode(
-    path: Path, fit_to: tuple[int, int] | None = FIT_TO
-) -> tuple[list[Frame], list[SourceEvent]]:
+def decode(path: Path) -> tuple[list[Frame], list[SourceEvent]]:
     frames, events = [], []
-    for item in VideoDecoder("cam", str(path), DEADLINE_S, fit_to=fit_to):
+    for item in VideoDecoder("cam", str(path), DEADLINE_S):
         (frames if isinstance(item, Frame) else events).append(item)
     return frames, events
 
@@ -35,20 +32,20 @@ def pyav_size(path: Path) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize(
-    "clip, source_size, image_size",
+    "clip, source_size, planes_shape",
     [
-        ("car_clip", (768, 432), (320, 180)),
-        ("person_clip", (768, 432), (320, 180)),
-        ("odd_clip", (641, 359), (320, 179)),
-        ("vfr_clip", (320, 240), (320, 240)),
-        ("tiny_clip", (320, 240), (320, 240)),
+        ("car_clip", (768, 432), (648, 768)),
+        ("person_clip", (768, 432), (648, 768)),
+        ("odd_clip", (641, 359), (540, 642)),  # padded to 642x360, then 360 * 3 // 2 rows
+        ("vfr_clip", (320, 240), (360, 320)),
+        ("tiny_clip", (320, 240), (360, 320)),
     ],
 )
 def test_every_frame_decoded_in_order(
     request: pytest.FixtureRequest,
     clip: str,
     source_size: tuple[int, int],
-    image_size: tuple[int, int],
+    planes_shape: tuple[int, int],
 ) -> None:
     path = request.getfixturevalue(clip)
     frames, events = decode(path)
@@ -63,60 +60,69 @@ def test_every_frame_decoded_in_order(
     assert all(b.decoded_at >= a.decoded_at for a, b in zip(frames, frames[1:]))
     assert pyav_size(path) == source_size
     assert {f.source_size for f in frames} == {source_size}
-    width, height = image_size
-    assert {f.image.shape for f in frames} == {(height, width, 3)}
+    assert {f.image.shape for f in frames} == {planes_shape}
     assert {f.image.dtype for f in frames} == {np.dtype(np.uint8)}
 
 
-def test_vfr_clip_keeps_its_uneven_timestamps(vfr_clip: Path) -> None:
-    frames, _ = decode(vfr_clip)
-    steps = [VFR_STEPS[i % len(VFR_STEPS)] / (VFR_FPS * 100) for i in range(len(frames) - 1)]
-    np.testing.assert_allclose([f.pts for f in frames], np.cumsum([0.0, *steps]), atol=1e-3)
+def pyav_frames(path: Path, count: int) -> list[av.VideoFrame]:
+    with av.open(str(path)) as container:
+        return [frame for frame, _ in zip(container.decode(video=0), range(count))]
 
 
-def test_full_size_frames_are_pyav_rgb(tiny_clip: Path) -> None:
-    frames, _ = decode(tiny_clip, fit_to=None)
-    with av.open(str(tiny_clip)) as container:
-        expected = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    assert len(frames) == len(expected)
-    for frame, image in zip(frames, expected):
-        np.testing.assert_array_equal(frame.image, image)
+@pytest.mark.parametrize("clip", ["tiny_clip", "car_clip"])
+def test_frames_are_pyav_yuv420p_planes(request: pytest.FixtureRequest, clip: str) -> None:
+    """yuv420p BT.601 sources (most video) are copied out untouched."""
+    path = request.getfixturevalue(clip)
+    frames = decode(path)[0][:8]
+    for frame, expected in zip(frames, pyav_frames(path, 8), strict=True):
+        np.testing.assert_array_equal(frame.image, expected.to_ndarray(format="yuv420p"))
 
 
-@pytest.mark.parametrize("clip, fit_to", [("tiny_clip", None), ("odd_clip", FIT_TO)])
-def test_channels_are_rgb(
-    request: pytest.FixtureRequest, clip: str, fit_to: tuple[int, int] | None
-) -> None:
+def test_odd_sizes_repeat_the_last_luma_column_and_row(odd_clip: Path) -> None:
+    """641x359 (4:4:4 in the file): PyAV refuses yuv420p arrays of odd sizes, so decode pads."""
+    frame = decode(odd_clip)[0][0]
+    converted = pyav_frames(odd_clip, 1)[0].reformat(format="yuv420p")
+    y, u, v = (
+        np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in converted.planes
+    )
+    assert (y.shape, u.shape) == ((359, 641), (180, 321))
+    planes = frame.image
+    np.testing.assert_array_equal(planes[:359, :641], y)
+    np.testing.assert_array_equal(planes[:359, 641], y[:, 640])
+    np.testing.assert_array_equal(planes[359, :641], y[358])
+    chroma = planes[360:].reshape(2, 180, 321)
+    np.testing.assert_array_equal(chroma[0], u)
+    np.testing.assert_array_equal(chroma[1], v)
+
+
+@pytest.mark.parametrize("clip", ["tiny_clip", "odd_clip"])
+def test_channels_are_rgb(request: pytest.FixtureRequest, clip: str) -> None:
     """make_clip paints red rising left to right, green rising top to bottom, blue flat."""
-    image = decode(request.getfixturevalue(clip), fit_to)[0][0].image.astype(np.float32)
+    frame = decode(request.getfixturevalue(clip))[0][0]
+    image = i420_to_rgb(frame.image, frame.source_size).astype(np.float32)
+    assert image.shape == (frame.source_size[1], frame.source_size[0], 3)
     red, green, blue = image[..., 0], image[..., 1], image[..., 2]
     assert red[:, -20:].mean() - red[:, :20].mean() > 150
     assert green[-20:].mean() - green[:20].mean() > 150
     assert blue.std() < 5
 
 
-def test_a_larger_fit_never_upscales(tiny_clip: Path) -> None:
-    frames, _ = decode(tiny_clip, fit_to=(1280, 1280))
-    assert {f.image.shape for f in frames} == {(240, 320, 3)}
-
-
-@pytest.mark.parametrize("clip, size", [("car_clip", (320, 180)), ("odd_clip", (320, 179))])
-def test_downscale_keeps_the_picture(
-    request: pytest.FixtureRequest, clip: str, size: tuple[int, int]
-) -> None:
-    """The downscaled image is the whole frame shrunk, not a crop or another frame."""
-    path = request.getfixturevalue(clip)
-    decoder = VideoDecoder("cam", str(path), DEADLINE_S, fit_to=FIT_TO)
-    small = next(iter(decoder)).image.astype(np.int16)
-    decoder.close()
-    with av.open(str(path)) as container:
-        full = next(container.decode(video=0)).to_ndarray(format="rgb24")
-    shrunk = cv2.resize(full, size, interpolation=cv2.INTER_AREA).astype(np.int16)
-    assert np.abs(small - shrunk).mean() < 3
+@pytest.mark.parametrize("pix_fmt", ["yuvj420p", "yuv420p10le", "yuv422p"])
+def test_other_pixel_formats_become_limited_range_i420(tmp_path: Path, pix_fmt: str) -> None:
+    """Full range (JPEG), 10-bit and 4:2:2 come out as the same picture PyAV's RGB shows."""
+    path = make_clip(tmp_path / f"{pix_fmt}.mp4", frames=3, pix_fmt=pix_fmt)
+    frame = decode(path)[0][0]
+    expected = pyav_frames(path, 1)[0]
+    assert expected.format.name == pix_fmt
+    assert frame.image.shape == (360, 320)
+    luma = frame.image[:240]
+    assert 16 <= luma.min() and luma.max() <= 235  # limited range, whatever the source's
+    rgb = i420_to_rgb(frame.image, frame.source_size).astype(np.int16)
+    assert np.abs(rgb - expected.to_ndarray(format="rgb24")).mean() < 2
 
 
 def test_truncated_file_yields_what_it_holds_then_a_fatal_event(truncated_car_clip: Path) -> None:
-    items = list(VideoDecoder("cam", str(truncated_car_clip), DEADLINE_S, fit_to=FIT_TO))
+    items = list(VideoDecoder("cam", str(truncated_car_clip), DEADLINE_S))
     frames = [i for i in items if isinstance(i, Frame)]
     expected = count_frames(truncated_car_clip)
 

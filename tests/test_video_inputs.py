@@ -21,6 +21,7 @@ from pipeline.config import build_config
 from pipeline.summary import RunSummary
 from pipeline.types import Frame, SourceEvent
 from stages.decode import VideoDecoder
+from stages.preprocess import Preprocess, i420_to_rgb
 from tests.clips import block_clip, make_clip, overwrite_packet, red_box, remux, truncate
 from tests.models import build_yolov8_model
 from tests.sinks import CollectSink
@@ -61,12 +62,15 @@ def test_rotated_video_is_decoded_as_displayed(tmp_path: Path, rotate: int, disp
     assert len(frames) == 3
     height, width = upright.shape[:2]
     assert frames[0].source_size == (width, height)
-    assert frames[0].image.shape == upright.shape
-    assert red_box(frames[0].image) == pytest.approx(red_box(upright), abs=2)
+    assert frames[0].image.shape == (height * 3 // 2, width)  # I420 planes, turned upright
+    image = i420_to_rgb(frames[0].image, frames[0].source_size)
+    assert image.shape == upright.shape
+    assert red_box(image) == pytest.approx(red_box(upright), abs=2)
     # Shrunk to fit a model input, the picture stays upright and whole.
-    small = next(f for f in VideoDecoder("cam", str(clip), 1.0, fit_to=(320, 320)) if isinstance(f, Frame))
-    assert small.image.shape[:2] == (round(height * 320 / max(width, height)), round(width * 320 / max(width, height)))
-    assert small.source_size == (width, height)
+    small = Preprocess((320, 320))(frames[0]).tensor
+    box = frames[0].letterbox
+    expected = [v * 320 / max(width, height) + pad for v, pad in zip(red_box(upright), (box.pad_x, box.pad_y) * 2)]
+    assert red_box(small) == pytest.approx(expected, abs=2)
 
 
 def test_rotated_video_boxes_in_displayed_pixels_and_annotated_video_upright(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.video.reformatter import VideoReformatter
 import cv2
 import numpy as np
 
@@ -36,6 +37,7 @@ from pipeline.sinks import lock_output, write_failed
 from pipeline.summary import RunSummary
 from pipeline.types import Frame, Result, SourceEvent, Status
 from stages.decode import VideoDecoder
+from stages.preprocess import i420_to_rgb
 
 log = logging.getLogger("vidpipe.video")
 
@@ -129,6 +131,7 @@ class _SourceVideo:
         self._step = max(1, round(1 / (rate * self._time_base)))  # one frame's duration in pts units
         self._decoder = VideoDecoder(name, url, deadline_s=0.0)
         self._source = iter(self._decoder)
+        self._rgb = VideoReformatter()  # one swscale context for the frames' I420 -> RGB
         width, height = self._decoder.info.width, self._decoder.info.height
         self._partial = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
         self._lock_fd = -1
@@ -153,7 +156,7 @@ class _SourceVideo:
         first = next(self._source, None)
         self._pending = first if isinstance(first, Frame) else None
         if self._pending is not None:
-            height, width = self._pending.image.shape[:2]
+            width, height = self._pending.source_size
         self._size(width, height)
         self._queue: queue.Queue[tuple[Result, float, int] | None] = queue.Queue(QUEUE_SIZE)
         self._finished = False
@@ -238,7 +241,7 @@ class _SourceVideo:
         if frame is None:  # the file changed since the pipeline read it
             image, pts, missing = self._blank.copy(), None, True
         else:
-            image, missing = frame.image, False
+            image, missing = i420_to_rgb(frame.image, frame.source_size, reformatter=self._rgb), False
             pts = round(frame.pts / self._time_base) if frame.pts is not None else None
         if pts is None or (self._last_pts is not None and pts <= self._last_pts):
             pts = 0 if self._last_pts is None else self._last_pts + self._step
