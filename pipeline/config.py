@@ -8,7 +8,7 @@ import types
 import typing
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -134,7 +134,7 @@ class InferConfig(StrictModel):
     max_batch: int | None = Field(
         None, ge=1, le=256, description="Largest inference batch; none: 1 on the CPU, 16 on a GPU (pipeline/sizing.py)."
     )
-    batch_shapes: list[int] | None = Field(
+    batch_shapes: list[Annotated[int, Field(ge=1, le=256)]] | None = Field(
         None, min_length=1, max_length=16,
         description="Batch sizes a batch is padded up to, each warmed before a context serves; none: sized to the device.",
     )
@@ -261,7 +261,7 @@ class AnalyticsConfig(StrictModel):
     """Tracks, zones and lines (stages/track.py, stages/zones.py)."""
 
     tracker: Literal["bytetrack"] | None = Field(None, description="bytetrack: give detections track ids (--track).")
-    lost_frames: int = Field(30, ge=1, description="A track not seen for this many frames ends.")
+    lost_frames: int = Field(30, ge=1, le=100_000, description="A track not seen for this many frames ends.")
     zones: list[ZoneConfig] = Field(default_factory=list)
     lines: list[LineConfig] = Field(default_factory=list)
 

@@ -12,7 +12,9 @@ and from the device the engine runs on:
   keeps rising with the batch (MEASUREMENTS.md: 274 fps at 1, 2,773 at 16 with IO binding).
 - Batch shapes: every size up to the largest batch on the CPU (padding costs compute there);
   powers of two and the largest on a GPU (each shape is warmed and tuned once per context).
-- Preprocess and postprocess workers: one per four CPUs, at least 1, at most one per source.
+- Preprocess workers (they scale and colour-convert each frame's planes): one per source, at
+  least 2, at most the usable CPUs. Postprocess workers: one per four CPUs, at least 1, at most
+  one per source.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def size_run(config: RunConfig, sources: int) -> tuple[RunConfig, Sizing]:
     if shapes[-1] < max_batch:
         shapes = (*shapes, max_batch)
     workers = max(1, min(cpus // 4, sources))
+    pre_workers = max(2, min(sources, cpus))
     sizing = Sizing(
         cpus=cpus,
         device="gpu" if gpu else "cpu",
@@ -90,7 +93,7 @@ def size_run(config: RunConfig, sources: int) -> tuple[RunConfig, Sizing]:
         intra_op_threads=threads,
         max_batch=max_batch,
         batch_shapes=shapes,
-        preprocess_workers=queues.preprocess_workers or workers,
+        preprocess_workers=queues.preprocess_workers or pre_workers,
         postprocess_workers=queues.postprocess_workers or workers,
     )
     sized = config.model_copy(

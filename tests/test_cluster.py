@@ -113,7 +113,7 @@ def test_sources_are_added_and_removed_while_running(redis_db, tmp_path, car_cli
     assert client.add_source(SourceConfig(url=str(person_clip), name="gate", realtime=True)) == "gate"
     with pytest.raises(Exception, match="in the cluster already"):
         client.add_source(SourceConfig(url=str(person_clip), name="gate"))
-    with pytest.raises(Exception, match="becomes a Redis key"):
+    with pytest.raises(Exception, match="a source name is 1-64 letters"):
         client.add_source(SourceConfig(url=str(person_clip), name="../etc"))
     wait_for("gate publishing", lambda: frames_in(redis_db, "gate") >= 3)
     # Load-based placement: the new source went to the worker that had none.

@@ -40,7 +40,8 @@ def test_a_hung_http_camera_is_an_outage_and_duration_ends_the_run():
     assert starts and starts[0].after_seq == 29  # the first connection's 30 frames, all of them
     assert "Immediate exit" in starts[0].details["error"] or "stalled" in starts[0].details["error"]
     assert sink.events[-1].type == "source_end" and sink.events[-1].details["reason"] == "duration"
-    assert summary.error is None and summary.sources["cam"].decoded % 30 == 0
+    # Each connection gives 30 frames; --duration may end the last one part-way.
+    assert summary.error is None and summary.sources["cam"].decoded >= 30
 
 
 @pytest.fixture(scope="module")

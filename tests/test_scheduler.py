@@ -126,8 +126,35 @@ def test_health_probe_catches_a_context_that_returns_wrong_outputs(car_clip):
     assert_every_seq_once(sink, 377)
     inference = summary.inference
     assert inference["probes"] > 0
-    assert inference["probe_failures"] >= 1
-    assert inference["rebuilds"] >= inference["probe_failures"]
+    # A corrupted context is caught by whichever looks first: the check on every batch's
+    # outputs (issue 17) or the idle probe; each costs it its place.
+    caught = inference["probe_failures"] + inference["corrupt_outputs"]
+    assert caught >= 1
+    assert inference["rebuilds"] >= caught
+
+
+def test_the_probe_catches_outputs_that_look_plausible_but_drifted(tmp_path):
+    """Drift the per-batch checks cannot see (boxes 1% off, scores in range) fails the probe."""
+    model = tmp_path / "tiny.onnx"
+    build_yolov8_model(model, boxes=[(0, 0.9, 4, 4, 20, 20)], input_size=(64, 64), num_classes=2)
+    engine = OnnxRuntimeEngine(model)
+    stage = InferStage(engine)
+    reference = engine.create_context().infer(stage.probe_inputs(), 5.0)
+    pool = ContextPool(engine, stage, reference, SchedulerSettings(batch_shapes=(1,), spares=0), InferStats())
+    slot = pool.take()
+    assert pool.probe(slot)
+    healthy = slot.context.infer
+
+    def drifted(inputs, timeout):
+        outputs = {k: v.copy() for k, v in healthy(inputs, timeout).items()}
+        for value in outputs.values():
+            value[:, :4] *= np.float32(1.01)
+        return outputs
+
+    slot.context.infer = drifted
+    assert stage.output_problem(drifted(stage.probe_inputs(1), 5.0), 1) is None
+    assert not pool.probe(slot)
+    pool.close()
 
 
 def test_a_model_that_fails_to_load_is_a_clear_error(tmp_path):
