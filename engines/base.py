@@ -7,6 +7,7 @@ per-request state. After a Context raises, the caller discards it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -25,6 +26,21 @@ class TensorSpec:
         """The fixed batch size, or None when the batch dimension is dynamic."""
         first = self.shape[0] if self.shape else None
         return first if isinstance(first, int) and first > 0 else None
+
+
+@dataclass(frozen=True)
+class DeviceFill:
+    """An input a GPU context fills on its own stream instead of copying it from the host.
+
+    `fill(stream, device_ptr)` enqueues, on the CUDA stream handle `stream`, the work that
+    writes a C-contiguous `shape` x `dtype` tensor at `device_ptr` (e.g. letterboxing uploaded
+    I420 planes, stages/gpu_preprocess.py), and returns without waiting. Only contexts whose
+    `accepts_device_fill` is True take one.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fill: Callable[[int, int], None]
 
 
 class Context(Protocol):

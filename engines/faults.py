@@ -79,6 +79,7 @@ class FaultyContext:
         self._inner = inner
         self._engine = engine
         self.corrupted = False
+        self.accepts_device_fill = getattr(inner, "accepts_device_fill", False)
 
     def infer(self, inputs: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         engine = self._engine

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from engines.base import DeviceFill
 from engines.cuda import DeviceBuffer, Event, PinnedBuffer, Stream, check, release_when_done, runtime
 from engines.errors import InferenceError, InferenceTimeout
 
@@ -43,7 +44,12 @@ DEFAULT_CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
 class OnnxRuntimeCudaContext:
-    """One session on one CUDA stream, with IO-bound device buffers grown to the largest batch."""
+    """One session on one CUDA stream, with IO-bound device buffers grown to the largest batch.
+
+    Its input is a host array (copied in through pinned memory) or a DeviceFill (written on
+    the device, on this context's stream: the CPU then never touches the pixels)."""
+
+    accepts_device_fill = True
 
     def __init__(
         self,
@@ -96,10 +102,15 @@ class OnnxRuntimeCudaContext:
         # The stream is idle here: infer() waited for the previous call's event.
         if self._host_in is not None:
             self._host_in.close()
-        if self._device_in is not None:
-            self._device_in.close()
         self._host_in = PinnedBuffer(shape, dtype)
-        self._device_in = DeviceBuffer(self._host_in.nbytes, self._stream)
+        self._device_input(self._host_in.nbytes)
+
+    def _device_input(self, nbytes: int) -> None:
+        """Device input memory of at least `nbytes` (a DeviceFill needs no pinned copy)."""
+        if self._device_in is None or self._device_in.nbytes < nbytes:
+            if self._device_in is not None:
+                self._device_in.close()
+            self._device_in = DeviceBuffer(nbytes, self._stream)
 
     def _host_output(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -116,13 +127,17 @@ class OnnxRuntimeCudaContext:
         if self._closed:
             raise InferenceError("context is closed")
         batch = inputs[self._input_name]
-        host = self.input_buffer(self._input_name, batch.shape, batch.dtype)
-        if host.ctypes.data != batch.ctypes.data:
-            host[...] = batch  # a caller that did not stack into input_buffer()
         cudart = runtime()
-        check(cudart.cudaMemcpyAsync(self._device_in.ptr, self._host_in.ptr, host.nbytes,
-                                     cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream.handle),
-              "cudaMemcpyAsync (input)")
+        if isinstance(batch, DeviceFill):
+            self._device_input(int(np.prod(batch.shape)) * np.dtype(batch.dtype).itemsize)
+            batch.fill(self._stream.handle, self._device_in.ptr)
+        else:
+            host = self.input_buffer(self._input_name, batch.shape, batch.dtype)
+            if host.ctypes.data != batch.ctypes.data:
+                host[...] = batch  # a caller that did not stack into input_buffer()
+            check(cudart.cudaMemcpyAsync(self._device_in.ptr, self._host_in.ptr, host.nbytes,
+                                         cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream.handle),
+                  "cudaMemcpyAsync (input)")
         binding = self._binding
         binding.bind_input(self._input_name, "cuda", self.device_id, batch.dtype, list(batch.shape), self._device_in.ptr)
         for name in self._output_names:

@@ -83,6 +83,8 @@ def main() -> None:
         vidpipe("gpu 1 source defaults", clip, model, model=gpu)
         vidpipe("gpu 16 sources defaults", clip, model, sources=16, model=gpu, max_frames=600)
         vidpipe("gpu 16 sources 4 contexts", clip, model, sources=16, model=gpu, max_frames=600, infer={"contexts": 4})
+        cpu_letterbox = {**gpu, "gpu_letterbox": False}
+        vidpipe("gpu 16 sources, CPU letterbox", clip, model, sources=16, model=cpu_letterbox, max_frames=600, infer={"contexts": 4})
         vidpipe("gpu 16 sources realtime", clip, model, sources=16, model=gpu, realtime=True, duration_s=10)
         vidpipe("gpu 1 source clean", clip, model, model=gpu, max_frames=600)
         vidpipe("gpu 1 source 5% errors", clip, model, model=gpu, max_frames=600, faults={"error_rate": 0.05, "seed": 1})
