@@ -25,6 +25,8 @@ given up on (a timeout) frees its stream and buffers only once its stream has fi
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,10 @@ from engines.errors import InferenceError, InferenceTimeout
 log = logging.getLogger("vidpipe.onnxruntime")
 
 CUDA = "CUDAExecutionProvider"
+# Milliseconds spent in each phase of a call, summed over every CUDA context of the process:
+# read by samples/gpu_bench.py to see where a call's time goes.
+PHASE_MS: dict[str, float] = {}
+PHASE_LOCK = threading.Lock()
 # First calls on a new shape take 0.16-1.2 s with HEURISTIC against 1.3-1.9 s with ORT's
 # default EXHAUSTIVE search on the H200 (MEASUREMENTS.md), for the same steady-state speed class.
 DEFAULT_CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
@@ -128,6 +134,7 @@ class OnnxRuntimeCudaContext:
             raise InferenceError("context is closed")
         batch = inputs[self._input_name]
         cudart = runtime()
+        mark = time.perf_counter()
         if isinstance(batch, DeviceFill):
             self._device_input(int(np.prod(batch.shape)) * np.dtype(batch.dtype).itemsize)
             batch.fill(self._stream.handle, self._device_in.ptr)
@@ -138,6 +145,7 @@ class OnnxRuntimeCudaContext:
             check(cudart.cudaMemcpyAsync(self._device_in.ptr, self._host_in.ptr, host.nbytes,
                                          cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream.handle),
                   "cudaMemcpyAsync (input)")
+        mark = self._phase("input", mark)
         binding = self._binding
         binding.bind_input(self._input_name, "cuda", self.device_id, batch.dtype, list(batch.shape), self._device_in.ptr)
         for name in self._output_names:
@@ -146,6 +154,7 @@ class OnnxRuntimeCudaContext:
             self._session.run_with_iobinding(binding, self._run_options)
         except Exception as err:  # ORT raises plain RuntimeError subclasses for run failures
             raise InferenceError(f"ONNX Runtime CUDA run failed: {str(err).splitlines()[0][:300]}") from None
+        mark = self._phase("run", mark)
         hosts = {}
         for name, value in zip(self._output_names, binding.get_outputs()):
             out = self._host_output(name, tuple(value.shape()), np.dtype(_numpy_type(value.data_type())))
@@ -154,9 +163,20 @@ class OnnxRuntimeCudaContext:
                   f"cudaMemcpyAsync (output {name})")
             hosts[name] = out
         self._done.record(self._stream)
+        mark = self._phase("enqueue outputs", mark)
         if not self._done.wait(timeout):
             raise InferenceTimeout(f"CUDA stream did not finish within {timeout * 1000:.0f} ms")
-        return {name: out.copy() for name, out in hosts.items()}  # the pinned memory is reused
+        mark = self._phase("wait", mark)
+        outputs = {name: out.copy() for name, out in hosts.items()}  # the pinned memory is reused
+        self._phase("copy out", mark)
+        return outputs
+
+    def _phase(self, name: str, since: float) -> float:
+        """Add the time since `since` to phase `name` (PHASE_MS: where a call's time goes)."""
+        now = time.perf_counter()
+        with PHASE_LOCK:
+            PHASE_MS[name] = PHASE_MS.get(name, 0.0) + (now - since) * 1000
+        return now
 
     # ---- lifetime ---------------------------------------------------------------------
 

@@ -59,6 +59,9 @@ class StageTimes:
 def vidpipe(label: str, clip: Path, path: Path, sources: int = 1, model: dict | None = None, **config) -> None:
     from pipeline.runtime import RunHooks
 
+    from engines.onnxruntime_cuda import PHASE_MS
+
+    PHASE_MS.clear()
     start = time.perf_counter()
     times = StageTimes()
     summary = run(build_config({"sources": [{"url": str(clip), "name": f"cam{i}"} for i in range(sources)],
@@ -69,6 +72,7 @@ def vidpipe(label: str, clip: Path, path: Path, sources: int = 1, model: dict | 
           f"p99 {summary.latency_p99_ms} ms, wall {time.perf_counter() - start:.1f} s, first result {summary.first_result_s} s, "
           f"rebuild p99 {inf['rebuild_ms_p99']} ms, timeouts {inf['timeouts']}, abandoned {inf['abandoned']}, "
           f"reloads {inf['engine_reloads']}, mean batch {inf['mean_batch']}, stage ms {times.means()}, "
+          f"CUDA call phases ms/batch {({k: round(v / max(1, inf['batches']), 2) for k, v in PHASE_MS.items()})}, "
           f"sizing {summary.sizing}", flush=True)
 
 
