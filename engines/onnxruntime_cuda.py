@@ -9,6 +9,10 @@ which the context pool does off the critical path when it warms spares (the pool
 batch shape before a context serves). The engine's own session, made at load, gives the
 model's description and the reference outputs.
 
+Rebuilding a context reuses an idle session of the engine (SessionPool) unless the old
+context was given up on or hit a sticky error: a swap then costs no session creation and no
+tuning, which is what keeps recovery in milliseconds on the GPU.
+
 One inference, all on the context's stream, and never an unbounded wait:
 
     pinned host input --cudaMemcpyAsync--> device input (IO binding)
@@ -27,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +40,7 @@ import onnxruntime as ort
 
 from engines.base import DeviceFill
 from engines.cuda import DeviceBuffer, Event, PinnedBuffer, Stream, check, release_when_done, runtime
-from engines.errors import InferenceError, InferenceTimeout
+from engines.errors import InferenceError, InferenceTimeout, StickyInferenceError
 
 log = logging.getLogger("vidpipe.onnxruntime")
 
@@ -49,44 +54,92 @@ PHASE_LOCK = threading.Lock()
 DEFAULT_CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
+class CudaSession:
+    """An ONNX Runtime session whose CUDA provider computes on a stream of its own."""
+
+    def __init__(self, path: Path, options: ort.SessionOptions, cuda_options: dict[str, Any], fallbacks: list) -> None:
+        self.device_id = int(cuda_options.get("device_id", 0))
+        check(runtime().cudaSetDevice(self.device_id), "cudaSetDevice")
+        self.stream = Stream()
+        provider = {
+            **DEFAULT_CUDA_OPTIONS,
+            **{k: str(v) for k, v in cuda_options.items()},
+            "device_id": str(self.device_id),
+            "has_user_compute_stream": "1",
+            "user_compute_stream": str(self.stream.handle),
+        }
+        try:
+            self.session: ort.InferenceSession | None = ort.InferenceSession(
+                str(path), options, providers=[(CUDA, provider), *fallbacks]
+            )
+        except Exception as err:  # ORT raises its own exception types for every load failure
+            self.stream.close()
+            raise InferenceError(f"ONNX Runtime CUDA session: {str(err).splitlines()[0][:300]}") from None
+
+    def close(self) -> None:
+        """Drop the session (its arena and cuDNN state), then its stream; the stream must be idle."""
+        self.session = None
+        self.stream.close()
+
+
+class SessionPool:
+    """An engine's idle CudaSessions, so rebuilding a context costs a swap, not a session.
+
+    A new session costs a second or two on the H200 (creation plus cuDNN tuning for every batch
+    shape); a context replaced after an ordinary error hands its session, already tuned, to the
+    next context. A context given up on (a timeout: its stream may still be running) or hit by
+    a sticky CUDA error never hands its session on: it is freed once its stream completes.
+    """
+
+    MAX_IDLE = 8
+
+    def __init__(self, make: Callable[[], CudaSession]) -> None:
+        self._make = make
+        self._idle: list[CudaSession] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> CudaSession:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._make()
+
+    def give(self, session: CudaSession) -> None:
+        with self._lock:
+            if len(self._idle) < self.MAX_IDLE:
+                self._idle.append(session)
+                return
+        session.close()
+
+    def clear(self) -> None:
+        """Close the idle sessions (an engine reload makes new ones from the model file)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for session in idle:
+            session.close()
+
+
 class OnnxRuntimeCudaContext:
-    """One session on one CUDA stream, with IO-bound device buffers grown to the largest batch.
+    """A CudaSession's stream and IO binding, with pinned and device buffers of its own grown
+    to the largest batch.
 
     Its input is a host array (copied in through pinned memory) or a DeviceFill (written on
     the device, on this context's stream: the CPU then never touches the pixels)."""
 
     accepts_device_fill = True
 
-    def __init__(
-        self,
-        path: Path,
-        options: ort.SessionOptions,
-        cuda_options: dict[str, Any],
-        fallbacks: list,
-        input_name: str,
-        output_names: list[str],
-    ) -> None:
-        self.device_id = int(cuda_options.get("device_id", 0))
+    def __init__(self, sessions: SessionPool, input_name: str, output_names: list[str]) -> None:
+        self._sessions = sessions
         self._host_in: PinnedBuffer | None = None
         self._device_in: DeviceBuffer | None = None
         self._host_out: dict[str, PinnedBuffer] = {}
-        self._session: ort.InferenceSession | None = None
         self._closed = False
-        check(runtime().cudaSetDevice(self.device_id), "cudaSetDevice")
-        self._stream = Stream()
+        self._reusable = True  # False once its stream may be busy or broken
+        self._cuda = sessions.take()
+        self.device_id = self._cuda.device_id
+        self._stream = self._cuda.stream
+        self._session = self._cuda.session
         self._done = Event()
-        provider = {
-            **DEFAULT_CUDA_OPTIONS,
-            **{k: str(v) for k, v in cuda_options.items()},
-            "device_id": str(self.device_id),
-            "has_user_compute_stream": "1",
-            "user_compute_stream": str(self._stream.handle),
-        }
-        try:
-            self._session = ort.InferenceSession(str(path), options, providers=[(CUDA, provider), *fallbacks])
-        except Exception as err:  # ORT raises its own exception types for every load failure
-            self._release()
-            raise InferenceError(f"ONNX Runtime CUDA session: {str(err).splitlines()[0][:300]}") from None
         self._binding = self._session.io_binding()
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 4
@@ -130,6 +183,13 @@ class OnnxRuntimeCudaContext:
     # ---- inference --------------------------------------------------------------------
 
     def infer(self, inputs: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
+        try:
+            return self._infer(inputs, timeout)
+        except (InferenceTimeout, StickyInferenceError):
+            self._reusable = False
+            raise
+
+    def _infer(self, inputs: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         if self._closed:
             raise InferenceError("context is closed")
         batch = inputs[self._input_name]
@@ -189,13 +249,9 @@ class OnnxRuntimeCudaContext:
 
     def _release(self) -> None:
         buffers = [b for b in (self._host_in, self._device_in, *self._host_out.values()) if b is not None]
-        session, self._session = self._session, None
-
-        def drop_session() -> None:
-            nonlocal session
-            session = None  # the session (its arena and cuDNN state) goes once the stream is done
-
-        steps = [b.close for b in buffers] + [drop_session, self._done.close, self._stream.close]
+        cuda, self._session = self._cuda, None
+        steps = [b.close for b in buffers] + [self._done.close]
+        steps.append((lambda: self._sessions.give(cuda)) if self._reusable else cuda.close)
         release_when_done(self._done, steps, "ONNX Runtime CUDA context")
 
 

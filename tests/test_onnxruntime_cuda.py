@@ -181,3 +181,32 @@ def test_letterboxing_on_the_gpu_finds_what_the_cpu_path_finds() -> None:
         assert distance.min(axis=1).max(initial=0) <= 2.0, seq
         matched += 1
     assert matched >= 0.95 * len(results[False])
+
+
+@gpu
+def test_a_replaced_context_hands_its_tuned_session_on_unless_it_was_given_up_on(bench_model: Path) -> None:
+    from engines.errors import InferenceTimeout
+    from engines.onnxruntime import OnnxRuntimeEngine
+
+    engine = OnnxRuntimeEngine(bench_model, providers=[(CUDA, {})])
+    x = np.zeros((1, 3, 640, 640), np.float32)
+    first = engine.create_context()
+    first.infer({"images": x}, 60.0)
+    session = first._cuda
+    first.close()
+    deadline = time.monotonic() + 10
+    while not engine._cuda_sessions._idle and time.monotonic() < deadline:
+        time.sleep(0.01)  # handed on once its stream is done
+    second = engine.create_context()
+    assert second._cuda is session  # already tuned: a swap, not a new session
+    second.infer({"images": x}, 60.0)
+    gate = StreamGate(second._stream.handle)
+    with pytest.raises(InferenceTimeout):
+        second.infer({"images": x}, 0.2)
+    second.close()
+    gate.release()
+    time.sleep(0.5)
+    assert session not in engine._cuda_sessions._idle  # a stream that hung is never reused
+    third = engine.create_context()
+    assert third._cuda is not session
+    third.close()
