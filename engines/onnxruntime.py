@@ -119,7 +119,8 @@ class OnnxRuntimeContext:
         self._closed = False
 
     def infer(self, inputs: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
-        if self._closed:
+        session = self._session
+        if self._closed or session is None:
             raise InferenceError("context is closed")
         options = ort.RunOptions()
         options.log_severity_level = 4
@@ -132,7 +133,7 @@ class OnnxRuntimeContext:
         watchdog = shared_watchdog()
         token = watchdog.arm(max(timeout, 0.0), cancel)
         try:
-            values = self._session.run(self._output_names, inputs, options)
+            values = session.run(self._output_names, inputs, options)
         except Exception as err:  # ORT raises plain RuntimeError subclasses for run failures
             if cancelled:
                 raise InferenceTimeout(f"ONNX Runtime run cancelled after {timeout * 1000:.0f} ms") from None
@@ -143,3 +144,4 @@ class OnnxRuntimeContext:
 
     def close(self) -> None:
         self._closed = True
+        self._session = None  # an engine reload frees the old session once its contexts are closed
