@@ -109,7 +109,7 @@ def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[
     if config.outputs.video:
         from pipeline.sinks.video import VideoSink
 
-        sinks.append(VideoSink(config.outputs.video, sources))
+        sinks.append(VideoSink(config.outputs.video, sources, config.analytics))
     if config.outputs.jsonl:
         from pipeline.sinks.jsonl import JsonlSink
 

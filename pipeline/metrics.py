@@ -14,6 +14,11 @@ Each run has its own CollectorRegistry (never the global one), so several pipeli
 run in one process. Per-frame metrics are fed as a Sink (results and source events, in
 publish order) and an `on_decoded` hook; the scheduler's counters and the queue depths
 are read when Prometheus scrapes, so they cost nothing between scrapes.
+
+With analytics on (stages/analytics.py), `vidpipe_line_crossings_total{source,line,direction}`
+counts the `line_cross` events (so it equals the summary's line totals), and
+`vidpipe_zone_occupancy{source,zone,class}` is each zone's occupancy by class on the
+source's last ok frame (a failed frame tells nothing of the zones and changes nothing).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -110,6 +115,15 @@ class RunMetrics:
         self.reconnects = Counter(
             "vidpipe_source_reconnects", "Live sources reconnected after an outage.", ["source"], registry=r
         )
+        self.line_crossings = Counter(
+            "vidpipe_line_crossings", "Tracks that crossed each line, per direction (line_cross events).",
+            ["source", "line", "direction"], registry=r,
+        )  # fmt: skip
+        self.zone_occupancy = Gauge(
+            "vidpipe_zone_occupancy", "Tracked objects inside each zone on the last ok frame, per class.",
+            ["source", "zone", "class"], registry=r,
+        )  # fmt: skip
+        self._occupied: dict[tuple[str, str], set[str]] = {}  # (source, zone) -> classes with a series
         for name in sources:  # present from the first scrape, at 0
             self.frames_in.labels(name)
             self.frames_out.labels(name, Status.OK.value, "")
@@ -140,9 +154,26 @@ class RunMetrics:
             self.stage_latency.labels(stage).observe(ms / 1000)
         if result.status is Status.OK:
             self.latency.labels(result.source).observe(result.latency_ms / 1000)
+        if result.analytics is not None:
+            self._analytics(result)
+
+    def _analytics(self, result: Result) -> None:
+        """Zone occupancy of an ok frame; each line's series from its first frame, at 0."""
+        for line in result.analytics.get("lines", {}):
+            for direction in ("in", "out"):
+                self.line_crossings.labels(result.source, line, direction)
+        if result.status is not Status.OK:
+            return
+        for zone, by_class in result.analytics.get("zones", {}).items():
+            seen = self._occupied.setdefault((result.source, zone), set())
+            seen.update(by_class)
+            for label in seen:  # a class that left reads 0, not its last count
+                self.zone_occupancy.labels(result.source, zone, label).set(by_class.get(label, 0))
 
     def write_event(self, event: SourceEvent) -> None:
         self.events.labels(event.source, event.type).inc()
+        if event.type == "line_cross":
+            self.line_crossings.labels(event.source, event.details["line"], event.details["direction"]).inc()
         if event.type == "outage_end":
             self.reconnects.labels(event.source).inc()
         self.readiness.event(event)

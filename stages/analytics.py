@@ -44,7 +44,9 @@ class Analytics:
         self._last[result.source] = (result.seq, time)
         detections, started, ended = tracker.update(result)
         found: list[tuple[str, dict]] = [("track_start", t.record("track_start")) for t in started]
-        if result.status is Status.OK:
+        if not zones.zones and not zones.lines:  # tracks only (--track): no geometry to run
+            result = replace(result, detections=detections)
+        elif result.status is Status.OK:
             counts, events = zones.update(result.seq, time, detections)
             found += events
             result = replace(result, detections=detections, analytics=counts or None)

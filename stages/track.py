@@ -77,8 +77,9 @@ class SourceTracker:
     def update(self, result: Result) -> tuple[Detections, list[Track], list[Track]]:
         det = result.detections
         failed = result.status is Status.FAILED
-        for track in self.tracks.values():
-            track.unseen_gaps += failed
+        if failed:
+            for track in self.tracks.values():
+                track.unseen_gaps += 1
         tracked = self._tracker.update_with_detections(_to_supervision(det))
         track_id = np.full(len(det), -1, np.int64)
         if len(tracked):

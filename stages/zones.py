@@ -74,29 +74,32 @@ class SourceZones:
             tracker_id=det.track_id[tracked] if det.track_id is not None else np.zeros(0, np.int64),
         )
         labels = [det.labels[i] for i in tracked]
+        ids = svd.tracker_id.tolist()
         events: list[tuple[str, dict]] = []
         occupancy: dict[str, dict[str, int]] = {}
         for zone in self.zones:
             inside = zone.zone.trigger(svd) if len(svd) else np.zeros(0, bool)
-            occupancy[zone.name] = dict(Counter(label for label, hit in zip(labels, inside) if hit))
-            for k, hit in enumerate(inside):
-                tid = int(svd.tracker_id[k])
-                if hit and tid not in zone.inside:
+            occupancy[zone.name] = dict(Counter(labels[k] for k in np.flatnonzero(inside)))
+            # Only the detections whose side changed cause events, in detection order.
+            was = np.fromiter((tid in zone.inside for tid in ids), bool, len(ids))
+            for k in np.flatnonzero(inside != was):
+                tid = ids[k]
+                if inside[k]:
                     zone.inside[tid] = (seq, time)
                     zone.entries += 1
                     events.append(("zone_enter", {"zone": zone.name, "track_id": tid, "label": labels[k]}))
-                elif not hit and tid in zone.inside:
+                else:
                     events.append(("zone_exit", self._exit(zone, tid, labels[k], seq, time)))
         for line in self.lines:
             if not len(svd):
                 continue
             crossed_in, crossed_out = line.line.trigger(svd)
-            for k in range(len(svd)):
+            for k in np.flatnonzero(crossed_in | crossed_out):
                 for direction, crossed in (("in", crossed_in), ("out", crossed_out)):
                     if crossed[k]:
                         line.totals[(direction, labels[k])] += 1
                         events.append(("line_cross", {"line": line.name, "direction": direction,
-                                                      "track_id": int(svd.tracker_id[k]), "label": labels[k]}))  # fmt: skip
+                                                      "track_id": ids[k], "label": labels[k]}))  # fmt: skip
         return self.counts(occupancy), events
 
     def ended(self, tracks: list[Track]) -> list[tuple[str, dict]]:

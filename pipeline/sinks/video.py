@@ -11,7 +11,10 @@ the output has exactly as many frames as the pipeline decoded, at the source's s
 frame rate and timestamps (H.264; the audio track is not copied). Each file is written
 under a temporary name beside it and renamed into place once finalised (moov written), so
 the path holds either a playable video or what it held before; it is locked (flock) for
-the run, one run per output. Decoding, drawing
+the run, one run per output. With analytics on (`--track`, stages/analytics.py) each box
+also shows its track id with a short trail of its centres, and the source's zones and lines
+are outlined with their running counts from the result, at the places the counting uses
+(stages/zones.py `to_pixels`, against the source size the pipeline reported). Decoding, drawing
 and encoding run in one thread per source behind a small bounded queue, so the
 publisher only waits when encoding falls behind (backpressure, never unbounded memory).
 """
@@ -32,6 +35,7 @@ from av.video.reformatter import VideoReformatter
 import cv2
 import numpy as np
 
+from pipeline.config import AnalyticsConfig
 from pipeline.errors import OutputError
 from pipeline.sinks import lock_output, write_failed
 from pipeline.summary import RunSummary
@@ -48,6 +52,9 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]  # fmt: skip
 FAILED_RGB = (255, 0, 0)
 WHITE = (255, 255, 255)
+ZONE_RGB = (255, 220, 0)
+LINE_RGB = (0, 230, 255)
+TRAIL_FRAMES = 25  # a trail shows the last second or so of a track's centres
 
 
 def video_paths(path: Path, sources: list[str]) -> dict[str, Path]:
@@ -64,13 +71,15 @@ def video_paths(path: Path, sources: list[str]) -> dict[str, Path]:
 class VideoSink:
     """Writes `<path>` (one source) or `<path>/<source>.mp4` (several), annotated."""
 
-    def __init__(self, path: Path, sources: dict[str, str]) -> None:
+    def __init__(self, path: Path, sources: dict[str, str], analytics: AnalyticsConfig | None = None) -> None:
+        """`analytics`: the run's tracks, zones and lines to draw (None or no tracker: boxes only)."""
         self.path = Path(path)
         self._videos: dict[str, _SourceVideo] = {}
         self._closed = False
+        drawn = analytics if analytics is not None and analytics.tracker is not None else None
         try:
             for name, out in video_paths(self.path, list(sources)).items():
-                self._videos[name] = _SourceVideo(name, sources[name], out)
+                self._videos[name] = _SourceVideo(name, sources[name], out, drawn)
         except BaseException:
             self.close()
             raise
@@ -118,7 +127,7 @@ class VideoSink:
 class _SourceVideo:
     """Decodes one file again and encodes it annotated, in a thread of its own."""
 
-    def __init__(self, name: str, url: str, path: Path) -> None:
+    def __init__(self, name: str, url: str, path: Path, analytics: AnalyticsConfig | None = None) -> None:
         self.name = name
         self.path = path
         self.frames = 0
@@ -133,6 +142,7 @@ class _SourceVideo:
         self._source = iter(self._decoder)
         self._rgb = VideoReformatter()  # one swscale context for the frames' I420 -> RGB
         width, height = self._decoder.info.width, self._decoder.info.height
+        self._overlay = _Overlay(analytics, name, (width, height)) if analytics is not None else None
         self._partial = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
         self._lock_fd = -1
         self._created = False
@@ -246,6 +256,8 @@ class _SourceVideo:
         if pts is None or (self._last_pts is not None and pts <= self._last_pts):
             pts = 0 if self._last_pts is None else self._last_pts + self._step
         self._last_pts = pts
+        if self._overlay is not None:
+            self._overlay.draw(image, result)
         annotate(image, result, f"{self.name}  #{result.seq}  {fps:.1f} fps  failed {failures}")
         if missing:
             _label(image, "source frame unavailable", (10, image.shape[0] // 2), FAILED_RGB)
@@ -266,12 +278,65 @@ def annotate(image: np.ndarray, result: Result, status: str) -> None:
         x1, y1, x2, y2 = (int(round(float(v))) for v in det.xyxy[i])
         colour = PALETTE[int(det.class_id[i]) % len(PALETTE)]
         cv2.rectangle(image, (x1, y1), (x2, y2), colour, thickness)
-        _label(image, f"{det.labels[i]} {float(det.score[i]):.2f}", (x1, max(y1, 0)), colour)
+        track = f"#{det.track_id[i]} " if det.track_id is not None and det.track_id[i] >= 0 else ""
+        _label(image, f"{track}{det.labels[i]} {float(det.score[i]):.2f}", (x1, max(y1, 0)), colour)
     _label(image, status, (0, 0), (0, 0, 0))
     if result.status is Status.FAILED:
         cv2.rectangle(image, (0, 0), (image.shape[1] - 1, height - 1), FAILED_RGB, 3 * thickness)
         reason = result.reason.value if result.reason else "unknown"
         _label(image, f"FAILED: {reason}", (0, height), FAILED_RGB, anchor_bottom=True)
+
+
+class _Overlay:
+    """One source's zones, lines and track trails, drawn under the boxes of each frame.
+
+    Trails are the centres of each track's boxes over its last TRAIL_FRAMES ok frames; a
+    track unseen for longer is forgotten, so memory stays bounded on endless streams.
+    """
+
+    def __init__(self, analytics: AnalyticsConfig, source: str, size: tuple[int, int]) -> None:
+        from stages.zones import to_pixels  # the counting's own mapping: drawn where it counts
+
+        self.zones = [(z.name, to_pixels(z.polygon, z.units, size))
+                      for z in analytics.zones if z.source in (None, source)]  # fmt: skip
+        self.lines = [(ln.name, to_pixels([ln.start, ln.end], ln.units, size))
+                      for ln in analytics.lines if ln.source in (None, source)]  # fmt: skip
+        self.trails: dict[int, tuple[int, deque[tuple[int, int]], tuple[int, int, int]]] = {}
+
+    def draw(self, image: np.ndarray, result: Result) -> None:
+        thickness = 2 * max(1, round(image.shape[0] / 360))
+        counts = result.analytics or {}
+        for name, polygon in self.zones:
+            cv2.polylines(image, [polygon.reshape(-1, 1, 2)], True, ZONE_RGB, thickness, cv2.LINE_AA)
+            occupancy = counts.get("zones", {}).get(name, {})
+            text = f"{name}: " + (", ".join(f"{n} {label}" for label, n in sorted(occupancy.items())) or "0")
+            _label(image, text, tuple(int(v) for v in polygon.mean(axis=0)), (120, 100, 0))
+        for name, points in self.lines:
+            cv2.line(image, tuple(int(v) for v in points[0]), tuple(int(v) for v in points[1]), LINE_RGB, thickness,
+                     cv2.LINE_AA)  # fmt: skip
+            total = counts.get("lines", {}).get(name, {})
+            _label(image, f"{name}: in {total.get('in', 0)} out {total.get('out', 0)}",
+                   tuple(int(v) for v in points[0]), (0, 100, 120))  # fmt: skip
+        self._follow(result)
+        for _, centres, colour in self.trails.values():
+            if len(centres) > 1:
+                path = np.array(centres, np.int32).reshape(-1, 1, 2)
+                cv2.polylines(image, [path], False, colour, thickness, cv2.LINE_AA)
+
+    def _follow(self, result: Result) -> None:
+        det = result.detections
+        if result.status is Status.OK and det.track_id is not None:
+            centres = np.round((det.xyxy[:, :2] + det.xyxy[:, 2:]) / 2).astype(int)
+            for i in np.flatnonzero(det.track_id >= 0):
+                tid = int(det.track_id[i])
+                if tid in self.trails:
+                    _, trail, colour = self.trails[tid]
+                else:
+                    trail, colour = deque(maxlen=TRAIL_FRAMES), PALETTE[int(det.class_id[i]) % len(PALETTE)]
+                trail.append((int(centres[i, 0]), int(centres[i, 1])))
+                self.trails[tid] = (result.seq, trail, colour)
+        for tid in [t for t, (seen, _, _) in self.trails.items() if result.seq - seen > TRAIL_FRAMES]:
+            del self.trails[tid]
 
 
 def _label(image: np.ndarray, text: str, at: tuple[int, int], background: tuple[int, int, int],
