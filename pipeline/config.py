@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import ConfigError
-from pipeline.redact import has_secret, redact
+from engines.errors import ConfigError
+from stages.redact import has_secret, redact
 
 
 # A source name becomes a file name (<video dir>/<name>.mp4), a Redis key and a metrics label.

@@ -19,9 +19,9 @@ from av.codec.hwaccel import HWAccel, hwdevices_available
 from av.video.reformatter import VideoReformatter
 import numpy as np
 
-from pipeline.redact import redact, redact_url
-from pipeline.types import Frame, SourceEvent
-from stages.errors import SourceError
+from stages.redact import redact, redact_url
+from stages.types import Frame, SourceEvent
+from engines.errors import SourceError
 from stages.preprocess import i420_to_rgb
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.types import Letterbox
+from stages.types import Letterbox
 from stages.preprocess import PAD_VALUE, fit_size
 
 # BT.601 limited range (ITU-R BT.601, as swscale and OpenCV's COLOR_YUV2RGB_I420 use).

@@ -13,7 +13,7 @@ import numpy as np
 
 from engines.base import Context, Engine, TensorSpec
 from engines.errors import ModelError
-from pipeline.types import Frame
+from stages.types import Frame
 from stages.preprocess import stack
 
 # A context's own input memory (e.g. a worker's shared-memory block): (name, shape, dtype) -> array.

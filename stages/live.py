@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-from pipeline.redact import redact
-from pipeline.types import Frame, SourceEvent
+from stages.redact import redact
+from stages.types import Frame, SourceEvent
 from stages.decode import NoVideo, StreamInfo, VideoDecoder
-from stages.errors import SourceError
+from engines.errors import SourceError
 
 
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443, "http": 80, "https": 443}

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 
 from engines.errors import ModelError
-from pipeline.types import Detections, Frame
-from stages.errors import StageError
+from stages.types import Detections, Frame
+from engines.errors import StageError
 from stages.layouts import STRIDES, Head, detect_head
 
 MAX_CANDIDATES = 4096  # highest-scoring candidates kept for NMS

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import supervision as sv
 
-from pipeline.types import Detections, Result, Status
+from stages.types import Detections, Result, Status
 
 
 @dataclass

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import supervision as sv
 
-from pipeline.config import LineConfig, ZoneConfig
-from pipeline.types import Detections
+from stages.types import Detections
 from stages.track import Track
+
+if TYPE_CHECKING:  # configs are the pipeline's; stages only read their fields
+    from pipeline.config import LineConfig, ZoneConfig
 
 ANCHOR = (sv.Position.CENTER,)
 

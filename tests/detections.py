@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pipeline.types import Detections, Frame
+from stages.types import Detections, Frame
 from stages.postprocess import Postprocess
 from stages.preprocess import letterbox
 

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.sample_clip import FRAME_COUNT, HEIGHT, WIDTH
+from pipeline.assets.sample_clip import FRAME_COUNT, HEIGHT, WIDTH
 
 LINE_X = WIDTH // 2  # a vertical line down the middle, start at the top: moving right is "in"
 ZONE_X = 200  # the zone: the left strip x < 200
@@ -35,7 +35,7 @@ def run_sample(tmp_path: Path, **extra) -> list[dict]:
 
 def _objects_with_index(index: int) -> list:
     """scene_objects(index), keeping each object's place: (class_id, visible xyxy) or None."""
-    from pipeline.sample_clip import TRACKS, _edges, _visible_coverages
+    from pipeline.assets.sample_clip import TRACKS, _edges, _visible_coverages
 
     out = []
     for track, visible in zip(TRACKS, _visible_coverages(index)):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.bench import REPEATS, bench
+from pipeline.cli.bench import REPEATS, bench
 from pipeline.config import build_config
 
 

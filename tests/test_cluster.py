@@ -159,7 +159,7 @@ def _pid_or_none(coordinator) -> int | None:
 
 
 def test_without_ray_the_cluster_command_says_how_to_install_it():
-    code = "import sys; sys.modules['ray'] = None; from pipeline.cli import main; sys.exit(main(['cluster', 'status']))"
+    code = "import sys; sys.modules['ray'] = None; from pipeline.cli.main import main; sys.exit(main(['cluster', 'status']))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (

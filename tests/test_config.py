@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from pipeline.cli import build_parser, config_from_args
+from pipeline.cli.main import build_parser, config_from_args
 from pipeline.config import RunConfig, build_config, load_config
-from pipeline.errors import ConfigError
+from engines.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SCRIPT = Path(sys.executable).parent / "vidpipe"

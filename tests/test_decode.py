@@ -8,9 +8,9 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.types import Frame, SourceEvent
+from stages.types import Frame, SourceEvent
 from stages.decode import VideoDecoder
-from stages.errors import SourceError
+from engines.errors import SourceError
 from stages.preprocess import i420_to_rgb
 from tests.clips import count_frames, frame_times, make_clip, video_packets
 from tests.conftest import VFR_FPS, VFR_STEPS

@@ -12,8 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from pipeline.default_model import CLASS_NAMES, DEFAULT_MODEL, build_default_model
-from pipeline.sample_clip import SAMPLE_CLIP, make_sample_clip, scene_objects
+from pipeline.assets.default_model import CLASS_NAMES, DEFAULT_MODEL, build_default_model
+from pipeline.assets.sample_clip import SAMPLE_CLIP, make_sample_clip, scene_objects
 
 INPUT_SIZE, PAD = 320, 70
 CONF, NMS_IOU = 0.25, 0.45

@@ -209,7 +209,7 @@ def test_help_imports_nothing_heavy() -> None:
     """`vidpipe --help` stays quick: no numpy, PyAV, ONNX Runtime, OpenCV, rich or pydantic."""
     code = (
         "import sys\n"
-        "from pipeline.cli import main\n"
+        "from pipeline.cli.main import main\n"
         "assert main(['--help']) == 0\n"
         "heavy = {'numpy', 'av', 'onnxruntime', 'onnx', 'cv2', 'rich', 'pydantic', 'redis'}\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"

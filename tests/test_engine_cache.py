@@ -20,7 +20,7 @@ from engines.cache import CacheKey, EngineCache
 from engines.cuda import Device, release_when_done
 from engines.errors import ModelError
 from engines.plan import EngineHeader, check_compatible, pack, read_header, unpack
-from pipeline.cli import main
+from pipeline.cli.main import main
 
 HAS_TENSORRT = any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_lean"))
 H100 = Device(0, "NVIDIA H100 80GB HBM3", (9, 0))

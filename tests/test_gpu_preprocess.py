@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import build_config
-from pipeline.model import load_model
-from pipeline.sample_clip import SAMPLE_CLIP
-from pipeline.types import Frame
+from pipeline.runtime.model import load_model
+from pipeline.assets.sample_clip import SAMPLE_CLIP
+from stages.types import Frame
 from stages.decode import VideoDecoder
 from stages.gpu_preprocess import planes_shape, reference
 from stages.preprocess import PAD_VALUE, Preprocess, fit_size, stack

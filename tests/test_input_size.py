@@ -12,7 +12,7 @@ import pytest
 from engines.errors import ModelError
 from pipeline.api import run
 from pipeline.config import ModelConfig, build_config
-from pipeline.model import load_model
+from pipeline.runtime.model import load_model
 from stages.labels import COCO_NAMES
 from stages.preprocess import rect_size, run_input_size
 from tests.clips import count_frames

@@ -13,9 +13,9 @@ import pytest
 
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.errors import SourceError
-from pipeline.runtime import RunHooks
-from pipeline.types import Status
+from engines.errors import SourceError
+from pipeline.runtime.pipeline import RunHooks
+from stages.types import Status
 from tests.rtsp_server import GstRtspServer, RtspServer, free_port, gst_rtsp_available
 from tests.sinks import CollectSink
 

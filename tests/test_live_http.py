@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.errors import SourceError
+from engines.errors import SourceError
 from tests.clips import make_clip, remux
 from tests.http_server import MjpegCamera
 from tests.sinks import CollectSink

@@ -20,11 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 import pipeline.api
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.errors import OutputError
-from pipeline.metrics import MAX_CONNECTIONS, MetricsServer, RunMetrics
-from pipeline.runtime import RunHooks
-from pipeline.summary import RunSummary
-from pipeline.types import Result
+from engines.errors import OutputError
+from pipeline.observability.metrics import MAX_CONNECTIONS, MetricsServer, RunMetrics
+from pipeline.runtime.pipeline import RunHooks
+from pipeline.observability.summary import RunSummary
+from stages.types import Result
 from tests.redis_server import RedisServer, free_port
 
 SCRIPT = Path(sys.executable).parent / "vidpipe"

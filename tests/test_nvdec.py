@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.types import Frame
+from stages.types import Frame
 from stages.decode import VideoDecoder
 
 has_gpu = shutil.which("nvidia-smi") is not None or Path("/dev/nvidiactl").exists()

@@ -66,7 +66,7 @@ def test_a_bad_device_is_one_line_and_exit_2(device: str, car_clip: Path) -> Non
 
 
 def test_provider_options_are_parsed_and_the_gpu_is_sized_as_one() -> None:
-    from pipeline.sizing import size_run
+    from pipeline.runtime.sizing import size_run
 
     config = build_config({"model": {"providers": [{"name": CUDA, "options": {"device_id": 1, "cudnn_conv_algo_search": "DEFAULT"}}]}})
     assert config.model.provider_names == [CUDA]
@@ -97,7 +97,7 @@ def test_padding_to_a_batch_shape_never_reaches_a_result(odd_clip: Path) -> None
 @gpu
 def test_cuda_contexts_each_have_their_own_session_and_stream_and_match_the_cpu(bench_model: Path) -> None:
     from engines.onnxruntime import OnnxRuntimeEngine
-    from pipeline.context_pool import relative_error
+    from pipeline.runtime.context_pool import relative_error
 
     cpu = OnnxRuntimeEngine(bench_model)
     gpu_engine = OnnxRuntimeEngine(bench_model, providers=[(CUDA, {})])

@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 
 from engines.errors import ModelError
-from pipeline.types import Frame, Letterbox
-from stages.errors import StageError
+from stages.types import Frame, Letterbox
+from engines.errors import StageError
 from stages.labels import COCO_NAMES, load_names
 from stages.layouts import AmbiguousLayout, detect_head
 from stages.postprocess import Postprocess, detect_layout

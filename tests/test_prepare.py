@@ -16,9 +16,9 @@ import pytest
 
 from engines.errors import ModelError
 from engines.prepare import detect_precision, prepare_fp16, prepare_int8
-from pipeline.calibration import calibration_batches
-from pipeline.cli import main
-from pipeline.model import DEFAULT_MODEL
+from pipeline.cli.calibration import calibration_batches
+from pipeline.cli.main import main
+from pipeline.runtime.model import DEFAULT_MODEL
 from stages.decode import iter_images
 from tests.conv_model import INPUT_SIZE, NAMES, prepared_conv_models, save_conv_detector
 from tests.detections import agreement, detect, onnxruntime_runner

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.types import Frame
+from stages.types import Frame
 from stages.decode import VideoDecoder
 from stages.preprocess import Preprocess, letterbox, letterbox_image, stack
 

@@ -20,12 +20,12 @@ from engines.onnxruntime import OnnxRuntimeEngine
 from engines.process import ProcessEngine
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.model import DEFAULT_MODEL, load_model
-from pipeline.runtime import Pipeline, Source
-from pipeline.context_pool import ContextPool
-from pipeline.infer_stats import InferStats
-from pipeline.scheduler import SchedulerSettings
-from pipeline.types import Reason, Status
+from pipeline.runtime.model import DEFAULT_MODEL, load_model
+from pipeline.runtime.pipeline import Pipeline, Source
+from pipeline.runtime.context_pool import ContextPool
+from pipeline.runtime.infer_stats import InferStats
+from pipeline.runtime.scheduler import SchedulerSettings
+from stages.types import Reason, Status
 from stages.decode import VideoDecoder
 from stages.infer import InferStage
 from tests.models import build_yolov8_model
@@ -232,7 +232,7 @@ def test_a_sticky_error_without_a_worker_process_stops_the_run_with_a_hint(car_c
 
 
 def test_crash_faults_need_a_worker_process():
-    from pipeline.errors import ConfigError
+    from engines.errors import ConfigError
 
     with pytest.raises(ConfigError, match="infer.isolation: process"):
         build_config({"faults": {"crash_rate": 0.1}})

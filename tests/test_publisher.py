@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.runtime import RunHooks
+from pipeline.runtime.pipeline import RunHooks
 from tests.sinks import CollectSink
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.runtime import RunHooks
-from pipeline.types import Reason, Status
+from pipeline.runtime.pipeline import RunHooks
+from stages.types import Reason, Status
 from tests.sinks import CollectSink
 
 

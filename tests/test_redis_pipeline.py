@@ -12,8 +12,8 @@ import pytest
 
 from pipeline.api import run
 from pipeline.config import RedisConfig, build_config
-from pipeline.sinks.redis import RedisSink
-from pipeline.runtime import RunHooks
+from pipeline.sinks.redis.sink import RedisSink
+from pipeline.runtime.pipeline import RunHooks
 
 
 def stream_records(client, key: str) -> list[dict]:

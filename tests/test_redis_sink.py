@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import RedisConfig, build_config
-from pipeline.errors import ConfigError, OutputError
-from pipeline.sinks import redis as redis_sink
-from pipeline.sinks.redis import RedisSink, missing_seqs, redact_url, resolve_redis_url
-from pipeline.spool import Spool
+from engines.errors import ConfigError, OutputError
+from pipeline.sinks.redis import sink as redis_sink
+from pipeline.sinks.redis.sink import RedisSink, missing_seqs, redact_url, resolve_redis_url
+from pipeline.sinks.redis.spool import Spool
 from tests.redis_server import RedisServer, frame_result, publish, run_summary
 
 KEY = "vidpipe:results:"
@@ -205,7 +205,7 @@ CRASHING_RUN = """
 import sys, time
 from pathlib import Path
 from pipeline.config import RedisConfig
-from pipeline.sinks.redis import RedisSink
+from pipeline.sinks.redis.sink import RedisSink
 from tests.redis_server import publish
 sink = RedisSink(RedisConfig(url=sys.argv[1], spool_dir=Path(sys.argv[2])), "crashed")
 publish(sink, "cam1", range(300))
@@ -493,7 +493,7 @@ SLOW_REDIS_RUN = """
 import sys, time
 from pathlib import Path
 from pipeline.config import RedisConfig
-from pipeline.sinks.redis import RedisSink
+from pipeline.sinks.redis.sink import RedisSink
 from tests.redis_server import publish
 sink = RedisSink(RedisConfig(url=sys.argv[1], spool_dir=Path(sys.argv[2])), "crashed")
 publish(sink, "cam1", range(200))

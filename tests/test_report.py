@@ -6,8 +6,8 @@ import time
 
 from rich.console import Console
 
-from pipeline.report import RunDisplay
-from pipeline.types import SourceEvent
+from pipeline.observability.report import RunDisplay
+from stages.types import SourceEvent
 from tests.redis_server import frame_result
 
 

@@ -19,12 +19,12 @@ from engines.errors import InferenceTimeout
 from engines.onnxruntime import OnnxRuntimeEngine
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.model import load_model
-from pipeline.runtime import Pipeline, Source
-from pipeline.context_pool import ContextPool
-from pipeline.infer_stats import InferStats
-from pipeline.scheduler import SchedulerSettings
-from pipeline.types import Reason, Status
+from pipeline.runtime.model import load_model
+from pipeline.runtime.pipeline import Pipeline, Source
+from pipeline.runtime.context_pool import ContextPool
+from pipeline.runtime.infer_stats import InferStats
+from pipeline.runtime.scheduler import SchedulerSettings
+from stages.types import Reason, Status
 from stages.decode import VideoDecoder
 from stages.infer import InferStage
 from tests.models import build_yolov8_model
@@ -160,7 +160,7 @@ def test_the_probe_catches_outputs_that_look_plausible_but_drifted(tmp_path):
 def test_a_model_that_fails_to_load_is_a_clear_error(tmp_path):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not an onnx model")
-    from pipeline.errors import ModelError
+    from engines.errors import ModelError
 
     with pytest.raises(ModelError, match="broken.onnx"):
         load_model(build_config({"model": {"path": str(bad)}}).model)

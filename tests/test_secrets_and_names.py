@@ -17,10 +17,10 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from pipeline.config import RunConfig, build_config
-from pipeline.errors import ConfigError
-from pipeline.redact import redact, redact_url
-from pipeline.report import print_summary
-from pipeline.summary import RunSummary, SourceLedger
+from engines.errors import ConfigError
+from stages.redact import redact, redact_url
+from pipeline.observability.report import print_summary
+from pipeline.observability.summary import RunSummary, SourceLedger
 from tests.redis_server import RedisServer
 from tests.rtsp_server import RtspServer, free_port
 

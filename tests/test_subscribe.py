@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli_subscribe import add_subscribe_parser, format_line, run_subscribe
+from pipeline.cli.subscribe import add_subscribe_parser, format_line, run_subscribe
 from pipeline.config import RedisConfig
-from pipeline.errors import OutputError
-from pipeline.sinks.redis import RedisSink
-from pipeline.subscriber import Delivery, live, subscribe
-from pipeline.types import Result, Status
+from engines.errors import OutputError
+from pipeline.sinks.redis.sink import RedisSink
+from pipeline.sinks.redis.subscriber import Delivery, live, subscribe
+from stages.types import Result, Status
 from tests.redis_server import publish, run_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def test_a_new_group_without_from_start_sees_only_new_entries(redis_server, tmp_
 
 DOOMED = """
 import sys, time
-from pipeline.subscriber import subscribe
+from pipeline.sinks.redis.subscriber import subscribe
 deliveries = subscribe(sys.argv[1], ["cam1"], group="workers", consumer="doomed", block_ms=100)
 print("ready", flush=True)
 for d in deliveries:

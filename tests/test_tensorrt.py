@@ -20,7 +20,7 @@ from engines.errors import InferenceError, InferenceTimeout, ModelError
 from engines.plan import pack, unpack
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.types import Status
+from stages.types import Status
 from stages.decode import iter_images
 from stages.preprocess import letterbox
 from tests.conv_model import INPUT_SIZE, NAMES, prepared_conv_models
@@ -129,7 +129,7 @@ def test_an_onnx_the_parser_rejects_names_the_node(tmp_path):
 
 def test_an_engine_from_another_tensorrt_or_gpu_is_refused_in_one_line(engines, tmp_path, car_clip, capsys):
     from engines.tensorrt import TensorRTEngine
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     header, plan = unpack(engines["fp16"].read_bytes(), "conv-fp16.engine")
     for change, message in (

@@ -18,8 +18,8 @@ import pytest
 
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.summary import RunSummary
-from pipeline.types import Frame, SourceEvent
+from pipeline.observability.summary import RunSummary
+from stages.types import Frame, SourceEvent
 from stages.decode import VideoDecoder
 from stages.preprocess import Preprocess, i420_to_rgb
 from tests.clips import block_clip, make_clip, overwrite_packet, red_box, remux, truncate

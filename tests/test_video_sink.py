@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.errors import ConfigError
+from engines.errors import ConfigError
 from tests.clips import count_frames, frame_times
 
 NO_HURRY_MS = 60_000

@@ -1,7 +1,7 @@
-"""Regenerate vidpipe's embedded default: `python -m pipeline.default_assets`."""
+"""Regenerate vidpipe's embedded default: `python -m pipeline.assets.default_assets`."""
 
-from pipeline.default_model import DEFAULT_MODEL, build_default_model
-from pipeline.sample_clip import SAMPLE_CLIP, make_sample_clip
+from pipeline.assets.default_model import DEFAULT_MODEL, build_default_model
+from pipeline.assets.sample_clip import SAMPLE_CLIP, make_sample_clip
 
 
 def main() -> None:

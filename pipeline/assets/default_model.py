@@ -6,7 +6,7 @@ ends along its row and its column (to a fraction of a cell, from the coverage of
 cells). Widening each cell's row edges over its column run, and its column edges over its row
 run, gives every cell of a convex blob the blob's box. The score peaks at the blob's centre
 cell. The output is laid out like a YOLOv8 head ([B, 4 + C, N], no objectness) so it runs
-through the same postprocess as real models. `python -m pipeline.default_assets` regenerates it.
+through the same postprocess as real models. `python -m pipeline.assets.default_assets` regenerates it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-DEFAULT_MODEL = Path(__file__).parent / "assets" / "default.onnx"
+DEFAULT_MODEL = Path(__file__).parent / "default.onnx"
 
 CLASS_NAMES = ("red", "green", "blue")
 INPUT_SIZE = 320

@@ -1,7 +1,7 @@
 """The bundled sample clip: red, green and blue objects crossing grey asphalt, with ground truth.
 
 Made for the embedded default model (pipeline/default_model.py), whose detections the tests
-compare with `scene_objects`. `python -m pipeline.default_assets` regenerates it.
+compare with `scene_objects`. `python -m pipeline.assets.default_assets` regenerates it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import av
 import cv2
 import numpy as np
 
-SAMPLE_CLIP = Path(__file__).parent / "assets" / "sample.mp4"
+SAMPLE_CLIP = Path(__file__).parent / "sample.mp4"
 
 WIDTH, HEIGHT, FPS, FRAME_COUNT = 640, 360, 25, 200
 SEED = 20240611

@@ -24,9 +24,9 @@ from rich.table import Table
 
 from pipeline.api import run
 from pipeline.config import RunConfig
-from pipeline.model import Model, load_model, open_isolated_engine
-from pipeline.sizing import size_run
-from pipeline.types import Frame
+from pipeline.runtime.model import Model, load_model, open_isolated_engine
+from pipeline.runtime.sizing import size_run
+from stages.types import Frame
 from stages.decode import VideoDecoder
 from stages.preprocess import Preprocess
 
@@ -247,13 +247,13 @@ def _source_size(path: Path) -> tuple[int, int]:
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.cli import add_run_arguments
+    from pipeline.cli.main import add_run_arguments
 
     add_run_arguments(parser)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.cli import config_from_args
+    from pipeline.cli.main import config_from_args
     from pipeline.config import parse_key_values
     from pipeline.api import source_configs
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from stages.decode import iter_images
-from stages.errors import SourceError
+from engines.errors import SourceError
 from stages.preprocess import letterbox
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})

@@ -25,7 +25,7 @@ from engines.build import (
 from engines.cache import DEFAULT_CACHE_DIR, CacheKey, EngineCache, sha256_file, write_atomic
 from engines.errors import ModelError
 from engines.plan import read_header
-from pipeline.errors import ConfigError
+from engines.errors import ConfigError
 
 
 def add_build_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -111,7 +111,7 @@ def run_build_engine(args: argparse.Namespace) -> int:
             if precision == "int8":
                 if args.calib is None:
                     raise ConfigError("--precision int8 needs calibration frames: pass --calib VIDEO_OR_DIR")
-                from pipeline.calibration import calibration_batches
+                from pipeline.cli.calibration import calibration_batches
 
                 batches = calibration_batches(args.calib, model_input_size(model, input_size, model_path))
             prepared = prepare.prepare(model_path, target, precision, batches)

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import interrupts
-from pipeline.errors import ConfigError, VidpipeError
-from pipeline.redact import redact
+from pipeline.runtime import interrupts
+from engines.errors import ConfigError, VidpipeError
+from stages.redact import redact
 
 if TYPE_CHECKING:
     import argparse
@@ -149,7 +149,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.classes:
         put("model.classes", [c.strip() for c in args.classes.split(",") if c.strip()])
     if args.redis is not None:
-        from pipeline.sinks.redis import resolve_redis_url
+        from pipeline.sinks.redis.sink import resolve_redis_url
 
         url = resolve_redis_url(args.redis)
         if not url:
@@ -186,7 +186,7 @@ def config_from_args(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.api import run
 
-    from pipeline.logs import configure_logging
+    from pipeline.observability.logs import configure_logging
 
     config = config_from_args(args)
     configure_logging(args.log_level, config.log_format)
@@ -252,13 +252,13 @@ def _add_command(sub: argparse._SubParsersAction, name: str) -> None:
         add_run_arguments(run_parser)
         run_parser.set_defaults(func=cmd_run)
     elif name == "bench":
-        from pipeline.bench import add_bench_arguments, cmd_bench
+        from pipeline.cli.bench import add_bench_arguments, cmd_bench
 
         bench_parser = sub.add_parser("bench", help=COMMANDS["bench"])
         add_bench_arguments(bench_parser)
         bench_parser.set_defaults(func=cmd_bench)
     elif name == "subscribe":
-        from pipeline.cli_subscribe import add_subscribe_parser, run_subscribe
+        from pipeline.cli.subscribe import add_subscribe_parser, run_subscribe
 
         add_subscribe_parser(sub)
         sub.choices["subscribe"].set_defaults(func=run_subscribe)
@@ -268,7 +268,7 @@ def _add_command(sub: argparse._SubParsersAction, name: str) -> None:
         add_cluster_parser(sub)
         sub.choices["cluster"].set_defaults(func=run_cluster)
     else:
-        from pipeline import cli_engine
+        from pipeline.cli import engine as cli_engine
 
         if name == "build-engine":
             cli_engine.add_build_engine_parser(sub)
@@ -325,7 +325,7 @@ def _final_code(code: int, process: interrupts.Interrupts) -> int:
 
 
 def _main(argv: list[str], process: interrupts.Interrupts) -> int:
-    from pipeline.logs import configure_logging
+    from pipeline.observability.logs import configure_logging
 
     try:
         args = build_parser(_command(argv)).parse_args(argv)

@@ -8,9 +8,9 @@ import os
 import sys
 from typing import Any
 
-from pipeline.errors import OutputError
-from pipeline.sinks.redis import resolve_redis_url
-from pipeline.subscriber import Delivery, subscribe
+from engines.errors import OutputError
+from pipeline.sinks.redis.sink import resolve_redis_url
+from pipeline.sinks.redis.subscriber import Delivery, subscribe
 
 MAX_LABELS = 5
 

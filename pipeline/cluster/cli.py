@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.errors import ConfigError
+from engines.errors import ConfigError
 
 ACTIONS = ("start", "status", "add", "remove", "stop")
 
@@ -64,7 +64,7 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from pipeline.cli import EXIT_INTERRUPTED, EXIT_LEDGER
+    from pipeline.cli.main import EXIT_INTERRUPTED, EXIT_LEDGER
     from pipeline.cluster import client
     from pipeline.config import build_config, load_config, merge
 

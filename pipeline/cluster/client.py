@@ -17,8 +17,8 @@ import redis
 from pipeline.cluster import COORDINATOR, NAMESPACE, require_ray
 from pipeline.cluster.streams import ClusterState
 from pipeline.config import RunConfig, SourceConfig
-from pipeline.errors import ConfigError
-from pipeline.sinks.redis import connect, redact_url
+from engines.errors import ConfigError
+from pipeline.sinks.redis.sink import connect, redact_url
 
 
 def connect_ray(address: str | None, start_local: bool = False) -> Any:

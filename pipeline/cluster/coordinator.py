@@ -21,8 +21,8 @@ from pipeline.api import is_live
 from pipeline.cluster import NAMESPACE
 from pipeline.cluster.streams import ClusterState, last_id, resume_point, stream_ledger
 from pipeline.config import RunConfig, SourceConfig
-from pipeline.errors import ConfigError
-from pipeline.sinks.redis import connect
+from engines.errors import ConfigError
+from pipeline.sinks.redis.sink import connect
 
 log = logging.getLogger("vidpipe.cluster.coordinator")
 

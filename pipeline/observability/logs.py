@@ -7,14 +7,14 @@ import logging
 import sys
 from datetime import datetime, timezone
 
-from pipeline.redact import redact
+from stages.redact import redact
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is kept.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
 class TextFormatter(logging.Formatter):
-    """`LEVEL logger: message`, with URL credentials redacted (pipeline.redact)."""
+    """`LEVEL logger: message`, with URL credentials redacted (stages.redact)."""
 
     def __init__(self) -> None:
         super().__init__("%(levelname)s %(name)s: %(message)s")
@@ -25,7 +25,7 @@ class TextFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     """{"time": ISO-8601 UTC, "level", "logger", "message", "thread", extras..., "exception"},
-    with URL credentials redacted (pipeline.redact)."""
+    with URL credentials redacted (stages.redact)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {

@@ -30,13 +30,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pipeline.errors import OutputError
-from pipeline.summary import RunSummary
-from pipeline.types import Frame, Result, SourceEvent, Status
+from engines.errors import OutputError
+from pipeline.observability.summary import RunSummary
+from stages.types import Frame, Result, SourceEvent, Status
 
 if TYPE_CHECKING:
-    from pipeline.runtime import Pipeline
-    from pipeline.sinks.redis import RedisSink
+    from pipeline.runtime.pipeline import Pipeline
+    from pipeline.sinks.redis.sink import RedisSink
 
 log = logging.getLogger("vidpipe.metrics")
 
@@ -119,7 +119,7 @@ class RunMetrics:
 
     def attach(self, pipeline: Pipeline) -> None:
         """Read queue depths and scheduler counters from this pipeline from now on."""
-        from pipeline.sinks.redis import RedisSink
+        from pipeline.sinks.redis.sink import RedisSink
 
         self.readiness.pipeline = pipeline
         self.redis_sinks = [s for s in pipeline.sinks if isinstance(s, RedisSink)]

@@ -14,9 +14,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pipeline.redact import redact
-from pipeline.summary import RunSummary
-from pipeline.types import Result, SourceEvent, Status
+from stages.redact import redact
+from pipeline.observability.summary import RunSummary
+from stages.types import Result, SourceEvent, Status
 
 FPS_WINDOW_S = 2.0
 

@@ -34,12 +34,12 @@ from engines.errors import (
     WorkerBudgetExhausted,
     WorkerLost,
 )
-from pipeline.infer_stats import InferStats
-from pipeline.ladder import EscalationLadder
+from pipeline.runtime.infer_stats import InferStats
+from pipeline.runtime.ladder import EscalationLadder
 from stages.infer import InferStage
 
 if TYPE_CHECKING:
-    from pipeline.scheduler import SchedulerSettings
+    from pipeline.runtime.scheduler import SchedulerSettings
 
 log = logging.getLogger("vidpipe.scheduler")
 

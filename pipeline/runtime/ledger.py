@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from pipeline.summary import SourceLedger
-from pipeline.types import Result, Status
+from pipeline.observability.summary import SourceLedger
+from stages.types import Result, Status
 
 
 class Ledger:

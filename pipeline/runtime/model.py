@@ -12,7 +12,7 @@ from engines.base import Engine
 from engines.errors import InferenceError, ModelError
 from engines.faults import FaultPlan, FaultyEngine
 from pipeline.config import FaultConfig, InferConfig, ModelConfig
-from pipeline.default_model import DEFAULT_MODEL
+from pipeline.assets.default_model import DEFAULT_MODEL
 from stages.infer import InferStage
 from stages.labels import load_names
 from stages.layouts import detect_head
@@ -41,7 +41,7 @@ def open_isolated_engine(config: ModelConfig, infer: InferConfig) -> Engine:
     from engines.process import ProcessEngine
 
     # What the worker imports to build the engine, loaded once by the fork server.
-    preload = ("numpy", "pipeline.model") + (("onnxruntime",) if config.backend == "onnxruntime" else ())
+    preload = ("numpy", "pipeline.runtime.model") + (("onnxruntime",) if config.backend == "onnxruntime" else ())
     return ProcessEngine(
         functools.partial(open_engine, config),
         preload=preload,

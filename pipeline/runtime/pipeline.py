@@ -14,22 +14,22 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from pipeline import interrupts
+from pipeline.runtime import interrupts
 from pipeline.config import RunConfig
-from pipeline.ledger import Ledger
-from pipeline.model import Model
-from pipeline.publisher import Publisher
-from pipeline.queues import BoundedQueue, Closed, FrameQueue
-from pipeline.context_pool import ContextPool
-from pipeline.infer_stats import InferStats, percentile
-from pipeline.scheduler import InferScheduler, SchedulerSettings
-from pipeline.sizing import size_run
-from pipeline.redact import redact, redact_url
+from pipeline.runtime.ledger import Ledger
+from pipeline.runtime.model import Model
+from pipeline.runtime.publisher import Publisher
+from pipeline.runtime.queues import BoundedQueue, Closed, FrameQueue
+from pipeline.runtime.context_pool import ContextPool
+from pipeline.runtime.infer_stats import InferStats, percentile
+from pipeline.runtime.scheduler import InferScheduler, SchedulerSettings
+from pipeline.runtime.sizing import size_run
+from stages.redact import redact, redact_url
 from pipeline.sinks import Sink
-from pipeline.summary import RunSummary
-from pipeline.types import Detections, Frame, Reason, Result, SourceEvent, Status
+from pipeline.observability.summary import RunSummary
+from stages.types import Detections, Frame, Reason, Result, SourceEvent, Status
 from stages.decode import VideoDecoder
 from stages.live import LiveSource
 from stages.preprocess import Preprocess
@@ -64,7 +64,6 @@ class RunHooks:
 
     on_result: Callable[[Result], None] | None = None
     on_decoded: Callable[[Frame], None] | None = None
-    extra_summary: dict = field(default_factory=dict)
 
 
 class Pipeline:

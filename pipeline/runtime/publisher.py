@@ -7,10 +7,10 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pipeline.errors import OutputError
-from pipeline.ledger import Ledger
+from engines.errors import OutputError
+from pipeline.runtime.ledger import Ledger
 from pipeline.sinks import Sink
-from pipeline.types import Result, SourceEvent, Status
+from stages.types import Result, SourceEvent, Status
 
 if TYPE_CHECKING:
     from stages.analytics import Analytics

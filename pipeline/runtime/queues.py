@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from pipeline.types import Frame
+from stages.types import Frame
 
 T = TypeVar("T")
 ROOM_POLL_S = 0.05

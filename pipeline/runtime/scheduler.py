@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engines.errors import InferenceError, InferenceTimeout, ModelError, StickyInferenceError, WorkerBudgetExhausted
-from pipeline.context_pool import Abandoned, ContextPool, CorruptOutput, Slot
-from pipeline.queues import Closed, FrameQueue
-from pipeline.types import Frame, Reason
+from pipeline.runtime.context_pool import Abandoned, ContextPool, CorruptOutput, Slot
+from pipeline.runtime.queues import Closed, FrameQueue
+from stages.types import Frame, Reason
 
 log = logging.getLogger("vidpipe.scheduler")
 

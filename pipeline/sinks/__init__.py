@@ -9,9 +9,9 @@ import stat
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.errors import OutputError
-from pipeline.summary import RunSummary
-from pipeline.types import Result, SourceEvent
+from engines.errors import OutputError
+from pipeline.observability.summary import RunSummary
+from stages.types import Result, SourceEvent
 
 
 class Sink(Protocol):

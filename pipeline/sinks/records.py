@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.redact import redact
-from pipeline.summary import RunSummary, SourceLedger
-from pipeline.types import Detections, Reason, Result, SourceEvent, Status
+from stages.redact import redact
+from pipeline.observability.summary import RunSummary
+from stages.types import Detections, Reason, Result, SourceEvent, Status
 
 
 def result_to_record(result: Result) -> dict[str, Any]:
@@ -101,7 +101,3 @@ def summary_to_record(summary: RunSummary) -> dict[str, Any]:
         "interrupted": summary.interrupted,
         **({"analytics": summary.analytics} if summary.analytics else {}),
     }
-
-
-def record_to_ledger(record: dict[str, Any]) -> SourceLedger:
-    return SourceLedger(decoded=record["decoded"], ok=record["ok"], failed=dict(record["failed"]))

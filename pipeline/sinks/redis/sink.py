@@ -2,7 +2,7 @@
 
 One stream per source (`<key_prefix><source>`). Every entry has the fields `type`
 ("frame", an event type, or "summary"), `source`, `run`, `data` (the JSON record of
-pipeline.records) and, for frames, `seq`.
+pipeline.sinks.records) and, for frames, `seq`.
 
 Entry IDs are explicit, `<base>-<position>`:
 - `base` is fixed per run and stream: the run's start time in ms, or one more than the
@@ -58,13 +58,13 @@ from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
 from pipeline.config import RedisConfig
-from pipeline.errors import OutputError
-from pipeline.redact import has_secret, redact, redact_url
-from pipeline.records import event_to_record, result_to_record, summary_to_record
+from engines.errors import OutputError
+from stages.redact import has_secret, redact, redact_url
+from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
 from pipeline.sinks import lock_directory
-from pipeline.spool import Spool
-from pipeline.summary import RunSummary
-from pipeline.types import Result, SourceEvent
+from pipeline.sinks.redis.spool import Spool
+from pipeline.observability.summary import RunSummary
+from stages.types import Result, SourceEvent
 
 log = logging.getLogger(__name__)
 

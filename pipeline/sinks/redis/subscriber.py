@@ -21,10 +21,10 @@ from typing import Any
 
 import redis
 
-from pipeline.errors import OutputError
-from pipeline.records import record_to_result
-from pipeline.sinks.redis import connect, entry_seq, missing_seqs, redact_url
-from pipeline.types import Result
+from engines.errors import OutputError
+from pipeline.sinks.records import record_to_result
+from pipeline.sinks.redis.sink import connect, entry_seq, missing_seqs, redact_url
+from stages.types import Result
 
 log = logging.getLogger(__name__)
 
