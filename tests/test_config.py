@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from pipeline.cli.main import build_parser, config_from_args
+from pipeline.cli.main import build_parser
+from pipeline.cli.run import config_from_args
 from pipeline.config import RunConfig, build_config, load_config
 from engines.errors import ConfigError
 

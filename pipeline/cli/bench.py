@@ -247,13 +247,13 @@ def _source_size(path: Path) -> tuple[int, int]:
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.cli.main import add_run_arguments
+    from pipeline.cli.run import add_run_arguments
 
     add_run_arguments(parser)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.cli.main import config_from_args
+    from pipeline.cli.run import config_from_args
     from pipeline.config import parse_key_values
     from pipeline.api import source_configs
 
@@ -273,3 +273,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 __all__ = ["add_bench_arguments", "cmd_bench", "bench"]
+
+
+def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    """Add `vidpipe bench` to the command line (pipeline/cli/main.py calls it)."""
+    parser = sub.add_parser(name, help=help)
+    add_bench_arguments(parser)
+    parser.set_defaults(func=cmd_bench)

@@ -235,3 +235,11 @@ def describe_engine(path: Path) -> list[str]:
     finally:
         engine.close()
     return lines
+
+
+def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    """Add `vidpipe build-engine` or `vidpipe inspect` to the command line (pipeline/cli/main.py calls it)."""
+    if name == "build-engine":
+        add_build_engine_parser(sub).set_defaults(func=run_build_engine)
+    else:
+        add_inspect_parser(sub).set_defaults(func=run_inspect)

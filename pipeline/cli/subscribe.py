@@ -115,3 +115,9 @@ def format_json(d: Delivery) -> str:
          "gap": list(d.gap) if d.gap else None, "gap_cause": d.gap_cause},
         separators=(",", ":"),
     )
+
+
+def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    """Add `vidpipe subscribe` to the command line (pipeline/cli/main.py calls it)."""
+    add_subscribe_parser(sub)
+    sub.choices[name].set_defaults(func=run_subscribe)
