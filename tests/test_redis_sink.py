@@ -16,7 +16,9 @@ import pytest
 from pipeline.config import RedisConfig, build_config
 from engines.errors import ConfigError, OutputError
 from pipeline.sinks.redis import sink as redis_sink
-from pipeline.sinks.redis.sink import RedisSink, missing_seqs, redact_url, resolve_redis_url
+from pipeline.sinks.redis.entries import missing_seqs, resolve_redis_url
+from pipeline.sinks.redis.sink import RedisSink
+from stages.redact import redact_url
 from pipeline.sinks.redis.spool import Spool
 from tests.redis_server import RedisServer, frame_result, publish, run_summary
 

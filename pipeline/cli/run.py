@@ -144,7 +144,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.classes:
         put("model.classes", [c.strip() for c in args.classes.split(",") if c.strip()])
     if args.redis is not None:
-        from pipeline.sinks.redis.sink import resolve_redis_url
+        from pipeline.sinks.redis.entries import resolve_redis_url
 
         url = resolve_redis_url(args.redis)
         if not url:

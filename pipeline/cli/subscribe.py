@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from engines.errors import OutputError
-from pipeline.sinks.redis.sink import resolve_redis_url
+from pipeline.sinks.redis.entries import resolve_redis_url
 from pipeline.sinks.redis.subscriber import Delivery, subscribe
 
 MAX_LABELS = 5

@@ -18,7 +18,8 @@ from pipeline.cluster import COORDINATOR, NAMESPACE, require_ray
 from pipeline.cluster.streams import ClusterState
 from pipeline.config import RunConfig, SourceConfig
 from engines.errors import ConfigError
-from pipeline.sinks.redis.sink import connect, redact_url
+from pipeline.sinks.redis.entries import connect
+from stages.redact import redact_url
 
 
 def connect_ray(address: str | None, start_local: bool = False) -> Any:

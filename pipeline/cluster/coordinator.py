@@ -22,7 +22,7 @@ from pipeline.cluster import NAMESPACE
 from pipeline.cluster.streams import ClusterState, last_id, resume_point, stream_ledger
 from pipeline.config import RunConfig, SourceConfig
 from engines.errors import ConfigError
-from pipeline.sinks.redis.sink import connect
+from pipeline.sinks.redis.entries import connect
 
 log = logging.getLogger("vidpipe.cluster.coordinator")
 

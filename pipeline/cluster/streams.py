@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from pipeline.sinks.redis.sink import SLOTS_PER_SEQ
+from pipeline.sinks.redis.entries import SLOTS_PER_SEQ
 
 PREFIX = "vidpipe:cluster:"
 READ_COUNT = 1000

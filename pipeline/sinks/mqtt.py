@@ -36,8 +36,8 @@ import paho.mqtt.client as mqtt
 from pipeline.config import MqttConfig
 from engines.errors import ConfigError, OutputError
 from pipeline.sinks.records import event_to_record, result_to_record
-from pipeline.sinks.redis.sink import redact_url
 from pipeline.observability.summary import RunSummary
+from stages.redact import redact_url
 from stages.types import Result, SourceEvent
 
 log = logging.getLogger("vidpipe.mqtt")

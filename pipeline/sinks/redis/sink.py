@@ -11,7 +11,7 @@ Entry IDs are explicit, `<base>-<position>`:
   replay in a later process reuses it.
 - `position` is `(seq + 1) * SLOTS_PER_SEQ` for frame `seq`; events and the summary take
   the positions right after the frame they follow. IDs thus increase in publish order
-  and say which seqs lie between any two entries (see `missing_seqs`).
+  and say which seqs lie between any two entries (see `missing_seqs` in entries.py).
 
 A write counts only when it is confirmed. Redis refuses an XADD whose ID is not above the
 stream's newest; a refused entry counts as "already written" only if the entry at that ID
@@ -53,22 +53,20 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import redis
-from redis.backoff import NoBackoff
 from redis.exceptions import NoPermissionError
-from redis.retry import Retry
 
 from pipeline.config import RedisConfig
 from engines.errors import OutputError
-from stages.redact import has_secret, redact, redact_url
+from stages.redact import redact_url
 from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
 from pipeline.sinks import lock_directory
+from pipeline.sinks.redis.entries import SLOTS_PER_SEQ, connect
 from pipeline.sinks.redis.spool import Spool
 from pipeline.observability.summary import RunSummary
 from stages.types import Result, SourceEvent
 
 log = logging.getLogger(__name__)
 
-SLOTS_PER_SEQ = 1000
 BATCH = 500
 BUFFER_MAX = 2_000
 SPOOL_AFTER_S = 1.0
@@ -111,58 +109,6 @@ class Entry(NamedTuple):
     key: str
     position: int
     fields: dict[str, str]
-
-
-def resolve_redis_url(cli_value: str | None) -> str | None:
-    """The --redis value, else the REDIS_URL environment variable (redis-py's convention)."""
-    return cli_value or os.environ.get("REDIS_URL") or None
-
-
-def connect(url: str, decode: bool = False, timeout_s: float = 5.0) -> redis.Redis:
-    """A client for url that fails fast (no hidden retries): callers own the retry policy."""
-    try:
-        return redis.Redis.from_url(
-            url,
-            decode_responses=decode,
-            socket_connect_timeout=2.0,
-            socket_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-    except ValueError as err:
-        # redis-py's message can quote a piece of a password it misparsed (an unencoded #).
-        reason = "" if has_secret(url) else f" ({redact(str(err))})"
-        raise OutputError(
-            f"redis URL {redact_url(url)!r} is not valid{reason}; percent-encode special characters; "
-            "use redis://[:password@]host:port/db, rediss:// for TLS or unix:///path"
-        ) from None
-
-
-def missing_seqs(previous_id: str | None, entry_id: str, from_seq: int = 0) -> tuple[int, int] | None:
-    """The frame seqs that lie between two entries of a vidpipe stream, if any.
-
-    previous_id is the entry delivered just before (None or "0-0" when there was none);
-    a different base means a different run, or a part of one re-sent under a new base,
-    whose frames start at from_seq (the entry's `from_seq` field; 0 when it has none).
-    """
-    base, _, pos = entry_id.partition("-")
-    position = int(pos)
-    if position == 0:
-        return None  # not written by vidpipe
-    first = from_seq
-    if previous_id and previous_id != "0-0":
-        prev_base, _, prev_pos = previous_id.partition("-")
-        if prev_base == base:
-            first = int(prev_pos) // SLOTS_PER_SEQ
-    last = -(-position // SLOTS_PER_SEQ) - 2
-    return (first, last) if last >= first else None
-
-
-def entry_seq(entry_id: str) -> int | None:
-    """The seq of the frame a vidpipe entry ID stands for; None for events and the summary."""
-    position = int(entry_id.partition("-")[2])
-    if position == 0 or position % SLOTS_PER_SEQ:
-        return None
-    return position // SLOTS_PER_SEQ - 1
 
 
 def check_spool_dir(directory: Path) -> None:

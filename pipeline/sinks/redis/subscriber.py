@@ -23,7 +23,8 @@ import redis
 
 from engines.errors import OutputError
 from pipeline.sinks.records import record_to_result
-from pipeline.sinks.redis.sink import connect, entry_seq, missing_seqs, redact_url
+from pipeline.sinks.redis.entries import connect, entry_seq, missing_seqs
+from stages.redact import redact_url
 from stages.types import Result
 
 log = logging.getLogger(__name__)
