@@ -6,10 +6,27 @@ per-request state. After a Context raises, the caller discards it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from enum import StrEnum
+from typing import Any, Protocol
 
 import numpy as np
+
+
+class EngineEvent(StrEnum):
+    """An escalation above context rebuilds, reported on every source as an event of this type."""
+
+    WORKER_LOST = "worker_lost"  # engines/process.py: the worker process died or was poisoned
+    WORKER_START_FAILED = "worker_start_failed"
+    WORKER_RESTARTED = "worker_restarted"  # a new worker process took over
+    WORKER_BUDGET_EXHAUSTED = "worker_budget_exhausted"  # too many restarts: the run stops
+    ENGINE_RELOADED = "engine_reloaded"  # pipeline/runtime/ladder.py: Engine.reload() succeeded
+    ENGINE_RELOAD_FAILED = "engine_reload_failed"
+
+
+# Receives an EngineEvent and its details (JSON-able: the event record's fields).
+EventHandler = Callable[[EngineEvent, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from pipeline.runtime import interrupts
-from pipeline.config import RunConfig, SourceConfig
+from pipeline.config import OverloadPolicy, RunConfig, SourceConfig
 from engines.errors import OutputError
 from pipeline.runtime.model import load_model
 from pipeline.runtime.sizing import size_run
@@ -96,7 +96,7 @@ def open_source(config: RunConfig, src: SourceConfig, name: str) -> Source:
         decoder = VideoDecoder(name, src.url, deadline_s, hwaccel=config.decode)
     return Source(
         decoder,
-        policy=src.policy or ("shed" if live else "block"),
+        policy=src.policy or (OverloadPolicy.SHED if live else OverloadPolicy.BLOCK),
         realtime=not live and (config.realtime if src.realtime is None else src.realtime),
         max_frames=config.max_frames,
         duration_s=config.duration_s,

@@ -6,6 +6,7 @@ import difflib
 import re
 import types
 import typing
+from enum import StrEnum
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 from typing import Annotated, Any, Literal
@@ -60,6 +61,13 @@ def check_redis_url(url: str) -> str:
     return url
 
 
+class OverloadPolicy(StrEnum):
+    """What a source does when preprocessing cannot keep up (README, overload)."""
+
+    BLOCK = "block"  # the decoder waits: nothing is dropped (files)
+    SHED = "shed"  # the oldest waiting frame fails as `shed` (live sources)
+
+
 class StrictModel(BaseModel):
     """Unknown keys are errors, so a typo in a config file is caught, not ignored."""
 
@@ -71,7 +79,7 @@ class SourceConfig(StrictModel):
     name: str | None = Field(
         None, description=f"Source name ({SOURCE_NAME_RULE}); derived from the URL when absent."
     )
-    policy: Literal["block", "shed"] | None = Field(
+    policy: OverloadPolicy | None = Field(
         None, description="Overload policy; default block for files, shed for live sources."
     )
     realtime: bool | None = Field(None, description="Pace a file at its frame rate (default: the run's realtime).")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from stages.redact import redact
-from stages.types import Frame, SourceEvent
+from stages.types import EventType, Frame, SourceEvent
 from stages.decode import NoVideo, StreamInfo, VideoDecoder
 from engines.errors import SourceError
 
@@ -123,7 +123,7 @@ class LiveSource:
                 if isinstance(item, Frame):
                     self.seq = item.seq + 1
                     yield item
-                elif item.details.get("fatal"):
+                elif item.fatal:
                     error = str(item.details.get("error"))
                 else:
                     yield item
@@ -131,18 +131,18 @@ class LiveSource:
             if self._closed.is_set():
                 return
             started, began = time.time(), time.monotonic()
-            yield SourceEvent(self.name, "outage_start", self.seq - 1, started, {"error": error})
+            yield SourceEvent(self.name, EventType.OUTAGE_START, self.seq - 1, started, {"error": error})
             try:
                 self._decoder = self._connect(self.max_reconnects)
             except SourceError as err:
                 if self._closed.is_set():
                     return  # stopped (a signal, --duration) while reconnecting: not a failure
-                yield SourceEvent(self.name, "source_failed", self.seq - 1, time.time(), {"error": redact(str(err)), "fatal": True})
+                yield SourceEvent(self.name, EventType.SOURCE_FAILED, self.seq - 1, time.time(), {"error": redact(str(err)), "fatal": True})
                 return
             self.reconnects += 1
             yield SourceEvent(
                 self.name,
-                "outage_end",
+                EventType.OUTAGE_END,
                 self.seq - 1,
                 time.time(),
                 {"duration_s": round(time.monotonic() - began, 3), "started": started, "reconnects": self.reconnects},

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
+
+from engines.base import EngineEvent
 
 import numpy as np
 
@@ -24,6 +26,23 @@ class Reason(str, Enum):
     POSTPROCESS = "postprocess"
     SHED = "shed"
     SHUTDOWN = "shutdown"
+
+
+class EventType(StrEnum):
+    """What a SourceEvent reports. The value is the `type` field of its record (README, outputs)."""
+
+    SOURCE_END = "source_end"
+    DECODE_ERROR = "decode_error"
+    SOURCE_FAILED = "source_failed"
+    OUTAGE_START = "outage_start"
+    OUTAGE_END = "outage_end"
+    TIMESTAMP_JUMP = "timestamp_jump"
+    TRACK_START = "track_start"
+    TRACK_END = "track_end"
+    ZONE_ENTER = "zone_enter"
+    ZONE_EXIT = "zone_exit"
+    LINE_CROSS = "line_cross"
+    REDIS_DATA_LOST = "redis_data_lost"  # written by the Redis sink itself, not a SourceEvent
 
 
 @dataclass(frozen=True)
@@ -123,7 +142,15 @@ class SourceEvent:
     """
 
     source: str
-    type: str
+    type: EventType | EngineEvent
     after_seq: int
     wall_time: float
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fatal(self) -> bool:
+        """The source cannot go on (a demux failure, a stall, a truncated file, a failed reconnect).
+
+        It travels as `details["fatal"]`, so the record's `fatal` field says it too.
+        """
+        return bool(self.details.get("fatal"))

@@ -23,7 +23,7 @@ from pipeline.config import RunConfig, SourceConfig
 from pipeline.runtime.model import Model, load_model
 from pipeline.runtime.pipeline import Pipeline
 from pipeline.sinks.redis.sink import RedisSink
-from stages.types import Frame, SourceEvent
+from stages.types import EventType, Frame, SourceEvent
 
 log = logging.getLogger("vidpipe.cluster.worker")
 
@@ -218,8 +218,8 @@ def _outage(name: str, first_seq: int, since: float, worker: str) -> list[Source
     """The outage_start/outage_end pair covering a live source's move to this worker."""
     now = time.time()
     return [
-        SourceEvent(name, "outage_start", first_seq - 1, since, {"error": "worker lost; source moved"}),
-        SourceEvent(name, "outage_end", first_seq - 1, now,
+        SourceEvent(name, EventType.OUTAGE_START, first_seq - 1, since, {"error": "worker lost; source moved"}),
+        SourceEvent(name, EventType.OUTAGE_END, first_seq - 1, now,
                     {"duration_s": round(now - since, 3), "started": since, "reconnects": 1, "worker": worker}),
     ]
 

@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 
 from engines.errors import OutputError
 from pipeline.observability.summary import RunSummary
-from stages.types import Frame, Result, SourceEvent, Status
+from stages.types import EventType, Frame, Result, SourceEvent, Status
 
 if TYPE_CHECKING:
     from pipeline.runtime.pipeline import Pipeline
@@ -74,13 +74,13 @@ class Readiness:
                 "sources": dict(self.sources)}  # fmt: skip
 
     def event(self, event: SourceEvent) -> None:
-        if event.details.get("fatal"):
+        if event.fatal:
             self.sources[event.source] = "failed"
-        elif event.type == "outage_start":
+        elif event.type == EventType.OUTAGE_START:
             self.sources[event.source] = "disconnected"
-        elif event.type == "outage_end":
+        elif event.type == EventType.OUTAGE_END:
             self.sources[event.source] = "connected"
-        elif event.type == "source_end":
+        elif event.type == EventType.SOURCE_END:
             self.sources[event.source] = "ended"
 
 
@@ -143,7 +143,7 @@ class RunMetrics:
 
     def write_event(self, event: SourceEvent) -> None:
         self.events.labels(event.source, event.type).inc()
-        if event.type == "outage_end":
+        if event.type == EventType.OUTAGE_END:
             self.reconnects.labels(event.source).inc()
         self.readiness.event(event)
 

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from stages.redact import redact
 from pipeline.observability.summary import RunSummary
-from stages.types import Result, SourceEvent, Status
+from stages.types import EventType, Result, SourceEvent, Status
 
 FPS_WINDOW_S = 2.0
 
@@ -86,10 +86,10 @@ class RunDisplay:
             stats = self._stats.get(event.source)
             if stats is None:
                 return
-            if event.type == "outage_start":
+            if event.type == EventType.OUTAGE_START:
                 stats.outages += 1
                 stats.connected = False
-            elif event.type == "outage_end":
+            elif event.type == EventType.OUTAGE_END:
                 stats.connected = True
 
     def write_summary(self, summary: RunSummary) -> None:

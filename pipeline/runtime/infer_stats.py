@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from engines.base import EngineEvent
+
 SAMPLES = 100_000  # per timing series: enough for any p99, bounded memory
 
 
@@ -75,15 +77,15 @@ class InferStats:
             self.rebuilds += 1
             self.rebuild_ms.append(took_s * 1000)
 
-    def escalation(self, kind: str, details: dict) -> None:
+    def escalation(self, kind: EngineEvent, details: dict) -> None:
         """Count an escalation event (engine reload, worker restart, ...) by its kind."""
         with self.lock:
-            if kind == "engine_reloaded":
+            if kind == EngineEvent.ENGINE_RELOADED:
                 self.engine_reloads += 1
                 self.reload_ms.append(details["reload_ms"])
-            elif kind == "engine_reload_failed":
+            elif kind == EngineEvent.ENGINE_RELOAD_FAILED:
                 self.engine_reload_failures += 1
-            elif kind == "worker_restarted":
+            elif kind == EngineEvent.WORKER_RESTARTED:
                 self.worker_restarts += 1
                 self.restart_ms.append(details["restart_ms"])
             elif kind == "worker_start_failed":

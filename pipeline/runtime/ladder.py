@@ -18,12 +18,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from engines.base import Engine
+from engines.base import Engine, EngineEvent, EventHandler
 from engines.errors import ModelError
 
 log = logging.getLogger("vidpipe.scheduler")
-
-EventHandler = Callable[[str, dict[str, Any]], None]
 
 
 class EscalationLadder:
@@ -46,7 +44,7 @@ class EscalationLadder:
         if hasattr(engine, "on_event"):  # a supervised engine reports its worker restarts here
             engine.on_event = self.escalated
 
-    def escalated(self, kind: str, details: dict[str, Any]) -> None:
+    def escalated(self, kind: EngineEvent, details: dict[str, Any]) -> None:
         self._count(kind, details)
         if self.on_event is not None:
             self.on_event(kind, details)
@@ -78,8 +76,8 @@ class EscalationLadder:
             reload()
         except ModelError as err:
             log.warning("reloading the engine failed: %s", err)
-            self.escalated("engine_reload_failed", {"error": str(err), "after_failures": failures})
+            self.escalated(EngineEvent.ENGINE_RELOAD_FAILED, {"error": str(err), "after_failures": failures})
             return
         self._on_reloaded()
         reload_ms = round((time.monotonic() - start) * 1000, 1)
-        self.escalated("engine_reloaded", {"reload_ms": reload_ms, "after_failures": failures})
+        self.escalated(EngineEvent.ENGINE_RELOADED, {"reload_ms": reload_ms, "after_failures": failures})

@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engines.base import EngineEvent
 from pipeline.runtime import interrupts
-from pipeline.config import RunConfig
+from pipeline.config import OverloadPolicy, RunConfig
 from pipeline.runtime.ledger import Ledger
 from pipeline.runtime.model import Model
 from pipeline.runtime.publisher import Publisher
@@ -29,7 +30,7 @@ from pipeline.runtime.sizing import size_run
 from stages.redact import redact, redact_url
 from pipeline.sinks import Sink
 from pipeline.observability.summary import RunSummary
-from stages.types import Detections, Frame, Reason, Result, SourceEvent, Status
+from stages.types import Detections, EventType, Frame, Reason, Result, SourceEvent, Status
 from stages.decode import VideoDecoder
 from stages.live import LiveSource
 from stages.preprocess import Preprocess
@@ -42,7 +43,7 @@ class Source:
     """A decoder (file or live) with its run-time settings."""
 
     decoder: VideoDecoder | LiveSource
-    policy: str = "block"
+    policy: OverloadPolicy = OverloadPolicy.BLOCK
     realtime: bool = False
     max_frames: int | None = None
     duration_s: float | None = None
@@ -140,7 +141,7 @@ class Pipeline:
             self.errors.append(str(err))
         self.abort(Reason.INFERENCE, str(err))
 
-    def _escalated(self, kind: str, details: dict) -> None:
+    def _escalated(self, kind: EngineEvent, details: dict) -> None:
         """An engine reload or worker restart (pipeline/ladder.py): an event on every source."""
         decoded = self.ledger.snapshot()
         for source in self.sources:
@@ -200,7 +201,7 @@ class Pipeline:
             for item in decoder:
                 if isinstance(item, SourceEvent):
                     self.results_q.put(item)
-                    if item.details.get("fatal"):
+                    if item.fatal:
                         self.errors.append(_describe_damage(decoder, item))
                     continue
                 video_s, jump = clock.position(item.pts) if not live else (0.0, None)
@@ -208,7 +209,7 @@ class Pipeline:
                     end_reason = "duration"
                     break
                 if jump is not None:
-                    self.results_q.put(SourceEvent(source.name, "timestamp_jump", item.seq - 1, time.time(), jump))
+                    self.results_q.put(SourceEvent(source.name, EventType.TIMESTAMP_JUMP, item.seq - 1, time.time(), jump))
                 if source.realtime:
                     waited = clock.wait_s()
                     self._stopping.wait(waited)
@@ -234,7 +235,7 @@ class Pipeline:
                 end_reason = "stopped"
             decoder.close()
             self.results_q.put(
-                SourceEvent(source.name, "source_end", decoder.seq - 1, time.time(), {"frames": decoder.seq, "reason": end_reason})
+                SourceEvent(source.name, EventType.SOURCE_END, decoder.seq - 1, time.time(), {"frames": decoder.seq, "reason": end_reason})
             )
 
     def _admit(self, source: Source, frame: Frame) -> None:
@@ -245,7 +246,7 @@ class Pipeline:
         if self.hooks.on_decoded:
             self.hooks.on_decoded(frame)
         try:
-            shed = self.pre_q.put(frame, shed=source.policy == "shed")
+            shed = self.pre_q.put(frame, shed=source.policy == OverloadPolicy.SHED)
         except Closed:
             self._fail(frame, Reason.SHUTDOWN)
             return
@@ -368,7 +369,7 @@ class Pipeline:
             latency_p50_ms=percentile(latencies, 50),
             latency_p99_ms=percentile(latencies, 99),
             inference=inference,
-            events={k: v for k, v in self.publisher.event_counts.items() if k != "source_end"},
+            events={k: v for k, v in self.publisher.event_counts.items() if k != EventType.SOURCE_END},
             error="; ".join([*self.errors, *self.publisher.failed.values()]) or None,
             interrupted=self.interrupted,
             analytics=self.analytics.totals() if self.analytics else {},

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from engines.errors import OutputError
 from pipeline.runtime.ledger import Ledger
 from pipeline.sinks import Sink
-from stages.types import Result, SourceEvent, Status
+from stages.types import EventType, Result, SourceEvent, Status
 
 if TYPE_CHECKING:
     from stages.analytics import Analytics
@@ -66,7 +66,7 @@ class Publisher:
             self._next[source] += 1
 
     def _event(self, event: SourceEvent) -> None:
-        if self.analytics and event.type == "source_end":
+        if self.analytics and event.type == EventType.SOURCE_END:
             for found in self.analytics.finish(event.source):
                 self._analytics_event(found)
         self._to_sinks("write_event", event)

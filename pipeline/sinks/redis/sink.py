@@ -63,7 +63,7 @@ from pipeline.sinks import lock_directory
 from pipeline.sinks.redis.entries import SLOTS_PER_SEQ, connect
 from pipeline.sinks.redis.spool import Spool
 from pipeline.observability.summary import RunSummary
-from stages.types import Result, SourceEvent
+from stages.types import EventType, Result, SourceEvent
 
 log = logging.getLogger(__name__)
 
@@ -643,7 +643,7 @@ class RedisSink:
                       self._url, key, *before, shown_now, lost)
             first = next((e for e in entries or [] if e.key == key), None)
             if first is not None and first.position > 1:
-                record = {"type": "redis_data_lost", "source": first.fields["source"],
+                record = {"type": EventType.REDIS_DATA_LOST, "source": first.fields["source"],
                           "after_seq": -(-first.position // SLOTS_PER_SEQ) - 2,
                           "wall_time": time.time(), "lost": lost,
                           "newest_was": "-".join(map(str, before)), "newest_now": shown_now}
