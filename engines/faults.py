@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.base import Context, Engine
+from engines.base import Context, Engine, Reloadable
 from engines.errors import InferenceError, ModelError, StickyInferenceError
 
 
@@ -66,9 +66,8 @@ class FaultyEngine:
     def reload(self) -> None:
         if self.poisoned:
             raise ModelError("injected sticky fault: the engine cannot be reloaded in this process")
-        reload = getattr(self.inner, "reload", None)
-        if reload is not None:
-            reload()
+        if isinstance(self.inner, Reloadable):
+            self.inner.reload()
 
     def close(self) -> None:
         self.inner.close()

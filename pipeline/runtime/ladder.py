@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from engines.base import Engine, EngineEvent, EventHandler
+from engines.base import Engine, EngineEvent, EventHandler, Reloadable, Supervised
 from engines.errors import ModelError
 
 log = logging.getLogger("vidpipe.scheduler")
@@ -41,7 +41,7 @@ class EscalationLadder:
         self._on_reloaded = on_reloaded
         self._fresh_failures: deque[float] = deque()
         self._lock = threading.Lock()
-        if hasattr(engine, "on_event"):  # a supervised engine reports its worker restarts here
+        if isinstance(engine, Supervised):  # a supervised engine reports its worker restarts here
             engine.on_event = self.escalated
 
     def escalated(self, kind: EngineEvent, details: dict[str, Any]) -> None:
@@ -67,13 +67,12 @@ class EscalationLadder:
             self._fresh_failures.clear()
 
     def _reload(self, failures: int) -> None:
-        reload = getattr(self.engine, "reload", None)
-        if reload is None:
+        if not isinstance(self.engine, Reloadable):
             return
         log.warning("%d fresh contexts failed in a row; reloading the engine", failures)
         start = time.monotonic()
         try:
-            reload()
+            self.engine.reload()
         except ModelError as err:
             log.warning("reloading the engine failed: %s", err)
             self.escalated(EngineEvent.ENGINE_RELOAD_FAILED, {"error": str(err), "after_failures": failures})

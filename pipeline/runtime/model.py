@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.base import Engine
+from engines.base import Engine, FaultInjectable
 from engines.errors import InferenceError, ModelError
 from engines.faults import FaultPlan, FaultyEngine
 from pipeline.config import FaultConfig, InferConfig, ModelConfig
@@ -115,7 +115,7 @@ def load_model(
     if faults is not None and faults.active:
         # After the reference: faults must not spoil what healthy looks like.
         plan = FaultPlan(**faults.model_dump())
-        if isolated:
+        if isinstance(engine, FaultInjectable):
             engine.inject_faults(plan)  # in the worker, where a crash or a poisoned process belongs
         else:
             engine = FaultyEngine(engine, plan)
