@@ -11,18 +11,17 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from pipeline.runtime import interrupts
-from pipeline.config import OverloadPolicy, RunConfig, SourceConfig
-from engines.errors import OutputError
-from pipeline.runtime.model import load_model
-from pipeline.runtime.sizing import size_run
+from engines.errors import OutputError, SourceError
 from pipeline.assets.sample_clip import SAMPLE_CLIP
+from pipeline.config import OverloadPolicy, RunConfig, SourceConfig
 from pipeline.observability.report import RunDisplay, print_summary
-from pipeline.runtime.pipeline import Pipeline, RunHooks, Source
-from pipeline.sinks import Sink
 from pipeline.observability.summary import RunSummary, SourceLedger
+from pipeline.runtime import interrupts
+from pipeline.runtime.model import load_model
+from pipeline.runtime.pipeline import Pipeline, RunHooks, Source
+from pipeline.runtime.sizing import size_run
+from pipeline.sinks import Sink
 from stages.decode import NAME_MAX, VideoDecoder, source_name
-from engines.errors import SourceError
 from stages.live import LiveSource
 
 if TYPE_CHECKING:

@@ -8,15 +8,14 @@ import types
 import typing
 from enum import StrEnum
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines.errors import ConfigError
 from stages.redact import has_secret, redact
-
 
 # A source name becomes a file name (<video dir>/<name>.mp4), a Redis key and a metrics label.
 SOURCE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")

@@ -15,15 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import numpy as np
 from av.codec.hwaccel import HWAccel, hwdevices_available
 from av.video.reformatter import VideoReformatter
-import numpy as np
 
-from stages.redact import redact, redact_url
-from stages.types import EventType, Frame, SourceEvent
 from engines.errors import SourceError
 from stages.preprocess import i420_to_rgb
-
+from stages.redact import redact, redact_url
+from stages.types import EventType, Frame, SourceEvent
 
 MAX_GOP_PACKETS = 1000  # packets kept since the last keyframe, to re-decode after damage (_recover)
 NAME_MAX = 64

@@ -14,11 +14,10 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+from engines.errors import SourceError
+from stages.decode import NoVideo, StreamInfo, VideoDecoder
 from stages.redact import redact
 from stages.types import EventType, Frame, SourceEvent
-from stages.decode import NoVideo, StreamInfo, VideoDecoder
-from engines.errors import SourceError
-
 
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443, "http": 80, "https": 443}
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
 
-from engines.base import EngineEvent
-
 import numpy as np
+
+from engines.base import EngineEvent
 
 
 class Status(str, Enum):

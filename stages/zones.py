@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import supervision as sv
 
-from stages.types import Detections, EventType
 from stages.track import Track
+from stages.types import Detections, EventType
 
 if TYPE_CHECKING:  # configs are the pipeline's; stages only read their fields
     from pipeline.config import LineConfig, ZoneConfig

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from pipeline.sinks.redis.sink import RedisSink
 from pipeline.observability.summary import RunSummary, SourceLedger
+from pipeline.sinks.redis.sink import RedisSink
 from stages.types import Detections, Reason, Result, SourceEvent, Status
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from pipeline.api import run
-from pipeline.config import build_config
 from pipeline.assets.sample_clip import FRAME_COUNT, HEIGHT, WIDTH
+from pipeline.config import build_config
 
 LINE_X = WIDTH // 2  # a vertical line down the middle, start at the top: moving right is "in"
 ZONE_X = 200  # the zone: the left strip x < 200

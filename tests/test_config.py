@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from engines.errors import ConfigError
 from pipeline.cli.main import build_parser
 from pipeline.cli.run import config_from_args
 from pipeline.config import RunConfig, build_config, load_config
-from engines.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SCRIPT = Path(sys.executable).parent / "vidpipe"

@@ -20,7 +20,6 @@ from engines.base import TensorSpec
 from engines.errors import InferenceError, InferenceTimeout
 from tests.gpu import StreamGate, cuda_skip_reason
 
-
 SKIP = cuda_skip_reason()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
 

@@ -8,12 +8,11 @@ import av
 import numpy as np
 import pytest
 
-from stages.types import Frame, SourceEvent
-from stages.decode import VideoDecoder
 from engines.errors import SourceError
+from stages.decode import VideoDecoder
 from stages.preprocess import i420_to_rgb
+from stages.types import Frame, SourceEvent
 from tests.clips import count_frames, frame_times, make_clip, video_packets
-from tests.conftest import VFR_FPS, VFR_STEPS
 
 DEADLINE_S = 2.0
 

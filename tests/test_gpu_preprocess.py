@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.assets.sample_clip import SAMPLE_CLIP
 from pipeline.config import build_config
 from pipeline.runtime.model import load_model
-from pipeline.assets.sample_clip import SAMPLE_CLIP
-from stages.types import Frame
 from stages.decode import VideoDecoder
 from stages.gpu_preprocess import planes_shape, reference
 from stages.preprocess import PAD_VALUE, Preprocess, fit_size, stack
+from stages.types import Frame
 from tests.gpu import cuda_skip_reason
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from engines.errors import SourceError
 from pipeline.api import run
 from pipeline.config import build_config
-from engines.errors import SourceError
 from pipeline.runtime.pipeline import RunHooks
 from stages.types import Status
 from tests.rtsp_server import GstRtspServer, RtspServer, free_port, gst_rtsp_available

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from engines.errors import SourceError
 from pipeline.api import run
 from pipeline.config import build_config
-from engines.errors import SourceError
 from tests.clips import make_clip, remux
 from tests.http_server import MjpegCamera
 from tests.sinks import CollectSink

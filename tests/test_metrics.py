@@ -18,12 +18,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import pipeline.api
+from engines.errors import OutputError
 from pipeline.api import run
 from pipeline.config import build_config
-from engines.errors import OutputError
 from pipeline.observability.metrics import MAX_CONNECTIONS, MetricsServer, RunMetrics
-from pipeline.runtime.pipeline import RunHooks
 from pipeline.observability.summary import RunSummary
+from pipeline.runtime.pipeline import RunHooks
 from stages.types import Result
 from tests.redis_server import RedisServer, free_port
 

@@ -8,8 +8,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from pipeline.api import run
 from pipeline.config import build_config
 from tests.mqtt_broker import Collector, Mosquitto

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.types import Frame
 from stages.decode import VideoDecoder
+from stages.types import Frame
 
 has_gpu = shutil.which("nvidia-smi") is not None or Path("/dev/nvidiactl").exists()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not has_gpu, reason="needs an NVIDIA GPU and driver")]

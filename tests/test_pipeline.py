@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pipeline.api import run
 from pipeline.assets.default_model import CLASS_NAMES
 from pipeline.assets.sample_clip import scene_objects
-from pipeline.api import run
 from pipeline.config import build_config
 from pipeline.observability.summary import RunSummary
 from stages.labels import COCO_NAMES

@@ -8,12 +8,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from engines.errors import ModelError
-from stages.types import Frame, Letterbox
-from engines.errors import StageError
+from engines.errors import ModelError, StageError
 from stages.labels import COCO_NAMES, load_names
 from stages.layouts import AmbiguousLayout, detect_head
 from stages.postprocess import Postprocess, detect_layout
+from stages.types import Frame, Letterbox
 from tests.models import (
     CANDIDATES,
     KEPT,

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from stages.types import Frame
 from stages.decode import VideoDecoder
 from stages.preprocess import Preprocess, letterbox, letterbox_image, stack
+from stages.types import Frame
 
 PAD = 114 / 255
 

@@ -12,8 +12,8 @@ import pytest
 
 from pipeline.api import run
 from pipeline.config import RedisConfig, build_config
-from pipeline.sinks.redis.sink import RedisSink
 from pipeline.runtime.pipeline import RunHooks
+from pipeline.sinks.redis.sink import RedisSink
 
 
 def stream_records(client, key: str) -> list[dict]:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import RedisConfig, build_config
 from engines.errors import ConfigError, OutputError
+from pipeline.config import RedisConfig, build_config
 from pipeline.sinks.redis import sink as redis_sink
 from pipeline.sinks.redis.entries import missing_seqs, resolve_redis_url
 from pipeline.sinks.redis.sink import RedisSink
-from stages.redact import redact_url
 from pipeline.sinks.redis.spool import Spool
+from stages.redact import redact_url
 from tests.redis_server import RedisServer, frame_result, publish, run_summary
 
 KEY = "vidpipe:results:"

@@ -19,14 +19,14 @@ from engines.errors import InferenceTimeout
 from engines.onnxruntime import OnnxRuntimeEngine
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.runtime.model import load_model
-from pipeline.runtime.pipeline import Pipeline, Source
 from pipeline.runtime.context_pool import ContextPool
 from pipeline.runtime.infer_stats import InferStats
+from pipeline.runtime.model import load_model
+from pipeline.runtime.pipeline import Pipeline, Source
 from pipeline.runtime.scheduler import SchedulerSettings
-from stages.types import Reason, Status
 from stages.decode import VideoDecoder
 from stages.infer import InferStage
+from stages.types import Reason, Status
 from tests.models import build_yolov8_model
 from tests.sinks import CollectSink
 

@@ -16,11 +16,11 @@ import pytest
 from pydantic import BaseModel
 from rich.console import Console
 
-from pipeline.config import RunConfig, build_config
 from engines.errors import ConfigError
-from stages.redact import redact, redact_url
+from pipeline.config import RunConfig, build_config
 from pipeline.observability.report import print_summary
 from pipeline.observability.summary import RunSummary, SourceLedger
+from stages.redact import redact, redact_url
 from tests.redis_server import RedisServer
 from tests.rtsp_server import RtspServer, free_port
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from engines.errors import OutputError
 from pipeline.cli.subscribe import add_subscribe_parser, format_line, run_subscribe
 from pipeline.config import RedisConfig
-from engines.errors import OutputError
 from pipeline.sinks.redis.sink import RedisSink
 from pipeline.sinks.redis.subscriber import Delivery, live, subscribe
 from stages.types import Result, Status

@@ -20,9 +20,9 @@ from engines.errors import InferenceError, InferenceTimeout, ModelError
 from engines.plan import pack, unpack
 from pipeline.api import run
 from pipeline.config import build_config
-from stages.types import Status
 from stages.decode import iter_images
 from stages.preprocess import letterbox
+from stages.types import Status
 from tests.conv_model import INPUT_SIZE, NAMES, prepared_conv_models
 from tests.detections import agreement, detect, onnxruntime_runner
 from tests.gpu import StreamGate, tensorrt_skip_reason

@@ -6,7 +6,6 @@ Each input is built here (PyAV), each value checked against an independent readi
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ import pytest
 from pipeline.api import run
 from pipeline.config import build_config
 from pipeline.observability.summary import RunSummary
-from stages.types import Frame, SourceEvent
 from stages.decode import VideoDecoder
 from stages.preprocess import Preprocess, i420_to_rgb
+from stages.types import Frame
 from tests.clips import block_clip, make_clip, overwrite_packet, red_box, remux, truncate
 from tests.models import build_yolov8_model
 from tests.sinks import CollectSink

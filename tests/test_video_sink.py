@@ -10,9 +10,9 @@ import av
 import numpy as np
 import pytest
 
+from engines.errors import ConfigError
 from pipeline.api import run
 from pipeline.config import build_config
-from engines.errors import ConfigError
 from tests.clips import count_frames, frame_times
 
 NO_HURRY_MS = 60_000

@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stages.decode import iter_images
 from engines.errors import SourceError
+from stages.decode import iter_images
 from stages.preprocess import letterbox
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})

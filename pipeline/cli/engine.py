@@ -23,9 +23,8 @@ from engines.build import (
     timing_cache_path,
 )
 from engines.cache import DEFAULT_CACHE_DIR, CacheKey, EngineCache, sha256_file, write_atomic
-from engines.errors import ModelError
+from engines.errors import ConfigError, ModelError
 from engines.plan import read_header
-from engines.errors import ConfigError
 
 
 def add_build_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

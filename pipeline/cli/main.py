@@ -24,7 +24,10 @@ COMMANDS = {
     "subscribe": ("pipeline.cli.subscribe", "print results from Redis Streams as they arrive"),
     "build-engine": ("pipeline.cli.engine", "prepare an ONNX model for fp16/int8 and build a TensorRT engine"),
     "inspect": ("pipeline.cli.engine", "describe an ONNX model or a TensorRT engine"),
-    "cluster": ("pipeline.cluster.cli", "run the config's sources over a Ray cluster (start, status, add, remove, stop)"),
+    "cluster": (
+        "pipeline.cluster.cli",
+        "run the config's sources over a Ray cluster (start, status, add, remove, stop)",
+    ),
 }
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engines.errors import ConfigError
 from pipeline.cli.exits import (
     EXCUSED_FAILURES,
     EXIT_FAILED_FRAMES,
@@ -14,7 +15,6 @@ from pipeline.cli.exits import (
     EXIT_USER_ERROR,
     EXIT_WORKER_BUDGET,
 )
-from engines.errors import ConfigError
 from stages.redact import redact
 
 if TYPE_CHECKING:
@@ -180,7 +180,6 @@ def config_from_args(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.api import run
-
     from pipeline.observability.logs import configure_logging
 
     config = config_from_args(args)

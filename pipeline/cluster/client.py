@@ -14,10 +14,10 @@ from typing import Any
 
 import redis
 
+from engines.errors import ConfigError
 from pipeline.cluster import COORDINATOR, NAMESPACE, require_ray
 from pipeline.cluster.streams import ClusterState
 from pipeline.config import RunConfig, SourceConfig
-from engines.errors import ConfigError
 from pipeline.sinks.redis.entries import connect
 from stages.redact import redact_url
 

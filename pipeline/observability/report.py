@@ -14,8 +14,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from stages.redact import redact
 from pipeline.observability.summary import RunSummary
+from stages.redact import redact
 from stages.types import EventType, Result, SourceEvent, Status
 
 FPS_WINDOW_S = 2.0

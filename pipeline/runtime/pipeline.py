@@ -17,23 +17,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engines.base import EngineEvent
-from pipeline.runtime import interrupts
 from pipeline.config import OverloadPolicy, RunConfig
+from pipeline.observability.summary import RunSummary
+from pipeline.runtime import interrupts
+from pipeline.runtime.context_pool import ContextPool
+from pipeline.runtime.infer_stats import InferStats, percentile
 from pipeline.runtime.ledger import Ledger
 from pipeline.runtime.model import Model
 from pipeline.runtime.publisher import Publisher
 from pipeline.runtime.queues import BoundedQueue, Closed, FrameQueue
-from pipeline.runtime.context_pool import ContextPool
-from pipeline.runtime.infer_stats import InferStats, percentile
 from pipeline.runtime.scheduler import InferScheduler, SchedulerSettings
 from pipeline.runtime.sizing import size_run
-from stages.redact import redact, redact_url
 from pipeline.sinks import Sink
-from pipeline.observability.summary import RunSummary
-from stages.types import Detections, EventType, Frame, Reason, Result, SourceEvent, Status
 from stages.decode import VideoDecoder
 from stages.live import LiveSource
 from stages.preprocess import Preprocess
+from stages.redact import redact, redact_url
+from stages.types import Detections, EventType, Frame, Reason, Result, SourceEvent, Status
 
 log = logging.getLogger("vidpipe.runtime")
 

@@ -14,9 +14,9 @@ import stat
 from pathlib import Path
 
 from engines.errors import OutputError
-from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
-from pipeline.sinks import lock_output, write_failed
 from pipeline.observability.summary import RunSummary
+from pipeline.sinks import lock_output, write_failed
+from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
 from stages.types import Result, SourceEvent
 
 FILE_MODE = 0o600

@@ -33,10 +33,10 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
-from pipeline.config import MqttConfig
 from engines.errors import ConfigError, OutputError
-from pipeline.sinks.records import event_to_record, result_to_record
+from pipeline.config import MqttConfig
 from pipeline.observability.summary import RunSummary
+from pipeline.sinks.records import event_to_record, result_to_record
 from stages.redact import redact_url
 from stages.types import Result, SourceEvent
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from stages.redact import redact
 from pipeline.observability.summary import RunSummary
+from stages.redact import redact
 from stages.types import Detections, Reason, Result, SourceEvent, Status
 
 

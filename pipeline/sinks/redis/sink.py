@@ -55,14 +55,14 @@ from typing import Any, NamedTuple
 import redis
 from redis.exceptions import NoPermissionError
 
-from pipeline.config import RedisConfig
 from engines.errors import OutputError
-from stages.redact import redact_url
-from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
+from pipeline.config import RedisConfig
+from pipeline.observability.summary import RunSummary
 from pipeline.sinks import lock_directory
+from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
 from pipeline.sinks.redis.entries import SLOTS_PER_SEQ, connect
 from pipeline.sinks.redis.spool import Spool
-from pipeline.observability.summary import RunSummary
+from stages.redact import redact_url
 from stages.types import EventType, Result, SourceEvent
 
 log = logging.getLogger(__name__)
