@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -181,7 +181,7 @@ class ProcessEngine:
         if plan is None or plan.seed is None:
             return plan
         # Each worker draws its own sequence: a restarted one must not repeat the fault that killed the last.
-        return replace(plan, seed=plan.seed + 1000 * (generation - 1))
+        return plan.model_copy(update={"seed": plan.seed + 1000 * (generation - 1)})
 
     def _start(self, generation: int) -> tuple[_Worker, tuple]:
         control, child_end = self._mp.Pipe()

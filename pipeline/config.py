@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines.errors import ConfigError
+from engines.faults import FaultPlan
 from stages.redact import has_secret, redact
 
 # A source name becomes a file name (<video dir>/<name>.mp4), a Redis key and a metrics label.
@@ -162,25 +163,8 @@ class InferConfig(StrictModel):
     restart_window_s: float = Field(60.0, gt=0.0, le=DAY_S, description="The window of the restart budget.")
 
 
-class FaultConfig(StrictModel):
-    """Injected faults per inference call, to watch and test recovery."""
-
-    error_rate: float = Field(0.0, ge=0.0, le=1.0)
-    hang_rate: float = Field(0.0, ge=0.0, le=1.0)
-    hang_s: float = Field(5.0, ge=0.0, le=HOUR_S)
-    slow_rate: float = Field(0.0, ge=0.0, le=1.0)
-    slow_ms: float = Field(50.0, ge=0.0, le=HOUR_S * 1000)
-    corrupt_rate: float = Field(0.0, ge=0.0, le=1.0)
-    sticky_rate: float = Field(
-        0.0, ge=0.0, le=1.0, description="Errors that poison the process running the engine (a CUDA illegal address)."
-    )
-    crash_rate: float = Field(0.0, ge=0.0, le=1.0, description="Kills the process running the engine.")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-
-    @property
-    def active(self) -> bool:
-        rates = (self.error_rate, self.hang_rate, self.slow_rate, self.corrupt_rate, self.sticky_rate, self.crash_rate)
-        return any(r > 0 for r in rates)
+# The `faults:` section is the engines' own fault plan (engines/faults.py), defined once there.
+FaultConfig = FaultPlan
 
 
 class QueueConfig(StrictModel):
