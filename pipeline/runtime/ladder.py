@@ -25,6 +25,13 @@ log = logging.getLogger("vidpipe.scheduler")
 
 
 class EscalationLadder:
+    """Reloads the engine when `reload_after` fresh contexts fail within `reload_window_s`
+    seconds with no success between (only a `Reloadable` engine; see the module docstring),
+    and passes a `Supervised` engine's own events on: each EngineEvent goes to `count`
+    (InferStats) and then to `on_event`. A reload that raises ModelError is reported as
+    ENGINE_RELOAD_FAILED; a successful one calls `on_reloaded` (the pool drops its spares).
+    """
+
     def __init__(
         self,
         engine: Engine,

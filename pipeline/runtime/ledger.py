@@ -9,6 +9,12 @@ from stages.types import Result, Status
 
 
 class Ledger:
+    """Per source, frames decoded and results out (ok, failed by reason); thread-safe.
+
+    The runtime counts each decoded frame and the publisher each Result; `snapshot()` copies
+    the books, which balance (decoded == ok + failed) once a run has ended.
+    """
+
     def __init__(self, sources: list[str]) -> None:
         self._lock = threading.Lock()
         self._books = {name: SourceLedger() for name in sources}

@@ -68,6 +68,16 @@ class RunHooks:
 
 
 class Pipeline:
+    """One run: decode threads per source, preprocess workers, the infer scheduler,
+    postprocess workers and the publisher, joined by bounded queues (`pre_q`, `infer_q`,
+    `post_q`, `results_q`).
+
+    `run()` blocks until every source has ended (or `stop()`/`abort()`, a signal, a failed
+    output) and returns the RunSummary; every frame decoded ends as exactly one Result, and
+    the `ledger` proves it. A model that cannot run raises ModelError from `run()` before any
+    frame is read; a source that cannot be opened ends that source with an event, not the run.
+    """
+
     def __init__(
         self,
         config: RunConfig,

@@ -58,7 +58,15 @@ class SchedulerSettings:
 
 
 class InferScheduler:
-    """A pool of worker threads, one context each, over one FrameQueue."""
+    """A pool of worker threads, one context each, over one FrameQueue.
+
+    Each worker takes a batch (up to `max_batch` frames, waiting at most `max_delay_s`, never
+    past the earliest deadline), runs it on its context and hands the frames to `on_done`.
+    On InferenceError or a timeout it swaps in a warm spare (pipeline/runtime/context_pool.py)
+    and retries while the frames' deadlines allow; frames out of time go to `on_failed` with
+    Reason.DEADLINE. ModelError or WorkerBudgetExhausted, which no retry can fix, fail the
+    frames in hand as Reason.INFERENCE and go to `on_fatal`, which ends the run.
+    """
 
     def __init__(
         self,
