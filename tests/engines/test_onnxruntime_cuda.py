@@ -21,7 +21,7 @@ from pipeline.config import build_config
 from tests.gpu import StreamGate, cuda_skip_reason
 from tests.sinks import CollectSink
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CUDA = "CUDAExecutionProvider"
 
 

@@ -31,8 +31,8 @@ from stages.types import Reason, Status
 from tests.models import build_yolov8_model
 from tests.sinks import CollectSink
 
-REPO = Path(__file__).resolve().parents[1]
-PRELOAD = ("numpy", "onnxruntime", "engines.onnxruntime", "tests.test_process_worker")
+REPO = Path(__file__).resolve().parents[2]
+PRELOAD = ("numpy", "onnxruntime", "engines.onnxruntime", "tests.engines.test_process_worker")
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ from stages.preprocess import letterbox
 from stages.types import Status
 from tests.conv_model import INPUT_SIZE, NAMES, prepared_conv_models
 from tests.detections import agreement, detect, onnxruntime_runner
+from tests.engines.test_prepare import FP16_AGREEMENT, INT8_AGREEMENT
 from tests.gpu import StreamGate, tensorrt_skip_reason
 from tests.sinks import CollectSink
-from tests.test_prepare import FP16_AGREEMENT, INT8_AGREEMENT
 
 SKIP = tensorrt_skip_reason()
 pytestmark = [pytest.mark.tensorrt, pytest.mark.gpu, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]

@@ -23,8 +23,8 @@ from tests.models import (
     build_yolov5_model,
     build_yolov8_transposed_model,
 )
-from tests.test_cli import assert_one_error_line, vidpipe
-from tests.test_postprocess import RunModel, in_source_pixels
+from tests.pipeline.cli.test_cli import assert_one_error_line, vidpipe
+from tests.stages.test_postprocess import RunModel, in_source_pixels
 
 INPUT = (640, 640)
 CAR = (2, 0.9, 100, 200, 300, 400)

@@ -115,7 +115,7 @@ def test_damage_near_the_end_loses_only_the_damaged_frame(tmp_path: Path) -> Non
     assert summary.error is None
 
 
-@pytest.mark.parametrize("suffix", ["mkv", "ts"])  # MP4: tests/test_decode.py
+@pytest.mark.parametrize("suffix", ["mkv", "ts"])  # MP4: tests/stages/test_decode.py
 def test_truncated_file_in_any_container_is_reported(tmp_path: Path, car_clip: Path, suffix: str) -> None:
     full = remux(car_clip, tmp_path / f"car.{suffix}")
     cut = truncate(full, tmp_path / f"cut.{suffix}", 0.5)

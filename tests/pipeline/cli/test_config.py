@@ -16,7 +16,7 @@ from pipeline.cli.main import build_parser
 from pipeline.cli.run import config_from_args
 from pipeline.config import RunConfig, build_config, load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 SCRIPT = Path(sys.executable).parent / "vidpipe"
 VIDPIPE = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "pipeline.cli"]
 

@@ -19,7 +19,7 @@ from pipeline.api import run
 from pipeline.config import build_config
 from tests.sinks import CollectSink
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def vidpipe(*args: str, timeout: float = 600, log_level: str = "WARNING") -> subprocess.CompletedProcess:

@@ -1,5 +1,5 @@
 """How a run ends, through the CLI in real processes: signals at any moment, a second signal,
-hung inference calls, and two runs aimed at one output. (Failed writes: tests/test_write_failures.py.)"""
+hung inference calls, and two runs aimed at one output. (Failed writes: tests/pipeline/sinks/test_write_failures.py.)"""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 import pytest
 
-from tests.test_cli import VIDPIPE, read_jsonl
+from tests.pipeline.cli.test_cli import VIDPIPE, read_jsonl
 
 SIGCGT_SIGTERM = 1 << (signal.SIGTERM - 1)
 
@@ -215,7 +215,7 @@ def test_help_imports_nothing_heavy() -> None:
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).parent.parent, env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
+                          cwd=Path(__file__).parents[3], env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
     assert "usage: vidpipe" in proc.stdout

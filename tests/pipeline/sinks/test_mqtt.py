@@ -11,7 +11,7 @@ from pathlib import Path
 from pipeline.api import run
 from pipeline.config import build_config
 from tests.mqtt_broker import Collector, Mosquitto
-from tests.test_analytics import ANALYTICS
+from tests.stages.test_analytics import ANALYTICS
 
 
 def key(record: dict) -> str:

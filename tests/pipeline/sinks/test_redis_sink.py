@@ -23,7 +23,7 @@ from stages.redact import redact_url
 from tests.redis_server import RedisServer, frame_result, publish, run_summary
 
 KEY = "vidpipe:results:"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def config(url: str, spool_dir: Path, **overrides) -> RedisConfig:

@@ -22,7 +22,7 @@ from pipeline.sinks.redis.subscriber import Delivery, live, subscribe
 from stages.types import Result, Status
 from tests.redis_server import publish, run_summary
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def sink_for(url: str, tmp_path: Path, **options) -> RedisSink:

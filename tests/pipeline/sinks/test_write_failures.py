@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import VIDPIPE
+from tests.pipeline.cli.test_cli import VIDPIPE
 
 CAR_FRAMES = 377
 
