@@ -125,7 +125,7 @@ class ModelConfig(StrictModel):
     classes: list[str] | None = Field(None, description="Keep only these labels.")
     intra_op_threads: int | None = Field(
         None, ge=0, le=MAX_THREADS,
-        description="ONNX Runtime threads per inference; none: usable CPUs / contexts (pipeline/sizing.py).",
+        description="ONNX Runtime threads per inference; none: usable CPUs / contexts (pipeline/runtime/sizing.py).",
     )
     providers: list[str | ProviderConfig] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
@@ -140,7 +140,7 @@ class ModelConfig(StrictModel):
 class InferConfig(StrictModel):
     contexts: int = Field(2, ge=1, le=64)
     max_batch: int | None = Field(
-        None, ge=1, le=256, description="Largest inference batch; none: 1 on the CPU, 16 on a GPU (pipeline/sizing.py)."
+        None, ge=1, le=256, description="Largest inference batch; none: 1 on the CPU, 16 on a GPU (pipeline/runtime/sizing.py)."
     )
     batch_shapes: list[Annotated[int, Field(ge=1, le=256)]] | None = Field(
         None, min_length=1, max_length=16,
@@ -169,12 +169,12 @@ FaultConfig = FaultPlan
 
 class QueueConfig(StrictModel):
     size: int = Field(8, ge=1, le=10_000, description="Capacity per source of each bounded queue between stages.")
-    preprocess_workers: int | None = Field(None, ge=1, le=MAX_THREADS, description="None: sized to the host (pipeline/sizing.py).")
-    postprocess_workers: int | None = Field(None, ge=1, le=MAX_THREADS, description="None: sized to the host (pipeline/sizing.py).")
+    preprocess_workers: int | None = Field(None, ge=1, le=MAX_THREADS, description="None: sized to the host (pipeline/runtime/sizing.py).")
+    postprocess_workers: int | None = Field(None, ge=1, le=MAX_THREADS, description="None: sized to the host (pipeline/runtime/sizing.py).")
 
 
 class RedisConfig(StrictModel):
-    """Publishing results to Redis Streams (see pipeline/sinks/redis.py)."""
+    """Publishing results to Redis Streams (see pipeline/sinks/redis/sink.py)."""
 
     url: str = Field(description="redis://[:password@]host:port/db, rediss:// for TLS or unix:///path.")
     key_prefix: str = "vidpipe:results:"

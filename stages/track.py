@@ -10,7 +10,7 @@ non-headless `opencv-python` wheel, which would clash with our `opencv-python-he
 requires `opencv-python`, so it is not used until it offers a headless way in.
 
 State is per source and the calls must come in seq order: the publisher calls `update`
-as it releases each result (pipeline/publisher.py), so this runs on one thread, after
+as it releases each result (pipeline/runtime/publisher.py), so this runs on one thread, after
 the runtime has restored order, whatever the number of postprocess workers.
 
 A failed frame is a gap: the tracker advances one frame with no detections, so its

@@ -1,6 +1,6 @@
 """The bundled sample clip: red, green and blue objects crossing grey asphalt, with ground truth.
 
-Made for the embedded default model (pipeline/default_model.py), whose detections the tests
+Made for the embedded default model (pipeline/assets/default_model.py), whose detections the tests
 compare with `scene_objects`. `python -m pipeline.assets.default_assets` regenerates it.
 """
 

@@ -38,7 +38,7 @@ class RunSummary:
     interrupted: bool = False
     first_result_s: float | None = None  # from the start of the run (model loading included) to the first result
     analytics: dict[str, Any] = field(default_factory=dict)  # per source: line in/out totals
-    sizing: dict[str, Any] = field(default_factory=dict)  # what auto values became (pipeline/sizing.py)
+    sizing: dict[str, Any] = field(default_factory=dict)  # what auto values became (pipeline/runtime/sizing.py)
 
     @property
     def frames(self) -> int:

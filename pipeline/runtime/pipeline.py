@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -19,15 +18,16 @@ from dataclasses import dataclass
 from engines.base import EngineEvent
 from pipeline.config import OverloadPolicy, RunConfig
 from pipeline.observability.summary import RunSummary
-from pipeline.runtime import interrupts
 from pipeline.runtime.context_pool import ContextPool
 from pipeline.runtime.infer_stats import InferStats, percentile
 from pipeline.runtime.ledger import Ledger
 from pipeline.runtime.model import Model
+from pipeline.runtime.pacing import PacingClock
 from pipeline.runtime.publisher import Publisher
 from pipeline.runtime.queues import BoundedQueue, Closed, FrameQueue
 from pipeline.runtime.scheduler import InferScheduler, SchedulerSettings
 from pipeline.runtime.sizing import size_run
+from pipeline.runtime.stopping import signals_stop
 from pipeline.sinks import Sink
 from stages.decode import VideoDecoder
 from stages.live import LiveSource
@@ -55,7 +55,7 @@ class Source:
     @property
     def latency_bound(self) -> bool:
         """Live sources and paced files promise latency: their frames' deadlines run from
-        decode. An unpaced file's frames get theirs when they enter a batch (pipeline/scheduler.py)."""
+        decode. An unpaced file's frames get theirs when they enter a batch (pipeline/runtime/scheduler.py)."""
         return self.realtime or isinstance(self.decoder, LiveSource)
 
 
@@ -152,7 +152,7 @@ class Pipeline:
         self.abort(Reason.INFERENCE, str(err))
 
     def _escalated(self, kind: EngineEvent, details: dict) -> None:
-        """An engine reload or worker restart (pipeline/ladder.py): an event on every source."""
+        """An engine reload or worker restart (pipeline/runtime/ladder.py): an event on every source."""
         decoded = self.ledger.snapshot()
         for source in self.sources:
             event = SourceEvent(source.name, kind, decoded[source.name].decoded - 1, time.time(), dict(details))
@@ -199,7 +199,7 @@ class Pipeline:
         """
         decoder = source.decoder
         live = isinstance(decoder, LiveSource)
-        clock = _PacingClock(decoder.info.fps)
+        clock = PacingClock(decoder.info.fps)
         end_reason = "end_of_stream"
         expired = threading.Event()
         timer = None
@@ -335,7 +335,7 @@ class Pipeline:
             self.errors.append(str(err))
             self._stopping.set()
         queues = self.config.queues
-        with _signals_stop(self):
+        with signals_stop(self):
             if not self._stopping.is_set():
                 for source in self.sources:
                     self._spawn(f"source-{source.name}", self._read, args=(source,))
@@ -397,49 +397,6 @@ def _analytics(config: RunConfig, sources: list[Source]):
     return Analytics(config.analytics, sizes)
 
 
-class _PacingClock:
-    """Where each frame sits in the video (seconds from the first frame) and when it is due.
-
-    A stream without timestamps (raw .h264) advances one nominal frame interval per
-    frame. A timestamp that jumps (forward by more than JUMP_S or any step back, as at
-    the seam of concatenated TS files) restarts the clock one interval after the
-    previous frame, and is reported, so the source is neither paused for hours nor let
-    run unpaced.
-    """
-
-    JUMP_S = 2.0
-
-    def __init__(self, fps: float | None) -> None:
-        self.interval = 1 / fps if fps else 1 / 25
-        self.started = time.monotonic()
-        self.video_s = 0.0  # the current frame's position in the video
-        self._offset: float | None = None  # pts - video_s
-        self._last_pts: float | None = None
-        self._frames = 0
-
-    def position(self, pts: float | None) -> tuple[float, dict | None]:
-        """The frame's position in seconds, and the jump's details when its pts jumped."""
-        jump = None
-        if self._frames == 0:
-            self._offset = pts
-        elif pts is None or self._last_pts is None:
-            self.video_s += self.interval
-            self._offset = None if pts is None else pts - self.video_s
-        else:
-            step = pts - self._last_pts
-            if step > self.JUMP_S or step < 0:
-                jump = {"from_s": round(self._last_pts, 6), "to_s": round(pts, 6), "jump_s": round(step, 6)}
-                self._offset = pts - (self.video_s + self.interval)
-            self.video_s = pts - self._offset
-        self._frames += 1
-        self._last_pts = pts
-        return self.video_s, jump
-
-    def wait_s(self) -> float:
-        """How long until the current frame is due (0 when late)."""
-        return max(0.0, self.started + self.video_s - time.monotonic())
-
-
 def _describe_damage(decoder: VideoDecoder | LiveSource, event: SourceEvent) -> str:
     details = event.details
     if details.get("error") == "truncated":
@@ -451,51 +408,3 @@ def _describe_damage(decoder: VideoDecoder | LiveSource, event: SourceEvent) -> 
             held = "ends inside a frame"
         return f"{redact_url(decoder.url)}: truncated: the file {held}; all that could be read were processed; re-copy or re-encode the file"
     return f"{redact_url(decoder.url)}: damaged ({redact(str(details.get('error')))}); frames up to the damage were processed"
-
-
-class _signals_stop:
-    """Ctrl-C / SIGTERM once: drain and finish. Twice: abort, in-flight frames end as failed/shutdown.
-
-    Under the CLI the process's handlers (pipeline/interrupts.py) are already in place and stay
-    after the run; the pipeline only lends them its stop and abort. Through the Python API it
-    installs its own handlers for the run, from the main thread.
-    """
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-        self.previous: dict[int, object] = {}
-
-    def _stop(self) -> None:
-        self.pipeline.interrupted = True
-        log.warning("stopping: finishing frames in flight (press Ctrl-C again to abort)")
-        self.pipeline.stop()
-
-    def _abort(self) -> None:
-        self.pipeline.interrupted = True
-        self.pipeline.abort(Reason.SHUTDOWN, "interrupted")
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        if self.pipeline._stopping.is_set():
-            self._abort()
-        else:
-            self._stop()
-
-    def __enter__(self) -> _signals_stop:
-        process = interrupts.current
-        if process is not None:
-            process.stop, process.abort = self._stop, self._abort
-            if process.count:  # a signal came during start-up
-                self._stop()
-                if process.count > 1:
-                    self._abort()
-        elif threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        process = interrupts.current
-        if process is not None:
-            process.stop = process.abort = None
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)

@@ -16,7 +16,7 @@ from stages.types import Result, SourceEvent
 
 class Sink(Protocol):
     """A sink raises OutputError (or OSError) when its output cannot be written; the run then
-    stops, and the summary goes to every other sink and to stderr (pipeline/publisher.py)."""
+    stops, and the summary goes to every other sink and to stderr (pipeline/runtime/publisher.py)."""
 
     def write_result(self, result: Result) -> None: ...
 
