@@ -63,9 +63,7 @@ class Readiness:
         self.pipeline: Pipeline | None = None
 
     def healthy_contexts(self) -> int:
-        # The scheduler exists once the run has started and created its contexts.
-        scheduler = getattr(self.pipeline, "scheduler", None)
-        return max(0, scheduler.healthy_contexts) if scheduler is not None else 0
+        return self.pipeline.snapshot().healthy_contexts if self.pipeline is not None else 0
 
     def state(self) -> dict[str, Any]:
         contexts = self.healthy_contexts()
@@ -180,8 +178,8 @@ class _StatsCollector(Collector):
         depth = GaugeMetricFamily("vidpipe_queue_depth", "Frames waiting in the queue before each stage.", labels=["stage"])
         capacity = GaugeMetricFamily("vidpipe_queue_capacity", "Capacity of the queue before each stage.", labels=["stage"])
         if pipeline is not None:
-            for queue in (pipeline.pre_q, pipeline.infer_q, pipeline.post_q, pipeline.results_q):
-                depth.add_metric([queue.name], len(queue))
+            for queue in pipeline.snapshot().queues:
+                depth.add_metric([queue.name], queue.depth)
                 capacity.add_metric([queue.name], queue.capacity)
         yield depth
         yield capacity

@@ -59,6 +59,25 @@ class Source:
         return self.realtime or isinstance(self.decoder, LiveSource)
 
 
+@dataclass(frozen=True)
+class QueueState:
+    """One bounded queue between stages: its name (the stage it feeds), frames waiting, capacity."""
+
+    name: str
+    depth: int
+    capacity: int
+
+
+@dataclass(frozen=True)
+class PipelineSnapshot:
+    """A run at one moment, for metrics and health checks: the queues between stages and the
+    inference contexts serving frames (0 before the scheduler has started). The scheduler's
+    counters are `Pipeline.stats`."""
+
+    queues: tuple[QueueState, ...]
+    healthy_contexts: int
+
+
 @dataclass
 class RunHooks:
     """Optional callbacks for progress displays and metrics."""
@@ -110,6 +129,14 @@ class Pipeline:
         self._abort_lock = threading.Lock()
         self.errors: list[str] = []
         self._threads: dict[str, list[threading.Thread]] = {}
+        self.scheduler: InferScheduler | None = None  # created by run()
+
+    def snapshot(self) -> PipelineSnapshot:
+        """The queues' depths and the healthy contexts now (cheap: safe to call while it runs)."""
+        stages = (self.pre_q, self.infer_q, self.post_q, self.results_q)
+        queues = tuple(QueueState(q.name, len(q), q.capacity) for q in stages)
+        scheduler = self.scheduler
+        return PipelineSnapshot(queues, max(0, scheduler.healthy_contexts) if scheduler is not None else 0)
 
     # ---- control -------------------------------------------------------------------
 
@@ -125,7 +152,8 @@ class Pipeline:
             if self._abort_reason is None:
                 self._abort_reason = (reason, error)
         self._stopping.set()
-        self.scheduler.stop()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         for queue in (self.pre_q, self.infer_q, self.post_q):
             for frame in queue.drain():
                 self._fail(frame, reason, error)
