@@ -5,7 +5,7 @@ per-request state. After a Context raises, the caller discards it.
 
 Optional capabilities are Protocols of their own, checked with `isinstance` (they are
 `runtime_checkable`): `Reloadable` and `FaultInjectable` engines, `Supervised` engines that
-report escalations, and contexts with `InputBuffers`.
+report escalations, and contexts with `InputBuffers` or `DeviceFills`.
 """
 
 from __future__ import annotations
@@ -49,6 +49,21 @@ class TensorSpec:
         """The fixed batch size, or None when the batch dimension is dynamic."""
         first = self.shape[0] if self.shape else None
         return first if isinstance(first, int) and first > 0 else None
+
+
+@dataclass(frozen=True)
+class DeviceFill:
+    """An input a GPU context fills on its own stream instead of copying it from the host.
+
+    `fill(stream, device_ptr)` enqueues, on the CUDA stream handle `stream`, the work that
+    writes a C-contiguous `shape` x `dtype` tensor at `device_ptr` (e.g. letterboxing uploaded
+    I420 planes, stages/gpu_preprocess.py), and returns without waiting. Only contexts whose
+    `accepts_device_fill` is True take one.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fill: Callable[[int, int], None]
 
 
 class Context(Protocol):
@@ -108,3 +123,12 @@ class InputBuffers(Protocol):
     host memory), so the batch is built in place: shape and dtype as the input's TensorSpec."""
 
     def input_buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray: ...
+
+
+@runtime_checkable
+class DeviceFills(Protocol):
+    """A GPU context that can take a DeviceFill for an input instead of host memory, when its
+    `accepts_device_fill` is True (engines/onnxruntime_cuda.py; a fault wrapper says what its
+    inner context says)."""
+
+    accepts_device_fill: bool

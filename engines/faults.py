@@ -20,7 +20,7 @@ import time
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from engines.base import Context, Engine, Reloadable
+from engines.base import Context, DeviceFills, Engine, Reloadable
 from engines.errors import InferenceError, ModelError, StickyInferenceError
 
 HOUR_S = 3_600.0
@@ -92,6 +92,7 @@ class FaultyContext:
         self._inner = inner
         self._engine = engine
         self.corrupted = False
+        self.accepts_device_fill = isinstance(inner, DeviceFills) and inner.accepts_device_fill
 
     def infer(self, inputs: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         engine = self._engine

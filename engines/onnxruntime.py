@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from engines.base import TensorSpec
 from engines.errors import InferenceError, InferenceTimeout, ModelError
-from engines.onnxruntime_cuda import CUDA, DEFAULT_CUDA_OPTIONS, OnnxRuntimeCudaContext
+from engines.onnxruntime_cuda import CUDA, DEFAULT_CUDA_OPTIONS, CudaSession, OnnxRuntimeCudaContext, SessionPool
 from engines.watchdog import shared_watchdog
 
 _DTYPES = {
@@ -72,6 +72,11 @@ class OnnxRuntimeEngine:
         self.inputs = [_spec(a) for a in self._session.get_inputs()]
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        if self.cuda_options is not None:
+            fallbacks = [p for p in self._providers if p[0] != CUDA]
+            self._cuda_sessions = SessionPool(
+                lambda: CudaSession(self._path, self._options, self.cuda_options, fallbacks)
+            )
         self.providers = self._session.get_providers()
         if self.cuda_options is not None and CUDA not in self.providers:
             raise ModelError(
@@ -92,16 +97,19 @@ class OnnxRuntimeEngine:
         if not self._path.is_file():
             raise ModelError(f"model {self._path}: no such file any more; cannot reload the engine")
         self._session = self._open()
+        if self.cuda_options is not None:
+            self._cuda_sessions.clear()
 
     def create_context(self) -> OnnxRuntimeContext | OnnxRuntimeCudaContext:
         outputs = [o.name for o in self.outputs]
         if self.cuda_options is None:
             return OnnxRuntimeContext(self._session, outputs)
-        fallbacks = [p for p in self._providers if p[0] != CUDA]
-        return OnnxRuntimeCudaContext(self._path, self._options, self.cuda_options, fallbacks, self.inputs[0].name, outputs)
+        return OnnxRuntimeCudaContext(self._cuda_sessions, self.inputs[0].name, outputs)
 
     def close(self) -> None:
         self._session = None  # type: ignore[assignment]
+        if self.cuda_options is not None:
+            self._cuda_sessions.clear()
 
 
 class OnnxRuntimeContext:

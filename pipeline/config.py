@@ -132,6 +132,10 @@ class ModelConfig(StrictModel):
         description="ONNX Runtime execution providers in order of preference: names, or {name, options}.",
     )
 
+    gpu_letterbox: bool = Field(
+        True, description="GPU engines letterbox on the GPU from the decoded planes (CuPy); false: on the CPU."
+    )
+
     @property
     def provider_names(self) -> list[str]:
         return [p if isinstance(p, str) else p.name for p in self.providers]

@@ -59,6 +59,9 @@ class StageTimes:
 def vidpipe(label: str, clip: Path, path: Path, sources: int = 1, model: dict | None = None, **config) -> None:
     from pipeline.runtime.pipeline import RunHooks
 
+    from engines.onnxruntime_cuda import PHASE_MS
+
+    PHASE_MS.clear()
     start = time.perf_counter()
     times = StageTimes()
     summary = run(build_config({"sources": [{"url": str(clip), "name": f"cam{i}"} for i in range(sources)],
@@ -69,6 +72,7 @@ def vidpipe(label: str, clip: Path, path: Path, sources: int = 1, model: dict | 
           f"p99 {summary.latency_p99_ms} ms, wall {time.perf_counter() - start:.1f} s, first result {summary.first_result_s} s, "
           f"rebuild p99 {inf['rebuild_ms_p99']} ms, timeouts {inf['timeouts']}, abandoned {inf['abandoned']}, "
           f"reloads {inf['engine_reloads']}, mean batch {inf['mean_batch']}, stage ms {times.means()}, "
+          f"CUDA call phases ms/batch {({k: round(v / max(1, inf['batches']), 2) for k, v in PHASE_MS.items()})}, "
           f"sizing {summary.sizing}", flush=True)
 
 
@@ -83,6 +87,8 @@ def main() -> None:
         vidpipe("gpu 1 source defaults", clip, model, model=gpu)
         vidpipe("gpu 16 sources defaults", clip, model, sources=16, model=gpu, max_frames=600)
         vidpipe("gpu 16 sources 4 contexts", clip, model, sources=16, model=gpu, max_frames=600, infer={"contexts": 4})
+        cpu_letterbox = {**gpu, "gpu_letterbox": False}
+        vidpipe("gpu 16 sources, CPU letterbox", clip, model, sources=16, model=cpu_letterbox, max_frames=600, infer={"contexts": 4})
         vidpipe("gpu 16 sources realtime", clip, model, sources=16, model=gpu, realtime=True, duration_s=10)
         vidpipe("gpu 1 source clean", clip, model, model=gpu, max_frames=600)
         vidpipe("gpu 1 source 5% errors", clip, model, model=gpu, max_frames=600, faults={"error_rate": 0.05, "seed": 1})

@@ -158,6 +158,24 @@ class GpuLetterbox:
             self._kernel(((total + _THREADS - 1) // _THREADS,), (_THREADS,), args)
 
 
+def zero(ptr: int, nbytes: int, stream: int) -> None:
+    """Zero `nbytes` of device memory at `ptr` on `stream` (a padded batch's unused rows)."""
+    import cupy
+
+    memory = cupy.cuda.UnownedMemory(int(ptr), nbytes, owner=None)
+    with cupy.cuda.ExternalStream(int(stream)):
+        cupy.ndarray((nbytes,), cupy.uint8, cupy.cuda.MemoryPointer(memory, 0)).fill(0)
+
+
+def available() -> bool:
+    """Whether CuPy imports and can compile the kernel here (so GPU engines letterbox on the GPU)."""
+    try:
+        _compiled().compile()
+    except Exception:  # no CuPy, no GPU, or no NVRTC: the CPU letterboxes instead
+        return False
+    return True
+
+
 def upload(frames: list[np.ndarray], stream: int) -> Any:
     """Host I420 planes of one size -> a CuPy uint8 array (batch, rows, columns), copied on
     `stream` (asynchronously only from pinned host memory; from ordinary memory CuPy

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engines.base import Context, Engine, InputBuffers, TensorSpec
+from engines.base import Context, DeviceFill, DeviceFills, Engine, InputBuffers, TensorSpec
 from engines.errors import ModelError
 from stages.types import Frame
 from stages.preprocess import stack
@@ -50,6 +50,10 @@ class InferStage:
         self.input_size = _input_size(engine.name, spec, input_size)  # (width, height)
         self.fixed_batch = spec.batch_dim if not isinstance(shape[0], str) else None
         self._buffers = threading.local()
+        # Letterbox on the GPU from I420 planes (stages/gpu_preprocess.py), set by pipeline/model.py
+        # for GPU engines when CuPy is there; the CPU then only sets each frame's Letterbox.
+        self.gpu_planes = False
+        self._gpu_letterboxes: dict[tuple[int, int], object] = {}
         # The output layout's own sanity check (scores in 0..1, ...), set by pipeline/model.py.
         self.check: Callable[[dict[str, np.ndarray], int], str | None] | None = None
 
@@ -75,11 +79,42 @@ class InferStage:
         into `context`'s own buffer when it offers one (an optional
         `InputBuffers` context (engines/base.py), e.g. shared memory)."""
         batch = self.fixed_batch or batch or len(frames)
+        if self.gpu_planes and isinstance(context, DeviceFills) and context.accepts_device_fill:
+            return {self.input_name: self._planes_fill(frames, batch)}
         if not isinstance(context, InputBuffers):
             return {self.input_name: stack(frames, batch, out=self._buffer(batch))}
         w, h = self.input_size
         buffer = context.input_buffer(self.input_name, (batch, 3, h, w), np.dtype(np.float32))
         return {self.input_name: stack(frames, batch, out=buffer)}
+
+    def _planes_fill(self, frames: list[Frame], batch: int) -> DeviceFill:
+        """The batch as a DeviceFill: the frames' I420 planes are uploaded and letterboxed on the
+        context's stream (stages/gpu_preprocess.py); padding rows are zeroed there too."""
+        from stages import gpu_preprocess
+
+        w, h = self.input_size
+        row_bytes = 3 * h * w * 4
+        runs: list[tuple[int, tuple[int, int], list[np.ndarray]]] = []  # (first row, size, planes)
+        for i, frame in enumerate(frames):
+            if runs and runs[-1][1] == frame.source_size:
+                runs[-1][2].append(frame.image)
+            else:
+                runs.append((i, frame.source_size, [frame.image]))
+
+        def fill(stream: int, out_ptr: int) -> None:
+            held = []  # device copies of the planes: alive until the stream has read them
+            for first, size, planes in runs:
+                letterbox = self._gpu_letterboxes.get(size)
+                if letterbox is None:
+                    letterbox = self._gpu_letterboxes[size] = gpu_preprocess.GpuLetterbox(self.input_size, size)
+                device = gpu_preprocess.upload(planes, stream)
+                held.append(device)
+                letterbox.run(device, out_ptr + first * row_bytes, len(planes), stream)
+            if batch > len(frames):
+                gpu_preprocess.zero(out_ptr + len(frames) * row_bytes, (batch - len(frames)) * row_bytes, stream)
+            self._buffers.held = held  # replaced by the next batch of this thread, after this one finished
+
+        return DeviceFill((batch, 3, h, w), np.dtype(np.float32), fill)
 
     def _buffer(self, count: int) -> np.ndarray:
         """This thread's float32 batch buffer, grown to the largest batch it has seen.

@@ -151,13 +151,20 @@ class Preprocess:
     `frame.image` is I420 planes (stages.decode.to_i420). Safe to call from several threads:
     each keeps its own swscale contexts, one per source size, so frames of sources of
     different sizes do not rebuild a context every time they alternate.
+
+    `geometry_only` (GPU engines that letterbox on the device, stages/gpu_preprocess.py):
+    only the Letterbox is set; the pixels stay as planes for the GPU and `tensor` stays None.
     """
 
-    def __init__(self, input_size: tuple[int, int]) -> None:
+    def __init__(self, input_size: tuple[int, int], geometry_only: bool = False) -> None:
         self.input_size = input_size
+        self.geometry_only = geometry_only
         self._local = threading.local()
 
     def __call__(self, frame: Frame) -> Frame:
+        if self.geometry_only:
+            frame.letterbox = letterbox_geometry(self.input_size, frame.source_size)
+            return frame
         if not hasattr(self._local, "reformatters"):
             self._local.reformatters = {}
         reformatter = self._local.reformatters.get(frame.source_size)
@@ -165,6 +172,14 @@ class Preprocess:
             reformatter = self._local.reformatters[frame.source_size] = VideoReformatter()
         frame.tensor, frame.letterbox = letterbox_i420(frame.image, self.input_size, frame.source_size, reformatter)
         return frame
+
+
+def letterbox_geometry(input_size: tuple[int, int], source_size: tuple[int, int]) -> Letterbox:
+    """Where a `source_size` picture lands in an `input_size` model input: the same geometry as
+    letterbox_image's (centred, aspect kept), so boxes map back the same way."""
+    (iw, ih), (nw, nh) = input_size, fit_size(source_size, input_size)
+    ratio = min(iw / source_size[0], ih / source_size[1])
+    return Letterbox(ratio=ratio, pad_x=float((iw - nw) // 2), pad_y=float((ih - nh) // 2), source_size=source_size)
 
 
 def stack(frames: list[Frame], batch_size: int | None = None, out: np.ndarray | None = None) -> np.ndarray:

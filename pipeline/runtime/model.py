@@ -105,6 +105,7 @@ def load_model(
             classes=config.classes,
         )
         stage.check = layout_check(output.name, head, config.conf)
+        stage.gpu_planes = config.gpu_letterbox and _letterboxes_on_gpu(engine)
     except ModelError as err:
         engine.close()
         message = str(err)
@@ -120,6 +121,15 @@ def load_model(
         else:
             engine = FaultyEngine(engine, plan)
     return Model(engine, stage, post, reference)
+
+
+def _letterboxes_on_gpu(engine: Engine) -> bool:
+    """A CUDA engine in this process letterboxes on the GPU when CuPy can compile the kernel."""
+    if getattr(engine, "cuda_options", None) is None:
+        return False  # CPU engines, and engines in a worker process (their inputs cross as host memory)
+    from stages import gpu_preprocess
+
+    return gpu_preprocess.available()
 
 
 def _wanted_size(engine: Engine, imgsz: int | None, source_sizes: list[tuple[int, int]]) -> tuple[int, int] | None:

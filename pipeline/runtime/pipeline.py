@@ -122,7 +122,7 @@ class Pipeline:
         self.analytics = _analytics(config, sources)
         self.publisher = Publisher(sinks, self.ledger, self.hooks.on_result, self.analytics, self._output_failed)
         self.stats = InferStats()
-        self.preprocess = Preprocess(model.input_size)
+        self.preprocess = Preprocess(model.input_size, geometry_only=model.stage.gpu_planes)
         self._stopping = threading.Event()
         self.interrupted = False
         self._abort_reason: tuple[Reason, str | None] | None = None
@@ -401,6 +401,7 @@ class Pipeline:
     def _summary(self, elapsed: float) -> RunSummary:
         latencies = list(self.publisher.latencies)
         inference = self.stats.snapshot()
+        inference["gpu_letterbox"] = self.model.stage.gpu_planes
         return RunSummary(
             sources=self.ledger.snapshot(),
             elapsed_s=elapsed,

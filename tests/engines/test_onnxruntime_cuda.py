@@ -128,8 +128,11 @@ def test_a_fault_free_gpu_run_at_default_flags_ends_every_frame_ok(person_clip: 
 @gpu
 def test_injected_faults_on_the_gpu_rebuild_and_retry(car_clip: Path, bench_model: Path) -> None:
     sink = CollectSink()
-    summary = run(build_config(cuda_config(car_clip, bench_model, faults={"error_rate": 0.05, "hang_rate": 0.01, "hang_s": 3.0, "seed": 2})),
-                  sinks=[sink])
+    # Batches of 16 make few calls (about 25 for the clip): a high rate so faults surely come.
+    # A GPU context is a session that tunes every batch shape when made (about 1-2 s), so the
+    # deadline leaves room for a swap when the warm spares run out.
+    faults = {"error_rate": 0.1, "hang_rate": 0.02, "hang_s": 3.0, "seed": 2}
+    summary = run(build_config(cuda_config(car_clip, bench_model, faults=faults, deadline_ms=10_000)), sinks=[sink])
     assert sink.seqs("cam") == list(range(377)) and summary.balanced
     assert summary.ok / 377 >= 0.95, sink.outcomes()
     assert summary.inference["rebuilds"] >= 1 and summary.inference["retries"] >= 1
@@ -155,3 +158,55 @@ def test_a_context_given_up_on_frees_its_buffers_only_after_its_stream_completes
     while host.ptr and time.monotonic() < deadline:
         time.sleep(0.05)
     assert host.ptr == 0
+
+
+@gpu
+def test_letterboxing_on_the_gpu_finds_what_the_cpu_path_finds() -> None:
+    """The embedded default on its sample clip, CUDA provider, letterboxed on the GPU from the
+    decoded planes and on the CPU: the same objects, boxes within 2 source pixels."""
+    results = {}
+    for on_gpu in (True, False):
+        sink = CollectSink()
+        config = {"model": {"providers": [CUDA, "CPUExecutionProvider"], "gpu_letterbox": on_gpu}}
+        summary = run(build_config(config), sinks=[sink])
+        assert summary.inference["gpu_letterbox"] is on_gpu and summary.ok == summary.frames
+        results[on_gpu] = {r.seq: r.detections for r in sink.results}
+    matched = 0
+    for seq, cpu in results[False].items():
+        gpu = results[True][seq]
+        if len(gpu) != len(cpu):
+            continue
+        # Each GPU box against its nearest CPU box (L-infinity, source pixels).
+        distance = np.abs(gpu.xyxy[:, None, :] - cpu.xyxy[None, :, :]).max(axis=2)
+        assert distance.min(axis=1).max(initial=0) <= 2.0, seq
+        matched += 1
+    assert matched >= 0.95 * len(results[False])
+
+
+@gpu
+def test_a_replaced_context_hands_its_tuned_session_on_unless_it_was_given_up_on(bench_model: Path) -> None:
+    from engines.errors import InferenceTimeout
+    from engines.onnxruntime import OnnxRuntimeEngine
+
+    engine = OnnxRuntimeEngine(bench_model, providers=[(CUDA, {})])
+    x = np.zeros((1, 3, 640, 640), np.float32)
+    first = engine.create_context()
+    first.infer({"images": x}, 60.0)
+    session = first._cuda
+    first.close()
+    deadline = time.monotonic() + 10
+    while not engine._cuda_sessions._idle and time.monotonic() < deadline:
+        time.sleep(0.01)  # handed on once its stream is done
+    second = engine.create_context()
+    assert second._cuda is session  # already tuned: a swap, not a new session
+    second.infer({"images": x}, 60.0)
+    gate = StreamGate(second._stream.handle)
+    with pytest.raises(InferenceTimeout):
+        second.infer({"images": x}, 0.2)
+    second.close()
+    gate.release()
+    time.sleep(0.5)
+    assert session not in engine._cuda_sessions._idle  # a stream that hung is never reused
+    third = engine.create_context()
+    assert third._cuda is not session
+    third.close()
