@@ -1,16 +1,39 @@
-"""The Engine/Context protocol every backend implements.
+"""The Engine/Context protocol every backend implements, and the optional capabilities.
 
 An Engine is loaded once per model and shared; a Context is cheap and owns the
 per-request state. After a Context raises, the caller discards it.
+
+Optional capabilities are Protocols of their own, checked with `isinstance` (they are
+`runtime_checkable`): `Reloadable` and `FaultInjectable` engines, `Supervised` engines that
+report escalations, and contexts with `InputBuffers` or `DeviceFills`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from engines.faults import FaultPlan
+
+
+class EngineEvent(StrEnum):
+    """An escalation above context rebuilds, reported on every source as an event of this type."""
+
+    WORKER_LOST = "worker_lost"  # engines/process.py: the worker process died or was poisoned
+    WORKER_START_FAILED = "worker_start_failed"
+    WORKER_RESTARTED = "worker_restarted"  # a new worker process took over
+    WORKER_BUDGET_EXHAUSTED = "worker_budget_exhausted"  # too many restarts: the run stops
+    ENGINE_RELOADED = "engine_reloaded"  # pipeline/runtime/ladder.py: Engine.reload() succeeded
+    ENGINE_RELOAD_FAILED = "engine_reload_failed"
+
+
+# Receives an EngineEvent and its details (JSON-able: the event record's fields).
+EventHandler = Callable[[EngineEvent, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,11 @@ class DeviceFill:
 
 
 class Context(Protocol):
+    """Per-request state over a shared Engine: buffers, a stream, an execution context.
+
+    Not shared between threads; closed by its owner. After `infer` raises, discard it.
+    """
+
     def infer(self, inputs: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         """Run one batch. Raises InferenceError on failure, InferenceTimeout past `timeout` seconds."""
         ...
@@ -52,6 +80,9 @@ class Context(Protocol):
 
 
 class Engine(Protocol):
+    """A model loaded once and shared: its tensors (`inputs`, `outputs`, shapes with dynamic dims
+    as None or a name), its ONNX metadata, and a factory of Contexts. Raises ModelError on load."""
+
     name: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -60,3 +91,44 @@ class Engine(Protocol):
     def create_context(self) -> Context: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Reloadable(Protocol):
+    """An engine that can reload its model in place, for the escalation ladder
+    (pipeline/runtime/ladder.py) when fresh contexts keep failing. Raises ModelError on failure."""
+
+    def reload(self) -> None: ...
+
+
+@runtime_checkable
+class Supervised(Protocol):
+    """An engine that reports escalations of its own (engines/process.py: worker restarts);
+    whoever owns it sets `on_event`, called with each EngineEvent and its details."""
+
+    on_event: EventHandler | None
+
+
+@runtime_checkable
+class FaultInjectable(Protocol):
+    """An engine that applies a fault plan where it runs (engines/process.py: in the worker
+    process, where a crash or a poisoned process belongs) instead of being wrapped."""
+
+    def inject_faults(self, plan: FaultPlan) -> None: ...
+
+
+@runtime_checkable
+class InputBuffers(Protocol):
+    """A context that lends the array an input must be written into (shared memory, pinned
+    host memory), so the batch is built in place: shape and dtype as the input's TensorSpec."""
+
+    def input_buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray: ...
+
+
+@runtime_checkable
+class DeviceFills(Protocol):
+    """A GPU context that can take a DeviceFill for an input instead of host memory, when its
+    `accepts_device_fill` is True (engines/onnxruntime_cuda.py; a fault wrapper says what its
+    inner context says)."""
+
+    accepts_device_fill: bool

@@ -12,8 +12,8 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from engines.errors import ModelError
 

@@ -1,7 +1,8 @@
-"""The root of vidpipe's error hierarchy.
+"""vidpipe's whole error hierarchy, defined once.
 
 It lives here, in the lowest layer, so that engines, stages and the pipeline can
-all raise and catch the same types without engines knowing the pipeline.
+all raise and catch the same types without engines knowing the pipeline. User errors
+(VidpipeError and below) end the CLI with one line and exit code 2.
 """
 
 
@@ -34,3 +35,19 @@ class WorkerLost(StickyInferenceError):
 
 class WorkerBudgetExhausted(VidpipeError):
     """The inference worker needed more restarts than its budget allows: the run must stop."""
+
+
+class SourceError(VidpipeError):
+    """A video source cannot be opened or read."""
+
+
+class StageError(VidpipeError):
+    """A stage could not process one frame; the frame fails, the run goes on."""
+
+
+class ConfigError(VidpipeError):
+    """A configuration value is invalid."""
+
+
+class OutputError(VidpipeError):
+    """An output (file, directory, Redis) cannot be written."""

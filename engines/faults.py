@@ -16,25 +16,39 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from engines.base import Context, Engine
+from engines.base import Context, DeviceFills, Engine, Reloadable
 from engines.errors import InferenceError, ModelError, StickyInferenceError
 
+HOUR_S = 3_600.0
 
-@dataclass(frozen=True)
-class FaultPlan:
-    error_rate: float = 0.0
-    hang_rate: float = 0.0
-    hang_s: float = 5.0
-    slow_rate: float = 0.0
-    slow_ms: float = 50.0
-    corrupt_rate: float = 0.0
-    sticky_rate: float = 0.0
-    crash_rate: float = 0.0
-    seed: int | None = None
+
+class FaultPlan(BaseModel):
+    """Injected faults per inference call, to watch and test recovery: probabilities (0..1) per
+    call, `hang_s` seconds of a hang, `slow_ms` milliseconds of a slowdown, and a `seed` for
+    a repeatable sequence. It is also the config's `faults:` section (pipeline/config.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    error_rate: float = Field(0.0, ge=0.0, le=1.0)
+    hang_rate: float = Field(0.0, ge=0.0, le=1.0)
+    hang_s: float = Field(5.0, ge=0.0, le=HOUR_S)
+    slow_rate: float = Field(0.0, ge=0.0, le=1.0)
+    slow_ms: float = Field(50.0, ge=0.0, le=HOUR_S * 1000)
+    corrupt_rate: float = Field(0.0, ge=0.0, le=1.0)
+    sticky_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Errors that poison the process running the engine (a CUDA illegal address)."
+    )
+    crash_rate: float = Field(0.0, ge=0.0, le=1.0, description="Kills the process running the engine.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+
+    @property
+    def active(self) -> bool:
+        rates = (self.error_rate, self.hang_rate, self.slow_rate, self.corrupt_rate, self.sticky_rate, self.crash_rate)
+        return any(r > 0 for r in rates)
 
 
 class FaultyEngine:
@@ -66,9 +80,8 @@ class FaultyEngine:
     def reload(self) -> None:
         if self.poisoned:
             raise ModelError("injected sticky fault: the engine cannot be reloaded in this process")
-        reload = getattr(self.inner, "reload", None)
-        if reload is not None:
-            reload()
+        if isinstance(self.inner, Reloadable):
+            self.inner.reload()
 
     def close(self) -> None:
         self.inner.close()
@@ -79,7 +92,7 @@ class FaultyContext:
         self._inner = inner
         self._engine = engine
         self.corrupted = False
-        self.accepts_device_fill = getattr(inner, "accepts_device_fill", False)
+        self.accepts_device_fill = isinstance(inner, DeviceFills) and inner.accepts_device_fill
 
     def infer(self, inputs: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         engine = self._engine

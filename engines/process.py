@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.base import EngineEvent, EventHandler
 from engines.errors import InferenceError, InferenceTimeout, ModelError, WorkerBudgetExhausted, WorkerLost
 from engines.faults import FaultPlan
 from engines.worker import close_when_free, layout, run_worker, view
@@ -48,7 +49,6 @@ _REPLY_GRACE_S = 0.01
 _BACKOFF_S = 0.1
 _BACKOFF_MAX_S = 5.0
 
-EventHandler = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -181,7 +181,7 @@ class ProcessEngine:
         if plan is None or plan.seed is None:
             return plan
         # Each worker draws its own sequence: a restarted one must not repeat the fault that killed the last.
-        return replace(plan, seed=plan.seed + 1000 * (generation - 1))
+        return plan.model_copy(update={"seed": plan.seed + 1000 * (generation - 1)})
 
     def _start(self, generation: int) -> tuple[_Worker, tuple]:
         control, child_end = self._mp.Pipe()
@@ -237,7 +237,7 @@ class ProcessEngine:
         detected = time.monotonic()
         status = _stop(old)
         log.warning("inference worker %d lost: %s (%s)", old.generation, why, status)
-        self._emit("worker_lost", generation=old.generation, reason=why, status=status)
+        self._emit(EngineEvent.WORKER_LOST, generation=old.generation, reason=why, status=status)
         generation, last = old.generation, why
         while True:
             now = time.monotonic()
@@ -255,7 +255,7 @@ class ProcessEngine:
             except ModelError as err:
                 last = str(err)
                 log.warning("inference worker %d: %s", generation, last)
-                self._emit("worker_start_failed", generation=generation, error=last)
+                self._emit(EngineEvent.WORKER_START_FAILED, generation=generation, error=last)
                 continue
             restart_ms = round((time.monotonic() - detected) * 1000, 1)
             with self._cond:
@@ -268,7 +268,7 @@ class ProcessEngine:
             log.warning(
                 "inference worker %d started in %.0f ms (restart %d)", generation, restart_ms, self.restarts
             )
-            self._emit("worker_restarted", generation=generation, restart_ms=restart_ms, reason=why)
+            self._emit(EngineEvent.WORKER_RESTARTED, generation=generation, restart_ms=restart_ms, reason=why)
             return True
 
     def _exhausted(self, last: str) -> bool:
@@ -281,11 +281,11 @@ class ProcessEngine:
             self._failure = failure
             self._cond.notify_all()
         self._emit(
-            "worker_budget_exhausted", restarts=len(self._recent), window_s=self.restart_window_s, reason=last
+            EngineEvent.WORKER_BUDGET_EXHAUSTED, restarts=len(self._recent), window_s=self.restart_window_s, reason=last
         )
         return False
 
-    def _emit(self, kind: str, **details: Any) -> None:
+    def _emit(self, kind: EngineEvent, **details: Any) -> None:
         handler = self.on_event
         if handler is None:
             return

@@ -25,7 +25,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from engines.base import Context, Engine
+from engines.base import Context, Engine, Reloadable
 from engines.errors import InferenceError, InferenceTimeout, StickyInferenceError
 from engines.faults import FaultPlan, FaultyEngine
 
@@ -83,11 +83,10 @@ class _Host:
         self.engine = FaultyEngine(self.inner, plan)
 
     def reload(self) -> tuple:
-        reload = getattr(self.engine, "reload", None)
-        if reload is None:
+        if not isinstance(self.engine, Reloadable):
             return ("failed", f"engine {self.inner.name} cannot be reloaded in place")
         try:
-            reload()
+            self.engine.reload()
         except Exception as err:  # a reload that fails for any reason escalates to a restart
             return ("failed", str(err) or type(err).__name__)
         return ("reloaded",)

@@ -1,4 +1,4 @@
-"""vidpipe's public Python API, imported on first use so `import pipeline.types` stays light.
+"""vidpipe's public Python API, imported on first use so `import pipeline.config` stays light.
 
     import pipeline
     summary = pipeline.run(pipeline.build_config({"sources": [{"url": "cars.mp4"}]}))
@@ -17,11 +17,11 @@ _EXPORTS = {
     "build_config": "pipeline.config",
     "load_config": "pipeline.config",
     "RunConfig": "pipeline.config",
-    "RunSummary": "pipeline.summary",
-    "VidpipeError": "pipeline.errors",
-    "ConfigError": "pipeline.errors",
-    "subscribe": "pipeline.subscriber",
-    "live": "pipeline.subscriber",
+    "RunSummary": "pipeline.observability.summary",
+    "VidpipeError": "engines.errors",
+    "ConfigError": "engines.errors",
+    "subscribe": "pipeline.sinks.redis.subscriber",
+    "live": "pipeline.sinks.redis.subscriber",
 }
 
 __all__ = sorted(_EXPORTS)

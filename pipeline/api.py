@@ -11,22 +11,21 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from pipeline import interrupts
-from pipeline.config import RunConfig, SourceConfig
-from pipeline.errors import OutputError
-from pipeline.model import load_model
-from pipeline.sizing import size_run
-from pipeline.sample_clip import SAMPLE_CLIP
-from pipeline.report import RunDisplay, print_summary
-from pipeline.runtime import Pipeline, RunHooks, Source
+from engines.errors import OutputError, SourceError
+from pipeline.assets.sample_clip import SAMPLE_CLIP
+from pipeline.config import OverloadPolicy, RunConfig, SourceConfig
+from pipeline.observability.report import RunDisplay, print_summary
+from pipeline.observability.summary import RunSummary, SourceLedger
+from pipeline.runtime import interrupts
+from pipeline.runtime.model import load_model
+from pipeline.runtime.pipeline import Pipeline, RunHooks, Source
+from pipeline.runtime.sizing import size_run
 from pipeline.sinks import Sink
-from pipeline.summary import RunSummary, SourceLedger
 from stages.decode import NAME_MAX, VideoDecoder, source_name
-from stages.errors import SourceError
 from stages.live import LiveSource
 
 if TYPE_CHECKING:
-    from pipeline.metrics import RunMetrics
+    from pipeline.observability.metrics import RunMetrics
 
 
 # Every network scheme FFmpeg reads video from: each is a live source, with timeouts,
@@ -96,7 +95,7 @@ def open_source(config: RunConfig, src: SourceConfig, name: str) -> Source:
         decoder = VideoDecoder(name, src.url, deadline_s, hwaccel=config.decode)
     return Source(
         decoder,
-        policy=src.policy or ("shed" if live else "block"),
+        policy=src.policy or (OverloadPolicy.SHED if live else OverloadPolicy.BLOCK),
         realtime=not live and (config.realtime if src.realtime is None else src.realtime),
         max_frames=config.max_frames,
         duration_s=config.duration_s,
@@ -115,7 +114,7 @@ def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[
 
         sinks.append(JsonlSink(config.outputs.jsonl))
     if config.outputs.redis:
-        from pipeline.sinks.redis import RedisSink
+        from pipeline.sinks.redis.sink import RedisSink
 
         sinks.append(RedisSink(config.outputs.redis, run_id, list(sources)))
     if config.outputs.mqtt:
@@ -129,7 +128,7 @@ def start_metrics(config: RunConfig, names: list[str], stack: ExitStack) -> RunM
     """Serve /metrics, /healthz and /readyz from now (before the model loads) to the end."""
     if config.metrics.port is None:
         return None
-    from pipeline.metrics import MetricsServer, RunMetrics
+    from pipeline.observability.metrics import MetricsServer, RunMetrics
 
     metrics = RunMetrics(names)
     stack.enter_context(MetricsServer(metrics, config.metrics.port, config.metrics.host))

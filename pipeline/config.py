@@ -6,16 +6,17 @@ import difflib
 import re
 import types
 import typing
+from enum import StrEnum
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import ConfigError
-from pipeline.redact import has_secret, redact
-
+from engines.errors import ConfigError
+from engines.faults import FaultPlan
+from stages.redact import has_secret, redact
 
 # A source name becomes a file name (<video dir>/<name>.mp4), a Redis key and a metrics label.
 SOURCE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
@@ -60,6 +61,13 @@ def check_redis_url(url: str) -> str:
     return url
 
 
+class OverloadPolicy(StrEnum):
+    """What a source does when preprocessing cannot keep up (README, overload)."""
+
+    BLOCK = "block"  # the decoder waits: nothing is dropped (files)
+    SHED = "shed"  # the oldest waiting frame fails as `shed` (live sources)
+
+
 class StrictModel(BaseModel):
     """Unknown keys are errors, so a typo in a config file is caught, not ignored."""
 
@@ -71,7 +79,7 @@ class SourceConfig(StrictModel):
     name: str | None = Field(
         None, description=f"Source name ({SOURCE_NAME_RULE}); derived from the URL when absent."
     )
-    policy: Literal["block", "shed"] | None = Field(
+    policy: OverloadPolicy | None = Field(
         None, description="Overload policy; default block for files, shed for live sources."
     )
     realtime: bool | None = Field(None, description="Pace a file at its frame rate (default: the run's realtime).")
@@ -117,7 +125,7 @@ class ModelConfig(StrictModel):
     classes: list[str] | None = Field(None, description="Keep only these labels.")
     intra_op_threads: int | None = Field(
         None, ge=0, le=MAX_THREADS,
-        description="ONNX Runtime threads per inference; none: usable CPUs / contexts (pipeline/sizing.py).",
+        description="ONNX Runtime threads per inference; none: usable CPUs / contexts (pipeline/runtime/sizing.py).",
     )
     providers: list[str | ProviderConfig] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
@@ -136,7 +144,7 @@ class ModelConfig(StrictModel):
 class InferConfig(StrictModel):
     contexts: int = Field(2, ge=1, le=64)
     max_batch: int | None = Field(
-        None, ge=1, le=256, description="Largest inference batch; none: 1 on the CPU, 16 on a GPU (pipeline/sizing.py)."
+        None, ge=1, le=256, description="Largest inference batch; none: 1 on the CPU, 16 on a GPU (pipeline/runtime/sizing.py)."
     )
     batch_shapes: list[Annotated[int, Field(ge=1, le=256)]] | None = Field(
         None, min_length=1, max_length=16,
@@ -159,35 +167,18 @@ class InferConfig(StrictModel):
     restart_window_s: float = Field(60.0, gt=0.0, le=DAY_S, description="The window of the restart budget.")
 
 
-class FaultConfig(StrictModel):
-    """Injected faults per inference call, to watch and test recovery."""
-
-    error_rate: float = Field(0.0, ge=0.0, le=1.0)
-    hang_rate: float = Field(0.0, ge=0.0, le=1.0)
-    hang_s: float = Field(5.0, ge=0.0, le=HOUR_S)
-    slow_rate: float = Field(0.0, ge=0.0, le=1.0)
-    slow_ms: float = Field(50.0, ge=0.0, le=HOUR_S * 1000)
-    corrupt_rate: float = Field(0.0, ge=0.0, le=1.0)
-    sticky_rate: float = Field(
-        0.0, ge=0.0, le=1.0, description="Errors that poison the process running the engine (a CUDA illegal address)."
-    )
-    crash_rate: float = Field(0.0, ge=0.0, le=1.0, description="Kills the process running the engine.")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-
-    @property
-    def active(self) -> bool:
-        rates = (self.error_rate, self.hang_rate, self.slow_rate, self.corrupt_rate, self.sticky_rate, self.crash_rate)
-        return any(r > 0 for r in rates)
+# The `faults:` section is the engines' own fault plan (engines/faults.py), defined once there.
+FaultConfig = FaultPlan
 
 
 class QueueConfig(StrictModel):
     size: int = Field(8, ge=1, le=10_000, description="Capacity per source of each bounded queue between stages.")
-    preprocess_workers: int | None = Field(None, ge=1, le=MAX_THREADS, description="None: sized to the host (pipeline/sizing.py).")
-    postprocess_workers: int | None = Field(None, ge=1, le=MAX_THREADS, description="None: sized to the host (pipeline/sizing.py).")
+    preprocess_workers: int | None = Field(None, ge=1, le=MAX_THREADS, description="None: sized to the host (pipeline/runtime/sizing.py).")
+    postprocess_workers: int | None = Field(None, ge=1, le=MAX_THREADS, description="None: sized to the host (pipeline/runtime/sizing.py).")
 
 
 class RedisConfig(StrictModel):
-    """Publishing results to Redis Streams (see pipeline/sinks/redis.py)."""
+    """Publishing results to Redis Streams (see pipeline/sinks/redis/sink.py)."""
 
     url: str = Field(description="redis://[:password@]host:port/db, rediss:// for TLS or unix:///path.")
     key_prefix: str = "vidpipe:results:"

@@ -23,7 +23,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import AnalyticsConfig  # noqa: E402
-from pipeline.types import Detections, Result, Status  # noqa: E402
+from stages.types import Detections, Result, Status  # noqa: E402
 from samples.bench_model import build  # noqa: E402
 from stages.analytics import Analytics  # noqa: E402
 

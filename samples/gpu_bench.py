@@ -57,7 +57,7 @@ class StageTimes:
 
 
 def vidpipe(label: str, clip: Path, path: Path, sources: int = 1, model: dict | None = None, **config) -> None:
-    from pipeline.runtime import RunHooks
+    from pipeline.runtime.pipeline import RunHooks
 
     from engines.onnxruntime_cuda import PHASE_MS
 

@@ -46,7 +46,7 @@ def run_naive(video: str, model: str, max_frames: int | None, out: Path, started
     import numpy as np
     import onnxruntime as ort
 
-    from pipeline.types import Frame
+    from stages.types import Frame
     from stages.labels import load_names
     from stages.layouts import detect_head
     from stages.postprocess import Postprocess
@@ -137,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.model is None:
         sys.path.insert(0, str(ROOT))
-        from pipeline.default_model import DEFAULT_MODEL
+        from pipeline.assets.default_model import DEFAULT_MODEL
 
         args.model = str(DEFAULT_MODEL)
     if args.worker:

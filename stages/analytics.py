@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from time import time as wall_clock
+from typing import TYPE_CHECKING
 
-from pipeline.config import AnalyticsConfig
-from pipeline.types import Result, SourceEvent, Status
+from stages.types import Result, SourceEvent, Status
 from stages.track import SourceTracker, frame_time
 from stages.zones import SourceZones
+
+if TYPE_CHECKING:  # configs are the pipeline's; stages only read their fields
+    from pipeline.config import AnalyticsConfig
 
 
 class Analytics:

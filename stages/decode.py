@@ -15,15 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import numpy as np
 from av.codec.hwaccel import HWAccel, hwdevices_available
 from av.video.reformatter import VideoReformatter
-import numpy as np
 
-from pipeline.redact import redact, redact_url
-from pipeline.types import Frame, SourceEvent
-from stages.errors import SourceError
+from engines.errors import SourceError
 from stages.preprocess import i420_to_rgb
-
+from stages.redact import redact, redact_url
+from stages.types import EventType, Frame, SourceEvent
 
 MAX_GOP_PACKETS = 1000  # packets kept since the last keyframe, to re-decode after damage (_recover)
 NAME_MAX = 64
@@ -154,7 +153,7 @@ class VideoDecoder:
                 # A dropped connection or a read timeout: the frames the decoder holds are good.
                 yield from self._drain()
                 self.errors += 1
-                yield self._event("decode_error", error=f"demux failed: {redact(str(err))}", fatal=True)
+                yield self._event(EventType.DECODE_ERROR, error=f"demux failed: {redact(str(err))}", fatal=True)
                 return
             if packet.stream is self._stream and packet.size:  # not the empty end-of-stream packet
                 self._keep(packet)
@@ -165,14 +164,14 @@ class VideoDecoder:
                     self._failed += 1
                     # With frame threading FFmpeg reports an error a few packets late: approximate.
                     time_s = float(packet.pts * packet.time_base) if packet.pts is not None else None
-                    yield self._event("decode_error", error=redact(str(err)), packet_time_s=time_s)
+                    yield self._event(EventType.DECODE_ERROR, error=redact(str(err)), packet_time_s=time_s)
                     decoded = []
                 for av_frame in decoded:
                     last_frame = time.monotonic()
                     yield self._frame(av_frame)
             if self.stall_s and time.monotonic() - last_frame > self.stall_s:
                 yield from self._drain()
-                yield self._event("decode_error", error=f"stalled: no frame for {self.stall_s:g} s", fatal=True)
+                yield self._event(EventType.DECODE_ERROR, error=f"stalled: no frame for {self.stall_s:g} s", fatal=True)
                 return
         if self._stopped:
             return
@@ -203,7 +202,7 @@ class VideoDecoder:
         except av.error.FFmpegError as err:
             self.errors += 1
             self._failed += 1
-            yield self._event("decode_error", error=redact(str(err)))
+            yield self._event(EventType.DECODE_ERROR, error=redact(str(err)))
             flushed = []
         for av_frame in flushed:
             av_frame.time_base = self._stream.time_base  # a flush has no packet to take it from
@@ -234,13 +233,13 @@ class VideoDecoder:
         truncated = self._truncation() if "://" not in self.url else None
         if truncated:
             self.errors += 1
-            yield self._event("decode_error", error="truncated", fatal=True, packets=self._packets, frames=self._emitted, **truncated)
+            yield self._event(EventType.DECODE_ERROR, error="truncated", fatal=True, packets=self._packets, frames=self._emitted, **truncated)
         lost = self._packets - self._emitted
         if lost > 0 or self._concealed:
             # The decoder skips frames that refer to damaged ones, mostly without an error,
             # and conceals damage in others (FFmpeg flags those frames corrupt).
             yield self._event(
-                "decode_error",
+                EventType.DECODE_ERROR,
                 error=f"damaged: {lost} of {self._packets} packets gave no frame, {self._concealed} frames concealed",
                 packets=self._packets, frames=self._emitted, lost=lost, concealed=self._concealed,
             )

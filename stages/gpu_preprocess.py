@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.types import Letterbox
 from stages.preprocess import PAD_VALUE, fit_size
+from stages.types import Letterbox
 
 # BT.601 limited range (ITU-R BT.601, as swscale and OpenCV's COLOR_YUV2RGB_I420 use).
 Y_SCALE, V_TO_R, U_TO_G, V_TO_G, U_TO_B = 1.164383, 1.596027, 0.391762, 0.812968, 2.017232

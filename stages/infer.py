@@ -11,13 +11,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engines.base import Context, DeviceFill, Engine, TensorSpec
+from engines.base import Context, DeviceFill, DeviceFills, Engine, InputBuffers, TensorSpec
 from engines.errors import ModelError
-from pipeline.types import Frame
+from stages.types import Frame
 from stages.preprocess import stack
-
-# A context's own input memory (e.g. a worker's shared-memory block): (name, shape, dtype) -> array.
-InputBuffer = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
 
 
 class InferStage:
@@ -80,15 +77,14 @@ class InferStage:
         """The batch tensor [batch, 3, H, W], zero-padded past len(frames) (the padding's
         outputs never reach a result: `split` reads only the frames' rows), written straight
         into `context`'s own buffer when it offers one (an optional
-        `input_buffer(name, shape, dtype)` method, e.g. shared memory)."""
+        `InputBuffers` context (engines/base.py), e.g. shared memory)."""
         batch = self.fixed_batch or batch or len(frames)
-        if self.gpu_planes and getattr(context, "accepts_device_fill", False):
+        if self.gpu_planes and isinstance(context, DeviceFills) and context.accepts_device_fill:
             return {self.input_name: self._planes_fill(frames, batch)}
-        into: InputBuffer | None = getattr(context, "input_buffer", None)
-        if into is None:
+        if not isinstance(context, InputBuffers):
             return {self.input_name: stack(frames, batch, out=self._buffer(batch))}
         w, h = self.input_size
-        buffer = into(self.input_name, (batch, 3, h, w), np.dtype(np.float32))
+        buffer = context.input_buffer(self.input_name, (batch, 3, h, w), np.dtype(np.float32))
         return {self.input_name: stack(frames, batch, out=buffer)}
 
     def _planes_fill(self, frames: list[Frame], batch: int) -> DeviceFill:

@@ -14,11 +14,10 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-from pipeline.redact import redact
-from pipeline.types import Frame, SourceEvent
+from engines.errors import SourceError
 from stages.decode import NoVideo, StreamInfo, VideoDecoder
-from stages.errors import SourceError
-
+from stages.redact import redact
+from stages.types import EventType, Frame, SourceEvent
 
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443, "http": 80, "https": 443}
 
@@ -123,7 +122,7 @@ class LiveSource:
                 if isinstance(item, Frame):
                     self.seq = item.seq + 1
                     yield item
-                elif item.details.get("fatal"):
+                elif item.fatal:
                     error = str(item.details.get("error"))
                 else:
                     yield item
@@ -131,18 +130,18 @@ class LiveSource:
             if self._closed.is_set():
                 return
             started, began = time.time(), time.monotonic()
-            yield SourceEvent(self.name, "outage_start", self.seq - 1, started, {"error": error})
+            yield SourceEvent(self.name, EventType.OUTAGE_START, self.seq - 1, started, {"error": error})
             try:
                 self._decoder = self._connect(self.max_reconnects)
             except SourceError as err:
                 if self._closed.is_set():
                     return  # stopped (a signal, --duration) while reconnecting: not a failure
-                yield SourceEvent(self.name, "source_failed", self.seq - 1, time.time(), {"error": redact(str(err)), "fatal": True})
+                yield SourceEvent(self.name, EventType.SOURCE_FAILED, self.seq - 1, time.time(), {"error": redact(str(err)), "fatal": True})
                 return
             self.reconnects += 1
             yield SourceEvent(
                 self.name,
-                "outage_end",
+                EventType.OUTAGE_END,
                 self.seq - 1,
                 time.time(),
                 {"duration_s": round(time.monotonic() - began, 3), "started": started, "reconnects": self.reconnects},

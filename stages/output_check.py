@@ -1,6 +1,6 @@
 """What a model's raw outputs must look like before anything trusts them.
 
-Run on every batch a context returns (pipeline/scheduler.py): a context whose outputs fail
+Run on every batch a context returns (pipeline/runtime/scheduler.py): a context whose outputs fail
 is treated like one that raised — replaced, and the batch retried — so corrupt numbers from
 a broken context or bad device memory never reach a result. The generic part (every value
 finite) lives in InferStage.output_problem; this adds what the output layout tells.

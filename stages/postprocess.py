@@ -5,10 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from engines.errors import ModelError
-from pipeline.types import Detections, Frame
-from stages.errors import StageError
+from engines.errors import ModelError, StageError
 from stages.layouts import STRIDES, Head, detect_head
+from stages.types import Detections, Frame
 
 MAX_CANDIDATES = 4096  # highest-scoring candidates kept for NMS
 

@@ -31,7 +31,7 @@ from av.video.reformatter import VideoReformatter
 import cv2
 import numpy as np
 
-from pipeline.types import Frame, Letterbox
+from stages.types import Frame, Letterbox
 
 PAD_VALUE = 114  # the grey YOLO exporters train with
 STRIDE = 32  # the largest stride of YOLO heads: input sides must be multiples of it

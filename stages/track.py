@@ -10,7 +10,7 @@ non-headless `opencv-python` wheel, which would clash with our `opencv-python-he
 requires `opencv-python`, so it is not used until it offers a headless way in.
 
 State is per source and the calls must come in seq order: the publisher calls `update`
-as it releases each result (pipeline/publisher.py), so this runs on one thread, after
+as it releases each result (pipeline/runtime/publisher.py), so this runs on one thread, after
 the runtime has restored order, whatever the number of postprocess workers.
 
 A failed frame is a gap: the tracker advances one frame with no detections, so its
@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import supervision as sv
 
-from pipeline.types import Detections, Result, Status
+from stages.types import Detections, EventType, Result, Status
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Track:
         """The `track_start` / `track_end` event's fields."""
         out = {"track_id": self.track_id, "class_id": self.class_id, "label": self.label,
                "first_seq": self.first_seq, "last_seq": self.last_seq}  # fmt: skip
-        if kind == "track_end":
+        if kind == EventType.TRACK_END:
             out["duration_s"] = round(self.last_time - self.first_time, 3)
             out["gaps"] = self.gaps
         return out

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import supervision as sv
 
-from pipeline.config import LineConfig, ZoneConfig
-from pipeline.types import Detections
 from stages.track import Track
+from stages.types import Detections, EventType
+
+if TYPE_CHECKING:  # configs are the pipeline's; stages only read their fields
+    from pipeline.config import LineConfig, ZoneConfig
 
 ANCHOR = (sv.Position.CENTER,)
 
@@ -87,9 +90,9 @@ class SourceZones:
                 if inside[k]:
                     zone.inside[tid] = (seq, time)
                     zone.entries += 1
-                    events.append(("zone_enter", {"zone": zone.name, "track_id": tid, "label": labels[k]}))
+                    events.append((EventType.ZONE_ENTER, {"zone": zone.name, "track_id": tid, "label": labels[k]}))
                 else:
-                    events.append(("zone_exit", self._exit(zone, tid, labels[k], seq, time)))
+                    events.append((EventType.ZONE_EXIT, self._exit(zone, tid, labels[k], seq, time)))
         for line in self.lines:
             if not len(svd):
                 continue
@@ -98,7 +101,7 @@ class SourceZones:
                 for direction, crossed in (("in", crossed_in), ("out", crossed_out)):
                     if crossed[k]:
                         line.totals[(direction, labels[k])] += 1
-                        events.append(("line_cross", {"line": line.name, "direction": direction,
+                        events.append((EventType.LINE_CROSS, {"line": line.name, "direction": direction,
                                                       "track_id": ids[k], "label": labels[k]}))  # fmt: skip
         return self.counts(occupancy), events
 
@@ -108,7 +111,7 @@ class SourceZones:
         for zone in self.zones:
             for track in tracks:
                 if track.track_id in zone.inside:
-                    events.append(("zone_exit", self._exit(zone, track.track_id, track.label, track.last_seq, track.last_time)))
+                    events.append((EventType.ZONE_EXIT, self._exit(zone, track.track_id, track.label, track.last_seq, track.last_time)))
         return events
 
     @staticmethod

@@ -160,7 +160,7 @@ def save_conv_detector(path: Path, **kwargs: object) -> Path:
 def prepared_conv_models(directory: Path, calibration_clip: Path) -> dict[str, Path]:
     """The conv detector at fp32 and prepared for fp16 and int8 (calibrated on `calibration_clip`)."""
     from engines.prepare import prepare_fp16, prepare_int8
-    from pipeline.calibration import calibration_batches
+    from pipeline.cli.calibration import calibration_batches
 
     fp32 = save_conv_detector(directory / "conv.onnx")
     return {

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pipeline.types import Detections, Frame
 from stages.postprocess import Postprocess
 from stages.preprocess import letterbox
+from stages.types import Detections, Frame
 
 IOU_AGREE = 0.9
 Runner = Callable[[np.ndarray], np.ndarray]  # [1, 3, H, W] float32 -> the model's first output

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from pipeline.sinks.redis import RedisSink
-from pipeline.summary import RunSummary, SourceLedger
-from pipeline.types import Detections, Reason, Result, SourceEvent, Status
+from pipeline.observability.summary import RunSummary, SourceLedger
+from pipeline.sinks.redis.sink import RedisSink
+from stages.types import Detections, Reason, Result, SourceEvent, Status
 
 
 def free_port() -> int:

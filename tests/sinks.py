@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pipeline.summary import RunSummary
-from pipeline.types import Result, SourceEvent, Status
+from pipeline.observability.summary import RunSummary
+from stages.types import Result, SourceEvent, Status
 
 
 class CollectSink:

@@ -1,7 +1,7 @@
 """vidpipe over a Ray cluster: pipeline workers as Ray actors, sources assigned by load.
 
 - `worker.py`: the `PipelineWorker` actor: one per GPU (or per N CPUs), running the same
-  `pipeline.runtime.Pipeline` a single run uses, one Pipeline per assigned source.
+  `pipeline.runtime.pipeline.Pipeline` a single run uses, one Pipeline per assigned source.
 - `coordinator.py`: the detached `Coordinator` actor: assigns sources, watches workers,
   moves the sources of a dead worker to the survivors.
 - `streams.py`: what the cluster reads back from Redis: where a source resumes, the
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from pipeline.errors import ConfigError
+from engines.errors import ConfigError
 
 NAMESPACE = "vidpipe"
 COORDINATOR = "vidpipe-coordinator"

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.errors import ConfigError
+from engines.errors import ConfigError
 
 ACTIONS = ("start", "status", "add", "remove", "stop")
 
@@ -64,7 +64,7 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from pipeline.cli import EXIT_INTERRUPTED, EXIT_LEDGER
+    from pipeline.cli.exits import EXIT_INTERRUPTED, EXIT_LEDGER
     from pipeline.cluster import client
     from pipeline.config import build_config, load_config, merge
 
@@ -133,3 +133,9 @@ def _print_status(current: dict[str, Any], ledgers: dict[str, dict[str, Any]]) -
     )
     console.print(f"workers: {workers}")
     console.print(f"cluster ledger (from the streams): {total['frames']} results = {total['ok']} ok + {total['failed']} failed")
+
+
+def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    """Add `vidpipe cluster` to the command line (pipeline/cli/main.py calls it)."""
+    add_cluster_parser(sub)
+    sub.choices[name].set_defaults(func=run_cluster)

@@ -14,11 +14,12 @@ from typing import Any
 
 import redis
 
+from engines.errors import ConfigError
 from pipeline.cluster import COORDINATOR, NAMESPACE, require_ray
 from pipeline.cluster.streams import ClusterState
 from pipeline.config import RunConfig, SourceConfig
-from pipeline.errors import ConfigError
-from pipeline.sinks.redis import connect, redact_url
+from pipeline.sinks.redis.entries import connect
+from stages.redact import redact_url
 
 
 def connect_ray(address: str | None, start_local: bool = False) -> Any:

@@ -17,12 +17,12 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from engines.errors import ConfigError
 from pipeline.api import is_live
 from pipeline.cluster import NAMESPACE
 from pipeline.cluster.streams import ClusterState, last_id, resume_point, stream_ledger
 from pipeline.config import RunConfig, SourceConfig
-from pipeline.errors import ConfigError
-from pipeline.sinks.redis import connect
+from pipeline.sinks.redis.entries import connect
 
 log = logging.getLogger("vidpipe.cluster.coordinator")
 

@@ -5,7 +5,7 @@
   state lives in the CLI process.
 - `resume_point`: where a source continues on a new worker. Entry IDs of a vidpipe stream
   are `<base>-<position>` with position `(seq + 1) * SLOTS_PER_SEQ` for frame `seq` and
-  the positions right after it for its events (pipeline/sinks/redis.py), so the last ID
+  the positions right after it for its events (pipeline/sinks/redis/sink.py), so the last ID
   alone says which seq comes next.
 - `stream_ledger`: the cluster-wide ledger of one source, counted from its stream: every
   seq from 0 to the end exactly once, or the seqs missing or repeated.
@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from pipeline.sinks.redis import SLOTS_PER_SEQ
+from pipeline.sinks.redis.entries import SLOTS_PER_SEQ
 
 PREFIX = "vidpipe:cluster:"
 READ_COUNT = 1000

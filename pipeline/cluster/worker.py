@@ -1,6 +1,6 @@
 """The pipeline worker: a Ray actor that runs the sources assigned to it.
 
-Each source runs in the same `pipeline.runtime.Pipeline` a single run uses, one Pipeline
+Each source runs in the same `pipeline.runtime.pipeline.Pipeline` a single run uses, one Pipeline
 per source so a source can join or leave without touching the others; the model is
 loaded once per worker and shared (its engine's weights live once in memory). Results
 go to the source's Redis Stream through the same RedisSink, continuing the IDs the
@@ -20,10 +20,10 @@ from typing import Any
 
 from pipeline.api import is_live, open_source
 from pipeline.config import RunConfig, SourceConfig
-from pipeline.model import Model, load_model
-from pipeline.runtime import Pipeline
-from pipeline.sinks.redis import RedisSink
-from pipeline.types import Frame, SourceEvent
+from pipeline.runtime.model import Model, load_model
+from pipeline.runtime.pipeline import Pipeline
+from pipeline.sinks.redis.sink import RedisSink
+from stages.types import EventType, Frame, SourceEvent
 
 log = logging.getLogger("vidpipe.cluster.worker")
 
@@ -218,8 +218,8 @@ def _outage(name: str, first_seq: int, since: float, worker: str) -> list[Source
     """The outage_start/outage_end pair covering a live source's move to this worker."""
     now = time.time()
     return [
-        SourceEvent(name, "outage_start", first_seq - 1, since, {"error": "worker lost; source moved"}),
-        SourceEvent(name, "outage_end", first_seq - 1, now,
+        SourceEvent(name, EventType.OUTAGE_START, first_seq - 1, since, {"error": "worker lost; source moved"}),
+        SourceEvent(name, EventType.OUTAGE_END, first_seq - 1, now,
                     {"duration_s": round(now - since, 3), "started": since, "reconnects": 1, "worker": worker}),
     ]
 

@@ -9,14 +9,14 @@ import stat
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.errors import OutputError
-from pipeline.summary import RunSummary
-from pipeline.types import Result, SourceEvent
+from engines.errors import OutputError
+from pipeline.observability.summary import RunSummary
+from stages.types import Result, SourceEvent
 
 
 class Sink(Protocol):
     """A sink raises OutputError (or OSError) when its output cannot be written; the run then
-    stops, and the summary goes to every other sink and to stderr (pipeline/publisher.py)."""
+    stops, and the summary goes to every other sink and to stderr (pipeline/runtime/publisher.py)."""
 
     def write_result(self, result: Result) -> None: ...
 

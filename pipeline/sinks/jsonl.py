@@ -13,11 +13,11 @@ import os
 import stat
 from pathlib import Path
 
-from pipeline.errors import OutputError
-from pipeline.records import event_to_record, result_to_record, summary_to_record
+from engines.errors import OutputError
+from pipeline.observability.summary import RunSummary
 from pipeline.sinks import lock_output, write_failed
-from pipeline.summary import RunSummary
-from pipeline.types import Result, SourceEvent
+from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
+from stages.types import Result, SourceEvent
 
 FILE_MODE = 0o600
 

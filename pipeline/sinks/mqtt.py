@@ -33,12 +33,12 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
+from engines.errors import ConfigError, OutputError
 from pipeline.config import MqttConfig
-from pipeline.errors import ConfigError, OutputError
-from pipeline.records import event_to_record, result_to_record
-from pipeline.sinks.redis import redact_url
-from pipeline.summary import RunSummary
-from pipeline.types import Result, SourceEvent
+from pipeline.observability.summary import RunSummary
+from pipeline.sinks.records import event_to_record, result_to_record
+from stages.redact import redact_url
+from stages.types import Result, SourceEvent
 
 log = logging.getLogger("vidpipe.mqtt")
 

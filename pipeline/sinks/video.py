@@ -35,11 +35,11 @@ from av.video.reformatter import VideoReformatter
 import cv2
 import numpy as np
 
+from engines.errors import OutputError
 from pipeline.config import AnalyticsConfig
-from pipeline.errors import OutputError
 from pipeline.sinks import lock_output, write_failed
-from pipeline.summary import RunSummary
-from pipeline.types import Frame, Result, SourceEvent, Status
+from pipeline.observability.summary import RunSummary
+from stages.types import Frame, Result, SourceEvent, Status
 from stages.decode import VideoDecoder
 from stages.preprocess import i420_to_rgb
 

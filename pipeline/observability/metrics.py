@@ -1,0 +1,402 @@
+"""Prometheus metrics and health endpoints of a run (`--metrics-port`).
+
+    /metrics  Prometheus text format, every name prefixed vidpipe_
+    /healthz  200 while the process runs
+    /readyz   200 when the model is loaded, a context is healthy and every source is
+              connected; 503 otherwise. Both answer a small JSON body.
+
+The server listens on 127.0.0.1 unless `metrics.host` opens it. Each connection serves one
+request (HTTP/1.0), which must arrive and be answered within REQUEST_TIMEOUT_S; at most
+MAX_CONNECTIONS are served at once and more are answered 503 at once, so idle or slow
+clients cannot pile up threads and file descriptors.
+
+Each run has its own CollectorRegistry (never the global one), so several pipelines can
+run in one process. Per-frame metrics are fed as a Sink (results and source events, in
+publish order) and an `on_decoded` hook; the scheduler's counters and the queue depths
+are read when Prometheus scrapes, so they cost nothing between scrapes.
+
+With analytics on (stages/analytics.py), `vidpipe_line_crossings_total{source,line,direction}`
+counts the `line_cross` events (so it equals the summary's line totals), and
+`vidpipe_zone_occupancy{source,zone,class}` is each zone's occupancy by class on the
+source's last ok frame (a failed frame tells nothing of the zones and changes nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from engines.errors import OutputError
+from pipeline.observability.summary import RunSummary
+from stages.types import EventType, Frame, Result, SourceEvent, Status
+
+if TYPE_CHECKING:
+    from pipeline.runtime.pipeline import Pipeline
+    from pipeline.sinks.redis.sink import RedisSink
+
+log = logging.getLogger("vidpipe.metrics")
+
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+REBUILD_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+REQUEST_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 16
+_BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+# InferStats counters read at scrape time.
+STATS_COUNTERS = ("batches", "frames", "retries", "rebuilds", "errors", "timeouts", "abandoned", "abandoned_live",
+                  "deadline_misses", "inference_failures", "probes", "probe_failures", "create_failures",
+                  "sticky_errors", "engine_reloads", "engine_reload_failures", "worker_restarts",
+                  "worker_start_failures")  # fmt: skip
+
+
+class Readiness:
+    """What /readyz checks: the model is loaded, a context is healthy, every source is connected."""
+
+    def __init__(self, sources: list[str]) -> None:
+        self.model_loaded = False
+        self.sources = dict.fromkeys(sources, "connecting")
+        self.pipeline: Pipeline | None = None
+
+    def healthy_contexts(self) -> int:
+        return self.pipeline.snapshot().healthy_contexts if self.pipeline is not None else 0
+
+    def state(self) -> dict[str, Any]:
+        contexts = self.healthy_contexts()
+        ready = self.model_loaded and contexts > 0 and all(s == "connected" for s in self.sources.values())
+        return {"ready": ready, "model_loaded": self.model_loaded, "healthy_contexts": contexts,
+                "sources": dict(self.sources)}  # fmt: skip
+
+    def event(self, event: SourceEvent) -> None:
+        if event.fatal:
+            self.sources[event.source] = "failed"
+        elif event.type == EventType.OUTAGE_START:
+            self.sources[event.source] = "disconnected"
+        elif event.type == EventType.OUTAGE_END:
+            self.sources[event.source] = "connected"
+        elif event.type == EventType.SOURCE_END:
+            self.sources[event.source] = "ended"
+
+
+class RunMetrics:
+    """The metrics of one run. Pass it to the Pipeline as a sink and hook `on_decoded`."""
+
+    def __init__(self, sources: list[str]) -> None:
+        self.registry = CollectorRegistry()
+        self.readiness = Readiness(sources)
+        self.redis_sinks: list[RedisSink] = []
+        self.url: str | None = None
+        r = self.registry
+        self.frames_in = Counter("vidpipe_frames_in", "Frames decoded, per source.", ["source"], registry=r)
+        self.frames_out = Counter(
+            "vidpipe_frames_out", "Frame results published, per source, status and failure reason.",
+            ["source", "status", "reason"], registry=r,
+        )  # fmt: skip
+        self.stage_latency = Histogram(
+            "vidpipe_stage_latency_seconds", "Time a frame spent in each stage.", ["stage"],
+            buckets=STAGE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "vidpipe_end_to_end_latency_seconds", "Decode to publish, per source, of frames that ended ok.",
+            ["source"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.events = Counter("vidpipe_source_events", "Source events by type.", ["source", "type"], registry=r)
+        self.reconnects = Counter(
+            "vidpipe_source_reconnects", "Live sources reconnected after an outage.", ["source"], registry=r
+        )
+        self.line_crossings = Counter(
+            "vidpipe_line_crossings", "Tracks that crossed each line, per direction (line_cross events).",
+            ["source", "line", "direction"], registry=r,
+        )  # fmt: skip
+        self.zone_occupancy = Gauge(
+            "vidpipe_zone_occupancy", "Tracked objects inside each zone on the last ok frame, per class.",
+            ["source", "zone", "class"], registry=r,
+        )  # fmt: skip
+        self._occupied: dict[tuple[str, str], set[str]] = {}  # (source, zone) -> classes with a series
+        for name in sources:  # present from the first scrape, at 0
+            self.frames_in.labels(name)
+            self.frames_out.labels(name, Status.OK.value, "")
+            self.reconnects.labels(name)
+        self._stats = _StatsCollector(self)
+        r.register(self._stats)
+
+    def attach(self, pipeline: Pipeline) -> None:
+        """Read queue depths and scheduler counters from this pipeline from now on."""
+        from pipeline.sinks.redis.sink import RedisSink
+
+        self.readiness.pipeline = pipeline
+        self.redis_sinks = [s for s in pipeline.sinks if isinstance(s, RedisSink)]
+
+    def sources_opened(self) -> None:
+        for name in self.readiness.sources:
+            self.readiness.sources[name] = "connected"
+
+    # ---- hooks and the Sink protocol (publisher thread) ----------------------------------
+
+    def on_decoded(self, frame: Frame) -> None:
+        self.frames_in.labels(frame.source).inc()
+
+    def write_result(self, result: Result) -> None:
+        reason = result.reason.value if result.reason else ""
+        self.frames_out.labels(result.source, result.status.value, reason).inc()
+        for stage, ms in result.timings.items():
+            self.stage_latency.labels(stage).observe(ms / 1000)
+        if result.status is Status.OK:
+            self.latency.labels(result.source).observe(result.latency_ms / 1000)
+        if result.analytics is not None:
+            self._analytics(result)
+
+    def _analytics(self, result: Result) -> None:
+        """Zone occupancy of an ok frame; each line's series from its first frame, at 0."""
+        for line in result.analytics.get("lines", {}):
+            for direction in ("in", "out"):
+                self.line_crossings.labels(result.source, line, direction)
+        if result.status is not Status.OK:
+            return
+        for zone, by_class in result.analytics.get("zones", {}).items():
+            seen = self._occupied.setdefault((result.source, zone), set())
+            seen.update(by_class)
+            for label in seen:  # a class that left reads 0, not its last count
+                self.zone_occupancy.labels(result.source, zone, label).set(by_class.get(label, 0))
+
+    def write_event(self, event: SourceEvent) -> None:
+        self.events.labels(event.source, event.type).inc()
+        if event.type == EventType.LINE_CROSS:
+            self.line_crossings.labels(event.source, event.details["line"], event.details["direction"]).inc()
+        if event.type == EventType.OUTAGE_END:
+            self.reconnects.labels(event.source).inc()
+        self.readiness.event(event)
+
+    def write_summary(self, summary: RunSummary) -> None:
+        if self.url:
+            summary.outputs["metrics"] = {"url": self.url}
+
+    def close(self) -> None:
+        pass
+
+    def scrape(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StatsCollector(Collector):
+    """Gauges and counters read at scrape time from the running pipeline."""
+
+    def __init__(self, metrics: RunMetrics) -> None:
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._rebuilds_seen = 0
+        self._rebuild_seconds = Histogram(
+            "vidpipe_context_rebuild_seconds", "Time to replace a failed context (swap in a spare or create one).",
+            buckets=REBUILD_BUCKETS, registry=None,
+        )  # fmt: skip
+
+    def collect(self) -> Iterator[Metric]:
+        readiness = self.metrics.readiness
+        pipeline = readiness.pipeline
+        state = readiness.state()
+        yield _gauge("vidpipe_ready", "1 when /readyz answers ready.", int(state["ready"]))
+        yield _gauge("vidpipe_model_loaded", "1 once the model is loaded and tested.", int(state["model_loaded"]))
+        yield _gauge("vidpipe_contexts_healthy", "Inference contexts serving frames.", state["healthy_contexts"])
+        depth = GaugeMetricFamily("vidpipe_queue_depth", "Frames waiting in the queue before each stage.", labels=["stage"])
+        capacity = GaugeMetricFamily("vidpipe_queue_capacity", "Capacity of the queue before each stage.", labels=["stage"])
+        if pipeline is not None:
+            for queue in pipeline.snapshot().queues:
+                depth.add_metric([queue.name], queue.depth)
+                capacity.add_metric([queue.name], queue.capacity)
+        yield depth
+        yield capacity
+        yield from self._inference(pipeline)
+        spool = sum(sink.spool_bytes for sink in self.metrics.redis_sinks)
+        yield _gauge("vidpipe_redis_spool_bytes", "Results waiting in the local spool for Redis.", spool)
+
+    def _inference(self, pipeline: Pipeline | None) -> Iterator[Metric]:
+        stats = pipeline.stats if pipeline is not None else None
+        counts = dict.fromkeys(STATS_COUNTERS, 0)
+        sizes: dict[int, int] = {}
+        new_rebuilds: list[float] = []
+        reload_s = restart_s = 0.0
+        if stats is not None:
+            with self._lock, stats.lock:
+                counts = {name: getattr(stats, name) for name in STATS_COUNTERS}
+                reload_s, restart_s = sum(stats.reload_ms) / 1000, sum(stats.restart_ms) / 1000
+                sizes = dict(stats.batch_sizes)
+                fresh = counts["rebuilds"] - self._rebuilds_seen
+                new_rebuilds = list(stats.rebuild_ms)[-fresh:] if fresh > 0 else []
+                self._rebuilds_seen = counts["rebuilds"]
+        for ms in new_rebuilds:
+            self._rebuild_seconds.observe(ms / 1000)
+        c = counts
+        yield _counter("vidpipe_inference_batches", "Batches inferred.", c["batches"])
+        yield _histogram("vidpipe_inference_batch_size", "Frames per inferred batch.", sizes, BATCH_BUCKETS, c["frames"])
+        yield _counter("vidpipe_inference_retries", "Batches retried after a failed or hung inference.", c["retries"])
+        errors = CounterMetricFamily("vidpipe_inference_errors", "Failed inference calls, by kind.", labels=["kind"])
+        errors.add_metric(["error"], c["errors"])
+        errors.add_metric(["timeout"], c["timeouts"])
+        yield errors
+        yield _counter("vidpipe_inference_failed_frames", "Frames failed after all attempts.", c["inference_failures"])
+        yield _counter("vidpipe_context_rebuilds", "Contexts replaced after a failure.", c["rebuilds"])
+        yield from self._rebuild_seconds.collect()
+        yield _counter("vidpipe_context_create_failures", "Context creations that failed.", c["create_failures"])
+        yield _counter("vidpipe_contexts_abandoned", "Hung contexts abandoned (left to the reaper).", c["abandoned"])
+        yield _gauge("vidpipe_contexts_abandoned_live", "Abandoned contexts whose call has not returned yet.",
+                     c["abandoned_live"])  # fmt: skip
+        yield _counter("vidpipe_deadline_misses", "Frames whose deadline passed before inference.", c["deadline_misses"])
+        yield _counter("vidpipe_health_probes", "Health probes run on idle contexts.", c["probes"])
+        yield _counter("vidpipe_health_probe_failures", "Health probes that failed.", c["probe_failures"])
+        yield _counter("vidpipe_sticky_errors", "Inference errors that poisoned the process running the engine.",
+                       c["sticky_errors"])  # fmt: skip
+        yield _counter("vidpipe_engine_reloads", "Engine reloads after fresh contexts kept failing.", c["engine_reloads"])
+        yield _counter("vidpipe_engine_reload_failures", "Engine reloads that failed.", c["engine_reload_failures"])
+        yield _counter("vidpipe_engine_reload_seconds", "Time spent reloading the engine.", reload_s)
+        yield _counter("vidpipe_worker_restarts", "Inference worker processes restarted.", c["worker_restarts"])
+        yield _counter("vidpipe_worker_start_failures", "Inference worker processes that failed to start.",
+                       c["worker_start_failures"])  # fmt: skip
+        yield _counter("vidpipe_worker_restart_seconds", "Time from a lost worker to its successor ready.", restart_s)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _histogram(name: str, doc: str, counts: dict[int, int], bounds: tuple[int, ...], total: float) -> HistogramMetricFamily:
+    buckets = [(str(float(b)), sum(n for size, n in counts.items() if size <= b)) for b in bounds]
+    buckets.append(("+Inf", sum(counts.values())))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS of them; the rest get 503 at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(0)
+                request.send(_BUSY)  # a fresh socket's send buffer takes it whole: never blocks
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class MetricsServer:
+    """/metrics, /healthz and /readyz over HTTP on host:port in a daemon thread, until close().
+
+    Raises OutputError when it cannot listen there (port in use, unknown host).
+    """
+
+    def __init__(
+        self, metrics: RunMetrics, port: int, host: str = "127.0.0.1", request_timeout_s: float = REQUEST_TIMEOUT_S
+    ) -> None:
+        handler = type("Handler", (_Handler,), {"metrics": metrics, "timeout": request_timeout_s})
+        try:
+            self._server = _Server((host, port), handler)
+        except OSError as err:
+            raise OutputError(
+                f"metrics port {port}: cannot listen on {host} ({err.strerror or err}); "
+                "choose a free port (0 for any) and an address of this machine (--metrics-host)"
+            ) from None
+        self.port = self._server.server_address[1]
+        shown = f"[{host}]" if ":" in host else host
+        metrics.url = f"http://{shown}:{self.port}/metrics"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="vidpipe-metrics", daemon=True)
+        self._thread.start()
+        if port == 0:
+            log.warning("serving metrics on port %d of %s (/metrics, /healthz, /readyz)", self.port, host)
+        else:
+            log.info("serving metrics on port %d of %s (/metrics, /healthz, /readyz)", self.port, host)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    metrics: RunMetrics
+    timeout = REQUEST_TIMEOUT_S  # each read and write on the socket, and the whole request
+
+    def setup(self) -> None:
+        super().setup()
+        # A client sending a byte now and then would pass the per-read timeout forever:
+        # the whole request and answer get `timeout` seconds, then the socket is cut.
+        self._cut = threading.Timer(self.timeout, self._cut_off)
+        self._cut.daemon = True
+        self._cut.start()
+
+    def finish(self) -> None:
+        self._cut.cancel()
+        super().finish()
+
+    def _cut_off(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        try:
+            self._answer(self.path.split("?", 1)[0])
+        except Exception as err:  # a bug here must show, but never end the run or hang a scraper
+            log.exception("metrics endpoint %s failed", self.path)
+            self._json(500, {"error": str(err)})
+
+    def _answer(self, path: str) -> None:
+        if path == "/metrics":
+            self._send(200, CONTENT_TYPE_LATEST, self.metrics.scrape())
+        elif path == "/healthz":
+            self._json(200, {"alive": True})
+        elif path == "/readyz":
+            state = self.metrics.readiness.state()
+            self._json(200 if state["ready"] else 503, state)
+        else:
+            self._json(404, {"error": f"no such endpoint {path}; try /metrics, /healthz or /readyz"})
+
+    def _json(self, status: int, body: dict[str, Any]) -> None:
+        self._send(status, "application/json", json.dumps(body).encode())
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
+        log.debug("%s %s", self.address_string(), format % args)

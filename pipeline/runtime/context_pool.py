@@ -1,0 +1,361 @@
+"""Contexts over one engine: created, warmed on every batch shape, checked, kept spare.
+
+A context serves only after it has run every batch shape the scheduler will use and each
+output matched the engine's reference: a GPU's first call on a new shape can take a second
+or more (cuDNN picks its algorithms then), and that must never look like a hang.
+
+`ShapeTimes` holds what healthy calls take, per batch shape, measured on this machine under
+its present load. A call is hung only when it runs `hang_factor` times longer than the
+slowest recent healthy call of its shape (and at least `hang_floor_s`); until a shape has
+steady samples, its measured first call stands in. So a slow model, a busy machine or a
+first call is never mistaken for a hang, and a fault-free run abandons no context.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engines.base import Context, Engine
+from engines.errors import (
+    InferenceError,
+    InferenceTimeout,
+    ModelError,
+    StickyInferenceError,
+    WorkerBudgetExhausted,
+    WorkerLost,
+)
+from pipeline.runtime.infer_stats import InferStats
+from pipeline.runtime.ladder import EscalationLadder
+from stages.infer import InferStage
+
+if TYPE_CHECKING:
+    from pipeline.runtime.scheduler import SchedulerSettings
+
+log = logging.getLogger("vidpipe.scheduler")
+
+# A new batch shape's outputs are held against the batch-1 reference this loosely (relative
+# L2 error): kernels differ per shape (TF32 on GPUs gives ~3e-4), a broken context does not.
+NEW_SHAPE_TOLERANCE = 1e-2
+
+
+class Abandoned(InferenceTimeout):
+    """The context did not answer in time and cannot be cancelled: it is left to the reaper."""
+
+
+class CorruptOutput(InferenceError):
+    """A context answered with outputs that cannot be right (NaN, scores outside 0..1, ...)."""
+
+
+class ShapeTimes:
+    """Measured call times per batch shape (seconds), and the timeouts derived from them."""
+
+    WINDOW = 256  # recent healthy calls per shape that set its hang timeout
+    MIN_STEADY = 8  # fewer steady samples than this: the first call stands in
+
+    def __init__(self, factor: float, floor_s: float, cap_s: float) -> None:
+        self.factor, self.floor_s, self.cap_s = factor, floor_s, cap_s
+        self._lock = threading.Lock()
+        self._first: dict[int, float] = {}
+        self._steady: dict[int, deque[float]] = {}
+
+    def first_call(self, shape: int, seconds: float) -> None:
+        with self._lock:
+            self._first[shape] = max(self._first.get(shape, 0.0), seconds)
+
+    def steady(self, shape: int, seconds: float) -> None:
+        with self._lock:
+            self._steady.setdefault(shape, deque(maxlen=self.WINDOW)).append(seconds)
+
+    def typical(self, shape: int) -> float:
+        """The median healthy call of this shape (0 before any was measured)."""
+        with self._lock:
+            samples = self._steady.get(shape)
+            if samples:
+                return statistics.median(samples)
+            return self._first.get(shape, 0.0)
+
+    def _base(self, shape: int) -> float | None:
+        samples = self._steady.get(shape)
+        if samples and len(samples) >= self.MIN_STEADY:
+            return max(samples)
+        if shape in self._first:
+            return self._first[shape]
+        return max(self._first.values()) if self._first else None
+
+    def hang_timeout(self, shape: int) -> float:
+        """How long a call of this shape may run before it counts as hung."""
+        with self._lock:
+            base = self._base(shape)
+        if base is None:
+            return self.cap_s
+        return min(self.cap_s, max(self.floor_s, self.factor * base))
+
+    def warmup_timeout(self, shape: int) -> float:
+        """How long a new context's first call of this shape may take: generous (a first call
+        on a GPU tunes kernels), derived from first calls already measured, and bounded."""
+        with self._lock:
+            first = self._first.get(shape) or (max(self._first.values()) if self._first else None)
+        if first is None:
+            return self.cap_s
+        return min(self.cap_s, max(1.0, self.floor_s, 2 * self.factor * first))
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            shapes = sorted(set(self._first) | set(self._steady))
+            out = {}
+            for shape in shapes:
+                samples = list(self._steady.get(shape, ()))
+                base = self._base(shape)
+                out[str(shape)] = {
+                    "first_call_ms": round(self._first.get(shape, 0.0) * 1000, 2),
+                    "p50_ms": round(statistics.median(samples) * 1000, 2) if samples else None,
+                    "max_ms": round(max(samples) * 1000, 2) if samples else None,
+                    "hang_after_ms": round(
+                        min(self.cap_s, max(self.floor_s, self.factor * base)) * 1000, 1
+                    ) if base is not None else None,
+                }
+            return out
+
+
+class Slot:
+    """A context and the one thread that calls it, so a hung call never holds a worker."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.fresh = True  # no batch has succeeded on it yet
+        self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidpipe-ctx")
+        self._pending = None
+
+    def call(self, inputs: dict[str, np.ndarray], timeout: float, grace: float) -> dict[str, np.ndarray]:
+        """The context's outputs; raises InferenceError, or Abandoned past `timeout` + `grace`."""
+        future = self._calls.submit(self.context.infer, inputs, timeout)
+        self._pending = future
+        try:
+            return future.result(timeout=max(timeout, 0.0) + grace)
+        except FutureTimeout:
+            raise Abandoned(f"no answer within {timeout * 1000:.0f} ms; context abandoned") from None
+        finally:
+            # A finished call's future holds its exception and traceback, and through them the
+            # batch and the context: keeping it would keep every replaced context alive.
+            if future.done():
+                self._pending = None
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the call in flight (if any) has returned."""
+        pending = self._pending
+        if pending is None or pending.done():
+            callback()
+        else:
+            pending.add_done_callback(lambda _: callback())
+
+    def close(self) -> None:
+        self._calls.shutdown(wait=False)
+        self._pending = None
+        try:
+            self.context.close()
+        except Exception:  # a broken context may fail to close; it is gone either way
+            log.debug("closing a context failed", exc_info=True)
+
+
+def relative_error(got: np.ndarray, ref: np.ndarray) -> float:
+    """‖got − ref‖ / ‖ref‖ in float64 (inf when the shapes differ). Outputs near zero (a
+    detector that sees nothing) are measured against an RMS floor of 1e-3 per element instead,
+    so float noise on zeros does not count as a wrong answer."""
+    if got.shape != ref.shape:
+        return float("inf")
+    got64, ref64 = got.astype(np.float64), ref.astype(np.float64)
+    scale = max(float(np.linalg.norm(ref64)), 1e-3 * np.sqrt(ref64.size), 1e-12)
+    return float(np.linalg.norm(got64 - ref64)) / scale
+
+
+class ContextPool:
+    """Creates, warms and checks contexts; keeps warm spares ready for swaps.
+
+    `reference` is the engine's outputs for `stage.probe_inputs()` (one probe image, batch
+    1 or the model's fixed batch), recorded at load. The first context to warm a batch
+    shape records that shape's reference (checked loosely against the batch-1 one); every
+    later context, and every health probe, must match it within `probe_tolerance`.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        stage: InferStage,
+        reference: dict[str, np.ndarray],
+        settings: SchedulerSettings,
+        stats: InferStats,
+    ) -> None:
+        self.engine = engine
+        self.stage = stage
+        self.settings = settings
+        self.stats = stats
+        self.shapes = stage.batch_shapes(settings.batch_shapes)
+        self.probe_shape = self.shapes[0]
+        self.times = ShapeTimes(settings.hang_factor, settings.hang_floor_s, settings.create_timeout_s)
+        self._base_rows = stage.fixed_batch or 1
+        self._refs: dict[int, dict[str, np.ndarray]] = {self._base_rows: reference}
+        self._base = reference
+        self.ladder = EscalationLadder(
+            engine, stats.escalation, settings.reload_after, settings.reload_window_s, self.flush_spares
+        )
+        self._spares: list[Slot] = []
+        self._lock = threading.Lock()
+        self._want_spare = threading.Event()
+        self._want_spare.set()  # spares are warm before the first failure needs one
+        self._closed = threading.Event()
+        self._spare_thread = threading.Thread(target=self._keep_spare, name="vidpipe-spare", daemon=True)
+        self._spare_thread.start()
+
+    # ---- checking outputs --------------------------------------------------------------
+
+    def mismatch(self, shape: int, outputs: dict[str, np.ndarray]) -> str | None:
+        """Why `outputs` of the probe at batch `shape` are not what a healthy context gives."""
+        with self._lock:
+            ref = self._refs.get(shape)
+        strict = ref is not None
+        for name, base in self._base.items():
+            got = outputs.get(name)
+            if got is None or got.shape[1:] != base.shape[1:] or len(got) != shape:
+                return f"output '{name}' has shape {None if got is None else list(got.shape)}"
+            if strict:
+                error, tol = relative_error(got, ref[name]), self.settings.probe_tolerance
+            else:
+                error = max(relative_error(row[None], base[:1]) for row in got)
+                tol = max(NEW_SHAPE_TOLERANCE, self.settings.probe_tolerance)
+            if not error <= tol:
+                return f"output '{name}' is off by {error:.2e} (relative), more than {tol:.0e}"
+        if not strict:
+            with self._lock:
+                self._refs.setdefault(shape, {k: v.copy() for k, v in outputs.items()})
+        return None
+
+    def probe(self, slot: Slot) -> bool:
+        """Run the probe through `slot`; False on error, timeout or outputs unlike the reference."""
+        shape = self.probe_shape
+        try:
+            outputs = slot.call(self.stage.probe_inputs(shape), self.times.hang_timeout(shape), self.settings.call_grace_s)
+        except InferenceError:
+            return False
+        return self.mismatch(shape, outputs) is None
+
+    # ---- creating --------------------------------------------------------------------
+
+    def _warm(self, slot: Slot) -> None:
+        """Run every batch shape once on `slot` (measured as first calls), checking each."""
+        for shape in self.shapes:
+            start = time.monotonic()
+            outputs = slot.call(self.stage.probe_inputs(shape), self.times.warmup_timeout(shape), self.settings.call_grace_s)
+            self.times.first_call(shape, time.monotonic() - start)
+            problem = self.mismatch(shape, outputs)
+            if problem:
+                raise InferenceError(f"a new context failed its warm-up at batch {shape}: {problem}")
+
+    def _create_once(self) -> Slot:
+        slot = Slot(self.engine.create_context())
+        try:
+            self._warm(slot)
+        except InferenceError as err:
+            self.discard(slot, abandoned=isinstance(err, Abandoned))
+            if not isinstance(err, StickyInferenceError):
+                self.ladder.fresh_failed()
+            raise
+        # A context that passed its warm-up breaks a run of failures: the engine still works.
+        self.ladder.fresh_ok()
+        with self.stats.lock:
+            self.stats.shapes = self.times.snapshot()
+        return slot
+
+    def create(self) -> Slot:
+        last: Exception | None = None
+        failures = 0
+        while failures < self.settings.create_attempts:
+            try:
+                return self._create_once()
+            except WorkerLost as err:
+                last = err  # the supervisor restarts the worker within its own budget; try its successor
+            except (InferenceError, ModelError) as err:
+                last = err
+                failures += 1
+                self.stats.add(create_failures=1)
+        sticky = isinstance(last, StickyInferenceError)
+        hint = "; run with --isolation process so a worker restart can recover" if sticky else ""
+        raise ModelError(
+            f"model {self.engine.name}: cannot create a working inference context "
+            f"({self.settings.create_attempts} tries, last: {last}); check the model and backend{hint}"
+        )
+
+    # ---- spares and swaps --------------------------------------------------------------
+
+    def flush_spares(self) -> None:
+        """Drop the warm spares (after a sticky error they are as poisoned as the context that raised it)."""
+        with self._lock:
+            spares, self._spares = self._spares, []
+        for spare in spares:
+            spare.close()
+        self._want_spare.set()
+
+    def take(self) -> Slot:
+        """A ready context: a warm spare when there is one, else a new one made now."""
+        with self._lock:
+            slot = self._spares.pop() if self._spares else None
+        self._want_spare.set()
+        return slot if slot is not None else self.create()
+
+    def discard(self, slot: Slot, abandoned: bool = False) -> None:
+        if not abandoned:
+            slot.close()
+            return
+        self.stats.add(abandoned=1, abandoned_live=1)
+
+        def reap() -> None:
+            slot.close()
+            self.stats.add(abandoned_live=-1)
+
+        slot.when_idle(reap)
+
+    def _keep_spare(self) -> None:
+        while not self._closed.is_set():
+            self._want_spare.wait(0.5)
+            if self._closed.is_set():
+                break
+            with self._lock:
+                if len(self._spares) >= self.settings.spares:
+                    self._want_spare.clear()
+                    continue
+            try:
+                slot = self._create_once()
+            except WorkerBudgetExhausted:
+                return  # the workers run will stop; nothing to keep spare for
+            except WorkerLost:
+                continue
+            except (InferenceError, ModelError):
+                self.stats.add(create_failures=1)
+                time.sleep(0.05)
+                continue
+            with self._lock:
+                if len(self._spares) < self.settings.spares and not self._closed.is_set():
+                    self._spares.append(slot)
+                    slot = None
+            if slot is not None:
+                slot.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._want_spare.set()
+        self._spare_thread.join(timeout=5)
+        with self._lock:
+            spares, self._spares = self._spares, []
+        for spare in spares:
+            spare.close()
+        with self.stats.lock:
+            self.stats.shapes = self.times.snapshot()

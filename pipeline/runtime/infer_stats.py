@@ -1,0 +1,133 @@
+"""Counters of the inference stage, updated by every scheduler worker and read as one snapshot."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from engines.base import EngineEvent
+
+SAMPLES = 100_000  # per timing series: enough for any p99, bounded memory
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+class InferStats:
+    """Counters and timing series of the scheduler, safe to update from every worker.
+
+    Times are milliseconds. `snapshot()` is what the summary, metrics and bench read.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.batches = 0
+        self.frames = 0
+        self.retries = 0
+        self.rebuilds = 0
+        self.errors = 0
+        self.timeouts = 0
+        self.corrupt_outputs = 0
+        self.abandoned = 0
+        self.abandoned_live = 0
+        self.deadline_misses = 0
+        self.inference_failures = 0
+        self.probes = 0
+        self.probe_failures = 0
+        self.create_failures = 0
+        self.sticky_errors = 0
+        self.engine_reloads = 0
+        self.engine_reload_failures = 0
+        self.worker_restarts = 0
+        self.worker_start_failures = 0
+        self.worker_budget_exhausted = False
+        self.reload_ms: deque[float] = deque(maxlen=SAMPLES)
+        self.restart_ms: deque[float] = deque(maxlen=SAMPLES)
+        self.rebuild_ms: deque[float] = deque(maxlen=SAMPLES)
+        self.recovery_ms: deque[float] = deque(maxlen=SAMPLES)
+        self.recovery_overhead_ms: deque[float] = deque(maxlen=SAMPLES)
+        self.infer_ms: deque[float] = deque(maxlen=SAMPLES)
+        self.batch_sizes: dict[int, int] = {}  # frames in a batch -> batches of that size
+        self.shapes: dict[str, Any] = {}  # per batch shape: measured first-call and steady times
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    def batch_done(self, frames: int, took_s: float, failed_at: float | None, now: float) -> None:
+        """A batch of `frames` succeeded in `took_s`; `failed_at` is when its first attempt failed."""
+        with self.lock:
+            self.batches += 1
+            self.frames += frames
+            self.batch_sizes[frames] = self.batch_sizes.get(frames, 0) + 1
+            self.infer_ms.append(took_s * 1000)
+            if failed_at is not None:
+                recovery = now - failed_at
+                self.recovery_ms.append(recovery * 1000)
+                # What recovery cost beyond the retry's own inference: the swap and the wait for it.
+                self.recovery_overhead_ms.append((recovery - took_s) * 1000)
+
+    def rebuilt(self, took_s: float) -> None:
+        with self.lock:
+            self.rebuilds += 1
+            self.rebuild_ms.append(took_s * 1000)
+
+    def escalation(self, kind: EngineEvent, details: dict) -> None:
+        """Count an escalation event (engine reload, worker restart, ...) by its kind."""
+        with self.lock:
+            if kind == EngineEvent.ENGINE_RELOADED:
+                self.engine_reloads += 1
+                self.reload_ms.append(details["reload_ms"])
+            elif kind == EngineEvent.ENGINE_RELOAD_FAILED:
+                self.engine_reload_failures += 1
+            elif kind == EngineEvent.WORKER_RESTARTED:
+                self.worker_restarts += 1
+                self.restart_ms.append(details["restart_ms"])
+            elif kind == "worker_start_failed":
+                self.worker_start_failures += 1
+            elif kind == "worker_budget_exhausted":
+                self.worker_budget_exhausted = True
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            rebuild, recovery = list(self.rebuild_ms), list(self.recovery_ms)
+            restart = list(self.restart_ms)
+            return {
+                "batches": self.batches,
+                "mean_batch": round(self.frames / self.batches, 2) if self.batches else None,
+                "retries": self.retries,
+                "rebuilds": self.rebuilds,
+                "rebuild_ms_p50": percentile(rebuild, 50),
+                "rebuild_ms_p99": percentile(rebuild, 99),
+                "rebuild_ms_total": round(sum(rebuild), 1),
+                "recovery_ms_p50": percentile(recovery, 50),
+                "recovery_ms_p99": percentile(recovery, 99),
+                "recovery_overhead_ms_p50": percentile(list(self.recovery_overhead_ms), 50),
+                "recovery_overhead_ms_p99": percentile(list(self.recovery_overhead_ms), 99),
+                "errors": self.errors,
+                "timeouts": self.timeouts,
+                "corrupt_outputs": self.corrupt_outputs,
+                "abandoned": self.abandoned,
+                "abandoned_live": self.abandoned_live,
+                "deadline_misses": self.deadline_misses,
+                "inference_failures": self.inference_failures,
+                "probes": self.probes,
+                "probe_failures": self.probe_failures,
+                "create_failures": self.create_failures,
+                "sticky_errors": self.sticky_errors,
+                "engine_reloads": self.engine_reloads,
+                "engine_reload_failures": self.engine_reload_failures,
+                "reload_ms_total": round(sum(self.reload_ms), 1),
+                "worker_restarts": self.worker_restarts,
+                "worker_restart_ms_p50": percentile(restart, 50),
+                "worker_restart_ms_p99": percentile(restart, 99),
+                "worker_restart_ms_total": round(sum(restart), 1),
+                "worker_start_failures": self.worker_start_failures,
+                "worker_budget_exhausted": self.worker_budget_exhausted,
+                "shapes": dict(self.shapes),
+            }

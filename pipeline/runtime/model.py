@@ -1,0 +1,155 @@
+"""Turn the model section of a config into an engine and the stages around it."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines.base import Engine, FaultInjectable
+from engines.errors import InferenceError, ModelError
+from engines.faults import FaultPlan, FaultyEngine
+from pipeline.config import FaultConfig, InferConfig, ModelConfig
+from pipeline.assets.default_model import DEFAULT_MODEL
+from stages.infer import InferStage
+from stages.labels import load_names
+from stages.layouts import detect_head
+from stages.output_check import layout_check
+from stages.postprocess import Postprocess
+from stages.preprocess import STRIDE, run_input_size
+
+DEFAULT_IMGSZ = 640  # Ultralytics' default export size, for a dynamic model that does not say
+
+
+def open_engine(config: ModelConfig) -> Engine:
+    path = config.path or DEFAULT_MODEL
+    if config.backend == "tensorrt":
+        from engines.tensorrt import open_tensorrt_engine  # lazy: TensorRT is optional
+
+        return open_tensorrt_engine(path, config.precision, config.engine_cache)
+    from engines.onnxruntime import OnnxRuntimeEngine
+
+    threads = 1 if config.intra_op_threads is None else config.intra_op_threads  # api.run sizes it first
+    providers = [p if isinstance(p, str) else (p.name, dict(p.options)) for p in config.providers]
+    return OnnxRuntimeEngine(path, providers=providers, intra_op_threads=threads)
+
+
+def open_isolated_engine(config: ModelConfig, infer: InferConfig) -> Engine:
+    """The engine in a supervised worker process, which builds it from this same config."""
+    from engines.process import ProcessEngine
+
+    # What the worker imports to build the engine, loaded once by the fork server.
+    preload = ("numpy", "pipeline.runtime.model") + (("onnxruntime",) if config.backend == "onnxruntime" else ())
+    return ProcessEngine(
+        functools.partial(open_engine, config),
+        preload=preload,
+        max_restarts=infer.max_restarts,
+        restart_window_s=infer.restart_window_s,
+    )
+
+
+@dataclass
+class Model:
+    """An engine with its infer and postprocess stages and the probe reference."""
+
+    engine: Engine
+    stage: InferStage
+    postprocess: Postprocess
+    reference: dict[str, np.ndarray]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.stage.input_size
+
+
+def reference_outputs(engine: Engine, stage: InferStage, timeout: float = 60.0) -> dict[str, np.ndarray]:
+    """Run the probe once on a fresh context: proves the model runs and records what healthy looks like."""
+    context = engine.create_context()
+    try:
+        return context.infer(stage.probe_inputs(), timeout)
+    except InferenceError as err:
+        raise ModelError(f"model {engine.name}: a test inference failed ({err}); check the model runs on this backend") from None
+    finally:
+        context.close()
+
+
+def load_model(
+    config: ModelConfig,
+    faults: FaultConfig | None = None,
+    infer: InferConfig | None = None,
+    source_sizes: list[tuple[int, int]] | None = None,
+) -> Model:
+    """The engine and its stages. `source_sizes` ((width, height) of each source) choose the
+    rectangle a model with dynamic height and width runs at (stages/preprocess.run_input_size)."""
+    isolated = infer is not None and infer.isolation == "process"
+    engine = open_isolated_engine(config, infer) if isolated else open_engine(config)
+    try:
+        stage = InferStage(engine, _wanted_size(engine, config.imgsz, source_sizes or []))
+        reference = reference_outputs(engine, stage)
+        output = engine.outputs[0]
+        # The probe's output has the real shape: a dynamic model's anchor count follows its input size.
+        shape = (output.shape[0], *reference[output.name].shape[1:])
+        # Where the shape fits two layouts, the values of this real output tell them apart.
+        sample = np.asarray(reference[output.name])[0]
+        head = detect_head(shape, stage.input_size, config.layout, engine.metadata, sample)
+        names = load_names(engine.metadata, config.labels, head.num_classes)
+        post = Postprocess(
+            shape,
+            stage.input_size,
+            names,
+            layout=head,
+            conf=config.conf,
+            iou=config.iou,
+            classes=config.classes,
+        )
+        stage.check = layout_check(output.name, head, config.conf)
+        stage.gpu_planes = config.gpu_letterbox and _letterboxes_on_gpu(engine)
+    except ModelError as err:
+        engine.close()
+        message = str(err)
+        raise ModelError(message if message.startswith("model ") else f"model {engine.name}: {message}") from None
+    except Exception:
+        engine.close()
+        raise
+    if faults is not None and faults.active:
+        # After the reference: faults must not spoil what healthy looks like.
+        plan = FaultPlan(**faults.model_dump())
+        if isinstance(engine, FaultInjectable):
+            engine.inject_faults(plan)  # in the worker, where a crash or a poisoned process belongs
+        else:
+            engine = FaultyEngine(engine, plan)
+    return Model(engine, stage, post, reference)
+
+
+def _letterboxes_on_gpu(engine: Engine) -> bool:
+    """A CUDA engine in this process letterboxes on the GPU when CuPy can compile the kernel."""
+    if getattr(engine, "cuda_options", None) is None:
+        return False  # CPU engines, and engines in a worker process (their inputs cross as host memory)
+    from stages import gpu_preprocess
+
+    return gpu_preprocess.available()
+
+
+def _wanted_size(engine: Engine, imgsz: int | None, source_sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """The (width, height) asked of the model: --imgsz as a square, else for a model with dynamic
+    height and width the rectangle fitting the sources at its nominal size (its `imgsz` metadata,
+    as Ultralytics writes it, else 640); None lets a fixed-size model use its own."""
+    shape = engine.inputs[0].shape if engine.inputs else ()
+    fixed = len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int)
+    if fixed:
+        return None if imgsz is None else (imgsz, imgsz)  # InferStage rejects a size the model is not
+    stride = engine.metadata.get("stride", "")
+    stride = int(stride) if stride.isdigit() and int(stride) > 0 else STRIDE
+    if imgsz is not None:
+        return run_input_size([], (imgsz, imgsz), stride, rect=False)
+    return run_input_size(source_sizes, _nominal_size(engine.metadata.get("imgsz")), stride)
+
+
+def _nominal_size(imgsz: str | None) -> tuple[int, int]:
+    """(width, height) from Ultralytics' `imgsz` metadata ("[640, 640]", height first), else 640x640."""
+    numbers = [int(n) for n in re.findall(r"\d+", imgsz or "")]
+    if len(numbers) == 2:
+        return numbers[1], numbers[0]
+    return (numbers[0], numbers[0]) if len(numbers) == 1 else (DEFAULT_IMGSZ, DEFAULT_IMGSZ)

@@ -1,0 +1,226 @@
+"""vidpipe over a real multi-node Ray cluster on this machine, publishing to a private
+redis-server: workers killed, sources added and removed, the coordinator restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from pipeline.cluster import client  # noqa: E402
+from pipeline.cluster.streams import stream_ledger  # noqa: E402
+from pipeline.config import SourceConfig, build_config  # noqa: E402
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
+
+WAIT_S = 240  # generous: the machine is small and shared
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": 1, "object_store_memory": 80 * 1024**2}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    client.connect_ray(cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture
+def redis_db(redis_server, ray_cluster):
+    yield redis_server
+    try:
+        client.stop_cluster()
+    except Exception:
+        pass
+
+
+def make_config(redis_url: str, tmp_path: Path, sources: list[dict], **fields):
+    return build_config({
+        "sources": sources,
+        "outputs": {"redis": {"url": redis_url, "spool_dir": str(tmp_path / "spool")}},
+        "infer": {"contexts": 1},
+        **fields,
+    })
+
+
+def wait_for(what, check, timeout_s: float = WAIT_S, poll_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}; last status: {client.status()}")
+        time.sleep(poll_s)
+
+
+def frames_in(redis_server, name: str) -> int:
+    return stream_ledger(redis_server.client(), f"vidpipe:results:{name}", "0-0").frames
+
+
+def running_on(worker: str):
+    current = client.status()
+    return [n for n, row in current["sources"].items() if row["worker"] == worker and row["state"] == "running"]
+
+
+def test_a_killed_worker_moves_its_sources_and_every_seq_appears_once(redis_db, tmp_path, car_clip, person_clip):
+    sources = [{"url": str(clip), "name": f"cam{i}"} for i, clip in enumerate([car_clip, person_clip] * 2)]
+    config = make_config(redis_db.url, tmp_path, sources, max_frames=80, realtime=True)
+    client.start_cluster(config, workers=2)
+    # Load-based: four equal sources over two workers go two and two.
+    current = wait_for("all four sources running", lambda: all(
+        row["state"] == "running" for row in client.status()["sources"].values()) and client.status())
+    holders = [row["worker"] for row in current["sources"].values()]
+    assert sorted(holders.count(w) for w in set(holders)) == [2, 2]
+    victim = "vidpipe-worker-0"
+    victims = wait_for("frames from the victim's sources", lambda: [
+        n for n in running_on(victim) if frames_in(redis_db, n) >= 5])
+    os.kill(current["workers"][victim]["pid"], signal.SIGKILL)
+    killed_at = time.time()
+
+    final = client.wait_finished(timeout_s=WAIT_S)
+    assert final["finished"], final
+    moved = {n for n, row in final["sources"].items() if row["moves"]}
+    assert set(victims) <= moved
+    for name, ledger in client.ledger().items():
+        assert ledger["duplicates"] == [] and ledger["missing"] == [], (name, ledger)
+        assert ledger["frames"] == ledger["expected"] == 80, (name, ledger)
+        assert ledger["balanced"]
+    # The moved sources resumed after the last seq their stream held, within the same stream IDs.
+    for name in victims:
+        history = final["sources"][name]["history"]
+        assert history[-1]["moved_from"] == victim and history[-1]["first_seq"] > 0
+        print(f"failover of {name}: {history[-1]['time'] - killed_at:.2f} s from SIGKILL to its start on {history[-1]['worker']}")
+
+
+def test_sources_are_added_and_removed_while_running(redis_db, tmp_path, car_clip, person_clip):
+    config = make_config(redis_db.url, tmp_path, [{"url": str(car_clip), "name": "yard"}], realtime=True)
+    client.start_cluster(config, workers=2)
+    wait_for("yard publishing", lambda: frames_in(redis_db, "yard") > 0)
+    assert client.add_source(SourceConfig(url=str(person_clip), name="gate", realtime=True)) == "gate"
+    with pytest.raises(Exception, match="in the cluster already"):
+        client.add_source(SourceConfig(url=str(person_clip), name="gate"))
+    with pytest.raises(Exception, match="a source name is 1-64 letters"):
+        client.add_source(SourceConfig(url=str(person_clip), name="../etc"))
+    wait_for("gate publishing", lambda: frames_in(redis_db, "gate") >= 3)
+    # Load-based placement: the new source went to the worker that had none.
+    rows = client.status()["sources"]
+    assert rows["gate"]["worker"] != rows["yard"]["worker"]
+
+    client.remove_source("gate")
+    wait_for("gate's end", lambda: stream_ledger(redis_db.client(), "vidpipe:results:gate", "0-0").frames
+             and redis_db.client().xrevrange("vidpipe:results:gate", count=1)[0][1]["type"] == "summary")
+    assert "gate" not in client.status()["sources"]
+    gate = stream_ledger(redis_db.client(), "vidpipe:results:gate", "0-0")
+    assert gate.missing == [] and gate.duplicates == [] and gate.frames >= 3
+    ends = [f for _, f in redis_db.client().xrange("vidpipe:results:gate") if f["type"] == "source_end"]
+    assert '"reason":"stopped"' in ends[-1]["data"]
+    assert client.status()["sources"]["yard"]["state"] == "running"
+    with pytest.raises(Exception, match="no source 'gate'"):
+        client.remove_source("gate")
+
+
+def test_a_restarted_coordinator_recovers_the_assignment(redis_db, tmp_path, car_clip, person_clip):
+    sources = [{"url": str(car_clip), "name": "north"}, {"url": str(person_clip), "name": "south"}]
+    config = make_config(redis_db.url, tmp_path, sources, max_frames=60, realtime=True)
+    coordinator = client.start_cluster(config, workers=2)
+    before = wait_for("both running", lambda: (s := client.status()) and all(
+        r["state"] == "running" for r in s["sources"].values()) and s)
+    old_pid = ray.get(coordinator.pid.remote())
+    os.kill(old_pid, signal.SIGKILL)
+    wait_for("the coordinator back", lambda: _pid_or_none(coordinator) not in (None, old_pid))
+    final = client.wait_finished(timeout_s=WAIT_S)
+    assert final["finished"]
+    for name, row in final["sources"].items():
+        assert row["worker"] == before["sources"][name]["worker"]
+        assert row["moves"] == 0
+    for name, ledger in client.ledger().items():
+        assert ledger["balanced"] and ledger["frames"] == 60, (name, ledger)
+
+
+def _pid_or_none(coordinator) -> int | None:
+    try:
+        return ray.get(coordinator.pid.remote(), timeout=5)
+    except Exception:
+        return None
+
+
+def test_without_ray_the_cluster_command_says_how_to_install_it():
+    code = "import sys; sys.modules['ray'] = None; from pipeline.cli.main import main; sys.exit(main(['cluster', 'status']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "vidpipe: error: vidpipe cluster needs Ray, which is not installed; pip install 'vidpipe[cluster]'"
+    )
+
+
+def test_a_live_source_moved_off_a_killed_worker_reports_the_outage_and_seq_continues(
+    redis_db, tmp_path, media
+):
+    from tests.rtsp_server import RtspServer
+
+    with RtspServer(media.resolve(), tmp_path / "rtsp.log") as rtsp:
+        sources = [{"url": rtsp.url(clip), "name": name, "stall_s": 3.0, "open_timeout_s": 10.0}
+                   for name, clip in (("door", "car-detection.mp4"), ("hall", "one-by-one-person-detection.mp4"))]
+        config = make_config(redis_db.url, tmp_path, sources, max_frames=70)
+        client.start_cluster(config, workers=2)
+        current = wait_for("door publishing", lambda: frames_in(redis_db, "door") >= 10 and client.status())
+        victim = current["sources"]["door"]["worker"]
+        os.kill(current["workers"][victim]["pid"], signal.SIGKILL)
+        final = client.wait_finished(timeout_s=WAIT_S)
+    assert final["finished"] and final["sources"]["door"]["moves"] >= 1
+    door = stream_ledger(redis_db.client(), "vidpipe:results:door", "0-0")
+    assert door.missing == [] and door.duplicates == [] and door.frames == door.expected == 70, door
+    entries = [(f["type"], f) for _, f in redis_db.client().xrange("vidpipe:results:door")]
+    kinds = [kind for kind, _ in entries]
+    start, end = kinds.index("outage_start"), kinds.index("outage_end")
+    assert end == start + 1
+    import json
+
+    begun, ended = json.loads(entries[start][1]["data"]), json.loads(entries[end][1]["data"])
+    first_seq = final["sources"]["door"]["history"][-1]["first_seq"]
+    assert begun["after_seq"] == ended["after_seq"] == first_seq - 1
+    assert ended["duration_s"] > 0
+    seqs = [int(f["seq"]) for kind, f in entries if kind == "frame"]
+    assert seqs == list(range(70))  # in order, no hole where the source moved
+
+
+def vidpipe(*args: str) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "vidpipe"
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_the_cli_runs_a_site_reports_the_ledger_and_stops(redis_db, ray_cluster, tmp_path, car_clip):
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        f"sources:\n  - url: {car_clip}\n    name: lobby\n  - url: {car_clip}\n    name: lift\n"
+        f"outputs:\n  redis:\n    url: {redis_db.url}\n    spool_dir: {tmp_path / 'spool'}\n"
+    )
+    address = ray_cluster.address
+    run = vidpipe("cluster", "--ray", address, "--config", str(config), "--max-frames", "20", "--workers", "2")
+    assert run.returncode == 0, run.stderr
+    assert "cluster ledger (from the streams): 40 results = 40 ok + 0 failed" in run.stdout
+    status = vidpipe("cluster", "status", "--ray", address)
+    assert status.returncode == 0 and "lobby" in status.stdout and "lift" in status.stdout
+    missing = vidpipe("cluster", "add", str(tmp_path / "nope.mp4"), "--ray", address)
+    assert (missing.returncode, missing.stderr.strip()) == (2, f"vidpipe: error: {tmp_path / 'nope.mp4'}: no such file; check the path")
+    again = vidpipe("cluster", "--ray", address, "--config", str(config))
+    assert again.returncode == 2 and "running already" in again.stderr
+    assert vidpipe("cluster", "stop", "--ray", address).returncode == 0
+    gone = vidpipe("cluster", "status", "--ray", address)
+    assert gone.returncode == 2 and gone.stderr.strip() == (
+        "vidpipe: error: no vidpipe cluster is running; start one with vidpipe cluster --config FILE"
+    )

@@ -1,0 +1,84 @@
+"""The MQTT sink against a real Mosquitto, stopped and restarted in the middle of a run."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from pipeline.api import run
+from pipeline.config import build_config
+from tests.mqtt_broker import Collector, Mosquitto
+from tests.stages.test_analytics import ANALYTICS
+
+
+def key(record: dict) -> str:
+    return json.dumps(record, sort_keys=True)
+
+
+def run_with_outage(tmp_path: Path, spool: int) -> tuple[list[dict], list[dict], dict, Collector]:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    collector = Collector(broker.port)
+    out = tmp_path / "out.jsonl"
+    config = build_config({
+        "outputs": {"jsonl": str(out), "mqtt": {"url": broker.url, "spool": spool, "drain_timeout_s": 15}},
+        "analytics": ANALYTICS, "realtime": True, "progress": False,
+    })  # fmt: skip
+    done: dict = {}
+    runner = threading.Thread(target=lambda: done.update(summary=run(config)))
+    try:
+        runner.start()
+        time.sleep(2.0)  # the 8 s clip plays in real time: events come before, during and after the outage
+        broker.stop()
+        time.sleep(2.5)
+        broker.start()
+        runner.join(60)
+        assert not runner.is_alive()
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        events = [r for r in records if r["type"] not in ("frame", "summary")]
+        report = done["summary"].outputs["mqtt"]
+        deadline = time.monotonic() + 15
+        while len(collector.events()) < len(events) - report["events_dropped"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # a late duplicate would show up now
+        return events, collector.events(), report, collector
+    finally:
+        collector.close()
+        broker.stop()
+
+
+def test_every_event_arrives_once_across_a_broker_restart(tmp_path: Path) -> None:
+    events, received, report, collector = run_with_outage(tmp_path, spool=10_000)
+    assert report["events_dropped"] == 0
+    assert len(events) > 20
+    assert Counter(map(key, received)) == Counter(map(key, events))  # each exactly once
+    assert report["events_published"] == len(events)
+    counts = [json.loads(p) for t, p, _ in collector.messages if t == "vidpipe/sample/counts"]
+    assert counts and counts[-1]["lines"]["middle"]["in"] >= 1
+    availability = [p for t, p, _ in collector.messages if t == "vidpipe/availability"]
+    assert availability[-1] == b"offline" and b"online" in availability
+
+
+def test_a_full_spool_drops_and_counts(tmp_path: Path) -> None:
+    events, received, report, _ = run_with_outage(tmp_path, spool=2)
+    assert report["events_dropped"] > 0 and "not delivered" in report["error"]
+    got = Counter(map(key, received))
+    assert max(got.values()) == 1
+    assert set(got) <= set(map(key, events))
+    assert len(got) + report["events_dropped"] == len(events)
+
+
+def test_an_unreachable_broker_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.redis_server import free_port
+
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--track", "--max-frames", "5",
+                           "--mqtt", f"mqtt://user:secret@127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "cannot connect" in proc.stderr and "secret" not in proc.stderr
