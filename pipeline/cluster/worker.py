@@ -182,8 +182,11 @@ class PipelineWorker:
             opened.decoder = ResumedDecoder(opened.decoder, segment.first_seq, live, events)
             opened.decoder.fit_to = model.input_size
             assert config.outputs.redis is not None
+            # One spool directory per source: a spool directory belongs to one writer (it is
+            # locked), and a worker runs a Pipeline, and so a sink, per source.
+            redis = config.outputs.redis.model_copy(update={"spool_dir": config.outputs.redis.spool_dir / name})
             sink = ResumingRedisSink(
-                config.outputs.redis, f"{self.worker}-{uuid.uuid4().hex[:6]}", name, resume.get("base"), int(resume.get("position", 0))
+                redis, f"{self.worker}-{uuid.uuid4().hex[:6]}", name, resume.get("base"), int(resume.get("position", 0))
             )
         except Exception as err:
             log.exception("worker %s: source %s did not start", self.worker, name)

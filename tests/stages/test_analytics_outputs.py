@@ -10,13 +10,13 @@ import av
 import numpy as np
 
 from pipeline.api import run
+from pipeline.assets.sample_clip import FRAME_COUNT, SAMPLE_CLIP, TRACKS
 from pipeline.config import build_config
-from pipeline.runtime import RunHooks
-from pipeline.sample_clip import FRAME_COUNT, SAMPLE_CLIP, TRACKS
-from pipeline.types import Result
+from pipeline.runtime.pipeline import RunHooks
+from stages.types import Result
+from tests.pipeline.observability.test_metrics import ScrapeAtEnd, in_hook, parse, value
 from tests.redis_server import free_port
-from tests.test_analytics import ANALYTICS, LINE_X, ZONE_X
-from tests.test_metrics import ScrapeAtEnd, get, in_hook, parse, value
+from tests.stages.test_analytics import ANALYTICS, LINE_X, ZONE_X
 
 FRAME = 80  # red rect (TRACKS[0]) is left of the line, its last second of centres on open asphalt
 
@@ -92,7 +92,8 @@ def test_line_crossings_and_zone_occupancy_in_prometheus(tmp_path: Path) -> None
         m = parse(scraped)
         for direction in ("in", "out"):
             so_far = sum(r["direction"] == direction and r["seq"] <= int(seq) for r in crossings)
-            assert value(m, "vidpipe_line_crossings_total", source="sample", line="middle", direction=direction) == so_far
+            scraped = value(m, "vidpipe_line_crossings_total", source="sample", line="middle", direction=direction)
+            assert scraped == so_far
         zones = frames[int(seq)]["analytics"]["zones"]["left"]
         scraped_zone = {s.labels["class"]: s.value for s in m["vidpipe_zone_occupancy"].samples
                         if s.labels["zone"] == "left"}  # fmt: skip
