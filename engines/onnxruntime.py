@@ -17,7 +17,7 @@ from engines.errors import InferenceError, InferenceTimeout, ModelError
 from engines.onnxruntime_cuda import CUDA, DEFAULT_CUDA_OPTIONS, CudaSession, OnnxRuntimeCudaContext, SessionPool
 from engines.watchdog import shared_watchdog
 
-# Warnings only from here on: ONNX Runtime 1.31's CUDA build otherwise prints a line per session
+# Errors only from here on: ONNX Runtime 1.31's CUDA build otherwise prints a warning per session
 # about plugin execution-provider devices that vidpipe does not use.
 ort.set_default_logger_severity(3)
 
