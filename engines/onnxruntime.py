@@ -58,7 +58,7 @@ class OnnxRuntimeEngine:
         names = [name for name, _ in providers]
         missing = [p for p in names if p not in ort.get_available_providers()]
         if missing:
-            hint = "; pip install 'vidpipe[gpu]' (onnxruntime-gpu)" if CUDA in missing else "; pick one of those providers"
+            hint = "; install onnxruntime-gpu (pip install -e '.[gpu]' in vidpipe's checkout)" if CUDA in missing else "; pick one of those providers"
             raise ModelError(
                 f"ONNX Runtime here has no {', '.join(missing)}; available: "
                 f"{', '.join(ort.get_available_providers())}{hint}"

@@ -1,4 +1,4 @@
-"""The `vidpipe` command: run, subscribe, bench, build-engine, inspect."""
+"""The `vidpipe` command: run, subscribe, bench, build-engine, inspect, cluster."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ def test_asking_for_the_gpu_without_onnxruntime_gpu_is_one_line_and_exit_2(car_c
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "vidpipe: error: ONNX Runtime here has no CUDAExecutionProvider; available: "
-        f"{', '.join(ort.get_available_providers())}; pip install 'vidpipe[gpu]' (onnxruntime-gpu)"
+        f"{', '.join(ort.get_available_providers())}; install onnxruntime-gpu (pip install -e '.[gpu]' in vidpipe's checkout)"
     ]
 
 
