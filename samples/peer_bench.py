@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,6 +133,12 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
 
 
+def fail(message: str) -> NoReturn:
+    """One line on stderr and exit 2: the flag named and the fix."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("video")
@@ -159,11 +166,11 @@ def main() -> None:
         try:
             probe = subprocess.run(check, capture_output=True, env={**os.environ, "YOLO_OFFLINE": "1"})
         except OSError as error:
-            raise SystemExit(f"--ultralytics-python {args.ultralytics_python}: cannot run it ({error.strerror}); "
-                             "name a Python interpreter, e.g. a venv's bin/python") from None  # fmt: skip
+            fail(f"--ultralytics-python {args.ultralytics_python}: cannot run it ({error.strerror}); "
+                 "name a Python interpreter, e.g. a venv's bin/python")  # fmt: skip
         if probe.returncode != 0:
-            raise SystemExit(f"--ultralytics-python {args.ultralytics_python}: cannot import ultralytics; "
-                             "install it there (pip install ultralytics)")  # fmt: skip
+            fail(f"--ultralytics-python {args.ultralytics_python}: cannot import ultralytics; "
+                 "install it there (pip install ultralytics)")  # fmt: skip
         names.append("ultralytics")
     else:
         try:
