@@ -1,6 +1,7 @@
 """vidpipe against its peers on one model and one video: ratios, not absolute times.
 
     python samples/peer_bench.py ../shared/media/car-detection.mp4 [--model m.onnx] [--repeats 3]
+        [--ultralytics-python /tmp/ulv/bin/python]
 
 Contenders, each in its own process (so each one's peak RSS is its own), taking turns in a
 rotating order, `--repeats` rounds:
@@ -8,7 +9,10 @@ rotating order, `--repeats` rounds:
 - naive: the loop most people write: cv2.VideoCapture -> letterbox (square, at the model's
   size) -> ONNX Runtime one frame at a time (default session options) -> YOLO decode and
   NMS (vidpipe's Postprocess, so the two do the same work there) -> one JSON line per frame;
-- ultralytics: its streaming predictor on the same ONNX file, when `ultralytics` is installed.
+- ultralytics: its streaming predictor on the same ONNX file, default settings, when
+  `ultralytics` is installed here or `--ultralytics-python` names an interpreter that has it
+  (a separate venv, so Ultralytics and its torch stay out of vidpipe's). That interpreter runs
+  this same script as the worker, with YOLO_OFFLINE=1 so Ultralytics skips its online checks.
 
 fps is frames with a result per second of the whole run, model loading included. Printed:
 each contender's median fps, first-result time and peak RSS, then vidpipe / peer ratios
@@ -27,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,12 +112,13 @@ def worker(name: str, video: str, model: str, max_frames: int | None) -> None:
     print(json.dumps(figures))
 
 
-def measure(name: str, video: str, model: str, max_frames: int | None) -> dict:
-    """One contender in a child process: its figures and its own peak RSS (MiB)."""
-    command = [sys.executable, __file__, video, "--model", model, "--worker", name]
+def measure(name: str, video: str, model: str, max_frames: int | None, python: str = sys.executable) -> dict:
+    """One contender in a child process of `python`: its figures and its own peak RSS (MiB)."""
+    command = [python, __file__, video, "--model", model, "--worker", name]
     if max_frames:
         command += ["--max-frames", str(max_frames)]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} if python == sys.executable else {**os.environ, "YOLO_OFFLINE": "1"}
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=ROOT, env=env)
     stdout = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
     if status != 0:
@@ -127,12 +133,21 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
 
 
+def fail(message: str) -> NoReturn:
+    """One line on stderr and exit 2: the flag named and the fix."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("video")
     parser.add_argument("--model", help="an ONNX model (default: vidpipe's embedded one)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-frames", type=int)
+    parser.add_argument("--ultralytics-python", metavar="PYTHON",
+                        help="a Python interpreter with ultralytics installed (say a separate venv's bin/python): "
+                             "the ultralytics contender runs under it")  # fmt: skip
     parser.add_argument("--worker", choices=["vidpipe", "naive", "ultralytics"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.model is None:
@@ -144,16 +159,32 @@ def main() -> None:
         worker(args.worker, args.video, args.model, args.max_frames)
         return
     names = ["vidpipe", "naive"]
-    try:
-        import ultralytics  # noqa: F401
-
+    pythons = dict.fromkeys(names, sys.executable)
+    if args.ultralytics_python:
+        pythons["ultralytics"] = args.ultralytics_python
+        check = [args.ultralytics_python, "-c", "import ultralytics"]
+        try:
+            probe = subprocess.run(check, capture_output=True, env={**os.environ, "YOLO_OFFLINE": "1"})
+        except OSError as error:
+            fail(f"--ultralytics-python {args.ultralytics_python}: cannot run it ({error.strerror}); "
+                 "name a Python interpreter, e.g. a venv's bin/python")  # fmt: skip
+        if probe.returncode != 0:
+            fail(f"--ultralytics-python {args.ultralytics_python}: cannot import ultralytics; "
+                 "install it there (pip install ultralytics)")  # fmt: skip
         names.append("ultralytics")
-    except ImportError:
-        print("ultralytics not installed: comparing vidpipe with the naive loop only")
+    else:
+        try:
+            import ultralytics  # noqa: F401
+
+            names.append("ultralytics")
+            pythons["ultralytics"] = sys.executable
+        except ImportError:
+            print("ultralytics not installed: comparing vidpipe with the naive loop only "
+                  "(--ultralytics-python names an interpreter that has it)")  # fmt: skip
     rounds: list[dict[str, dict]] = []
     for i in range(args.repeats):
         order = names[i % len(names) :] + names[: i % len(names)]
-        rounds.append({name: measure(name, args.video, args.model, args.max_frames) for name in order})
+        rounds.append({name: measure(name, args.video, args.model, args.max_frames, pythons[name]) for name in order})
     for name in names:
         runs = [r[name] for r in rounds]
         print(f"{name:12} fps {spread([r['fps'] for r in runs])}  first result s "
