@@ -96,14 +96,19 @@ def test_a_hang_longer_than_the_deadline_is_given_up_in_time_to_retry(car_clip, 
     assert sum(r.status is Status.OK for r in sink.results) / 377 >= 0.95
 
 
-def test_abandoned_contexts_are_reaped_when_their_call_returns(tmp_path):
+def tiny_pool(tmp_path: Path, settings: SchedulerSettings, stats: InferStats):
+    """A context pool over a real ONNX Runtime engine of a tiny model: (pool, stage, reference)."""
     model = tmp_path / "tiny.onnx"
     build_yolov8_model(model, boxes=[(0, 0.9, 4, 4, 20, 20)], input_size=(64, 64), num_classes=2)
     engine = OnnxRuntimeEngine(model)
     stage = InferStage(engine)
     reference = engine.create_context().infer(stage.probe_inputs(), 5.0)
+    return ContextPool(engine, stage, reference, settings, stats), stage, reference
+
+
+def test_abandoned_contexts_are_reaped_when_their_call_returns(tmp_path):
     stats = InferStats()
-    pool = ContextPool(engine, stage, reference, SchedulerSettings(), stats)
+    pool, stage, reference = tiny_pool(tmp_path, SchedulerSettings(), stats)
     slot = pool.take()
     slot.context.infer = lambda inputs, timeout: time.sleep(0.5) or reference  # a call that ignores its timeout
     with pytest.raises(InferenceTimeout):
@@ -135,12 +140,7 @@ def test_health_probe_catches_a_context_that_returns_wrong_outputs(car_clip):
 
 def test_the_probe_catches_outputs_that_look_plausible_but_drifted(tmp_path):
     """Drift the per-batch checks cannot see (boxes 1% off, scores in range) fails the probe."""
-    model = tmp_path / "tiny.onnx"
-    build_yolov8_model(model, boxes=[(0, 0.9, 4, 4, 20, 20)], input_size=(64, 64), num_classes=2)
-    engine = OnnxRuntimeEngine(model)
-    stage = InferStage(engine)
-    reference = engine.create_context().infer(stage.probe_inputs(), 5.0)
-    pool = ContextPool(engine, stage, reference, SchedulerSettings(batch_shapes=(1,), spares=0), InferStats())
+    pool, stage, _ = tiny_pool(tmp_path, SchedulerSettings(batch_shapes=(1,), spares=0), InferStats())
     slot = pool.take()
     assert pool.probe(slot)
     healthy = slot.context.infer
