@@ -93,7 +93,9 @@ def test_a_signal_at_any_moment_ends_the_run_whole(tmp_path: Path, car_clip: Pat
     delivered, attempts, phases = 0, 0, {"start-up": 0, "running": 0}
     while delivered < 30:
         attempts += 1
-        assert attempts <= 45, f"only {delivered} of {attempts} signals came before the run ended"
+        # A signal aimed at the very end often comes after the process is gone (it is then not
+        # counted), more so on a loaded machine: a generous cap, only to end a run-away loop.
+        assert attempts <= 90, f"only {delivered} of {attempts} signals came before the run ended"
         folder = tmp_path / f"run{attempts}"
         folder.mkdir()
         out, video = folder / "out.jsonl", folder / "out.mp4"
