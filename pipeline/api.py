@@ -167,8 +167,6 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
         all_sinks = open_sinks(config, run_id, {n: c.url for n, c in zip(names, configs)}) + list(sinks or [])
         for sink in all_sinks:
             stack.callback(sink.close)
-        for source in decoders:
-            source.decoder.fit_to = model.input_size
         views: list[Sink] = []
         if metrics:
             metrics.readiness.model_loaded = True

@@ -64,7 +64,6 @@ class VideoDecoder:
         name: str,
         url: str,
         deadline_s: float,
-        fit_to: tuple[int, int] | None = None,
         options: dict[str, str] | None = None,
         timeout: float | tuple[float, float] | None = None,
         first_seq: int = 0,
@@ -74,7 +73,6 @@ class VideoDecoder:
         self.name = name
         self.url = url
         self.deadline_s = deadline_s
-        self.fit_to = fit_to
         self.seq = first_seq
         self.errors = 0
         self.stall_s = stall_s

@@ -28,7 +28,6 @@ class LiveSource:
         name: str,
         url: str,
         deadline_s: float,
-        fit_to: tuple[int, int] | None = None,
         transport: str = "tcp",
         open_timeout_s: float = 10.0,
         stall_s: float = 5.0,
@@ -41,7 +40,6 @@ class LiveSource:
         self.name = name
         self.url = url
         self.deadline_s = deadline_s
-        self.fit_to = fit_to
         self.transport = transport
         self.open_timeout_s = open_timeout_s
         self.stall_s = stall_s
@@ -67,7 +65,6 @@ class LiveSource:
                 self.name,
                 self.url,
                 self.deadline_s,
-                self.fit_to,
                 options=options,
                 timeout=(self.open_timeout_s, self.stall_s),
                 first_seq=self.seq,
@@ -76,7 +73,6 @@ class LiveSource:
             )
         except NoVideo:
             raise SourceError(self._no_video()) from None
-        decoder.fit_to = self.fit_to
         return decoder
 
     def _no_video(self) -> str:
@@ -117,7 +113,6 @@ class LiveSource:
     def __iter__(self) -> Iterator[Frame | SourceEvent]:
         while not self._closed.is_set():
             decoder, error = self._decoder, "stream ended"
-            decoder.fit_to = self.fit_to
             for item in decoder:
                 if isinstance(item, Frame):
                     self.seq = item.seq + 1

@@ -47,14 +47,6 @@ class ResumedDecoder:
         return getattr(self._decoder, name)
 
     @property
-    def fit_to(self) -> tuple[int, int] | None:
-        return self._decoder.fit_to
-
-    @fit_to.setter
-    def fit_to(self, value: tuple[int, int] | None) -> None:
-        self._decoder.fit_to = value
-
-    @property
     def seq(self) -> int:
         return self._decoder.seq + self._offset
 
@@ -180,7 +172,6 @@ class PipelineWorker:
             opened = open_source(config, source, name)
             events = _outage(name, segment.first_seq, outage_since, self.worker) if live and outage_since else []
             opened.decoder = ResumedDecoder(opened.decoder, segment.first_seq, live, events)
-            opened.decoder.fit_to = model.input_size
             assert config.outputs.redis is not None
             # One spool directory per source: a spool directory belongs to one writer (it is
             # locked), and a worker runs a Pipeline, and so a sink, per source.

@@ -98,7 +98,7 @@ def test_a_worker_that_dies_on_every_start_ends_the_run_with_every_decoded_frame
     factory = functools.partial(_engine_that_dies_after_its_first_start, tmp_path / "started", DEFAULT_MODEL)
     model.engine = ProcessEngine(factory, preload=PRELOAD, max_restarts=2)
     model.engine.inject_faults(FaultPlan(crash_rate=0.02, seed=11))  # first crash at call 25: frames flow first
-    decoder = VideoDecoder("cam", str(car_clip), config.deadline_ms / 1000, fit_to=model.input_size)
+    decoder = VideoDecoder("cam", str(car_clip), config.deadline_ms / 1000)
     sink = CollectSink()
     try:
         summary = Pipeline(config, [Source(decoder)], model, [sink]).run()

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not has_gpu, reason="needs an 
 
 
 def frames(path: Path, hwaccel: str) -> list[Frame]:
-    return [f for f in VideoDecoder("cam", str(path), 1.0, fit_to=(320, 320), hwaccel=hwaccel) if isinstance(f, Frame)]
+    return [f for f in VideoDecoder("cam", str(path), 1.0, hwaccel=hwaccel) if isinstance(f, Frame)]
 
 
 @pytest.mark.parametrize("clip, count", [("car_clip", 377), ("person_clip", 1394)])

@@ -197,7 +197,7 @@ def test_contexts_that_can_never_be_created_end_the_run_with_every_frame_reporte
     from engines.faults import FaultPlan, FaultyEngine
 
     model.engine = FaultyEngine(_ContextsStopComing(model.engine, working=6), FaultPlan(error_rate=0.3, seed=2))
-    decoder = VideoDecoder("cam", str(car_clip), config.deadline_ms / 1000, fit_to=model.input_size)
+    decoder = VideoDecoder("cam", str(car_clip), config.deadline_ms / 1000)
     sink = CollectSink()
     summary = Pipeline(config, [Source(decoder)], model, [sink]).run()
     assert summary.error and "cannot create a working inference context" in summary.error
