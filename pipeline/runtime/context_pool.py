@@ -96,8 +96,10 @@ class ShapeTimes:
         """How long a call of this shape may run before it counts as hung."""
         with self._lock:
             base = self._base(shape)
-        if base is None:
-            return self.cap_s
+        return self.cap_s if base is None else self._hang_after(base)
+
+    def _hang_after(self, base: float) -> float:
+        """`factor` times a measured call (seconds), at least the floor, at most the cap."""
         return min(self.cap_s, max(self.floor_s, self.factor * base))
 
     def warmup_timeout(self, shape: int) -> float:
@@ -120,9 +122,7 @@ class ShapeTimes:
                     "first_call_ms": round(self._first.get(shape, 0.0) * 1000, 2),
                     "p50_ms": round(statistics.median(samples) * 1000, 2) if samples else None,
                     "max_ms": round(max(samples) * 1000, 2) if samples else None,
-                    "hang_after_ms": round(
-                        min(self.cap_s, max(self.floor_s, self.factor * base)) * 1000, 1
-                    ) if base is not None else None,
+                    "hang_after_ms": round(self._hang_after(base) * 1000, 1) if base is not None else None,
                 }
             return out
 

@@ -7,34 +7,24 @@ samples/bench_model.py: the regime in which deadlines used to throw away finishe
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.api import run
 from pipeline.config import build_config
+from tests.pipeline.cli.test_cli import VIDPIPE, read_jsonl, vidpipe
 from tests.sinks import CollectSink
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-def vidpipe(*args: str, timeout: float = 600, log_level: str = "WARNING") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--log-level", log_level, "run", "--quiet", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
-    )
 
 
 def frame_records(path: Path) -> list[dict]:
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r["type"] == "frame"]
+    return [r for r in read_jsonl(path) if r["type"] == "frame"]
 
 
 def summary_record(path: Path) -> dict:
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r["type"] == "summary"][-1]
+    return [r for r in read_jsonl(path) if r["type"] == "summary"][-1]
 
 
 def assert_fault_free(summary: dict) -> None:
@@ -49,7 +39,7 @@ def test_the_bench_model_on_a_busy_machine_ends_every_frame_ok(
 ) -> None:
     out = tmp_path / "out.jsonl"
     done = vidpipe(str(car_clip), str(person_clip), "--model", str(bench_model), "--max-frames", "30",
-                   "--out", str(out), *flags)
+                   "--out", str(out), *flags, timeout=600)
     assert done.returncode == 0, done.stderr
     frames = frame_records(out)
     for source in ("car-detection", "one-by-one-person-detection"):
@@ -75,7 +65,8 @@ def test_sixteen_file_sources_at_default_flags_end_every_frame_ok(cpu_hog: int, 
 
 def test_defaults_are_sized_to_the_host_and_reported(tmp_path: Path, car_clip: Path) -> None:
     out = tmp_path / "out.jsonl"
-    done = vidpipe(str(car_clip), "--max-frames", "5", "--out", str(out), log_level="INFO")
+    done = subprocess.run([*VIDPIPE, "--log-level", "INFO", "run", "--quiet", str(car_clip), "--max-frames", "5",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     sizing = summary_record(out)["sizing"]
     cpus = len(os.sched_getaffinity(0))
