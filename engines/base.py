@@ -52,18 +52,44 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class DeviceReduce:
+    """Work a GPU context runs on an output before copying it to the host, so only what the
+    host needs crosses PCIe (stages/gpu_candidates.py: a detector head's [B, 4+C, N] scores
+    -> [B, N, 6] candidate rows, a fourteenth of the bytes for 80 classes).
+
+    `output`: the engine output it reads; `name`: the key its result gets in the outputs
+    returned by `infer` (instead of `output`). `shape(raw_shape)`: the float32 result's
+    shape for a raw output of `raw_shape`. `run(stream, raw_ptr, raw_shape, out_ptr)`
+    enqueues the work on the CUDA stream handle `stream`, reading the raw output at device
+    address `raw_ptr` and writing the result at `out_ptr`, and returns without waiting.
+    """
+
+    output: str
+    name: str
+    shape: Callable[[tuple[int, ...]], tuple[int, ...]]
+    run: Callable[[int, int, tuple[int, ...], int], None]
+
+
+@dataclass(frozen=True)
 class DeviceFill:
     """An input a GPU context fills on its own stream instead of copying it from the host.
 
-    `fill(stream, device_ptr)` enqueues, on the CUDA stream handle `stream`, the work that
-    writes a C-contiguous `shape` x `dtype` tensor at `device_ptr` (e.g. letterboxing uploaded
-    I420 planes, stages/gpu_preprocess.py), and returns without waiting. Only contexts whose
-    `accepts_device_fill` is True take one.
+    The host part (e.g. the frames' I420 planes, 1.5 bytes a pixel) is `staged_bytes` long:
+    `stage(host)` writes it into `host`, a uint8 view of pinned memory the context owns, on
+    the calling thread; the context copies it, asynchronously on its stream, into device
+    memory it owns. `fill(stream, staged_ptr, out_ptr)` then enqueues on the CUDA stream
+    handle `stream` the work that reads that copy at `staged_ptr` and writes the
+    C-contiguous `shape` x `dtype` input tensor at `out_ptr` (letterboxing,
+    stages/gpu_preprocess.py), and returns without waiting. `reduce`, if set, runs on the
+    outputs before they leave the GPU. Only contexts whose `accepts_device_fill` is True take one.
     """
 
     shape: tuple[int, ...]
     dtype: np.dtype
-    fill: Callable[[int, int], None]
+    staged_bytes: int
+    stage: Callable[[np.ndarray], None]
+    fill: Callable[[int, int, int], None]
+    reduce: DeviceReduce | None = None
 
 
 class Context(Protocol):

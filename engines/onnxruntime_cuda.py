@@ -21,7 +21,9 @@ One inference, all on the context's stream, and never an unbounded wait:
     device outputs --cudaMemcpyAsync--> pinned host outputs; event recorded
     poll the event until the call's timeout (engines/cuda.Event.wait)
 
-The scheduler writes each batch straight into the pinned input (`input_buffer`). A context
+The scheduler writes each batch straight into the pinned input (`input_buffer`), or hands a
+DeviceFill: I420 planes staged in pinned memory, copied on the stream, letterboxed there, and a
+DeviceReduce that turns the detector's raw scores into candidate rows before the copy back. A context
 given up on (a timeout) frees its stream and buffers only once its stream has finished
 (engines/cuda.release_when_done), on a background thread.
 """
@@ -38,7 +40,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from engines.base import DeviceFill
+from engines.base import DeviceFill, DeviceReduce
 from engines.cuda import DeviceBuffer, Event, PinnedBuffer, Stream, check, release_when_done, runtime
 from engines.errors import InferenceError, InferenceTimeout, StickyInferenceError
 
@@ -120,19 +122,21 @@ class SessionPool:
 
 
 class OnnxRuntimeCudaContext:
-    """A CudaSession's stream and IO binding, with pinned and device buffers of its own grown
-    to the largest batch.
+    """A CudaSession's stream and IO binding, with pinned and device buffers of its own, each
+    grown to the largest batch it has seen.
 
-    Its input is a host array (copied in through pinned memory) or a DeviceFill (written on
-    the device, on this context's stream: the CPU then never touches the pixels)."""
+    Its input is a host array (copied in through pinned memory) or a DeviceFill: the host
+    part (I420 planes) is staged in this context's pinned memory, copied to its device
+    staging buffer and turned into the input tensor there, on this context's stream; the
+    CPU then never touches a float. A DeviceFill's DeviceReduce runs on the output before
+    it is copied back, so only candidate rows cross to the host."""
 
     accepts_device_fill = True
 
     def __init__(self, sessions: SessionPool, input_name: str, output_names: list[str]) -> None:
         self._sessions = sessions
-        self._host_in: PinnedBuffer | None = None
-        self._device_in: DeviceBuffer | None = None
-        self._host_out: dict[str, PinnedBuffer] = {}
+        self._pinned: dict[str, PinnedBuffer] = {}  # "input", "staging", "out:<name>"
+        self._device: dict[str, DeviceBuffer] = {}  # "input", "staging", "reduced"
         self._closed = False
         self._reusable = True  # False once its stream may be busy or broken
         self._cuda = sessions.take()
@@ -148,37 +152,37 @@ class OnnxRuntimeCudaContext:
         self._output_names = output_names
 
     # ---- buffers ----------------------------------------------------------------------
+    # Grown only between calls: infer() waited for the previous call's event, so the stream is
+    # idle (a context whose call timed out is never called again). Device memory is freed in
+    # the stream's order (DeviceBuffer), so growing never races the stream either.
 
     def input_buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """A view of this context's pinned input memory for a batch of `shape`: the scheduler
         stacks frames straight into it, so no copy stands between the batch and the GPU."""
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if self._host_in is None or self._host_in.nbytes < nbytes:
-            self._grow_input(shape, dtype)
-        return self._host_in.array.reshape(-1)[: int(np.prod(shape))].view(dtype).reshape(shape)
+        return _view(self._host("input", _nbytes(shape, dtype)), shape, dtype)
 
-    def _grow_input(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        # The stream is idle here: infer() waited for the previous call's event.
-        if self._host_in is not None:
-            self._host_in.close()
-        self._host_in = PinnedBuffer(shape, dtype)
-        self._device_input(self._host_in.nbytes)
-
-    def _device_input(self, nbytes: int) -> None:
-        """Device input memory of at least `nbytes` (a DeviceFill needs no pinned copy)."""
-        if self._device_in is None or self._device_in.nbytes < nbytes:
-            if self._device_in is not None:
-                self._device_in.close()
-            self._device_in = DeviceBuffer(nbytes, self._stream)
-
-    def _host_output(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        buffer = self._host_out.get(name)
+    def _host(self, key: str, nbytes: int) -> PinnedBuffer:
+        """Pinned host memory `key` of at least `nbytes`."""
+        buffer = self._pinned.get(key)
         if buffer is None or buffer.nbytes < nbytes:
             if buffer is not None:
                 buffer.close()
-            buffer = self._host_out[name] = PinnedBuffer(shape, dtype)
-        return buffer.array.reshape(-1).view(np.uint8)[:nbytes].view(dtype).reshape(shape)
+            buffer = self._pinned[key] = PinnedBuffer((nbytes,), np.uint8)
+        return buffer
+
+    def _on_device(self, key: str, nbytes: int) -> DeviceBuffer:
+        """Device memory `key` of at least `nbytes`, allocated on this context's stream."""
+        buffer = self._device.get(key)
+        if buffer is None or buffer.nbytes < nbytes:
+            if buffer is not None:
+                buffer.close()
+            buffer = self._device[key] = DeviceBuffer(nbytes, self._stream)
+        return buffer
+
+    def _copy(self, dst: int, src: int, nbytes: int, kind: str, what: str) -> None:
+        cudart = runtime()
+        check(cudart.cudaMemcpyAsync(dst, src, nbytes, getattr(cudart.cudaMemcpyKind, kind), self._stream.handle),
+              f"cudaMemcpyAsync ({what})")
 
     # ---- inference --------------------------------------------------------------------
 
@@ -193,21 +197,12 @@ class OnnxRuntimeCudaContext:
         if self._closed:
             raise InferenceError("context is closed")
         batch = inputs[self._input_name]
-        cudart = runtime()
         mark = time.perf_counter()
-        if isinstance(batch, DeviceFill):
-            self._device_input(int(np.prod(batch.shape)) * np.dtype(batch.dtype).itemsize)
-            batch.fill(self._stream.handle, self._device_in.ptr)
-        else:
-            host = self.input_buffer(self._input_name, batch.shape, batch.dtype)
-            if host.ctypes.data != batch.ctypes.data:
-                host[...] = batch  # a caller that did not stack into input_buffer()
-            check(cudart.cudaMemcpyAsync(self._device_in.ptr, self._host_in.ptr, host.nbytes,
-                                         cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream.handle),
-                  "cudaMemcpyAsync (input)")
+        device_in = self._on_device("input", _nbytes(batch.shape, batch.dtype))
+        reduce = self._fill_input(batch, device_in)
         mark = self._phase("input", mark)
         binding = self._binding
-        binding.bind_input(self._input_name, "cuda", self.device_id, batch.dtype, list(batch.shape), self._device_in.ptr)
+        binding.bind_input(self._input_name, "cuda", self.device_id, batch.dtype, list(batch.shape), device_in.ptr)
         for name in self._output_names:
             binding.bind_output(name, "cuda", self.device_id)
         try:
@@ -215,13 +210,7 @@ class OnnxRuntimeCudaContext:
         except Exception as err:  # ORT raises plain RuntimeError subclasses for run failures
             raise InferenceError(f"ONNX Runtime CUDA run failed: {str(err).splitlines()[0][:300]}") from None
         mark = self._phase("run", mark)
-        hosts = {}
-        for name, value in zip(self._output_names, binding.get_outputs()):
-            out = self._host_output(name, tuple(value.shape()), np.dtype(_numpy_type(value.data_type())))
-            check(cudart.cudaMemcpyAsync(out.ctypes.data, value.data_ptr(), out.nbytes,
-                                         cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream.handle),
-                  f"cudaMemcpyAsync (output {name})")
-            hosts[name] = out
+        hosts = self._outputs_to_host(binding.get_outputs(), reduce)
         self._done.record(self._stream)
         mark = self._phase("enqueue outputs", mark)
         if not self._done.wait(timeout):
@@ -230,6 +219,38 @@ class OnnxRuntimeCudaContext:
         outputs = {name: out.copy() for name, out in hosts.items()}  # the pinned memory is reused
         self._phase("copy out", mark)
         return outputs
+
+    def _fill_input(self, batch: np.ndarray | DeviceFill, device_in: DeviceBuffer) -> DeviceReduce | None:
+        """Enqueue what writes the input tensor into `device_in`; the DeviceFill's reduce, if any."""
+        if isinstance(batch, DeviceFill):
+            staged = batch.staged_bytes
+            host = self._host("staging", staged)
+            batch.stage(host.array[:staged])
+            device = self._on_device("staging", staged)
+            self._copy(device.ptr, host.ptr, staged, "cudaMemcpyHostToDevice", "staged input")
+            batch.fill(self._stream.handle, device.ptr, device_in.ptr)
+            return batch.reduce
+        host = self.input_buffer(self._input_name, batch.shape, batch.dtype)
+        if host.ctypes.data != batch.ctypes.data:
+            host[...] = batch  # a caller that did not stack into input_buffer()
+        self._copy(device_in.ptr, host.ctypes.data, host.nbytes, "cudaMemcpyHostToDevice", "input")
+        return None
+
+    def _outputs_to_host(self, values: list, reduce: DeviceReduce | None) -> dict[str, np.ndarray]:
+        """Enqueue each output's copy into pinned memory (through `reduce` where it applies)."""
+        hosts = {}
+        for name, value in zip(self._output_names, values):
+            shape, ptr = tuple(value.shape()), value.data_ptr()
+            dtype = np.dtype(_numpy_type(value.data_type()))
+            if reduce is not None and name == reduce.output:
+                raw_shape, shape, dtype, name = shape, reduce.shape(shape), np.dtype(np.float32), reduce.name
+                reduced = self._on_device("reduced", _nbytes(shape, dtype))
+                reduce.run(self._stream.handle, ptr, raw_shape, reduced.ptr)
+                ptr = reduced.ptr
+            out = _view(self._host(f"out:{name}", _nbytes(shape, dtype)), shape, dtype)
+            self._copy(out.ctypes.data, ptr, out.nbytes, "cudaMemcpyDeviceToHost", f"output {name}")
+            hosts[name] = out
+        return hosts
 
     def _phase(self, name: str, since: float) -> float:
         """Add the time since `since` to phase `name` (PHASE_MS: where a call's time goes)."""
@@ -248,11 +269,20 @@ class OnnxRuntimeCudaContext:
         self._release()
 
     def _release(self) -> None:
-        buffers = [b for b in (self._host_in, self._device_in, *self._host_out.values()) if b is not None]
+        buffers = [*self._pinned.values(), *self._device.values()]
         cuda, self._session = self._cuda, None
         steps = [b.close for b in buffers] + [self._done.close]
         steps.append((lambda: self._sessions.give(cuda)) if self._reusable else cuda.close)
         release_when_done(self._done, steps, "ONNX Runtime CUDA context")
+
+
+def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def _view(buffer: PinnedBuffer, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A `shape` x `dtype` view of the start of a pinned buffer's bytes."""
+    return buffer.array[: _nbytes(shape, dtype)].view(dtype).reshape(shape)
 
 
 _ORT_TYPES = {

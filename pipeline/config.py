@@ -135,6 +135,11 @@ class ModelConfig(StrictModel):
     gpu_letterbox: bool = Field(
         True, description="GPU engines letterbox on the GPU from the decoded planes (CuPy); false: on the CPU."
     )
+    gpu_candidates: bool = Field(
+        True,
+        description="With gpu_letterbox, a YOLOv8/YOLO11 head's scores become candidate rows on the GPU "
+        "(stages/gpu_candidates.py), so 1/14 of the output crosses to the host; false: the whole output.",
+    )
 
     @property
     def provider_names(self) -> list[str]:

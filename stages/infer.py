@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engines.base import Context, DeviceFill, DeviceFills, Engine, InputBuffers, TensorSpec
+from engines.base import Context, DeviceFill, DeviceFills, DeviceReduce, Engine, InputBuffers, TensorSpec
 from engines.errors import ModelError
 from stages.types import Frame
 from stages.preprocess import stack
@@ -54,6 +54,9 @@ class InferStage:
         # for GPU engines when CuPy is there; the CPU then only sets each frame's Letterbox.
         self.gpu_planes = False
         self._gpu_letterboxes: dict[tuple[int, int], object] = {}
+        # The detector output reduced to candidate rows on the GPU (stages/gpu_candidates.py),
+        # set by pipeline/runtime/model.py with gpu_planes when the head allows it.
+        self.gpu_candidates = None
         # The output layout's own sanity check (scores in 0..1, ...), set by pipeline/model.py.
         self.check: Callable[[dict[str, np.ndarray], int], str | None] | None = None
 
@@ -88,33 +91,41 @@ class InferStage:
         return {self.input_name: stack(frames, batch, out=buffer)}
 
     def _planes_fill(self, frames: list[Frame], batch: int) -> DeviceFill:
-        """The batch as a DeviceFill: the frames' I420 planes are uploaded and letterboxed on the
-        context's stream (stages/gpu_preprocess.py); padding rows are zeroed there too."""
+        """The batch as a DeviceFill: the frames' I420 planes, staged back to back in the
+        context's pinned memory, are copied and letterboxed on the context's stream
+        (stages/gpu_preprocess.py); padding rows are zeroed there too. With `gpu_candidates`
+        set, the detector output comes back as candidate rows (stages/gpu_candidates.py)."""
         from stages import gpu_preprocess
 
         w, h = self.input_size
         row_bytes = 3 * h * w * 4
-        runs: list[tuple[int, tuple[int, int], list[np.ndarray]]] = []  # (first row, size, planes)
+        runs: list[tuple[int, int, tuple[int, int], int]] = []  # (first row, staged offset, size, count)
+        offsets, offset = [], 0
         for i, frame in enumerate(frames):
-            if runs and runs[-1][1] == frame.source_size:
-                runs[-1][2].append(frame.image)
+            offsets.append(offset)
+            if runs and runs[-1][2] == frame.source_size:
+                first, start, size, count = runs[-1]
+                runs[-1] = (first, start, size, count + 1)
             else:
-                runs.append((i, frame.source_size, [frame.image]))
+                runs.append((i, offset, frame.source_size, 1))
+            offset += frame.image.nbytes
 
-        def fill(stream: int, out_ptr: int) -> None:
-            held = []  # device copies of the planes: alive until the stream has read them
-            for first, size, planes in runs:
+        def stage(host: np.ndarray) -> None:
+            for frame, at in zip(frames, offsets):
+                np.copyto(host[at : at + frame.image.nbytes], frame.image.reshape(-1))
+
+        def fill(stream: int, staged_ptr: int, out_ptr: int) -> None:
+            for first, start, size, count in runs:
                 letterbox = self._gpu_letterboxes.get(size)
                 if letterbox is None:
                     letterbox = self._gpu_letterboxes[size] = gpu_preprocess.GpuLetterbox(self.input_size, size)
-                device = gpu_preprocess.upload(planes, stream)
-                held.append(device)
-                letterbox.run(device, out_ptr + first * row_bytes, len(planes), stream)
+                letterbox.run(staged_ptr + start, out_ptr + first * row_bytes, count, stream)
             if batch > len(frames):
                 gpu_preprocess.zero(out_ptr + len(frames) * row_bytes, (batch - len(frames)) * row_bytes, stream)
-            self._buffers.held = held  # replaced by the next batch of this thread, after this one finished
 
-        return DeviceFill((batch, 3, h, w), np.dtype(np.float32), fill)
+        candidates = self.gpu_candidates
+        reduce = None if candidates is None else DeviceReduce(candidates.output, candidates.name, candidates.shape, candidates.run)
+        return DeviceFill((batch, 3, h, w), np.dtype(np.float32), offset, stage, fill, reduce)
 
     def _buffer(self, count: int) -> np.ndarray:
         """This thread's float32 batch buffer, grown to the largest batch it has seen.

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from stages.layouts import Head
+from stages.layouts import CANDIDATES, Head
 
 # Scores come out of a sigmoid or softmax: 0..1, give or take float rounding.
 SCORE_SLACK = 1e-3
@@ -43,6 +43,8 @@ def layout_check(output_name: str, head: Head, conf: float) -> OutputCheck:
     least `conf` (a broken context answering 1.0 everywhere)."""
 
     def check(outputs: dict[str, np.ndarray], count: int) -> str | None:
+        if CANDIDATES in outputs:  # reduced on the GPU (stages/gpu_candidates.py)
+            return _rows_check(outputs[CANDIDATES][:count], output_name, conf)
         output = outputs.get(output_name)
         if output is None:
             return f"output '{output_name}' is missing"
@@ -63,3 +65,19 @@ def layout_check(output_name: str, head: Head, conf: float) -> OutputCheck:
         return None
 
     return check
+
+
+def _rows_check(rows: np.ndarray, output_name: str, conf: float) -> str | None:
+    """layout_check for a head reduced on the GPU to [rows, N, 6] (x1, y1, x2, y2, score, class):
+    the same score range, firing share and box order, read from the rows."""
+    scores = rows[..., 4]
+    if scores.size and (scores.min() < -SCORE_SLACK or scores.max() > 1 + SCORE_SLACK):
+        return f"scores of '{output_name}' span {scores.min():.3g}..{scores.max():.3g}, outside 0..1"
+    firing = scores >= conf
+    share = float(firing.mean(axis=-1).max()) if firing.size else 0.0
+    if share > MAX_FIRING:
+        return f"'{output_name}' fires on {share:.0%} of its candidates at conf {conf}"
+    bad = (rows[..., 2] < rows[..., 0]) | (rows[..., 3] < rows[..., 1])
+    if (bad & firing).any():
+        return f"'{output_name}' holds boxes with x2 < x1 or y2 < y1"
+    return None

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from engines.errors import ModelError, StageError
-from stages.layouts import STRIDES, Head, detect_head
+from stages.layouts import CANDIDATES, STRIDES, Head, detect_head
 from stages.types import Detections, Frame
 
 MAX_CANDIDATES = 4096  # highest-scoring candidates kept for NMS
@@ -74,13 +74,15 @@ class Postprocess:
         one frame's, or when a candidate above `conf` has a NaN or infinite box, or any score is
         NaN, infinite or outside 0..1: such values are not detections and are never published.
         """
-        output = np.asarray(next(iter(frame.outputs.values())), np.float32)
+        reduced = CANDIDATES in frame.outputs  # candidate rows made on the GPU (stages/gpu_candidates.py)
+        output = frame.outputs[CANDIDATES] if reduced else next(iter(frame.outputs.values()))
+        output = np.asarray(output, np.float32)
         if output.ndim != 2:
             raise StageError(
                 f"postprocess expects one frame's output without the batch dimension, "
                 f"got shape {list(output.shape)}"
             )
-        xywh, score, class_id = self._decode(output)
+        xywh, score, class_id = self._decode_e2e(output) if reduced else self._decode(output)
         if not np.isfinite(xywh).all():
             raise StageError(
                 f"the model output holds a NaN or infinite box among {len(score)} candidates "

@@ -16,6 +16,7 @@ from pipeline.assets.default_model import DEFAULT_MODEL
 from stages.infer import InferStage
 from stages.labels import load_names
 from stages.layouts import detect_head
+from stages import gpu_candidates
 from stages.output_check import layout_check
 from stages.postprocess import Postprocess
 from stages.preprocess import STRIDE, run_input_size
@@ -106,6 +107,9 @@ def load_model(
         )
         stage.check = layout_check(output.name, head, config.conf)
         stage.gpu_planes = config.gpu_letterbox and _letterboxes_on_gpu(engine)
+        if stage.gpu_planes and config.gpu_candidates and gpu_candidates.applies(head, len(engine.outputs)):
+            if gpu_candidates.available():
+                stage.gpu_candidates = gpu_candidates.GpuCandidates(output.name, head)
     except ModelError as err:
         engine.close()
         message = str(err)

@@ -402,6 +402,7 @@ class Pipeline:
         latencies = list(self.publisher.latencies)
         inference = self.stats.snapshot()
         inference["gpu_letterbox"] = self.model.stage.gpu_planes
+        inference["gpu_candidates"] = self.model.stage.gpu_candidates is not None
         return RunSummary(
             sources=self.ledger.snapshot(),
             elapsed_s=elapsed,

@@ -149,7 +149,7 @@ def test_a_context_given_up_on_frees_its_buffers_only_after_its_stream_completes
     gate = StreamGate(context._stream.handle)  # the stream stops here, as behind a hung kernel
     with pytest.raises(InferenceTimeout):
         context.infer({"images": x}, 0.2)
-    host = context._host_in
+    host = context._pinned["input"]
     context.close()
     time.sleep(0.3)
     assert host.ptr != 0, "freed while its stream was still held"
@@ -181,6 +181,45 @@ def test_letterboxing_on_the_gpu_finds_what_the_cpu_path_finds() -> None:
         assert distance.min(axis=1).max(initial=0) <= 2.0, seq
         matched += 1
     assert matched >= 0.95 * len(results[False])
+
+
+@gpu
+@pytest.mark.parametrize("bench", [False, True], ids=["default model, sample clip", "bench model, person clip"])
+def test_candidates_made_on_the_gpu_give_what_the_whole_output_gives(request: pytest.FixtureRequest, bench: bool) -> None:
+    """The detector output reduced to candidate rows on the GPU (stages/gpu_candidates.py) and
+    copied whole: the same results, boxes within 0.01 source pixels."""
+    results = {}
+    for reduced in (True, False):
+        sink = CollectSink()
+        if bench:
+            clip, model = request.getfixturevalue("person_clip"), request.getfixturevalue("bench_model")
+            config = cuda_config(clip, model, max_frames=300)
+        else:
+            config = {"model": {"providers": [CUDA, "CPUExecutionProvider"]}}
+        config["model"]["gpu_candidates"] = reduced
+        summary = run(build_config(config), sinks=[sink])
+        assert summary.inference["gpu_candidates"] is reduced and summary.ok == summary.frames
+        results[reduced] = {(r.source, r.seq): r.detections for r in sink.results}
+    assert results[True].keys() == results[False].keys()
+    boxes = 0
+    for key, whole in results[False].items():
+        rows = results[True][key]
+        assert list(rows.class_id) == list(whole.class_id), key
+        np.testing.assert_allclose(rows.xyxy, whole.xyxy, atol=0.01)
+        boxes += len(whole)
+    assert boxes > 0
+
+
+@gpu
+def test_corrupt_outputs_of_gpu_candidates_are_caught_and_retried(person_clip: Path, bench_model: Path) -> None:
+    sink = CollectSink()
+    faults = {"corrupt_rate": 0.1, "seed": 1}
+    summary = run(build_config(cuda_config(person_clip, bench_model, faults=faults, max_frames=400)), sinks=[sink])
+    assert summary.inference["gpu_candidates"] is True and summary.inference["corrupt_outputs"] >= 1
+    assert sink.seqs("cam") == list(range(400)) and summary.balanced
+    for result in sink.results:
+        if result.detections is not None and len(result.detections):
+            assert result.detections.score.max() <= 1.0 and (result.detections.xyxy[:, 2:] >= result.detections.xyxy[:, :2]).all()
 
 
 @gpu
