@@ -31,7 +31,9 @@ def ort_cuda_skip_reason() -> str | None:
     return cuda_skip_reason()
 
 
-gpu = pytest.mark.skipif(ort_cuda_skip_reason() is not None, reason=str(ort_cuda_skip_reason()))
+def gpu(test):
+    """`pytest -m gpu` selects it; it skips, saying why, without onnxruntime-gpu and a GPU."""
+    return pytest.mark.gpu(pytest.mark.skipif(ort_cuda_skip_reason() is not None, reason=str(ort_cuda_skip_reason()))(test))
 
 
 def cuda_config(clip: Path, model: Path | None = None, **extra) -> dict:

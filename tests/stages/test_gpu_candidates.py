@@ -95,6 +95,7 @@ def test_only_a_plain_detect_head_is_reduced() -> None:
     assert not applies(Head("yolov5", CLASSES), 1) and not applies(Head("e2e", None), 1)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("transposed", [False, True], ids=["[B,4+C,N]", "[B,N,4+C]"])
 def test_kernel_matches_the_reference(transposed: bool) -> None:
     reason = cuda_skip_reason()
