@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -105,7 +106,7 @@ class Pipeline:
         sinks: list[Sink],
         hooks: RunHooks | None = None,
     ) -> None:
-        self.config, self.sizing = size_run(config, len(sources))
+        self.config, self.sizing = size_run(config, len(sources), letterbox_on_gpu=model.stage.gpu_planes)
         config = self.config
         log.info("sized for this host: %s", self.sizing.describe())
         self.sources = sources
@@ -338,6 +339,15 @@ class Pipeline:
     # ---- the run ---------------------------------------------------------------------
 
     def run(self) -> RunSummary:
+        """Run to the end (see the class docstring) with the sized GIL switch interval."""
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(self.sizing.switch_interval_ms / 1000)
+        try:
+            return self._run()
+        finally:
+            sys.setswitchinterval(previous)
+
+    def _run(self) -> RunSummary:
         infer = self.config.infer
         settings = SchedulerSettings(
             contexts=infer.contexts,

@@ -13,13 +13,22 @@ and from the device the engine runs on:
 - Batch shapes: every size up to the largest batch on the CPU (padding costs compute there);
   powers of two and the largest on a GPU (each shape is warmed and tuned once per context).
 - Preprocess workers (they scale and colour-convert each frame's planes): one per source, at
-  least 2, at most the usable CPUs. Postprocess workers: one per four CPUs, at least 1, at most
-  one per source.
+  least 2, at most the usable CPUs; 2 when a GPU engine letterboxes on the device (they then
+  only compute each frame's geometry, and every idle thread still competes for the GIL).
+  Postprocess workers: one per four CPUs, at least 1, at most one per source.
+- ONNX Runtime threads on a GPU: 1 per context (the CUDA provider runs the model on the
+  device; more CPU threads only spin).
+- Python's GIL switch interval (sys.setswitchinterval) while the run lasts: 0.5 ms on a GPU,
+  Python's own 5 ms on the CPU. A GPU context's thread drops the GIL at every CUDA and ONNX
+  Runtime call and, with decode, preprocess and postprocess threads busy, waited up to a whole
+  interval to get it back each time: 24 ms of a 36 ms batch of 16 on the H200 (closing note of
+  issue 12, samples/gpu_bench.py).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass
 
 from pipeline.config import RunConfig
@@ -27,6 +36,7 @@ from pipeline.config import RunConfig
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 CPU_MAX_BATCH = 1
 GPU_MAX_BATCH = 16
+GPU_SWITCH_INTERVAL_MS = 0.5
 
 
 def usable_cpus() -> int:
@@ -61,31 +71,35 @@ class Sizing:
     batch_shapes: tuple[int, ...]
     preprocess_workers: int
     postprocess_workers: int
+    switch_interval_ms: float
 
     def describe(self) -> str:
         return (
             f"{self.cpus} CPUs, {self.device}: {self.contexts} contexts x {self.intra_op_threads} "
             f"ONNX Runtime threads, batch up to {self.max_batch} (shapes {list(self.batch_shapes)}), "
-            f"{self.preprocess_workers} preprocess / {self.postprocess_workers} postprocess workers"
+            f"{self.preprocess_workers} preprocess / {self.postprocess_workers} postprocess workers, "
+            f"GIL switch interval {self.switch_interval_ms:g} ms"
         )
 
     def as_dict(self) -> dict:
         return {**asdict(self), "batch_shapes": list(self.batch_shapes)}
 
 
-def size_run(config: RunConfig, sources: int) -> tuple[RunConfig, Sizing]:
-    """The config with every auto value filled in, and what was chosen."""
+def size_run(config: RunConfig, sources: int, letterbox_on_gpu: bool = False) -> tuple[RunConfig, Sizing]:
+    """The config with every auto value filled in, and what was chosen. `letterbox_on_gpu`:
+    the engine letterboxes on the device (stages/gpu_preprocess.py)."""
     cpus = usable_cpus()
     gpu = on_gpu(config)
     infer, model, queues = config.infer, config.model, config.queues
     contexts = infer.contexts
-    threads = model.intra_op_threads if model.intra_op_threads is not None else max(1, cpus // contexts)
+    threads = model.intra_op_threads if model.intra_op_threads is not None else (1 if gpu else max(1, cpus // contexts))
     max_batch = infer.max_batch or (GPU_MAX_BATCH if gpu else CPU_MAX_BATCH)
     shapes = tuple(sorted(set(infer.batch_shapes))) if infer.batch_shapes else batch_shapes(max_batch, gpu)
     if shapes[-1] < max_batch:
         shapes = (*shapes, max_batch)
     workers = max(1, min(cpus // 4, sources))
-    pre_workers = max(2, min(sources, cpus))
+    pre_workers = 2 if letterbox_on_gpu else max(2, min(sources, cpus))
+    switch_ms = infer.switch_interval_ms or (GPU_SWITCH_INTERVAL_MS if gpu else sys.getswitchinterval() * 1000)
     sizing = Sizing(
         cpus=cpus,
         device="gpu" if gpu else "cpu",
@@ -95,6 +109,7 @@ def size_run(config: RunConfig, sources: int) -> tuple[RunConfig, Sizing]:
         batch_shapes=shapes,
         preprocess_workers=queues.preprocess_workers or pre_workers,
         postprocess_workers=queues.postprocess_workers or workers,
+        switch_interval_ms=switch_ms,
     )
     sized = config.model_copy(
         update={

@@ -75,8 +75,13 @@ def test_provider_options_are_parsed_and_the_gpu_is_sized_as_one() -> None:
     assert config.model.providers[0].options == {"device_id": 1, "cudnn_conv_algo_search": "DEFAULT"}
     _, sizing = size_run(config, sources=1)
     assert sizing.device == "gpu" and sizing.max_batch == 16 and sizing.batch_shapes == (1, 2, 4, 8, 16)
+    assert sizing.intra_op_threads == 1 and sizing.switch_interval_ms == 0.5
+    _, planes = size_run(config, sources=16, letterbox_on_gpu=True)
+    assert planes.preprocess_workers == 2  # geometry only: the GPU letterboxes
     _, cpu = size_run(build_config({}), sources=1)
-    assert cpu.device == "cpu" and cpu.max_batch == 1
+    assert cpu.device == "cpu" and cpu.max_batch == 1 and cpu.switch_interval_ms == pytest.approx(sys.getswitchinterval() * 1000)
+    _, chosen = size_run(build_config({**config.model_dump(), "infer": {"switch_interval_ms": 2}}), sources=1)
+    assert chosen.switch_interval_ms == 2
 
 
 def test_padding_to_a_batch_shape_never_reaches_a_result(odd_clip: Path) -> None:
@@ -186,30 +191,55 @@ def test_letterboxing_on_the_gpu_finds_what_the_cpu_path_finds() -> None:
 
 
 @gpu
-@pytest.mark.parametrize("bench", [False, True], ids=["default model, sample clip", "bench model, person clip"])
-def test_candidates_made_on_the_gpu_give_what_the_whole_output_gives(request: pytest.FixtureRequest, bench: bool) -> None:
-    """The detector output reduced to candidate rows on the GPU (stages/gpu_candidates.py) and
-    copied whole: the same results, boxes within 0.01 source pixels."""
+def test_candidates_made_on_the_gpu_give_what_the_whole_output_gives() -> None:
+    """The embedded default on its sample clip with the detector output reduced to candidate
+    rows on the GPU (stages/gpu_candidates.py) and copied whole: the same results, boxes
+    within 0.01 source pixels."""
     results = {}
     for reduced in (True, False):
         sink = CollectSink()
-        if bench:
-            clip, model = request.getfixturevalue("person_clip"), request.getfixturevalue("bench_model")
-            config = cuda_config(clip, model, max_frames=300)
-        else:
-            config = {"model": {"providers": [CUDA, "CPUExecutionProvider"]}}
-        config["model"]["gpu_candidates"] = reduced
+        config = {"model": {"providers": [CUDA, "CPUExecutionProvider"], "gpu_candidates": reduced}}
         summary = run(build_config(config), sinks=[sink])
         assert summary.inference["gpu_candidates"] is reduced and summary.ok == summary.frames
-        results[reduced] = {(r.source, r.seq): r.detections for r in sink.results}
+        results[reduced] = {r.seq: r.detections for r in sink.results}
     assert results[True].keys() == results[False].keys()
     boxes = 0
-    for key, whole in results[False].items():
-        rows = results[True][key]
-        assert list(rows.class_id) == list(whole.class_id), key
+    for seq, whole in results[False].items():
+        rows = results[True][seq]
+        assert list(rows.class_id) == list(whole.class_id), seq
         np.testing.assert_allclose(rows.xyxy, whole.xyxy, atol=0.01)
         boxes += len(whole)
-    assert boxes > 0
+    assert boxes > 100
+
+
+@gpu
+def test_a_cuda_context_reduces_the_bench_models_output_to_the_reference_rows(person_clip: Path, bench_model: Path) -> None:
+    """One context, one batch of decoded planes, with and without the reduction: the rows it
+    returns are stages/gpu_candidates.reference of the whole output it returns."""
+    from engines.onnxruntime import OnnxRuntimeEngine
+    from stages.decode import VideoDecoder
+    from stages.gpu_candidates import GpuCandidates, reference
+    from stages.infer import InferStage
+    from stages.layouts import CANDIDATES, Head
+    from stages.preprocess import Preprocess
+    from stages.types import Frame
+
+    engine = OnnxRuntimeEngine(bench_model, providers=[(CUDA, {})])
+    stage = InferStage(engine)
+    stage.gpu_planes = True
+    decoder = VideoDecoder("cam", str(person_clip), 1.0)
+    pre = Preprocess(stage.input_size, geometry_only=True)
+    frames = [pre(f) for f in decoder if isinstance(f, Frame) and f.seq < 11]
+    decoder.close()
+    context = engine.create_context()
+    head = Head("yolov8", 80)
+    stage.gpu_candidates = GpuCandidates("output0", head)
+    rows = context.infer(stage.inputs(frames, context, 16), 60.0)
+    stage.gpu_candidates = None
+    whole = context.infer(stage.inputs(frames, context, 16), 60.0)
+    context.close()
+    assert set(rows) == {CANDIDATES} and rows[CANDIDATES].shape == (16, 8400, 6)
+    np.testing.assert_allclose(rows[CANDIDATES][:11], reference(whole["output0"], head)[:11], rtol=1e-6, atol=1e-6)
 
 
 @gpu
