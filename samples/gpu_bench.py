@@ -117,6 +117,8 @@ def main() -> None:
         sixteen = {"sources": 16, "model": gpu, "max_frames": 600}
         vidpipe("gpu 1 source defaults", clip, model, model=gpu)
         vidpipe("gpu 16 sources defaults", clip, model, **sixteen)
+        for ms in (5.0, 0.2):
+            vidpipe(f"gpu 16 sources, GIL switch interval {ms} ms", clip, model, **sixteen, infer={"switch_interval_ms": ms})
         vidpipe("gpu 16 sources, whole outputs to the host", clip, model, **{**sixteen, "model": {**gpu, "gpu_candidates": False}})
         vidpipe("gpu 16 sources, CPU letterbox", clip, model, **{**sixteen, "model": {**gpu, "gpu_letterbox": False}})
         vidpipe("gpu 16 sources 4 contexts", clip, model, **sixteen, infer={"contexts": 4})
