@@ -272,8 +272,24 @@ class OnnxRuntimeCudaContext:
         buffers = [*self._pinned.values(), *self._device.values()]
         cuda, self._session = self._cuda, None
         steps = [b.close for b in buffers] + [self._done.close]
-        steps.append((lambda: self._sessions.give(cuda)) if self._reusable else cuda.close)
+        if self._reusable and self._stream_idle():
+            # Handed on now, not after the frees: the spare made next takes this tuned session
+            # at once instead of making (and tuning) a new one while the pool runs short. Its
+            # stream stays with it; the frees queued on it below run in the stream's order.
+            self._sessions.give(cuda)
+        else:
+            steps.append((lambda: self._sessions.give(cuda)) if self._reusable else cuda.close)
         release_when_done(self._done, steps, "ONNX Runtime CUDA context")
+
+    def _stream_idle(self) -> bool:
+        """Whether everything queued on the stream so far has finished (the event is recorded
+        again, so work queued by a call that raised counts too)."""
+        try:
+            self._done.record(self._stream)
+            return self._done.query()
+        except InferenceError:
+            self._reusable = False  # a failing stream is not handed on
+            return False
 
 
 def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:

@@ -148,7 +148,9 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
     hooks.on_result = _chain(hooks.on_result, lambda _: first_result or first_result.append(time.monotonic()))
     configs = source_configs(config)
     names = unique_names(configs)
-    config, _ = size_run(config, len(configs))  # the engine's threads are sized before it loads
+    # The engine's threads are sized before it loads; the rest once the model says where it
+    # letterboxes (Pipeline sizes the run again then).
+    config = config.model_copy(update={"model": size_run(config, len(configs))[0].model})
     with ExitStack() as stack:
         metrics = start_metrics(config, names, stack)
         decoders = [open_source(config, src, name) for src, name in zip(configs, names)]

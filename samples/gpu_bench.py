@@ -116,17 +116,35 @@ def main() -> None:
     if what in ("all", "gpu"):
         sixteen = {"sources": 16, "model": gpu, "max_frames": 600}
         vidpipe("gpu 1 source defaults", clip, model, model=gpu)
-        vidpipe("gpu 16 sources defaults", clip, model, **sixteen)
-        for ms in (5.0, 0.2):
+        for ms in (5.0, 0.5):
             vidpipe(f"gpu 16 sources, GIL switch interval {ms} ms", clip, model, **sixteen, infer={"switch_interval_ms": ms})
         vidpipe("gpu 16 sources, whole outputs to the host", clip, model, **{**sixteen, "model": {**gpu, "gpu_candidates": False}})
         vidpipe("gpu 16 sources, CPU letterbox", clip, model, **{**sixteen, "model": {**gpu, "gpu_letterbox": False}})
         vidpipe("gpu 16 sources 4 contexts", clip, model, **sixteen, infer={"contexts": 4})
         vidpipe("gpu 16 sources nvdec", clip, model, **sixteen, decode="nvdec")
         vidpipe("gpu 16 sources realtime", clip, model, sources=16, model=gpu, realtime=True, duration_s=10)
+    if what in ("all", "gpu", "faults"):
+        sixteen = {"sources": 16, "model": gpu, "max_frames": 600}
         for _ in range(2):  # interleaved: neither runs cold
             vidpipe("gpu 16 sources clean", clip, model, **sixteen)
             vidpipe("gpu 16 sources 5% errors", clip, model, **sixteen, faults={"error_rate": 0.05, "seed": 1})
+    if what.startswith("procs"):  # procsN: 16 sources split over N processes at once, one GIL each
+        processes = int(what[5:] or 2)
+        import json
+        import subprocess
+
+        children = [subprocess.Popen([sys.executable, __file__, str(model), str(clip), f"child{16 // processes}"],
+                                     stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+        figures = [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+        ok, wall = sum(f["ok"] for f in figures), max(f["wall"] for f in figures)
+        print(f"gpu 16 sources over {processes} processes: {ok} ok, {ok / wall:.0f} fps ok in aggregate "
+              f"(each: {[round(f['fps']) for f in figures]} fps)", flush=True)
+    if what.startswith("child"):
+        import json
+
+        summary = run(build_config({"sources": [{"url": str(clip), "name": f"cam{i}"} for i in range(int(what[5:]))],
+                                    "model": {"path": str(model), **gpu}, "max_frames": 600}))
+        print(json.dumps({"ok": summary.ok, "wall": summary.elapsed_s, "fps": summary.fps}), flush=True)
     if what in ("all", "cpu"):
         vidpipe("cpu defaults", clip, model, max_frames=200)
         for contexts, threads in ((2, 8), (4, 4), (1, 16)):

@@ -100,9 +100,8 @@ class InferStage:
         w, h = self.input_size
         row_bytes = 3 * h * w * 4
         runs: list[tuple[int, int, tuple[int, int], int]] = []  # (first row, staged offset, size, count)
-        offsets, offset = [], 0
+        offset = 0
         for i, frame in enumerate(frames):
-            offsets.append(offset)
             if runs and runs[-1][2] == frame.source_size:
                 first, start, size, count = runs[-1]
                 runs[-1] = (first, start, size, count + 1)
@@ -111,8 +110,9 @@ class InferStage:
             offset += frame.image.nbytes
 
         def stage(host: np.ndarray) -> None:
-            for frame, at in zip(frames, offsets):
-                np.copyto(host[at : at + frame.image.nbytes], frame.image.reshape(-1))
+            # One numpy call for the whole batch: with decode and postprocess threads busy, every
+            # call that drops the GIL waits up to a switch interval to get it back.
+            np.concatenate([frame.image.reshape(-1) for frame in frames], out=host[:offset])
 
         def fill(stream: int, staged_ptr: int, out_ptr: int) -> None:
             for first, start, size, count in runs:
