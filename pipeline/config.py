@@ -161,10 +161,6 @@ class InferConfig(StrictModel):
     hang_floor_ms: float = Field(250.0, ge=10.0, le=600_000.0, description="...and never before this.")
     max_delay_ms: float = Field(5.0, ge=0.0, le=10_000.0)
     max_attempts: int = Field(5, ge=1, le=100, description="Inference attempts per frame; deadlines bound them too.")
-    switch_interval_ms: float | None = Field(
-        None, ge=0.05, le=100.0,
-        description="Python's GIL switch interval during the run; none: 0.5 on a GPU, Python's 5 on the CPU (pipeline/runtime/sizing.py).",
-    )
     health_interval_s: float = Field(5.0, gt=0.0, le=DAY_S)
     probe_tolerance: float = Field(1e-3, gt=0.0, le=1.0)
     isolation: Literal["thread", "process"] = Field(

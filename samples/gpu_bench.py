@@ -116,8 +116,7 @@ def main() -> None:
     if what in ("all", "gpu"):
         sixteen = {"sources": 16, "model": gpu, "max_frames": 600}
         vidpipe("gpu 1 source defaults", clip, model, model=gpu)
-        for ms in (5.0, 0.5):
-            vidpipe(f"gpu 16 sources, GIL switch interval {ms} ms", clip, model, **sixteen, infer={"switch_interval_ms": ms})
+        vidpipe("gpu 16 sources defaults", clip, model, **sixteen)
         vidpipe("gpu 16 sources, whole outputs to the host", clip, model, **{**sixteen, "model": {**gpu, "gpu_candidates": False}})
         vidpipe("gpu 16 sources, CPU letterbox", clip, model, **{**sixteen, "model": {**gpu, "gpu_letterbox": False}})
         vidpipe("gpu 16 sources 4 contexts", clip, model, **sixteen, infer={"contexts": 4})

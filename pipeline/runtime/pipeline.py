@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -339,15 +338,6 @@ class Pipeline:
     # ---- the run ---------------------------------------------------------------------
 
     def run(self) -> RunSummary:
-        """Run to the end (see the class docstring) with the sized GIL switch interval."""
-        previous = sys.getswitchinterval()
-        sys.setswitchinterval(self.sizing.switch_interval_ms / 1000)
-        try:
-            return self._run()
-        finally:
-            sys.setswitchinterval(previous)
-
-    def _run(self) -> RunSummary:
         infer = self.config.infer
         settings = SchedulerSettings(
             contexts=infer.contexts,

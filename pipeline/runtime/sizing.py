@@ -18,17 +18,11 @@ and from the device the engine runs on:
   Postprocess workers: one per four CPUs, at least 1, at most one per source.
 - ONNX Runtime threads on a GPU: 1 per context (the CUDA provider runs the model on the
   device; more CPU threads only spin).
-- Python's GIL switch interval (sys.setswitchinterval) while the run lasts: 0.5 ms on a GPU,
-  Python's own 5 ms on the CPU. A GPU context's thread drops the GIL at every CUDA and ONNX
-  Runtime call and, with decode, preprocess and postprocess threads busy, waited up to a whole
-  interval to get it back each time: 24 ms of a 36 ms batch of 16 on the H200 (closing note of
-  issue 12, samples/gpu_bench.py).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import asdict, dataclass
 
 from pipeline.config import RunConfig
@@ -36,7 +30,6 @@ from pipeline.config import RunConfig
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 CPU_MAX_BATCH = 1
 GPU_MAX_BATCH = 16
-GPU_SWITCH_INTERVAL_MS = 0.5
 
 
 def usable_cpus() -> int:
@@ -71,14 +64,12 @@ class Sizing:
     batch_shapes: tuple[int, ...]
     preprocess_workers: int
     postprocess_workers: int
-    switch_interval_ms: float
 
     def describe(self) -> str:
         return (
             f"{self.cpus} CPUs, {self.device}: {self.contexts} contexts x {self.intra_op_threads} "
             f"ONNX Runtime threads, batch up to {self.max_batch} (shapes {list(self.batch_shapes)}), "
-            f"{self.preprocess_workers} preprocess / {self.postprocess_workers} postprocess workers, "
-            f"GIL switch interval {self.switch_interval_ms:g} ms"
+            f"{self.preprocess_workers} preprocess / {self.postprocess_workers} postprocess workers"
         )
 
     def as_dict(self) -> dict:
@@ -99,7 +90,6 @@ def size_run(config: RunConfig, sources: int, letterbox_on_gpu: bool = False) ->
         shapes = (*shapes, max_batch)
     workers = max(1, min(cpus // 4, sources))
     pre_workers = 2 if letterbox_on_gpu else max(2, min(sources, cpus))
-    switch_ms = infer.switch_interval_ms or (GPU_SWITCH_INTERVAL_MS if gpu else sys.getswitchinterval() * 1000)
     sizing = Sizing(
         cpus=cpus,
         device="gpu" if gpu else "cpu",
@@ -109,7 +99,6 @@ def size_run(config: RunConfig, sources: int, letterbox_on_gpu: bool = False) ->
         batch_shapes=shapes,
         preprocess_workers=queues.preprocess_workers or pre_workers,
         postprocess_workers=queues.postprocess_workers or workers,
-        switch_interval_ms=switch_ms,
     )
     sized = config.model_copy(
         update={
