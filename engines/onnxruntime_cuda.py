@@ -54,6 +54,9 @@ PHASE_LOCK = threading.Lock()
 # First calls on a new shape take 0.16-1.2 s with HEURISTIC against 1.3-1.9 s with ORT's
 # default EXHAUSTIVE search on the H200 (MEASUREMENTS.md), for the same steady-state speed class.
 DEFAULT_CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+# How long a closing context waits for its stream to show idle before handing its session on
+# from a background thread instead.
+IDLE_CHECK_S = 0.005
 
 
 class CudaSession:
@@ -294,7 +297,9 @@ class OnnxRuntimeCudaContext:
         again, so work queued by a call that raised counts too)."""
         try:
             self._done.record(self._stream)
-            return self._done.query()
+            # Even an idle stream reaches a fresh event a few microseconds later: a short bounded
+            # wait, or the session would go back only after the spare refill had made a new one.
+            return self._done.wait(IDLE_CHECK_S)
         except InferenceError:
             self._reusable = False  # a failing stream is not handed on
             return False
