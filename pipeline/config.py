@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engines.errors import ConfigError
 from engines.faults import FaultPlan
 from stages.redact import has_secret, redact
+from stages.source import is_live
 
 # A source name becomes a file name (<video dir>/<name>.mp4), a Redis key and a metrics label.
 SOURCE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
@@ -311,7 +312,7 @@ class RunConfig(StrictModel):
         video = self.outputs.video
         if video is None:
             return self
-        live = [s.url for s in self.sources if "://" in s.url]
+        live = [s.url for s in self.sources if is_live(s.url)]
         if live:
             raise ValueError(
                 f"outputs.video: {live[0]} is a live stream; annotated video decodes each source "

@@ -8,7 +8,6 @@ GPU, so the one decode thread per source only demuxes, decodes and copies planes
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,10 +21,10 @@ from av.video.reformatter import VideoReformatter
 from engines.errors import SourceError
 from stages.preprocess import i420_to_rgb
 from stages.redact import redact, redact_url
+from stages.source import is_live
 from stages.types import EventType, Frame, SourceEvent
 
 MAX_GOP_PACKETS = 1000  # packets kept since the last keyframe, to re-decode after damage (_recover)
-NAME_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,8 @@ def _open_error(url: str, err: Exception) -> SourceError:
 
 
 class VideoDecoder:
-    """Iterates one source: yields Frames (seq 0, 1, 2, ...) and SourceEvents.
+    """A file source (stages/source.py's Source), and one connection of a live one (stages/live.py):
+    yields Frames (seq 0, 1, 2, ...) and SourceEvents.
 
     Opening happens in the constructor so a bad source fails before the run starts.
     """
@@ -129,6 +129,10 @@ class VideoDecoder:
             yield from self._decode()
         finally:
             self._container.close()
+
+    @property
+    def live(self) -> bool:
+        return is_live(self.url)
 
     def stop(self) -> None:
         """Ask the reading thread to end after the current packet."""
@@ -380,20 +384,3 @@ def iter_images(path: Path, max_frames: int | None = None) -> Iterator[np.ndarra
             if max_frames is not None and count >= max_frames:
                 decoder.close()
                 return
-
-
-def source_name(url: str) -> str:
-    """A valid source name derived from a path or URL; never fails, whatever the string.
-
-    The file stem, or host, port and path for URLs; never the user-info or the query, which
-    may hold credentials. Runs of characters other than letters, digits, '.', '_' and '-'
-    become '_', leading '.' and '-' are dropped and the name is cut to NAME_MAX characters,
-    so it is safe as a file name and a Redis key (see pipeline.config.SOURCE_NAME).
-    """
-    if "://" in url:
-        rest = url.split("://", 1)[1].rpartition("@")[2]  # the last '@': a password may hold '#' or '/'
-        raw = re.split(r"[?#]", rest, maxsplit=1)[0].strip("/")
-    else:
-        raw = Path(url).stem
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).lstrip(".-")[:NAME_MAX]
-    return name or "source"
