@@ -57,7 +57,7 @@ class Source:
     def latency_bound(self) -> bool:
         """Live sources and paced files promise latency: their frames' deadlines run from
         decode. An unpaced file's frames get theirs when they enter a batch (pipeline/runtime/scheduler.py)."""
-        return self.realtime or isinstance(self.decoder, LiveSource)
+        return self.realtime or self.decoder.live
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ class Pipeline:
         a source that is reconnecting or stalled.
         """
         decoder = source.decoder
-        live = isinstance(decoder, LiveSource)
+        live = decoder.live
         clock = PacingClock(decoder.info.fps)
         end_reason = "end_of_stream"
         expired = threading.Event()
