@@ -11,7 +11,7 @@ from engines.base import CudaEngine, Engine, FaultInjectable
 from engines.errors import InferenceError, ModelError
 from engines.faults import FaultPlan, FaultyEngine
 from engines.spec import EngineSpec, OnnxRuntimeSpec, TensorRTSpec, build_engine
-from pipeline.config import FaultConfig, InferConfig, ModelConfig
+from pipeline.config import FaultConfig, InferConfig, ModelConfig, TensorRTModelConfig
 from pipeline.assets.default_model import DEFAULT_MODEL
 from stages.infer import InferStage
 from stages.labels import load_names
@@ -28,7 +28,7 @@ def engine_spec(config: ModelConfig) -> EngineSpec:
     """The config's model section as an engine spec: plain values that engines/ builds, here or
     in a worker process (engines/spec.py)."""
     path = config.path or DEFAULT_MODEL
-    if config.backend == "tensorrt":
+    if isinstance(config, TensorRTModelConfig):
         return TensorRTSpec(path, config.precision, config.engine_cache)
     threads = 1 if config.intra_op_threads is None else config.intra_op_threads  # api.run sizes it first
     providers = tuple(p if isinstance(p, str) else (p.name, dict(p.options)) for p in config.providers)
