@@ -1,4 +1,4 @@
-"""Decode a video source into Frames with PyAV: gap-free seq, pts, deadline.
+"""Decode a video source into Frames with PyAV: gap-free seq, presentation time (seconds), deadline.
 
 A Frame carries the decoded picture's I420 planes (see `to_i420`), not RGB: scaling
 and colour conversion happen in the preprocess workers (several threads) or on the
@@ -280,7 +280,7 @@ class VideoDecoder:
         frame = Frame(
             source=self.name,
             seq=self.seq,
-            pts=float(av_frame.time) if av_frame.time is not None else None,
+            time_s=float(av_frame.time) if av_frame.time is not None else None,
             decoded_at=now,
             deadline=now + self.deadline_s,
             wall_time=time.time(),
