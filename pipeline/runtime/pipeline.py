@@ -196,7 +196,7 @@ class Pipeline:
         return Result(
             source=frame.source,
             seq=frame.seq,
-            pts=frame.pts,
+            time_s=frame.time_s,
             status=status,
             reason=reason,
             error=error,
@@ -243,7 +243,7 @@ class Pipeline:
                     if item.fatal:
                         self.errors.append(_describe_damage(decoder, item))
                     continue
-                video_s, jump = clock.position(item.pts) if not live else (0.0, None)
+                video_s, jump = clock.position(item.time_s) if not live else (0.0, None)
                 if not live and source.duration_s is not None and video_s >= source.duration_s:
                     end_reason = "duration"
                     break
