@@ -74,10 +74,10 @@ def open_source(config: RunConfig, src: SourceConfig, name: str) -> Source:
             stall_s=src.stall_s,
             connect_attempts=src.connect_attempts,
             max_reconnects=src.max_reconnects,
-            hwaccel=config.decode,
+            decode=config.decode,
         )
     else:
-        decoder = VideoDecoder(name, src.url, deadline_s, hwaccel=config.decode)
+        decoder = VideoDecoder(name, src.url, deadline_s, decode=config.decode)
     return Source(
         decoder,
         policy=src.policy or (OverloadPolicy.SHED if live else OverloadPolicy.BLOCK),

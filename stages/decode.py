@@ -54,7 +54,8 @@ def _open_error(url: str, err: Exception) -> SourceError:
 
 class VideoDecoder:
     """A file source (stages/source.py's Source), and one connection of a live one (stages/live.py):
-    yields Frames (seq 0, 1, 2, ...) and SourceEvents.
+    yields Frames (seq 0, 1, 2, ...) and SourceEvents. `decode`: "cpu", or "nvdec" for NVIDIA
+    hardware decoding (the config's `decode`, --decode); SourceError where it is unavailable.
 
     Opening happens in the constructor so a bad source fails before the run starts.
     """
@@ -67,7 +68,7 @@ class VideoDecoder:
         options: dict[str, str] | None = None,
         timeout: float | tuple[float, float] | None = None,
         first_seq: int = 0,
-        hwaccel: str = "cpu",
+        decode: str = "cpu",
         stall_s: float | None = None,
     ) -> None:
         self.name = name
@@ -89,13 +90,13 @@ class VideoDecoder:
         if "://" not in url and not Path(url).exists():
             raise SourceError(f"{url}: no such file; check the path")
         try:
-            self._container = av.open(url, options=options or {}, timeout=timeout, hwaccel=_hwaccel(hwaccel))
+            self._container = av.open(url, options=options or {}, timeout=timeout, hwaccel=_hwaccel(decode))
         except SourceError:
             raise
         except av.error.ExitError:  # the timeout's interrupt: nothing usable arrived in time
             raise NoVideo(f"{url}: no video in time") from None
         except Exception as err:  # PyAV raises many error types; all mean "cannot open"
-            if hwaccel != "cpu" and Path(url).exists():
+            if decode != "cpu" and Path(url).exists():
                 raise SourceError(
                     f"{url}: NVDEC decoding unavailable ({redact(str(err))}); check the NVIDIA driver and GPU, "
                     "or use --decode cpu"
@@ -105,7 +106,7 @@ class VideoDecoder:
             self._container.close()
             raise SourceError(f"{redact_url(url)}: has no video stream; pass a file with video")
         self._stream = self._container.streams.video[0]
-        if hwaccel == "cpu":
+        if decode == "cpu":
             # Frame threading is for software decoding; with a hardware decoder FFmpeg's frame
             # threads race on the device's surfaces and report packets as invalid.
             self._stream.thread_type = "AUTO"
@@ -303,8 +304,9 @@ class VideoDecoder:
         return SourceEvent(self.name, kind, self.seq - 1, time.time(), dict(details))
 
 
-def _hwaccel(kind: str) -> HWAccel | None:
-    if kind == "cpu":
+def _hwaccel(decode: str) -> HWAccel | None:
+    """PyAV's hardware acceleration for `decode` ("cpu": none, "nvdec": CUDA, no software fallback)."""
+    if decode == "cpu":
         return None
     if "cuda" not in hwdevices_available():
         raise SourceError("--decode nvdec: this FFmpeg build has no CUDA hwaccel; use --decode cpu")

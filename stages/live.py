@@ -40,7 +40,7 @@ class LiveSource:
         max_reconnects: int | None = None,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
-        hwaccel: str = "cpu",
+        decode: str = "cpu",
     ) -> None:
         self.name = name
         self.url = url
@@ -51,7 +51,7 @@ class LiveSource:
         self.max_reconnects = max_reconnects
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.hwaccel = hwaccel
+        self.decode = decode
         self.seq = 0
         self.reconnects = 0
         self.connected = False
@@ -73,7 +73,7 @@ class LiveSource:
                 options=options,
                 timeout=(self.open_timeout_s, self.stall_s),
                 first_seq=self.seq,
-                hwaccel=self.hwaccel,
+                decode=self.decode,
                 stall_s=self.stall_s,
             )
         except NoVideo:

@@ -15,8 +15,8 @@ has_gpu = shutil.which("nvidia-smi") is not None or Path("/dev/nvidiactl").exist
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not has_gpu, reason="needs an NVIDIA GPU and driver")]
 
 
-def frames(path: Path, hwaccel: str) -> list[Frame]:
-    return [f for f in VideoDecoder("cam", str(path), 1.0, hwaccel=hwaccel) if isinstance(f, Frame)]
+def frames(path: Path, decode: str) -> list[Frame]:
+    return [f for f in VideoDecoder("cam", str(path), 1.0, decode=decode) if isinstance(f, Frame)]
 
 
 @pytest.mark.parametrize("clip, count", [("car_clip", 377), ("person_clip", 1394)])
