@@ -21,7 +21,7 @@ from av.video.reformatter import VideoReformatter
 from engines.errors import SourceError
 from stages.preprocess import i420_to_rgb
 from stages.redact import redact, redact_url
-from stages.source import is_live
+from stages.source import is_live, url_scheme
 from stages.types import EventType, Frame, SourceEvent
 
 MAX_GOP_PACKETS = 1000  # packets kept since the last keyframe, to re-decode after damage (_recover)
@@ -87,7 +87,7 @@ class VideoDecoder:
         self._end_s: float | None = None  # where the frames read so far end, in seconds
         self._concealed = 0  # frames FFmpeg decoded with damage concealed (flagged corrupt)
         self._last_corrupt = False
-        if "://" not in url and not Path(url).exists():
+        if url_scheme(url) is None and not Path(url).exists():
             raise SourceError(f"{url}: no such file; check the path")
         try:
             self._container = av.open(url, options=options or {}, timeout=timeout, hwaccel=_hwaccel(decode))
@@ -233,7 +233,7 @@ class VideoDecoder:
 
     def _damage_report(self) -> Iterator[SourceEvent]:
         """After the end of a file: a truncated container (fatal) and frames lost to damage."""
-        truncated = self._truncation() if "://" not in self.url else None
+        truncated = self._truncation() if url_scheme(self.url) is None else None
         if truncated:
             self.errors += 1
             yield self._event(EventType.DECODE_ERROR, error="truncated", fatal=True, packets=self._packets, frames=self._emitted, **truncated)
@@ -261,7 +261,7 @@ class VideoDecoder:
             tolerance = max(0.5, 2 / self.info.fps) if self.info.fps else 0.5
             if self._end_s < declared_s - tolerance:
                 return {"declared_s": round(declared_s, 3), "read_s": round(self._end_s, 3)}
-        if container.format.name == "mpegts" and "://" not in self.url:
+        if container.format.name == "mpegts" and url_scheme(self.url) is None:
             # A transport stream is a run of 188-byte packets (192 in M2TS): a cut one is truncation.
             size = Path(self.url).stat().st_size
             if size % 188 and size % 192:
