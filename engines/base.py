@@ -5,7 +5,8 @@ per-request state. After a Context raises, the caller discards it.
 
 Optional capabilities are Protocols of their own, checked with `isinstance` (they are
 `runtime_checkable`): `Reloadable` and `FaultInjectable` engines, `Supervised` engines that
-report escalations, and contexts with `InputBuffers` or `DeviceFills`.
+report escalations, `CudaEngine`s that compute on a GPU in this process, and contexts with
+`InputBuffers` or `DeviceFills`.
 """
 
 from __future__ import annotations
@@ -141,6 +142,15 @@ class FaultInjectable(Protocol):
     process, where a crash or a poisoned process belongs) instead of being wrapped."""
 
     def inject_faults(self, plan: FaultPlan) -> None: ...
+
+
+@runtime_checkable
+class CudaEngine(Protocol):
+    """An engine that may compute on a CUDA device in this process (engines/onnxruntime.py):
+    `cuda_options` are its CUDA provider's options (e.g. device_id), None when it runs on the
+    CPU. An engine in a worker process is not one: its inputs cross as host memory."""
+
+    cuda_options: dict[str, Any] | None
 
 
 @runtime_checkable

@@ -48,7 +48,7 @@ class BatchProfile:
         if len(values) == 1:
             values *= 3
         if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
-            raise ModelError(f"--batch {text!r}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:4:8")
+            raise ModelError(f"batch profile {text!r}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:4:8")
         return cls(*values)
 
     def astuple(self) -> tuple[int, int, int]:

@@ -29,7 +29,7 @@ HOUR_S = 3_600.0
 class FaultPlan(BaseModel):
     """Injected faults per inference call, to watch and test recovery: probabilities (0..1) per
     call, `hang_s` seconds of a hang, `slow_ms` milliseconds of a slowdown, and a `seed` for
-    a repeatable sequence. It is also the config's `faults:` section (pipeline/config.py)."""
+    a repeatable sequence. It is also the config's `faults:` section (pipeline/config/sections.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

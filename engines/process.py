@@ -8,7 +8,9 @@ with backoff, within a restart budget (`max_restarts` in `restart_window_s`). Co
 the lost worker fail with WorkerLost; `create_context()` waits for the new worker, and
 past the budget raises WorkerBudgetExhausted.
 
-Each context owns two shared-memory blocks (inputs, outputs) and a connection to its own
+The worker builds its engine from an engine spec (engines/spec.py): plain values, so the
+worker imports only `engines` and the backend, never `pipeline` or `stages`. Each context
+(engines/process_context.py) owns two shared-memory blocks and a connection to its own
 thread in the worker; only small messages cross the connection.
 """
 
@@ -17,24 +19,19 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from multiprocessing import reduction
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
-from multiprocessing.shared_memory import SharedMemory
+from multiprocessing.connection import wait
 from typing import Any
 
-import numpy as np
-
-from engines.base import EngineEvent, EventHandler
-from engines.errors import InferenceError, InferenceTimeout, ModelError, WorkerBudgetExhausted, WorkerLost
+from engines.base import Engine, EngineEvent, EventHandler
+from engines.errors import InferenceError, ModelError, WorkerBudgetExhausted
 from engines.faults import FaultPlan
-from engines.worker import close_when_free, layout, run_worker, view
+from engines.process_context import ProcessContext, Worker, exit_status, stop
+from engines.spec import ENGINE_SPECS, EngineSpec
+from engines.worker import run_worker
 
 log = logging.getLogger("vidpipe.worker")
 
@@ -43,29 +40,22 @@ log = logging.getLogger("vidpipe.worker")
 # most of a restart. The server never touches the GPU, so, unlike a plain fork of the
 # main process, no CUDA state is inherited.
 _START_METHOD = "forkserver"
-# The worker reports its own timeouts (ONNX Runtime cancels the run); this is the slack
-# for that report to arrive before the call is given up on here.
-_REPLY_GRACE_S = 0.01
 _BACKOFF_S = 0.1
 _BACKOFF_MAX_S = 5.0
 
 
-
-@dataclass
-class _Worker:
-    process: BaseProcess
-    control: Connection
-    generation: int
-    control_lock: threading.Lock = field(default_factory=threading.Lock)
-    stopped: bool = False
-
-
 class ProcessEngine:
-    """An Engine whose real engine is built by `factory` (picklable) in a worker process."""
+    """An Engine whose real engine is built in a supervised worker process from `spec`.
+
+    `spec`: an EngineSpec (engines/spec.py), which the worker builds with `build_engine`;
+    or, for tests and custom backends, any picklable callable returning an Engine.
+    `preload`: more modules for the workers' fork server to import once (a spec names its own).
+    Raises ModelError when the first worker cannot start or build its engine.
+    """
 
     def __init__(
         self,
-        factory: Callable[[], Any],
+        spec: EngineSpec | Callable[[], Engine],
         preload: tuple[str, ...] = (),
         max_restarts: int = 5,
         restart_window_s: float = 60.0,
@@ -78,10 +68,11 @@ class ProcessEngine:
         self.create_timeout_s = create_timeout_s
         self.on_event: EventHandler | None = None
         self.restarts = 0
-        self._factory = factory
+        self._spec = spec
         self._faults: FaultPlan | None = None
         self._mp = multiprocessing.get_context(_START_METHOD)
-        self._mp.set_forkserver_preload(["engines.worker", *preload])
+        own = spec.preload if isinstance(spec, ENGINE_SPECS) else ()
+        self._mp.set_forkserver_preload(["engines.worker", *own, *preload])
         self._cond = threading.Condition()
         self._closed = threading.Event()
         self._lost: str | None = None  # why the current worker is lost, until a new one is up
@@ -160,7 +151,7 @@ class ProcessEngine:
             self._cond.notify_all()
             os.write(self._wake_w, b"x")
         self._supervisor.join(timeout=10)
-        _stop(self._worker)
+        stop(self._worker)
         if not self._supervisor.is_alive():
             with self._cond:
                 os.close(self._wake_r)
@@ -183,11 +174,11 @@ class ProcessEngine:
         # Each worker draws its own sequence: a restarted one must not repeat the fault that killed the last.
         return plan.model_copy(update={"seed": plan.seed + 1000 * (generation - 1)})
 
-    def _start(self, generation: int) -> tuple[_Worker, tuple]:
+    def _start(self, generation: int) -> tuple[Worker, tuple]:
         control, child_end = self._mp.Pipe()
         process = self._mp.Process(
             target=run_worker,
-            args=(self._factory, self._plan_for(generation), child_end),
+            args=(self._spec, self._plan_for(generation), child_end),
             name=f"vidpipe-infer-worker-{generation}",
             daemon=True,
         )
@@ -198,16 +189,16 @@ class ProcessEngine:
             raise ModelError(f"inference worker: cannot start a process ({err})") from None
         finally:
             child_end.close()
-        worker = _Worker(process, control, generation)
+        worker = Worker(process, control, generation)
         try:
             if not control.poll(self.start_timeout_s):
                 message = ("failed", f"not ready within {self.start_timeout_s:.0f} s")
             else:
                 message = control.recv()
         except (EOFError, OSError):
-            message = ("failed", f"the process exited during start-up ({_exit_status(process)})")
+            message = ("failed", f"the process exited during start-up ({exit_status(process)})")
         if message[0] != "ready":
-            _stop(worker)
+            stop(worker)
             raise ModelError(f"inference worker: cannot start: {message[1]}")
         return worker, message[1:]
 
@@ -232,10 +223,10 @@ class ProcessEngine:
                 self._failure = "the inference worker supervisor failed (a bug; see the log)"
                 self._cond.notify_all()
 
-    def _restart(self, old: _Worker, why: str) -> bool:
+    def _restart(self, old: Worker, why: str) -> bool:
         """Replace the lost worker; False when the budget is spent or the engine closed."""
         detected = time.monotonic()
-        status = _stop(old)
+        status = stop(old)
         log.warning("inference worker %d lost: %s (%s)", old.generation, why, status)
         self._emit(EngineEvent.WORKER_LOST, generation=old.generation, reason=why, status=status)
         generation, last = old.generation, why
@@ -260,7 +251,7 @@ class ProcessEngine:
             restart_ms = round((time.monotonic() - detected) * 1000, 1)
             with self._cond:
                 if self._closed.is_set():
-                    _stop(worker)
+                    stop(worker)
                     return False
                 self._worker, self._lost = worker, None
                 self.restarts += 1
@@ -293,142 +284,3 @@ class ProcessEngine:
             handler(kind, details)
         except Exception:  # whoever listens must not break supervision
             log.exception("handling the %s event failed", kind)
-
-
-def _exit_status(process: BaseProcess) -> str:
-    process.join(timeout=1)
-    code = process.exitcode
-    if code is None:
-        return "still running"
-    if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
-
-
-def _stop(worker: _Worker) -> str:
-    """Kill the worker (a poisoned one may still run), release what referred to it; how it ended."""
-    process = worker.process
-    with worker.control_lock:
-        if worker.stopped:
-            return "stopped"
-        worker.stopped = True
-        process.kill()  # a no-op for one that already died: its own exit status stays
-        worker.control.close()
-    process.join(timeout=10)
-    status = _exit_status(process)
-    if process.exitcode is not None:
-        process.close()
-    return status
-
-
-class _Block:
-    """A shared-memory block created, grown and unlinked by this process."""
-
-    def __init__(self) -> None:
-        self.shm: SharedMemory | None = None
-
-    def fit(self, size: int) -> SharedMemory:
-        if self.shm is None or self.shm.size < size:
-            self.release()
-            self.shm = SharedMemory(create=True, size=max(size, 1))
-        return self.shm
-
-    def release(self) -> None:
-        if self.shm is None:
-            return
-        self.shm.unlink()
-        close_when_free(self.shm)
-        self.shm = None
-
-
-class ProcessContext:
-    """A context in the worker process: a connection to its thread there, and two blocks."""
-
-    def __init__(self, engine: ProcessEngine, worker: _Worker) -> None:
-        self._engine = engine
-        self._generation = worker.generation
-        self._inputs, self._outputs = _Block(), _Block()
-        self._handed: dict[str, np.ndarray] = {}
-        self._usable = True
-        self._conn, theirs = multiprocessing.Pipe()
-        try:
-            try:
-                with worker.control_lock:
-                    worker.control.send(("open",))
-                    reduction.send_handle(worker.control, theirs.fileno(), worker.process.pid)
-            except OSError:
-                raise self._lost("the worker process died") from None
-            finally:
-                theirs.close()
-            self._check(self._wait(engine.create_timeout_s, "create a context"))
-        except BaseException:
-            self.close()
-            raise
-
-    def infer(self, inputs: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
-        if not self._usable:
-            raise InferenceError("this context was given up on after an earlier timeout")
-        if self._generation != self._engine.generation:
-            raise self._lost("its worker process was replaced")
-        placed, size = layout((name, value.shape, value.dtype) for name, value in inputs.items())
-        block = self._inputs.fit(size)
-        for entry, value in zip(placed, inputs.values()):
-            written_in_place = value is self._handed.get(entry[0]) and entry[1] == 0
-            if not written_in_place:
-                view(block, entry)[...] = value
-        self._handed.clear()
-        out = self._outputs.shm
-        self._send(("infer", block.name, placed, out.name if out else "", out.size if out else 0, timeout))
-        reply = self._wait(timeout + _REPLY_GRACE_S, "answer")
-        if reply[0] == "grow":
-            out = self._outputs.fit(reply[1])
-            self._send(("out", out.name, out.size))
-            reply = self._wait(timeout + _REPLY_GRACE_S, "answer")
-        self._check(reply)
-        out = self._outputs.shm
-        return {entry[0]: view(out, entry).copy() for entry in reply[1]}
-
-    def input_buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """Where the caller can build input `name` for the next call, saving infer() a copy.
-
-        For a model with one input (vidpipe's image models): the buffer is the block's start.
-        """
-        placed, size = layout([(name, shape, dtype)])
-        buffer = self._handed[name] = view(self._inputs.fit(size), placed[0])
-        return buffer
-
-    def close(self) -> None:
-        self._usable = False
-        self._handed.clear()
-        self._conn.close()
-        self._inputs.release()
-        self._outputs.release()
-
-    def _send(self, message: tuple) -> None:
-        try:
-            self._conn.send(message)
-        except OSError:
-            raise self._lost("the worker process died") from None
-
-    def _wait(self, timeout: float, what: str) -> tuple:
-        try:
-            if self._conn.poll(max(timeout, 0.0)):
-                return self._conn.recv()
-        except (EOFError, OSError):
-            raise self._lost("the worker process died") from None
-        self._usable = False  # its answer may still come; this context cannot tell it from the next
-        raise InferenceTimeout(f"the inference worker did not {what} within {timeout * 1000:.0f} ms")
-
-    def _check(self, reply: tuple) -> None:
-        if reply[0] in ("ok", "opened"):
-            return
-        _, kind, message = reply
-        if kind == "sticky":
-            raise self._lost(f"sticky error: {message}")
-        if kind == "timeout":
-            raise InferenceTimeout(message)
-        raise InferenceError(message)
-
-    def _lost(self, why: str) -> WorkerLost:
-        self._engine.worker_lost(self._generation, why)
-        return WorkerLost(f"inference worker {self._generation}: {why}; it is being restarted")

@@ -1,7 +1,8 @@
 """The inference worker process: the real engine, served to the main process over shared memory.
 
 engines/process.py starts `run_worker` in a child process. The child builds the engine
-itself, so a crash or a poisoned CUDA context stays in it, reports the engine's tensors,
+itself from an engine spec (engines/spec.py: plain values, no `pipeline` import), so a
+crash or a poisoned CUDA context stays in it, reports the engine's tensors,
 then serves two kinds of connection:
 
 - the control connection: "open" (a new context; its own connection follows as a file
@@ -28,6 +29,7 @@ import numpy as np
 from engines.base import Context, Engine, Reloadable
 from engines.errors import InferenceError, InferenceTimeout, StickyInferenceError
 from engines.faults import FaultPlan, FaultyEngine
+from engines.spec import ENGINE_SPECS, EngineSpec, build_engine
 
 # Each tensor starts on a cache line, so the worker's reads and writes stay aligned.
 _ALIGN = 64
@@ -172,12 +174,13 @@ def _send(conn: Connection, message: tuple) -> bool:
     return True
 
 
-def run_worker(factory: Callable[[], Engine], plan: FaultPlan | None, control: Connection) -> None:
-    """The worker process's main: build the engine, say so, then serve until the main process goes."""
+def run_worker(spec: EngineSpec | Callable[[], Engine], plan: FaultPlan | None, control: Connection) -> None:
+    """The worker process's main: build the engine (`build_engine(spec)`, or `spec()` for a
+    test's or custom backend's factory), say so, then serve until the main process goes."""
     # Ctrl-C reaches the whole process group; the main process decides when the worker stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        engine = factory()
+        engine = build_engine(spec) if isinstance(spec, ENGINE_SPECS) else spec()
     except Exception as err:  # a model that cannot load: the main process reports it
         _send(control, ("failed", str(err) or type(err).__name__))
         return

@@ -21,27 +21,12 @@ from pipeline.runtime.model import load_model
 from pipeline.runtime.pipeline import Pipeline, RunHooks, Source
 from pipeline.runtime.sizing import size_run
 from pipeline.sinks import Sink
-from stages.decode import NAME_MAX, VideoDecoder, source_name
+from stages.decode import VideoDecoder
 from stages.live import LiveSource
+from stages.source import LIVE_SCHEMES, NAME_MAX, is_live, source_name, url_scheme
 
 if TYPE_CHECKING:
     from pipeline.observability.metrics import RunMetrics
-
-
-# Every network scheme FFmpeg reads video from: each is a live source, with timeouts,
-# a stall watchdog and reconnects (an HTTP camera can hang like an RTSP one).
-LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
-
-
-def url_scheme(url: str) -> str | None:
-    """The URL's scheme in lower case, or None for a plain path."""
-    if "://" not in url:
-        return None
-    return url.split("://", 1)[0].lower()
-
-
-def is_live(url: str) -> bool:
-    return url_scheme(url) in LIVE_SCHEMES
 
 
 def source_configs(config: RunConfig) -> list[SourceConfig]:
@@ -51,7 +36,7 @@ def source_configs(config: RunConfig) -> list[SourceConfig]:
 
 def unique_names(sources: list[SourceConfig]) -> list[str]:
     """Each source's name: its own (validated by pipeline.config), else one derived from its URL
-    (stages.decode.source_name) with -2, -3, ... where it repeats another. Given names are
+    (stages.source.source_name) with -2, -3, ... where it repeats another. Given names are
     never changed: derived ones make way for them."""
     taken = {src.name for src in sources if src.name}
     names: list[str] = []
@@ -89,10 +74,10 @@ def open_source(config: RunConfig, src: SourceConfig, name: str) -> Source:
             stall_s=src.stall_s,
             connect_attempts=src.connect_attempts,
             max_reconnects=src.max_reconnects,
-            hwaccel=config.decode,
+            decode=config.decode,
         )
     else:
-        decoder = VideoDecoder(name, src.url, deadline_s, hwaccel=config.decode)
+        decoder = VideoDecoder(name, src.url, deadline_s, decode=config.decode)
     return Source(
         decoder,
         policy=src.policy or (OverloadPolicy.SHED if live else OverloadPolicy.BLOCK),
@@ -175,8 +160,8 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
             hooks.on_decoded = _chain(hooks.on_decoded, metrics.on_decoded)
             all_sinks.insert(0, metrics)  # first: its summary line reaches the other sinks' records
         if show and config.progress and console.is_terminal:
-            files = {s.name: s.decoder.info.frames for s in decoders if not is_live(s.decoder.url)}
-            live = [s.name for s in decoders if is_live(s.decoder.url)]
+            files = {s.name: s.decoder.info.frames for s in decoders if not s.decoder.live}
+            live = [s.name for s in decoders if s.decoder.live]
             views.append(stack.enter_context(RunDisplay(files, live, console)))
         pipeline = Pipeline(config, decoders, model, all_sinks + views, hooks)
         if metrics:

@@ -1,4 +1,4 @@
-"""Decode a video source into Frames with PyAV: gap-free seq, pts, deadline.
+"""Decode a video source into Frames with PyAV: gap-free seq, presentation time (seconds), deadline.
 
 A Frame carries the decoded picture's I420 planes (see `to_i420`), not RGB: scaling
 and colour conversion happen in the preprocess workers (several threads) or on the
@@ -8,7 +8,6 @@ GPU, so the one decode thread per source only demuxes, decodes and copies planes
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,10 +21,10 @@ from av.video.reformatter import VideoReformatter
 from engines.errors import SourceError
 from stages.preprocess import i420_to_rgb
 from stages.redact import redact, redact_url
+from stages.source import is_live, url_scheme
 from stages.types import EventType, Frame, SourceEvent
 
 MAX_GOP_PACKETS = 1000  # packets kept since the last keyframe, to re-decode after damage (_recover)
-NAME_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,9 @@ def _open_error(url: str, err: Exception) -> SourceError:
 
 
 class VideoDecoder:
-    """Iterates one source: yields Frames (seq 0, 1, 2, ...) and SourceEvents.
+    """A file source (stages/source.py's Source), and one connection of a live one (stages/live.py):
+    yields Frames (seq 0, 1, 2, ...) and SourceEvents. `decode`: "cpu", or "nvdec" for NVIDIA
+    hardware decoding (the config's `decode`, --decode); SourceError where it is unavailable.
 
     Opening happens in the constructor so a bad source fails before the run starts.
     """
@@ -67,7 +68,7 @@ class VideoDecoder:
         options: dict[str, str] | None = None,
         timeout: float | tuple[float, float] | None = None,
         first_seq: int = 0,
-        hwaccel: str = "cpu",
+        decode: str = "cpu",
         stall_s: float | None = None,
     ) -> None:
         self.name = name
@@ -86,16 +87,16 @@ class VideoDecoder:
         self._end_s: float | None = None  # where the frames read so far end, in seconds
         self._concealed = 0  # frames FFmpeg decoded with damage concealed (flagged corrupt)
         self._last_corrupt = False
-        if "://" not in url and not Path(url).exists():
+        if url_scheme(url) is None and not Path(url).exists():
             raise SourceError(f"{url}: no such file; check the path")
         try:
-            self._container = av.open(url, options=options or {}, timeout=timeout, hwaccel=_hwaccel(hwaccel))
+            self._container = av.open(url, options=options or {}, timeout=timeout, hwaccel=_hwaccel(decode))
         except SourceError:
             raise
         except av.error.ExitError:  # the timeout's interrupt: nothing usable arrived in time
             raise NoVideo(f"{url}: no video in time") from None
         except Exception as err:  # PyAV raises many error types; all mean "cannot open"
-            if hwaccel != "cpu" and Path(url).exists():
+            if decode != "cpu" and Path(url).exists():
                 raise SourceError(
                     f"{url}: NVDEC decoding unavailable ({redact(str(err))}); check the NVIDIA driver and GPU, "
                     "or use --decode cpu"
@@ -105,7 +106,7 @@ class VideoDecoder:
             self._container.close()
             raise SourceError(f"{redact_url(url)}: has no video stream; pass a file with video")
         self._stream = self._container.streams.video[0]
-        if hwaccel == "cpu":
+        if decode == "cpu":
             # Frame threading is for software decoding; with a hardware decoder FFmpeg's frame
             # threads race on the device's surfaces and report packets as invalid.
             self._stream.thread_type = "AUTO"
@@ -129,6 +130,10 @@ class VideoDecoder:
             yield from self._decode()
         finally:
             self._container.close()
+
+    @property
+    def live(self) -> bool:
+        return is_live(self.url)
 
     def stop(self) -> None:
         """Ask the reading thread to end after the current packet."""
@@ -228,7 +233,7 @@ class VideoDecoder:
 
     def _damage_report(self) -> Iterator[SourceEvent]:
         """After the end of a file: a truncated container (fatal) and frames lost to damage."""
-        truncated = self._truncation() if "://" not in self.url else None
+        truncated = self._truncation() if url_scheme(self.url) is None else None
         if truncated:
             self.errors += 1
             yield self._event(EventType.DECODE_ERROR, error="truncated", fatal=True, packets=self._packets, frames=self._emitted, **truncated)
@@ -256,7 +261,7 @@ class VideoDecoder:
             tolerance = max(0.5, 2 / self.info.fps) if self.info.fps else 0.5
             if self._end_s < declared_s - tolerance:
                 return {"declared_s": round(declared_s, 3), "read_s": round(self._end_s, 3)}
-        if container.format.name == "mpegts" and "://" not in self.url:
+        if container.format.name == "mpegts" and url_scheme(self.url) is None:
             # A transport stream is a run of 188-byte packets (192 in M2TS): a cut one is truncation.
             size = Path(self.url).stat().st_size
             if size % 188 and size % 192:
@@ -276,7 +281,7 @@ class VideoDecoder:
         frame = Frame(
             source=self.name,
             seq=self.seq,
-            pts=float(av_frame.time) if av_frame.time is not None else None,
+            time_s=float(av_frame.time) if av_frame.time is not None else None,
             decoded_at=now,
             deadline=now + self.deadline_s,
             wall_time=time.time(),
@@ -299,8 +304,9 @@ class VideoDecoder:
         return SourceEvent(self.name, kind, self.seq - 1, time.time(), dict(details))
 
 
-def _hwaccel(kind: str) -> HWAccel | None:
-    if kind == "cpu":
+def _hwaccel(decode: str) -> HWAccel | None:
+    """PyAV's hardware acceleration for `decode` ("cpu": none, "nvdec": CUDA, no software fallback)."""
+    if decode == "cpu":
         return None
     if "cuda" not in hwdevices_available():
         raise SourceError("--decode nvdec: this FFmpeg build has no CUDA hwaccel; use --decode cpu")
@@ -380,20 +386,3 @@ def iter_images(path: Path, max_frames: int | None = None) -> Iterator[np.ndarra
             if max_frames is not None and count >= max_frames:
                 decoder.close()
                 return
-
-
-def source_name(url: str) -> str:
-    """A valid source name derived from a path or URL; never fails, whatever the string.
-
-    The file stem, or host, port and path for URLs; never the user-info or the query, which
-    may hold credentials. Runs of characters other than letters, digits, '.', '_' and '-'
-    become '_', leading '.' and '-' are dropped and the name is cut to NAME_MAX characters,
-    so it is safe as a file name and a Redis key (see pipeline.config.SOURCE_NAME).
-    """
-    if "://" in url:
-        rest = url.split("://", 1)[1].rpartition("@")[2]  # the last '@': a password may hold '#' or '/'
-        raw = re.split(r"[?#]", rest, maxsplit=1)[0].strip("/")
-    else:
-        raw = Path(url).stem
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).lstrip(".-")[:NAME_MAX]
-    return name or "source"

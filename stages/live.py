@@ -17,12 +17,17 @@ from urllib.parse import urlsplit
 from engines.errors import SourceError
 from stages.decode import NoVideo, StreamInfo, VideoDecoder
 from stages.redact import redact
+from stages.source import is_live
 from stages.types import EventType, Frame, SourceEvent
 
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443, "http": 80, "https": 443}
 
 
 class LiveSource:
+    """A live source (stages/source.py's Source): a VideoDecoder per connection, reconnected with
+    backoff after an outage, with seq continuing across it. Raises SourceError at start when
+    the stream cannot be opened in `connect_attempts` tries."""
+
     def __init__(
         self,
         name: str,
@@ -35,7 +40,7 @@ class LiveSource:
         max_reconnects: int | None = None,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
-        hwaccel: str = "cpu",
+        decode: str = "cpu",
     ) -> None:
         self.name = name
         self.url = url
@@ -46,7 +51,7 @@ class LiveSource:
         self.max_reconnects = max_reconnects
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.hwaccel = hwaccel
+        self.decode = decode
         self.seq = 0
         self.reconnects = 0
         self.connected = False
@@ -68,7 +73,7 @@ class LiveSource:
                 options=options,
                 timeout=(self.open_timeout_s, self.stall_s),
                 first_seq=self.seq,
-                hwaccel=self.hwaccel,
+                decode=self.decode,
                 stall_s=self.stall_s,
             )
         except NoVideo:
@@ -141,6 +146,10 @@ class LiveSource:
                 time.time(),
                 {"duration_s": round(time.monotonic() - began, 3), "started": started, "reconnects": self.reconnects},
             )
+
+    @property
+    def live(self) -> bool:
+        return is_live(self.url)
 
     def stop(self) -> None:
         """Ask the reading thread to end: it leaves a reconnect wait at once, a read within stall_s."""

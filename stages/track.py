@@ -55,8 +55,8 @@ class Track:
 
 
 def frame_time(result: Result) -> float:
-    """Seconds on the source's clock: pts when known, else the wall clock at decode."""
-    return result.pts if result.pts is not None else result.wall_time
+    """Seconds on the source's clock: the presentation time when known, else the wall clock at decode."""
+    return result.time_s if result.time_s is not None else result.wall_time
 
 
 class SourceTracker:

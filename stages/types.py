@@ -86,7 +86,10 @@ class Detections:
 class Frame:
     """One decoded frame on its way through the stages.
 
-    `decoded_at` and `deadline` are time.monotonic() seconds; `wall_time` is time.time().
+    `time_s` is the frame's presentation time in seconds on the source's clock (PyAV's
+    `frame.time`: FFmpeg's integer pts times the stream's time base), None when the stream
+    has no timestamps. `decoded_at` and `deadline` are time.monotonic() seconds; `wall_time`
+    is time.time().
     `image` is the decoded picture's I420 (yuv420p) planes, uint8 (H2 * 3 // 2, W2), BT.601
     limited range, with (W2, H2) the displayed `source_size` (width, height) rounded up to
     even (see stages.decode.to_i420); preprocessing turns it into RGB.
@@ -99,7 +102,7 @@ class Frame:
 
     source: str
     seq: int
-    pts: float | None
+    time_s: float | None
     decoded_at: float
     deadline: float
     wall_time: float
@@ -116,11 +119,14 @@ class Frame:
 
 @dataclass(frozen=True)
 class Result:
-    """The one outcome of one frame: ok with detections, or failed with a reason."""
+    """The one outcome of one frame: ok with detections, or failed with a reason.
+
+    `time_s`: the frame's presentation time in seconds (Frame.time_s); records carry it as `pts`.
+    """
 
     source: str
     seq: int
-    pts: float | None
+    time_s: float | None
     status: Status
     reason: Reason | None
     error: str | None

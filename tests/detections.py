@@ -32,7 +32,7 @@ def detect(run: Runner, frames: list[np.ndarray], names: list[str], input_size: 
         post = post or Postprocess(output.shape, input_size, names)
         height, width = image.shape[:2]
         frame = Frame(
-            source="clip", seq=0, pts=None, decoded_at=0.0, deadline=0.0, wall_time=0.0,
+            source="clip", seq=0, time_s=None, decoded_at=0.0, deadline=0.0, wall_time=0.0,
             image=image, source_size=(width, height), tensor=tensor, letterbox=box,
             outputs={"output0": output[0]},
         )

@@ -32,6 +32,7 @@ def add_build_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.
         "build-engine",
         help="prepare an ONNX model for fp16/int8 and build a TensorRT engine",
         description=__doc__,
+        allow_abbrev=False,  # --batch must not pass for --batch-profile: `vidpipe run --batch` is another thing
     )
     parser.add_argument("model", type=Path, help="the fp32 ONNX model (or one already prepared)")
     parser.add_argument(
@@ -41,10 +42,11 @@ def add_build_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.
     )
     parser.add_argument("--calib", type=Path, help="int8 calibration frames: a video or a folder of images")
     parser.add_argument(
-        "--batch",
+        "--batch-profile",
         default=":".join(map(str, DEFAULT_BATCH.astuple())),
-        help="batch sizes of the optimization profile, MIN:OPT:MAX (default %(default)s)",
+        help="batch sizes of the optimization profile, MIN:OPT:MAX, or one size (default %(default)s)",
     )
+    parser.add_argument("--batch", dest="old_batch", help=argparse.SUPPRESS)  # renamed: says so in one line
     parser.add_argument("--input-size", help="WxH, for models with a dynamic height/width")
     parser.add_argument("--workspace-mb", type=int, default=DEFAULT_WORKSPACE_MB, help="builder workspace limit")
     parser.add_argument("--cache-dir", type=Path, help=f"engine and timing cache (default {DEFAULT_CACHE_DIR})")
@@ -87,7 +89,12 @@ def run_build_engine(args: argparse.Namespace) -> int:
     model_path: Path = args.model
     model = prepare.load(model_path)
     input_size = parse_size(args.input_size)
-    batch = BatchProfile.parse(args.batch)
+    if args.old_batch is not None:
+        raise ConfigError(
+            f"build-engine --batch is now --batch-profile {args.old_batch} (MIN:OPT:MAX); "
+            "vidpipe run --batch is the largest inference batch"
+        )
+    batch = BatchProfile.parse(args.batch_profile)
     found = prepare.detect_precision(model)
     precision: str = args.precision or found
     if args.prepare_only and args.output is None:

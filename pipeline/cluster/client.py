@@ -20,6 +20,7 @@ from pipeline.cluster.streams import ClusterState
 from pipeline.config import RunConfig, SourceConfig
 from pipeline.sinks.redis.entries import connect
 from stages.redact import redact_url
+from stages.source import url_scheme
 
 
 def connect_ray(address: str | None, start_local: bool = False) -> Any:
@@ -107,8 +108,8 @@ def start_cluster(config: RunConfig, workers: int | None = None, worker_cpus: fl
 
 def on_every_node(src: SourceConfig) -> SourceConfig:
     """A file source with an absolute path: workers do not run in this directory."""
-    if "://" in src.url:
-        return src
+    if url_scheme(src.url) is not None:
+        return src  # a URL: the same on every node
     path = Path(src.url)
     if not path.exists():
         raise ConfigError(f"{src.url}: no such file; check the path")

@@ -18,11 +18,11 @@ from dataclasses import asdict
 from typing import Any
 
 from engines.errors import ConfigError
-from pipeline.api import is_live
 from pipeline.cluster import NAMESPACE
 from pipeline.cluster.streams import ClusterState, last_id, resume_point, stream_ledger
 from pipeline.config import RunConfig, SourceConfig
 from pipeline.sinks.redis.entries import connect
+from stages.source import is_live
 
 log = logging.getLogger("vidpipe.cluster.coordinator")
 

@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from pipeline.api import is_live, open_source
+from pipeline.api import open_source
 from pipeline.config import RunConfig, SourceConfig
 from pipeline.runtime.model import Model, load_model
 from pipeline.runtime.pipeline import Pipeline
 from pipeline.sinks.redis.sink import RedisSink
+from stages.source import Source, is_live
 from stages.types import EventType, Frame, SourceEvent
 
 log = logging.getLogger("vidpipe.cluster.worker")
@@ -37,10 +38,10 @@ class ResumedDecoder:
     while it moved).
     """
 
-    def __init__(self, decoder: Any, first_seq: int, live: bool, events: list[SourceEvent]) -> None:
+    def __init__(self, decoder: Source, first_seq: int, events: list[SourceEvent]) -> None:
         self._decoder = decoder
         self._first_seq = first_seq
-        self._offset = first_seq if live else 0
+        self._offset = first_seq if decoder.live else 0
         self._events = events
 
     def __getattr__(self, name: str) -> Any:
@@ -171,7 +172,7 @@ class PipelineWorker:
             model = self._model_once()
             opened = open_source(config, source, name)
             events = _outage(name, segment.first_seq, outage_since, self.worker) if live and outage_since else []
-            opened.decoder = ResumedDecoder(opened.decoder, segment.first_seq, live, events)
+            opened.decoder = ResumedDecoder(opened.decoder, segment.first_seq, events)
             assert config.outputs.redis is not None
             # One spool directory per source: a spool directory belongs to one writer (it is
             # locked), and a worker runs a Pipeline, and so a sink, per source.

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from engines.base import Engine, FaultInjectable
+from engines.base import CudaEngine, Engine, FaultInjectable
 from engines.errors import InferenceError, ModelError
 from engines.faults import FaultPlan, FaultyEngine
-from pipeline.config import FaultConfig, InferConfig, ModelConfig
+from engines.spec import EngineSpec, OnnxRuntimeSpec, TensorRTSpec, build_engine
+from pipeline.config import FaultConfig, InferConfig, ModelConfig, TensorRTModelConfig
 from pipeline.assets.default_model import DEFAULT_MODEL
 from stages.infer import InferStage
 from stages.labels import load_names
@@ -24,28 +24,28 @@ from stages.preprocess import STRIDE, run_input_size
 DEFAULT_IMGSZ = 640  # Ultralytics' default export size, for a dynamic model that does not say
 
 
-def open_engine(config: ModelConfig) -> Engine:
+def engine_spec(config: ModelConfig) -> EngineSpec:
+    """The config's model section as an engine spec: plain values that engines/ builds, here or
+    in a worker process (engines/spec.py)."""
     path = config.path or DEFAULT_MODEL
-    if config.backend == "tensorrt":
-        from engines.tensorrt import open_tensorrt_engine  # lazy: TensorRT is optional
-
-        return open_tensorrt_engine(path, config.precision, config.engine_cache)
-    from engines.onnxruntime import OnnxRuntimeEngine
-
+    if isinstance(config, TensorRTModelConfig):
+        return TensorRTSpec(path, config.precision, config.engine_cache)
     threads = 1 if config.intra_op_threads is None else config.intra_op_threads  # api.run sizes it first
-    providers = [p if isinstance(p, str) else (p.name, dict(p.options)) for p in config.providers]
-    return OnnxRuntimeEngine(path, providers=providers, intra_op_threads=threads)
+    providers = tuple(p if isinstance(p, str) else (p.name, dict(p.options)) for p in config.providers)
+    return OnnxRuntimeSpec(path, providers, threads)
+
+
+def open_engine(config: ModelConfig) -> Engine:
+    """The engine in this process. Raises ModelError."""
+    return build_engine(engine_spec(config))
 
 
 def open_isolated_engine(config: ModelConfig, infer: InferConfig) -> Engine:
-    """The engine in a supervised worker process, which builds it from this same config."""
+    """The engine in a supervised worker process, which builds it from the same spec."""
     from engines.process import ProcessEngine
 
-    # What the worker imports to build the engine, loaded once by the fork server.
-    preload = ("numpy", "pipeline.runtime.model") + (("onnxruntime",) if config.backend == "onnxruntime" else ())
     return ProcessEngine(
-        functools.partial(open_engine, config),
-        preload=preload,
+        engine_spec(config),
         max_restarts=infer.max_restarts,
         restart_window_s=infer.restart_window_s,
     )
@@ -129,7 +129,7 @@ def load_model(
 
 def _letterboxes_on_gpu(engine: Engine) -> bool:
     """A CUDA engine in this process letterboxes on the GPU when CuPy can compile the kernel."""
-    if getattr(engine, "cuda_options", None) is None:
+    if not isinstance(engine, CudaEngine) or engine.cuda_options is None:
         return False  # CPU engines, and engines in a worker process (their inputs cross as host memory)
     from stages import gpu_preprocess
 

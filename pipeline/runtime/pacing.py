@@ -21,26 +21,27 @@ class PacingClock:
         self.interval = 1 / fps if fps else 1 / 25
         self.started = time.monotonic()
         self.video_s = 0.0  # the current frame's position in the video
-        self._offset: float | None = None  # pts - video_s
-        self._last_pts: float | None = None
+        self._offset: float | None = None  # time_s - video_s
+        self._last_s: float | None = None
         self._frames = 0
 
-    def position(self, pts: float | None) -> tuple[float, dict | None]:
-        """The frame's position in seconds, and the jump's details when its pts jumped."""
+    def position(self, time_s: float | None) -> tuple[float, dict | None]:
+        """The frame's position in seconds, from its presentation time `time_s` (seconds; None
+        when the stream has none), and the jump's details when that time jumped."""
         jump = None
         if self._frames == 0:
-            self._offset = pts
-        elif pts is None or self._last_pts is None:
+            self._offset = time_s
+        elif time_s is None or self._last_s is None:
             self.video_s += self.interval
-            self._offset = None if pts is None else pts - self.video_s
+            self._offset = None if time_s is None else time_s - self.video_s
         else:
-            step = pts - self._last_pts
+            step = time_s - self._last_s
             if step > self.JUMP_S or step < 0:
-                jump = {"from_s": round(self._last_pts, 6), "to_s": round(pts, 6), "jump_s": round(step, 6)}
-                self._offset = pts - (self.video_s + self.interval)
-            self.video_s = pts - self._offset
+                jump = {"from_s": round(self._last_s, 6), "to_s": round(time_s, 6), "jump_s": round(step, 6)}
+                self._offset = time_s - (self.video_s + self.interval)
+            self.video_s = time_s - self._offset
         self._frames += 1
-        self._last_pts = pts
+        self._last_s = time_s
         return self.video_s, jump
 
     def wait_s(self) -> float:

@@ -56,7 +56,7 @@ class Source:
     def latency_bound(self) -> bool:
         """Live sources and paced files promise latency: their frames' deadlines run from
         decode. An unpaced file's frames get theirs when they enter a batch (pipeline/runtime/scheduler.py)."""
-        return self.realtime or isinstance(self.decoder, LiveSource)
+        return self.realtime or self.decoder.live
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ class Pipeline:
         return Result(
             source=frame.source,
             seq=frame.seq,
-            pts=frame.pts,
+            time_s=frame.time_s,
             status=status,
             reason=reason,
             error=error,
@@ -226,7 +226,7 @@ class Pipeline:
         a source that is reconnecting or stalled.
         """
         decoder = source.decoder
-        live = isinstance(decoder, LiveSource)
+        live = decoder.live
         clock = PacingClock(decoder.info.fps)
         end_reason = "end_of_stream"
         expired = threading.Event()
@@ -242,7 +242,7 @@ class Pipeline:
                     if item.fatal:
                         self.errors.append(_describe_damage(decoder, item))
                     continue
-                video_s, jump = clock.position(item.pts) if not live else (0.0, None)
+                video_s, jump = clock.position(item.time_s) if not live else (0.0, None)
                 if not live and source.duration_s is not None and video_s >= source.duration_s:
                     end_reason = "duration"
                     break

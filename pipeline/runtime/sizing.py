@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-from pipeline.config import RunConfig
+from pipeline.config import OnnxRuntimeModelConfig, RunConfig, TensorRTModelConfig
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 CPU_MAX_BATCH = 1
@@ -41,7 +41,8 @@ def usable_cpus() -> int:
 
 
 def on_gpu(config: RunConfig) -> bool:
-    return config.model.backend == "tensorrt" or any(p in GPU_PROVIDERS for p in config.model.provider_names)
+    model = config.model
+    return isinstance(model, TensorRTModelConfig) or any(p in GPU_PROVIDERS for p in model.provider_names)
 
 
 def batch_shapes(max_batch: int, gpu: bool) -> tuple[int, ...]:
@@ -83,7 +84,9 @@ def size_run(config: RunConfig, sources: int, letterbox_on_gpu: bool = False) ->
     gpu = on_gpu(config)
     infer, model, queues = config.infer, config.model, config.queues
     contexts = infer.contexts
-    threads = model.intra_op_threads if model.intra_op_threads is not None else (1 if gpu else max(1, cpus // contexts))
+    ort = isinstance(model, OnnxRuntimeModelConfig)
+    auto_threads = 1 if gpu else max(1, cpus // contexts)
+    threads = model.intra_op_threads if ort and model.intra_op_threads is not None else auto_threads
     max_batch = infer.max_batch or (GPU_MAX_BATCH if gpu else CPU_MAX_BATCH)
     shapes = tuple(sorted(set(infer.batch_shapes))) if infer.batch_shapes else batch_shapes(max_batch, gpu)
     if shapes[-1] < max_batch:
@@ -102,7 +105,7 @@ def size_run(config: RunConfig, sources: int, letterbox_on_gpu: bool = False) ->
     )
     sized = config.model_copy(
         update={
-            "model": model.model_copy(update={"intra_op_threads": threads}),
+            "model": model.model_copy(update={"intra_op_threads": threads}) if ort else model,
             "infer": infer.model_copy(update={"max_batch": max_batch, "batch_shapes": list(shapes)}),
             "queues": queues.model_copy(
                 update={"preprocess_workers": sizing.preprocess_workers, "postprocess_workers": sizing.postprocess_workers}

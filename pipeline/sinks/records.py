@@ -17,7 +17,7 @@ def result_to_record(result: Result) -> dict[str, Any]:
         "type": "frame",
         "source": result.source,
         "seq": result.seq,
-        "pts": result.pts,
+        "pts": result.time_s,  # seconds; the wire keeps the name subscribers read (README, outputs)
         "status": result.status.value,
         "reason": result.reason.value if result.reason else None,
         "error": result.error and redact(result.error),
@@ -55,7 +55,7 @@ def record_to_result(record: dict[str, Any]) -> Result:
     return Result(
         source=record["source"],
         seq=int(record["seq"]),
-        pts=record.get("pts"),
+        time_s=record.get("pts"),
         status=Status(record["status"]),
         reason=Reason(record["reason"]) if record.get("reason") else None,
         error=record.get("error"),

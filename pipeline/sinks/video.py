@@ -252,7 +252,7 @@ class _SourceVideo:
             image, pts, missing = self._blank.copy(), None, True
         else:
             image, missing = i420_to_rgb(frame.image, frame.source_size, reformatter=self._rgb), False
-            pts = round(frame.pts / self._time_base) if frame.pts is not None else None
+            pts = round(frame.time_s / self._time_base) if frame.time_s is not None else None
         if pts is None or (self._last_pts is not None and pts <= self._last_pts):
             pts = 0 if self._last_pts is None else self._last_pts + self._step
         self._last_pts = pts

@@ -134,7 +134,8 @@ def test_build_engine_prepare_only_from_the_command_line(tmp_path, person_clip, 
         (["--precision", "int8", "--prepare-only", "--output", "x.onnx"], "needs calibration frames: pass --calib"),
         (["--precision", "fp16", "--prepare-only"], "give --output PATH"),
         (["--precision", "fp16", "--calib", "clip.mp4"], "--calib is only used with --precision int8"),
-        (["--batch", "8:4:1"], "expected MIN:OPT:MAX"),
+        (["--batch-profile", "8:4:1"], "expected MIN:OPT:MAX"),
+        (["--batch", "1:4:8"], "build-engine --batch is now --batch-profile 1:4:8"),
     ],
 )
 def test_build_engine_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, argv, message):

@@ -53,8 +53,8 @@ def test_every_frame_decoded_in_order(
     assert len(frames) == count_frames(path)
     assert [f.seq for f in frames] == list(range(len(frames)))
     assert {f.source for f in frames} == {"cam"}
-    assert [f.pts for f in frames] == frame_times(path)
-    assert all(b.pts > a.pts for a, b in zip(frames, frames[1:]))
+    assert [f.time_s for f in frames] == frame_times(path)
+    assert all(b.time_s > a.time_s for a, b in zip(frames, frames[1:]))
     assert all(f.deadline == f.decoded_at + DEADLINE_S for f in frames)
     assert all(b.decoded_at >= a.decoded_at for a, b in zip(frames, frames[1:]))
     assert pyav_size(path) == source_size
@@ -148,7 +148,7 @@ def test_damaged_packets_are_reported_and_decoding_goes_on(corrupt_car_clip: Pat
     assert len(video_packets(corrupt_car_clip)) == 377
     assert len(frames) == 377 - 3
     assert [f.seq for f in frames] == list(range(len(frames)))
-    assert all(b.pts > a.pts for a, b in zip(frames, frames[1:]))
+    assert all(b.time_s > a.time_s for a, b in zip(frames, frames[1:]))
     assert [e.type for e in events] == ["decode_error"] * 4
     assert not any(e.details.get("fatal") for e in events)
     # The damage is in the middle of the file; the events say so.

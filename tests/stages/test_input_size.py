@@ -11,7 +11,7 @@ import pytest
 
 from engines.errors import ModelError
 from pipeline.api import run
-from pipeline.config import ModelConfig, build_config
+from pipeline.config import OnnxRuntimeModelConfig, build_config
 from pipeline.runtime.model import load_model
 from stages.labels import COCO_NAMES
 from stages.preprocess import rect_size, run_input_size
@@ -65,7 +65,7 @@ def test_dynamic_model_boxes_map_back_exactly(
     """641x359 video, a dynamic model exported at 320: the run letterboxes to 320x192 (or the
     square with --imgsz), the model's anchor count follows, and boxes land on source pixels."""
     path = build_dynamic_yolov8_model(tmp_path / "dynamic.onnx", imgsz=320)
-    model = load_model(ModelConfig(path=path, imgsz=imgsz), source_sizes=[ODD_SIZE])
+    model = load_model(OnnxRuntimeModelConfig(path=path, imgsz=imgsz), source_sizes=[ODD_SIZE])
     width, height = input_size
     assert model.input_size == input_size
     assert model.reference["output0"].shape == (1, 84, width * height * 21 // 1024)
@@ -94,4 +94,4 @@ def test_the_rectangle_and_the_square_give_different_source_boxes() -> None:
 def test_fixed_model_rejects_another_imgsz(tmp_path: Path) -> None:
     path = build_yolov8_model(tmp_path / "fixed.onnx")
     with pytest.raises(ModelError, match=r"fixed at 320x320, not 640x640; drop --imgsz"):
-        load_model(ModelConfig(path=path, imgsz=640))
+        load_model(OnnxRuntimeModelConfig(path=path, imgsz=640))

@@ -59,7 +59,7 @@ class RunModel:
         names = [o.name for o in self.session.get_outputs()]
         return [
             Frame(
-                source="cam0", seq=i, pts=None, decoded_at=0.0, deadline=1.0, wall_time=0.0,
+                source="cam0", seq=i, time_s=None, decoded_at=0.0, deadline=1.0, wall_time=0.0,
                 image=np.zeros((SOURCE_SIZE[1], SOURCE_SIZE[0], 3), np.uint8),
                 source_size=SOURCE_SIZE, letterbox=self.letterbox,
                 outputs={name: output[i] for name, output in zip(names, outputs)},

@@ -111,7 +111,7 @@ def first_frames(path: Path, count: int = 5) -> list[Frame]:
 def frame_with_tensor(value: int) -> Frame:
     """A frame as preprocess leaves it: a uint8 (H, W, 3) letterboxed image."""
     return Frame(
-        source="cam", seq=0, pts=0.0, decoded_at=0.0, deadline=1.0, wall_time=0.0,
+        source="cam", seq=0, time_s=0.0, decoded_at=0.0, deadline=1.0, wall_time=0.0,
         image=np.zeros((6, 4), np.uint8), source_size=(4, 4),
         tensor=np.full((8, 6, 3), value, np.uint8),
     )  # fmt: skip

@@ -183,5 +183,5 @@ def test_duration_is_seconds_of_video_for_a_file(car_clip: Path, realtime: bool)
     """--duration 2 on the 12.5 fps car clip: the frames of its first 2 s, paced or not."""
     summary, sink = run_collect({"sources": [{"url": str(car_clip), "name": "cam"}], "duration_s": 2.0, "realtime": realtime})
     assert summary.sources["cam"].decoded == 25
-    assert [r.pts for r in sink.results][-1] == pytest.approx(1.92)
+    assert [r.time_s for r in sink.results][-1] == pytest.approx(1.92)
     assert sink.events[-1].details["reason"] == "duration"

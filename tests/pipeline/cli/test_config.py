@@ -71,6 +71,12 @@ BAD_FILES = {
     "top-level typo": ("deadline: 100\n", ["deadline", "unknown field", "did you mean 'deadline_ms'"]),
     "port": ("metrics:\n  port: 70000\n", ["metrics.port", "70000", "less than or equal to 65535"]),
     "log format": ("log_format: xml\n", ["log_format", "'xml'", "'text' or 'json'"]),
+    # The model section is one variant per backend: paths and hints read as if it were flat.
+    "other backend's": ("model:\n  backend: tensorrt\n  providers: [CUDAExecutionProvider]\n",
+                        ["model.providers: a backend onnxruntime setting, not for backend tensorrt", "allowed: path"]),
+    "backend typo": ("model:\n  backend: tensorrt\n  precison: fp16\n", ["model.precison", "did you mean 'precision'"]),
+    "backend range": ("model:\n  backend: tensorrt\n  conf: 2\n", ["model.conf = 2", "less than or equal to 1"]),
+    "not a model section": ("model: 5\n", ["model = 5", "mapping", "conf"]),
 }  # fmt: skip
 
 

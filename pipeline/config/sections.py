@@ -1,22 +1,19 @@
-"""One validated place for configuration: a YAML file and CLI flags both become a RunConfig."""
+"""The config's sections as pydantic models: sources, inference, queues, outputs, metrics,
+analytics (the model section is in pipeline/config/model.py). Every section forbids
+unknown keys, so a typo in a config file is an error, not a silently ignored setting."""
 
 from __future__ import annotations
 
-import difflib
 import re
-import types
-import typing
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engines.errors import ConfigError
 from engines.faults import FaultPlan
-from stages.redact import has_secret, redact
+from stages.redact import has_secret
 
 # A source name becomes a file name (<video dir>/<name>.mp4), a Redis key and a metrics label.
 SOURCE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
@@ -95,55 +92,6 @@ class SourceConfig(StrictModel):
     @classmethod
     def _valid_name(cls, name: str | None) -> str | None:
         return name if name is None else check_source_name(name)
-
-
-class ProviderConfig(StrictModel):
-    """One ONNX Runtime execution provider with its options (ORT's provider_options)."""
-
-    name: str = Field(description="e.g. CUDAExecutionProvider")
-    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
-
-
-class ModelConfig(StrictModel):
-    path: Path | None = Field(None, description="ONNX model; the embedded default when absent.")
-    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
-    precision: Literal["fp32", "fp16", "int8"] | None = Field(
-        None, description="TensorRT: the precision to build at; none: the ONNX model's own."
-    )
-    engine_cache: Path | None = Field(None, description="TensorRT engine cache (default ~/.cache/vidpipe/engines).")
-    layout: Literal["auto", "yolov8", "yolov5", "yolox", "e2e"] = "auto"
-    imgsz: int | None = Field(
-        None,
-        ge=32,
-        le=4096,
-        description="A square model input of this size for a model with dynamic height and width; "
-        "none: the smallest stride-aligned rectangle that fits the sources at the model's nominal size.",
-    )
-    labels: Path | None = Field(None, description="Class names, one per line.")
-    conf: float = Field(0.25, ge=0.0, le=1.0)
-    iou: float = Field(0.45, ge=0.0, le=1.0)
-    classes: list[str] | None = Field(None, description="Keep only these labels.")
-    intra_op_threads: int | None = Field(
-        None, ge=0, le=MAX_THREADS,
-        description="ONNX Runtime threads per inference; none: usable CPUs / contexts (pipeline/runtime/sizing.py).",
-    )
-    providers: list[str | ProviderConfig] = Field(
-        default_factory=lambda: ["CPUExecutionProvider"],
-        description="ONNX Runtime execution providers in order of preference: names, or {name, options}.",
-    )
-
-    gpu_letterbox: bool = Field(
-        True, description="GPU engines letterbox on the GPU from the decoded planes (CuPy); false: on the CPU."
-    )
-    gpu_candidates: bool = Field(
-        True,
-        description="With gpu_letterbox, a YOLOv8/YOLO11 head's scores become candidate rows on the GPU "
-        "(stages/gpu_candidates.py), so 1/14 of the output crosses to the host; false: the whole output.",
-    )
-
-    @property
-    def provider_names(self) -> list[str]:
-        return [p if isinstance(p, str) else p.name for p in self.providers]
 
 
 class InferConfig(StrictModel):
@@ -275,176 +223,3 @@ class AnalyticsConfig(StrictModel):
             if dupes:
                 raise ValueError(f"analytics.{kind}: names must be unique per source, repeated: {', '.join(dupes)}")
         return self
-
-
-class RunConfig(StrictModel):
-    sources: list[SourceConfig] = Field(default_factory=list)
-    deadline_ms: float = Field(2000.0, gt=0.0, le=HOUR_S * 1000, description="Live and paced sources: ms after decode before a frame fails as deadline; unpaced files: ms of retries after a frame enters its batch.")
-    max_frames: int | None = Field(None, ge=1, le=10**12, description="Stop each source after this many frames.")
-    duration_s: float | None = Field(None, gt=0, le=365 * DAY_S, description="Stop each source after this many seconds.")
-    realtime: bool = Field(False, description="Pace file sources at their native frame rate.")
-    decode: Literal["cpu", "nvdec"] = Field("cpu", description="nvdec: PyAV's CUDA hwaccel (NVIDIA GPUs).")
-    model: ModelConfig = ModelConfig()
-    infer: InferConfig = InferConfig()
-    faults: FaultConfig = FaultConfig()
-    queues: QueueConfig = QueueConfig()
-    outputs: OutputConfig = OutputConfig()
-    metrics: MetricsConfig = MetricsConfig()
-    analytics: AnalyticsConfig = AnalyticsConfig()
-    progress: bool = Field(True, description="Show progress when stdout is a terminal.")
-    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line.")
-
-    @model_validator(mode="after")
-    def _unique_source_names(self) -> RunConfig:
-        names = [s.name for s in self.sources if s.name]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"sources: names must be unique, repeated: {', '.join(dupes)}")
-        return self
-
-    @model_validator(mode="after")
-    def _video_needs_files(self) -> RunConfig:
-        video = self.outputs.video
-        if video is None:
-            return self
-        live = [s.url for s in self.sources if "://" in s.url]
-        if live:
-            raise ValueError(
-                f"outputs.video: {live[0]} is a live stream; annotated video decodes each source "
-                "a second time, so it needs file sources"
-            )
-        if video.suffix and len(self.sources) > 1:
-            raise ValueError(
-                f"outputs.video = {str(video)!r}: one file cannot hold {len(self.sources)} sources; "
-                "give a directory (one <source>.mp4 each)"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _crashes_need_a_worker_process(self) -> RunConfig:
-        if self.faults.crash_rate > 0 and self.infer.isolation == "thread":
-            raise ValueError(
-                "faults.crash_rate kills the process that runs the engine, which with infer.isolation "
-                "thread is vidpipe itself; set infer.isolation: process (--isolation process)"
-            )
-        return self
-
-
-MAX_ERRORS_SHOWN = 3
-
-
-def _format_validation_error(err: ValidationError, origin: str) -> str:
-    """One line: each error's dotted path, the bad value and what is allowed."""
-    errors = err.errors()
-    shown = "; ".join(_describe_error(e) for e in errors[:MAX_ERRORS_SHOWN])
-    more = f" (and {len(errors) - MAX_ERRORS_SHOWN} more)" if len(errors) > MAX_ERRORS_SHOWN else ""
-    return redact(f"{origin}: {shown}{more}")  # a bad value may be a URL with a password
-
-
-def _describe_error(error: dict[str, Any]) -> str:
-    loc = tuple(error["loc"])
-    path = _dotted(loc) or "(top level)"
-    value = error.get("input")
-    kind = error["type"]
-    if kind == "missing":
-        return f"{path}: missing; this field is required"
-    if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        allowed = list(parent.model_fields) if parent else []
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"{path}: unknown field{hint}; allowed: {', '.join(allowed)}"
-    if kind == "model_type":
-        model = _model_at(loc)
-        fields = ", ".join(model.model_fields) if model else ""
-        return f"{path} = {value!r}: must be a mapping with the fields {fields}"
-    if kind == "path_type":
-        return f"{path} = {value!r}: must be a path (a string)"
-    message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
-    if kind == "value_error" and not loc:
-        return message  # a rule across fields: the message names them
-    return f"{path} = {value!r}: {message}"
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    """('sources', 0, 'url') -> 'sources[0].url'."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The config section (pydantic model) a location points into, e.g. ('infer',) -> InferConfig."""
-    annotation: Any = RunConfig
-    for part in loc:
-        model = _find_model(annotation)
-        if isinstance(part, int):
-            annotation = _list_item(annotation)
-        elif model is not None and part in model.model_fields:
-            annotation = model.model_fields[part].annotation
-        else:
-            return None
-    return _find_model(annotation)
-
-
-def _find_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        for arg in typing.get_args(annotation):
-            if (model := _find_model(arg)) is not None:
-                return model
-    return None
-
-
-def _list_item(annotation: Any) -> Any:
-    for candidate in (annotation, *typing.get_args(annotation)):
-        if typing.get_origin(candidate) is list:
-            return typing.get_args(candidate)[0]
-    return None
-
-
-def build_config(data: dict[str, Any], origin: str = "config") -> RunConfig:
-    """Validate a plain dict; raise ConfigError naming the field's dotted path."""
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, origin)) from None
-
-
-def load_config(path: Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict (validated later, after CLI overrides)."""
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"config {path}: cannot read it ({err.strerror}); check the path") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config {path}: not valid YAML ({err}); fix the syntax") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path}: expected a mapping of fields at the top level")
-    return data
-
-
-def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge overrides (from CLI flags) into a config dict."""
-    out = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def parse_key_values(text: str, what: str) -> dict[str, str]:
-    """Parse 'a=1,b=2' (as in --faults error_rate=0.2,hang_rate=0.02)."""
-    pairs: dict[str, str] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{what}: expected key=value pairs separated by commas, got {item!r}")
-        pairs[key.strip()] = value.strip()
-    return pairs
