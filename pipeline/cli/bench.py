@@ -230,11 +230,11 @@ def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float
         figures["ok with faults"] = sum(s.ok for s in faulty) / max(1, sum(s.frames for s in faulty))
         for key in ("rebuild_ms_p50", "rebuild_ms_p99", "recovery_ms_p50", "recovery_ms_p99",
                     "recovery_overhead_ms_p50", "recovery_overhead_ms_p99"):
-            figures[key.replace("_ms_", " ms ").replace("_", " ")] = inf.get(key)
-        if inf.get("worker_restarts"):
-            figures["worker restarts"] = inf["worker_restarts"]
-            figures["worker restart ms p50"] = inf["worker_restart_ms_p50"]
-            figures["worker restart ms p99"] = inf["worker_restart_ms_p99"]
+            figures[key.replace("_ms_", " ms ").replace("_", " ")] = getattr(inf, key)
+        if inf.worker_restarts:
+            figures["worker restarts"] = inf.worker_restarts
+            figures["worker restart ms p50"] = inf.worker_restart_ms_p50
+            figures["worker restart ms p99"] = inf.worker_restart_ms_p99
         infer = alone["inference fps"]
         figures["inference ms per batch (mean)"] = 1000 / infer * batch if infer else None
     return figures

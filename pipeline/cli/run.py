@@ -187,14 +187,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run(config, show=True)
     if summary.error:
         print(f"vidpipe: error: {redact(summary.error)}", file=sys.stderr)
-    abandoned = summary.inference.get("abandoned_live", 0)
+    abandoned = summary.inference.abandoned_live if summary.inference else 0
     if abandoned:
         # Their threads never return; main() ends the process without waiting for them.
         print(f"vidpipe: {abandoned} hung inference call(s) were abandoned; they are not waited for", file=sys.stderr)
     if not summary.balanced:
         print("vidpipe: error: the ledger did not balance (a frame has no result); this is a bug, please report it", file=sys.stderr)
         return EXIT_LEDGER
-    if summary.inference.get("worker_budget_exhausted"):
+    if summary.inference and summary.inference.worker_budget_exhausted:
         return EXIT_WORKER_BUDGET
     if summary.error:
         return EXIT_USER_ERROR

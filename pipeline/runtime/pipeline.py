@@ -13,13 +13,13 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engines.base import EngineEvent
 from pipeline.config import OverloadPolicy, RunConfig
-from pipeline.observability.summary import RunSummary
+from pipeline.observability.summary import RunSummary, percentile
 from pipeline.runtime.context_pool import ContextPool
-from pipeline.runtime.infer_stats import InferStats, percentile
+from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.ledger import Ledger
 from pipeline.runtime.model import Model
 from pipeline.runtime.publisher import Publisher
@@ -48,7 +48,7 @@ class QueueState:
 class PipelineSnapshot:
     """A run at one moment, for metrics and health checks: the queues between stages and the
     inference contexts serving frames (0 before the scheduler has started). The scheduler's
-    counters are `Pipeline.stats`."""
+    counters are `Pipeline.stats.snapshot()`, an InferenceSnapshot."""
 
     queues: tuple[QueueState, ...]
     healthy_contexts: int
@@ -326,8 +326,7 @@ class Pipeline:
 
     def _summary(self, elapsed: float) -> RunSummary:
         latencies = list(self.publisher.latencies)
-        inference = self.stats.snapshot()
-        inference["gpu_letterbox"] = self.model.stage.gpu_planes
+        inference = replace(self.stats.snapshot(), gpu_letterbox=self.model.stage.gpu_planes)
         return RunSummary(
             sources=self.ledger.snapshot(),
             elapsed_s=elapsed,
