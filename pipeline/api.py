@@ -135,7 +135,9 @@ def start_metrics(config: RunConfig, names: list[str], stack: ExitStack) -> RunM
     return metrics
 
 
-def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, hooks: RunHooks | None = None) -> RunSummary:
+def run(
+    config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, hooks: RunHooks | None = None
+) -> RunSummary:
     """Run the pipeline to the end of every source and return its summary.
 
     `show` prints progress (on a terminal) and the summary table; `sinks` adds

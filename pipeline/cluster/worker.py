@@ -194,7 +194,8 @@ class PipelineWorker:
             sink.write_summary(summary)
             segment.end_seq = opened.decoder.seq
             segment.error = summary.error
-            segment.state = "stopped" if segment.stop_requested else ("failed" if summary.error and not summary.balanced else "done")
+            failed = summary.error and not summary.balanced
+            segment.state = "stopped" if segment.stop_requested else ("failed" if failed else "done")
             if summary.inference.worker_budget_exhausted:
                 # The GPU is past its restart budget: end this actor so Ray restarts it
                 # and the coordinator moves its sources.

@@ -201,8 +201,12 @@ class _StatsCollector(Collector):
         yield _gauge("vidpipe_ready", "1 when /readyz answers ready.", int(state["ready"]))
         yield _gauge("vidpipe_model_loaded", "1 once the model is loaded and tested.", int(state["model_loaded"]))
         yield _gauge("vidpipe_contexts_healthy", "Inference contexts serving frames.", state["healthy_contexts"])
-        depth = GaugeMetricFamily("vidpipe_queue_depth", "Frames waiting in the queue before each stage.", labels=["stage"])
-        capacity = GaugeMetricFamily("vidpipe_queue_capacity", "Capacity of the queue before each stage.", labels=["stage"])
+        depth = GaugeMetricFamily(
+            "vidpipe_queue_depth", "Frames waiting in the queue before each stage.", labels=["stage"]
+        )
+        capacity = GaugeMetricFamily(
+            "vidpipe_queue_capacity", "Capacity of the queue before each stage.", labels=["stage"]
+        )
         if pipeline is not None:
             for queue in pipeline.snapshot().queues:
                 depth.add_metric([queue.name], queue.depth)
@@ -259,7 +263,9 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def _histogram(name: str, doc: str, counts: dict[int, int], bounds: tuple[int, ...], total: float) -> HistogramMetricFamily:
+def _histogram(
+    name: str, doc: str, counts: dict[int, int], bounds: tuple[int, ...], total: float
+) -> HistogramMetricFamily:
     buckets = [(str(float(b)), sum(n for size, n in counts.items() if size <= b)) for b in bounds]
     buckets.append(("+Inf", sum(counts.values())))
     return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)

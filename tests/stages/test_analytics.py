@@ -112,13 +112,15 @@ def test_track_ids_are_stable_and_events_match_the_ground_truth(tmp_path: Path) 
         assert seq == first_seen[track] >= frame if appeared else abs(seq - frame) <= SLACK, (got_enter, entries)
     starts = [r for r in records if r["type"] == "track_start"]
     ends = [r for r in records if r["type"] == "track_end"]
-    assert sorted(r["track_id"] for r in starts) == sorted(r["track_id"] for r in ends) == sorted(v[0] for v in ids.values())
+    started = sorted(r["track_id"] for r in starts)
+    assert started == sorted(r["track_id"] for r in ends) == sorted(v[0] for v in ids.values())
     # Events come right after their frame: the stream stays in seq order.
     order = [r["seq"] if r["type"] == "frame" else r["after_seq"] for r in records if r["type"] != "summary"]
     assert order == sorted(order)
     summary = records[-1]
     totals = summary["analytics"]["sample"]["middle"]
-    assert (totals["in"], totals["out"]) == (sum(d == "in" for *_, d in crossings), sum(d == "out" for *_, d in crossings))
+    counted = (sum(d == "in" for *_, d in crossings), sum(d == "out" for *_, d in crossings))
+    assert (totals["in"], totals["out"]) == counted
     exits = [r for r in records if r["type"] == "zone_exit"]
     assert len(exits) == len(entries) and all(r["dwell_s"] > 0 for r in exits)
     last = [r for r in records if r["type"] == "frame"][-1]

@@ -145,7 +145,8 @@ def test_three_sources_one_flooding_under_shed_the_others_lose_nothing(rtsp, car
     for cam in ("cam1", "cam2"):
         results = [r for r in sink.results if r.source == cam]
         assert [r.seq for r in results] == list(range(FRAMES))
-        assert all(r.status is Status.OK for r in results), (cam, [(r.seq, r.reason, r.error) for r in results if r.status is not Status.OK])
+        not_ok = [(r.seq, r.reason, r.error) for r in results if r.status is not Status.OK]
+        assert all(r.status is Status.OK for r in results), (cam, not_ok)
     flood = [r for r in sink.results if r.source == "flood"]
     assert [r.seq for r in flood] == list(range(FRAMES))
     shed = [r for r in flood if r.status is Status.FAILED]
@@ -173,7 +174,8 @@ def test_duration_ends_a_live_source_while_it_reconnects(rtsp):
     sink = CollectSink()
     url = rtsp.url("car-detection.mp4")
     config = build_config({"sources": [{"url": url, "name": "cam", **FAST_RECONNECT}], "duration_s": 6.0})
-    runner = threading.Thread(target=lambda: run(config, sinks=[sink], hooks=RunHooks(on_decoded=lambda f: decoded.set())))
+    hooks = RunHooks(on_decoded=lambda f: decoded.set())
+    runner = threading.Thread(target=lambda: run(config, sinks=[sink], hooks=hooks))
     start = time.monotonic()
     runner.start()
     assert decoded.wait(30), "no frames from the RTSP server"

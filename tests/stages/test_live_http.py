@@ -24,7 +24,8 @@ FAST = {"stall_s": 1.0, "open_timeout_s": 2.0}
 
 def run_live(url: str, **config) -> tuple:
     sink = CollectSink()
-    summary = run(build_config({"sources": [{"url": url, "name": "cam", **FAST}], "progress": False, **config}), sinks=[sink])
+    run_config = build_config({"sources": [{"url": url, "name": "cam", **FAST}], "progress": False, **config})
+    summary = run(run_config, sinks=[sink])
     assert summary.balanced
     assert sink.seqs("cam") == list(range(summary.sources["cam"].decoded))
     return summary, sink
@@ -78,7 +79,8 @@ def test_sigterm_during_an_http_outage_ends_cleanly(tmp_path: Path):
     config = tmp_path / "cam.yaml"
     with MjpegCamera() as camera:
         url = camera.url("/cam.mjpg?frames=20&then=hang&once=1")
-        config.write_text(json.dumps({"sources": [{"url": url, "name": "cam", **FAST}], "outputs": {"jsonl": str(out)}}))
+        settings = {"sources": [{"url": url, "name": "cam", **FAST}], "outputs": {"jsonl": str(out)}}
+        config.write_text(json.dumps(settings))
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--quiet"],
             stderr=subprocess.PIPE, text=True,
@@ -98,7 +100,9 @@ def test_sigterm_during_an_http_outage_ends_cleanly(tmp_path: Path):
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/cam.mp4", "gopher://x/y"])
 def test_an_unsupported_url_scheme_is_refused_in_one_line(url: str):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", url, "--quiet"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", url, "--quiet"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "unsupported URL scheme" in lines[0] and "http://" in lines[0]

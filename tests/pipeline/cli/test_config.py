@@ -61,7 +61,10 @@ def test_shipped_examples_say_what_the_issue_promised() -> None:
 
 
 BAD_FILES = {
-    "typo": ("infer:\n  max_bach: 8\n", ["infer.max_bach", "unknown field", "did you mean 'max_batch'", "allowed: contexts, max_batch"]),
+    "typo": (
+        "infer:\n  max_bach: 8\n",
+        ["infer.max_bach", "unknown field", "did you mean 'max_batch'", "allowed: contexts, max_batch"],
+    ),
     "enum": ("model:\n  backend: tensorflow\n", ["model.backend", "'tensorflow'", "'onnxruntime' or 'tensorrt'"]),
     "range": ("infer:\n  contexts: 0\n", ["infer.contexts", "= 0", "greater than or equal to 1"]),
     "in a list": ("sources:\n  - url: a.mp4\n    policy: drop\n", ["sources[0].policy", "'drop'", "'block' or 'shed'"]),

@@ -103,7 +103,8 @@ def test_a_killed_worker_moves_its_sources_and_every_seq_appears_once(redis_db, 
     for name in victims:
         history = final["sources"][name]["history"]
         assert history[-1]["moved_from"] == victim and history[-1]["first_seq"] > 0
-        print(f"failover of {name}: {history[-1]['time'] - killed_at:.2f} s from SIGKILL to its start on {history[-1]['worker']}")
+        took = history[-1]["time"] - killed_at
+        print(f"failover of {name}: {took:.2f} s from SIGKILL to its start on {history[-1]['worker']}")
 
 
 def test_sources_are_added_and_removed_while_running(redis_db, tmp_path, car_clip, person_clip):
@@ -159,7 +160,10 @@ def _pid_or_none(coordinator) -> int | None:
 
 
 def test_without_ray_the_cluster_command_says_how_to_install_it():
-    code = "import sys; sys.modules['ray'] = None; from pipeline.cli.main import main; sys.exit(main(['cluster', 'status']))"
+    code = (
+        "import sys; sys.modules['ray'] = None; from pipeline.cli.main import main; "
+        "sys.exit(main(['cluster', 'status']))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
@@ -216,7 +220,8 @@ def test_the_cli_runs_a_site_reports_the_ledger_and_stops(redis_db, ray_cluster,
     status = vidpipe("cluster", "status", "--ray", address)
     assert status.returncode == 0 and "lobby" in status.stdout and "lift" in status.stdout
     missing = vidpipe("cluster", "add", str(tmp_path / "nope.mp4"), "--ray", address)
-    assert (missing.returncode, missing.stderr.strip()) == (2, f"vidpipe: error: {tmp_path / 'nope.mp4'}: no such file; check the path")
+    expected = f"vidpipe: error: {tmp_path / 'nope.mp4'}: no such file; check the path"
+    assert (missing.returncode, missing.stderr.strip()) == (2, expected)
     again = vidpipe("cluster", "--ray", address, "--config", str(config))
     assert again.returncode == 2 and "running already" in again.stderr
     assert vidpipe("cluster", "stop", "--ray", address).returncode == 0

@@ -106,4 +106,5 @@ def test_a_slow_call_is_not_a_hang(car_clip: Path, cpu_hog: int) -> None:
     }), sinks=[sink])
     assert sink.seqs("cam") == list(range(30))
     assert summary.ok == 30, sink.outcomes()
-    assert (summary.inference["timeouts"], summary.inference["abandoned"], summary.inference["engine_reloads"]) == (0, 0, 0)
+    inference = summary.inference
+    assert (inference["timeouts"], inference["abandoned"], inference["engine_reloads"]) == (0, 0, 0)

@@ -39,7 +39,8 @@ def test_redis_killed_mid_run_and_restarted_loses_and_duplicates_nothing(make_re
         }
     )
     outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.setdefault("summary", run(config, hooks=RunHooks(on_result=on_result))))
+    hooks = RunHooks(on_result=on_result)
+    runner = threading.Thread(target=lambda: outcome.setdefault("summary", run(config, hooks=hooks)))
     runner.start()
     assert published.wait(60)
     server.stop()

@@ -147,7 +147,8 @@ def test_two_consumers_split_the_work_and_a_killed_ones_entries_are_reclaimed(re
     def wait_handled(seqs: set[int]) -> None:
         deadline = time.monotonic() + 20
         while not seqs <= set(by_doomed) | set(by_survivor):
-            assert time.monotonic() < deadline, f"never handled: {sorted(seqs - set(by_doomed) - set(by_survivor))[:10]}"
+            unhandled = sorted(seqs - set(by_doomed) - set(by_survivor))
+            assert time.monotonic() < deadline, f"never handled: {unhandled[:10]}"
             time.sleep(0.05)
 
     sink = sink_for(redis_server.url, tmp_path)
