@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ from pipeline.api import run
 from pipeline.config import build_config
 from pipeline.runtime.pipeline import RunHooks
 from stages.types import Status
+from tests.cli_run import vidpipe
 from tests.rtsp_server import GstRtspServer, RtspServer, free_port, gst_rtsp_available
 from tests.sinks import CollectSink
 
@@ -100,12 +99,7 @@ def test_a_url_that_never_answers_does_not_hang_past_its_timeout():
 
 def test_cli_reports_an_unreachable_camera_in_one_line():
     url = f"rtsp://127.0.0.1:{free_port()}/cam"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", url, "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = vidpipe("run", url, "--quiet")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vidpipe: error:") and url in lines[0]
@@ -191,12 +185,7 @@ def test_duration_ends_a_live_source_while_it_reconnects(rtsp):
 
 
 def test_nvdec_without_a_gpu_is_a_clear_error(car_clip):
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", str(car_clip), "--decode", "nvdec", "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = vidpipe("run", str(car_clip), "--decode", "nvdec", "--quiet")
     if proc.returncode == 0:
         pytest.skip("this machine decodes with NVDEC")
     assert proc.returncode == 2

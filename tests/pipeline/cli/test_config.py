@@ -3,8 +3,6 @@ the bad value and what is allowed, and every CLI flag overrides its field."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +13,9 @@ from engines.errors import ConfigError
 from pipeline.cli.main import build_parser
 from pipeline.cli.run import config_from_args
 from pipeline.config import RunConfig, build_config, load_config
+from tests.cli_run import vidpipe
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
-SCRIPT = Path(sys.executable).parent / "vidpipe"
-VIDPIPE = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "pipeline.cli"]
 
 
 def test_the_documented_examples_are_shipped() -> None:
@@ -116,7 +113,7 @@ def test_cli_rejects_a_bad_file_with_one_line_and_exit_2(tmp_path: Path) -> None
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  backend: tensorflow\n")
 
-    proc = subprocess.run([*VIDPIPE, "run", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    proc = vidpipe("run", "--config", str(path), timeout=60)
 
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -17,6 +17,7 @@ ray = pytest.importorskip("ray")
 from pipeline.cluster import client  # noqa: E402
 from pipeline.cluster.streams import stream_ledger  # noqa: E402
 from pipeline.config import SourceConfig, build_config  # noqa: E402
+from tests.cli_run import vidpipe  # noqa: E402
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
@@ -202,11 +203,6 @@ def test_a_live_source_moved_off_a_killed_worker_reports_the_outage_and_seq_cont
     assert seqs == list(range(70))  # in order, no hole where the source moved
 
 
-def vidpipe(*args: str) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).parent / "vidpipe"
-    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300)
-
-
 def test_the_cli_runs_a_site_reports_the_ledger_and_stops(redis_db, ray_cluster, tmp_path, car_clip):
     config = tmp_path / "site.yaml"
     config.write_text(
@@ -214,18 +210,20 @@ def test_the_cli_runs_a_site_reports_the_ledger_and_stops(redis_db, ray_cluster,
         f"outputs:\n  redis:\n    url: {redis_db.url}\n    spool_dir: {tmp_path / 'spool'}\n"
     )
     address = ray_cluster.address
-    run = vidpipe("cluster", "--ray", address, "--config", str(config), "--max-frames", "20", "--workers", "2")
+    run = vidpipe(
+        "cluster", "--ray", address, "--config", str(config), "--max-frames", "20", "--workers", "2", timeout=300
+    )
     assert run.returncode == 0, run.stderr
     assert "cluster ledger (from the streams): 40 results = 40 ok + 0 failed" in run.stdout
-    status = vidpipe("cluster", "status", "--ray", address)
+    status = vidpipe("cluster", "status", "--ray", address, timeout=300)
     assert status.returncode == 0 and "lobby" in status.stdout and "lift" in status.stdout
-    missing = vidpipe("cluster", "add", str(tmp_path / "nope.mp4"), "--ray", address)
+    missing = vidpipe("cluster", "add", str(tmp_path / "nope.mp4"), "--ray", address, timeout=300)
     expected = f"vidpipe: error: {tmp_path / 'nope.mp4'}: no such file; check the path"
     assert (missing.returncode, missing.stderr.strip()) == (2, expected)
-    again = vidpipe("cluster", "--ray", address, "--config", str(config))
+    again = vidpipe("cluster", "--ray", address, "--config", str(config), timeout=300)
     assert again.returncode == 2 and "running already" in again.stderr
-    assert vidpipe("cluster", "stop", "--ray", address).returncode == 0
-    gone = vidpipe("cluster", "status", "--ray", address)
+    assert vidpipe("cluster", "stop", "--ray", address, timeout=300).returncode == 0
+    gone = vidpipe("cluster", "status", "--ray", address, timeout=300)
     assert gone.returncode == 2 and gone.stderr.strip() == (
         "vidpipe: error: no vidpipe cluster is running; start one with vidpipe cluster --config FILE"
     )
