@@ -39,7 +39,8 @@ class Entry(NamedTuple):
 class StreamWrites:
     """XADDs of RedisSink, run on its writer thread. A mixin: the state it reads and updates
     (`_client`, `_config`, `_claims`, `_counts`, `_tops`, `_written_by_key`, `_lost`, `_bases`,
-    `_from_seqs`, `_spool`, `_lock`) is the sink's, set up in RedisSink.__init__.
+    `_from_seqs`, `_spool`, `_lock`) is the sink's, set up in RedisSink.__init__, and so are
+    `_meta` and `_note_spool_error`.
     """
 
     _client: redis.Redis
