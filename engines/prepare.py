@@ -168,7 +168,9 @@ def prepare_int8(onnx_in: Path, onnx_out: Path, calibration_batches: Iterable[np
     return Path(onnx_out)
 
 
-def prepare(onnx_in: Path, onnx_out: Path, precision: str, calibration_batches: Iterable[np.ndarray] | None = None) -> Path:
+def prepare(
+    onnx_in: Path, onnx_out: Path, precision: str, calibration_batches: Iterable[np.ndarray] | None = None
+) -> Path:
     """Write the model for `precision` to `onnx_out` (fp32 is copied unchanged)."""
     if precision not in PRECISIONS:
         raise ModelError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")

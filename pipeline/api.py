@@ -120,7 +120,9 @@ def start_metrics(config: RunConfig, names: list[str], stack: ExitStack) -> RunM
     return metrics
 
 
-def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, hooks: RunHooks | None = None) -> RunSummary:
+def run(
+    config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, hooks: RunHooks | None = None
+) -> RunSummary:
     """Run the pipeline to the end of every source and return its summary.
 
     `show` prints progress (on a terminal) and the summary table; `sinks` adds
@@ -167,7 +169,7 @@ def run(config: RunConfig, show: bool = False, sinks: list[Sink] | None = None, 
         if metrics:
             metrics.attach(pipeline)
         summary = pipeline.run()
-        summary.inference["backend"] = config.model.backend
+        summary.inference = replace(summary.inference, backend=config.model.backend)
         summary.first_result_s = first_result[0] - started if first_result else None
         summary.interrupted = summary.interrupted or _signalled()  # a signal after the drain counts too
         failed = write_summary(summary, [s for s in all_sinks if s not in pipeline.publisher.dead])

@@ -17,8 +17,8 @@ from dataclasses import replace
 from time import time as wall_clock
 from typing import TYPE_CHECKING
 
-from stages.types import Result, SourceEvent, Status
 from stages.track import SourceTracker, frame_time
+from stages.types import Result, SourceEvent, Status
 from stages.zones import SourceZones
 
 if TYPE_CHECKING:  # configs are the pipeline's; stages only read their fields

@@ -27,9 +27,9 @@ import math
 import threading
 
 import av
-from av.video.reformatter import VideoReformatter
 import cv2
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from stages.types import Frame, Letterbox
 
@@ -139,7 +139,9 @@ def to_tensor(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def letterbox(image: np.ndarray, input_size: tuple[int, int], source_size: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
+def letterbox(
+    image: np.ndarray, input_size: tuple[int, int], source_size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, Letterbox]:
     """`letterbox_image` as a float32 (3, height, width) tensor in 0..1 (for tools and calibration)."""
     padded, box = letterbox_image(image, input_size, source_size)
     return to_tensor(padded), box

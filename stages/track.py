@@ -90,7 +90,8 @@ class SourceTracker:
             tid = int(track_id[i])
             track = self.tracks.get(tid)
             if track is None:
-                track = self.tracks[tid] = Track(tid, int(det.class_id[i]), det.labels[i], result.seq, result.seq, now, now)
+                track = Track(tid, int(det.class_id[i]), det.labels[i], result.seq, result.seq, now, now)
+                self.tracks[tid] = track
                 started.append(track)
             track.last_seq, track.last_time = result.seq, now
             track.gaps, track.unseen_gaps = track.gaps + track.unseen_gaps, 0

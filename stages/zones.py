@@ -111,7 +111,8 @@ class SourceZones:
         for zone in self.zones:
             for track in tracks:
                 if track.track_id in zone.inside:
-                    events.append((EventType.ZONE_EXIT, self._exit(zone, track.track_id, track.label, track.last_seq, track.last_time)))
+                    details = self._exit(zone, track.track_id, track.label, track.last_seq, track.last_time)
+                    events.append((EventType.ZONE_EXIT, details))
         return events
 
     @staticmethod

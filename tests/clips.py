@@ -33,7 +33,8 @@ def make_clip(
         for i in range(frames):
             x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
             y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
-            image = np.stack([(x + 7 * i) % 256 + 0 * y, (y + 3 * i) % 256 + 0 * x, np.full((height, width), (5 * i) % 256)], axis=-1)
+            channels = [(x + 7 * i) % 256 + 0 * y, (y + 3 * i) % 256 + 0 * x, np.full((height, width), (5 * i) % 256)]
+            image = np.stack(channels, axis=-1)
             frame = av.VideoFrame.from_ndarray(image.astype(np.uint8), format="rgb24")
             frame.pts = pts
             frame.time_base = time_base

@@ -122,7 +122,9 @@ def _decode(g: _Graph, raw: str, stride: int) -> str:
     gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
     grid = np.stack([gx.ravel() + 0.5, gy.ravel() + 0.5])[None]  # [1, 2, h*w]
     centre = g.op("Mul", [g.op("Add", [g.op("Tanh", [xy]), g.const(grid)]), g.const(np.float32(stride))])
-    size = g.op("Mul", [g.op("Add", [g.op("Sigmoid", [wh]), g.const(np.float32(1.25))]), g.const(np.float32(2 * stride))])
+    size = g.op(
+        "Mul", [g.op("Add", [g.op("Sigmoid", [wh]), g.const(np.float32(1.25))]), g.const(np.float32(2 * stride))]
+    )
     return g.op("Concat", [centre, size, g.op("Sigmoid", [cls])], axis=1)
 
 

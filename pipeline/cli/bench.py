@@ -26,9 +26,9 @@ from pipeline.api import run
 from pipeline.config import RunConfig
 from pipeline.runtime.model import Model, load_model, open_isolated_engine
 from pipeline.runtime.sizing import size_run
-from stages.types import Frame
 from stages.decode import VideoDecoder
 from stages.preprocess import Preprocess
+from stages.types import Frame
 
 
 def _fps(count: int, seconds: float) -> float:
@@ -168,7 +168,9 @@ def isolation_overhead(config: RunConfig, model: Model, frames: list[Frame], rou
     }
 
 
-STAGE_FIGURES = ("decode fps (to I420 planes)", "preprocess fps (to RGB, letterbox)", "inference fps", "postprocess fps")
+STAGE_FIGURES = (
+    "decode fps (to I420 planes)", "preprocess fps (to RGB, letterbox)", "inference fps", "postprocess fps"
+)
 
 
 def stages_alone(config: RunConfig, path: Path, model: Model) -> dict[str, float]:
@@ -230,11 +232,11 @@ def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float
         figures["ok with faults"] = sum(s.ok for s in faulty) / max(1, sum(s.frames for s in faulty))
         for key in ("rebuild_ms_p50", "rebuild_ms_p99", "recovery_ms_p50", "recovery_ms_p99",
                     "recovery_overhead_ms_p50", "recovery_overhead_ms_p99"):
-            figures[key.replace("_ms_", " ms ").replace("_", " ")] = inf.get(key)
-        if inf.get("worker_restarts"):
-            figures["worker restarts"] = inf["worker_restarts"]
-            figures["worker restart ms p50"] = inf["worker_restart_ms_p50"]
-            figures["worker restart ms p99"] = inf["worker_restart_ms_p99"]
+            figures[key.replace("_ms_", " ms ").replace("_", " ")] = getattr(inf, key)
+        if inf.worker_restarts:
+            figures["worker restarts"] = inf.worker_restarts
+            figures["worker restart ms p50"] = inf.worker_restart_ms_p50
+            figures["worker restart ms p99"] = inf.worker_restart_ms_p99
         infer = alone["inference fps"]
         figures["inference ms per batch (mean)"] = 1000 / infer * batch if infer else None
     return figures
@@ -253,15 +255,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.api import source_configs
     from pipeline.cli.run import config_from_args
     from pipeline.config import parse_key_values
-    from pipeline.api import source_configs
 
     faults_text, args.faults = args.faults, None
     config = config_from_args(args)
     source = source_configs(config)[0]
     config = config.model_copy(update={"sources": [source]})
-    faults = {k: float(v) if k != "seed" else int(v) for k, v in parse_key_values(faults_text, "--faults").items()} if faults_text else None
+    faults = None
+    if faults_text:
+        pairs = parse_key_values(faults_text, "--faults").items()
+        faults = {k: float(v) if k != "seed" else int(v) for k, v in pairs}
     figures = bench(config, Path(source.url), faults)
     table = Table(title=f"vidpipe bench: {Path(source.url).name}, model {config.model.path or 'default'}")
     table.add_column("measure")

@@ -172,6 +172,12 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _value_line(value: onnx.ValueInfoProto) -> str:
+    """One graph input or output: its name, dims and dtype."""
+    tensor = value.type.tensor_type
+    return f"  {value.name}  {_dims(tensor.shape)}  {_dtype(tensor.elem_type)}"
+
+
 def _dims(shape: onnx.TensorShapeProto) -> str:
     return "[" + ", ".join(str(d.dim_value) if d.dim_value > 0 else (d.dim_param or "?") for d in shape.dim) + "]"
 
@@ -195,10 +201,10 @@ def describe_onnx(path: Path) -> list[str]:
     initializers = {i.name for i in graph.initializer}
     for value in graph.input:
         if value.name not in initializers:
-            lines.append(f"  {value.name}  {_dims(value.type.tensor_type.shape)}  {_dtype(value.type.tensor_type.elem_type)}")
+            lines.append(_value_line(value))
     lines.append("outputs:")
     for value in graph.output:
-        lines.append(f"  {value.name}  {_dims(value.type.tensor_type.shape)}  {_dtype(value.type.tensor_type.elem_type)}")
+        lines.append(_value_line(value))
     if model.metadata_props:
         lines.append("metadata:")
         lines += [f"  {p.key}: {p.value}" for p in model.metadata_props]
@@ -231,10 +237,13 @@ def describe_engine(path: Path) -> list[str]:
         lines.append(f"not loaded here: {err}")
         return lines
     try:
-        lines.append(f"loaded by: TensorRT {engine.trt.__version__}{' (lean runtime)' if engine.lean else ''} on {engine.device.name}")
+        lean = " (lean runtime)" if engine.lean else ""
+        lines.append(f"loaded by: TensorRT {engine.trt.__version__}{lean} on {engine.device.name}")
         for spec in engine.inputs:
             low, opt, high = engine.profiles[spec.name]
-            lines.append(f"  input  {spec.name}  {spec.dtype.name}  profile 0: min {list(low)} opt {list(opt)} max {list(high)}")
+            lines.append(
+                f"  input  {spec.name}  {spec.dtype.name}  profile 0: min {list(low)} opt {list(opt)} max {list(high)}"
+            )
         for spec in engine.outputs:
             shape = ["?" if d is None else d for d in spec.shape]
             lines.append(f"  output {spec.name}  {spec.dtype.name}  {shape}")

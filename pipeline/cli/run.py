@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="*", help="video files or rtsp:// URLs (default: the bundled sample clip)")
     parser.add_argument("--config", type=Path, help="a YAML config file (flags override its fields)")
-    parser.add_argument("--name", action="append", help="name of each source, in order (repeat it; sources without one get a name from the file or URL, with -2, -3... when taken)")
+    parser.add_argument("--name", action="append", help="name of each source, in order (repeat it; sources "
+                        "without one get a name from the file or URL, with -2, -3... when taken)")
     parser.add_argument("--model", type=Path, help="an ONNX model (default: the embedded colour-blob detector)")
     parser.add_argument("--backend", choices=["onnxruntime", "tensorrt"])
     parser.add_argument("--engine", type=Path, help="a serialized TensorRT engine to load (implies --backend tensorrt)")
@@ -38,7 +39,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--redis", nargs="?", const="", metavar="URL",
         help="publish results to Redis Streams at URL (redis://, rediss://); --redis alone uses $REDIS_URL",
     )
-    parser.add_argument("--deadline-ms", type=float, help="live and paced sources: ms after decode before a frame fails as deadline; unpaced files: ms after a frame enters its batch during which it may be retried (default 2000)")
+    parser.add_argument("--deadline-ms", type=float, help="live and paced sources: ms after decode before a frame "
+                        "fails as deadline; unpaced files: ms after a frame enters its batch during which it may be "
+                        "retried (default 2000)")
     parser.add_argument("--batch", type=int, help="largest inference batch")
     parser.add_argument("--max-delay-ms", type=float, help="longest wait to fill a batch")
     parser.add_argument("--contexts", type=int, help="inference contexts (one worker each)")
@@ -54,13 +57,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-size", type=int, help="capacity of each queue between stages")
     parser.add_argument("--faults", help="inject faults, e.g. error_rate=0.2,hang_rate=0.02")
     parser.add_argument("--max-frames", type=int, help="stop each source after N frames")
-    parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop each source after SECONDS (of video for files, of wall-clock for live sources)")
+    parser.add_argument("--duration", type=float, metavar="SECONDS",
+                        help="stop each source after SECONDS (of video for files, of wall-clock for live sources)")
     parser.add_argument("--realtime", action="store_true", default=None, help="pace files at their frame rate")
     parser.add_argument("--policy", choices=["block", "shed"], help="overload policy for every source")
     parser.add_argument("--transport", choices=["tcp", "udp"], help="RTSP transport for every live source")
     parser.add_argument("--decode", choices=["cpu", "nvdec"], help="nvdec: NVIDIA hardware decoding")
-    parser.add_argument("--device", metavar="cpu|cuda[:N]",
-                        help="where ONNX Runtime infers: cuda[:N] is the CUDA provider on GPU N (needs onnxruntime-gpu)")
+    parser.add_argument("--device", metavar="cpu|cuda[:N]", help="where ONNX Runtime infers: cuda[:N] is the CUDA "
+                        "provider on GPU N (needs onnxruntime-gpu)")
     parser.add_argument("--video", type=Path, help="annotated video: a .mp4 file, or a directory for several sources")
     parser.add_argument("--track", action="store_true", default=None,
                         help="give each detection a track id (ByteTrack); zones and lines come from --config")
@@ -187,14 +191,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run(config, show=True)
     if summary.error:
         print(f"vidpipe: error: {redact(summary.error)}", file=sys.stderr)
-    abandoned = summary.inference.get("abandoned_live", 0)
+    abandoned = summary.inference.abandoned_live if summary.inference else 0
     if abandoned:
         # Their threads never return; main() ends the process without waiting for them.
         print(f"vidpipe: {abandoned} hung inference call(s) were abandoned; they are not waited for", file=sys.stderr)
     if not summary.balanced:
-        print("vidpipe: error: the ledger did not balance (a frame has no result); this is a bug, please report it", file=sys.stderr)
+        print(
+            "vidpipe: error: the ledger did not balance (a frame has no result); this is a bug, please report it",
+            file=sys.stderr,
+        )
         return EXIT_LEDGER
-    if summary.inference.get("worker_budget_exhausted"):
+    if summary.inference and summary.inference.worker_budget_exhausted:
         return EXIT_WORKER_BUDGET
     if summary.error:
         return EXIT_USER_ERROR
@@ -210,7 +217,8 @@ def failed_frames_exit(summary) -> int:
     if not failed:
         return 0
     counts = ", ".join(f"{reason} {n}" for reason, n in failed.items())
-    print(f"vidpipe: {sum(failed.values())} of {summary.frames} frames failed ({counts}); see the summary", file=sys.stderr)
+    message = f"vidpipe: {sum(failed.values())} of {summary.frames} frames failed ({counts}); see the summary"
+    print(message, file=sys.stderr)
     return EXIT_FAILED_FRAMES
 
 

@@ -31,7 +31,9 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", type=Path, help="start: a YAML config (its sources and outputs.redis)")
     parser.add_argument("--redis", metavar="URL", help="start: Redis to publish to (overrides outputs.redis.url)")
     parser.add_argument("--name", help="add: the new source's name")
-    parser.add_argument("--workers", type=int, help="start: pipeline workers (default: one per GPU, else per --worker-cpus)")
+    parser.add_argument(
+        "--workers", type=int, help="start: pipeline workers (default: one per GPU, else per --worker-cpus)"
+    )
     parser.add_argument("--worker-cpus", type=float, default=1.0, help="start: CPUs each worker reserves (default 1)")
     parser.add_argument("--max-frames", type=int, help="start: stop each source after N frames")
     parser.add_argument("--detach", action="store_true", help="start: return once the cluster runs")
@@ -111,7 +113,8 @@ def _imbalance(entry: dict[str, Any]) -> str:
 def _print_status(current: dict[str, Any], ledgers: dict[str, dict[str, Any]]) -> None:
     console = Console(file=sys.stdout, width=140)
     table = Table(title="vidpipe cluster")
-    for column in ("source", "worker", "state", "fps", "decoded", "ok", "failed", "moves", "stream: results", "missing"):
+    columns = ("source", "worker", "state", "fps", "decoded", "ok", "failed", "moves", "stream: results", "missing")
+    for column in columns:
         table.add_column(column)
     total = {"frames": 0, "ok": 0, "failed": 0}
     for name, row in sorted(current["sources"].items()):
@@ -132,7 +135,9 @@ def _print_status(current: dict[str, Any], ledgers: dict[str, dict[str, Any]]) -
         for w, info in sorted(current["workers"].items())
     )
     console.print(f"workers: {workers}")
-    console.print(f"cluster ledger (from the streams): {total['frames']} results = {total['ok']} ok + {total['failed']} failed")
+    console.print(
+        f"cluster ledger (from the streams): {total['frames']} results = {total['ok']} ok + {total['failed']} failed"
+    )
 
 
 def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:

@@ -42,8 +42,10 @@ def connect_ray(address: str | None, start_local: bool = False) -> Any:
                 "or pass --ray HOST:PORT"
             ) from None
         ray_cli = Path(sys.executable).with_name("ray")
-        started = subprocess.run([str(ray_cli), "start", "--head", "--include-dashboard=false", "--disable-usage-stats"],
-                                 capture_output=True, text=True)
+        started = subprocess.run(
+            [str(ray_cli), "start", "--head", "--include-dashboard=false", "--disable-usage-stats"],
+            capture_output=True, text=True,
+        )  # fmt: skip
         if started.returncode != 0:
             lines = (started.stderr or started.stdout).strip().splitlines()
             raise ConfigError(
@@ -78,7 +80,9 @@ def start_cluster(config: RunConfig, workers: int | None = None, worker_cpus: fl
     workers). Needs connect_ray first. ConfigError when a cluster already runs."""
     ray = require_ray()
     if config.outputs.redis is None:
-        raise ConfigError("vidpipe cluster publishes to Redis Streams: give outputs.redis.url in the config or --redis URL")
+        raise ConfigError(
+            "vidpipe cluster publishes to Redis Streams: give outputs.redis.url in the config or --redis URL"
+        )
     try:
         ray.get_actor(COORDINATOR, namespace=NAMESPACE)
         raise ConfigError("a vidpipe cluster is running already; vidpipe cluster stop ends it")
@@ -94,7 +98,8 @@ def start_cluster(config: RunConfig, workers: int | None = None, worker_cpus: fl
         for src in map(on_every_node, source_configs(config)):
             register_source(state, config.outputs.redis.key_prefix, src)
     except redis.RedisError as err:
-        raise ConfigError(f"redis {redact_url(config.outputs.redis.url)}: unreachable ({err}); start Redis or fix the URL") from None
+        url = redact_url(config.outputs.redis.url)
+        raise ConfigError(f"redis {url}: unreachable ({err}); start Redis or fix the URL") from None
     finally:
         client.close()
     count, options = worker_options(ray, worker_cpus)

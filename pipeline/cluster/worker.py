@@ -191,12 +191,13 @@ class PipelineWorker:
             if segment.stop_requested:
                 segment.pipeline.stop()
             summary = segment.pipeline.run()
-            summary.inference["backend"] = config.model.backend
+            summary.inference = replace(summary.inference, backend=config.model.backend)
             sink.write_summary(summary)
             segment.end_seq = opened.decoder.seq
             segment.error = summary.error
-            segment.state = "stopped" if segment.stop_requested else ("failed" if summary.error and not summary.balanced else "done")
-            if summary.inference.get("worker_budget_exhausted"):
+            failed = summary.error and not summary.balanced
+            segment.state = "stopped" if segment.stop_requested else ("failed" if failed else "done")
+            if summary.inference.worker_budget_exhausted:
                 # The GPU is past its restart budget: end this actor so Ray restarts it
                 # and the coordinator moves its sources.
                 log.error("worker %s: inference worker restart budget exhausted; exiting", self.worker)

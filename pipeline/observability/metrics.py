@@ -36,7 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from engines.errors import OutputError
-from pipeline.observability.summary import RunSummary
+from pipeline.observability.summary import InferenceSnapshot, RunSummary
 from stages.types import EventType, Frame, Result, SourceEvent, Status
 
 if TYPE_CHECKING:
@@ -52,11 +52,6 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 REQUEST_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 16
 _BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-# InferStats counters read at scrape time.
-STATS_COUNTERS = ("batches", "frames", "retries", "rebuilds", "errors", "timeouts", "abandoned", "abandoned_live",
-                  "deadline_misses", "inference_failures", "probes", "probe_failures", "create_failures",
-                  "sticky_errors", "engine_reloads", "engine_reload_failures", "worker_restarts",
-                  "worker_start_failures")  # fmt: skip
 
 
 class Readiness:
@@ -206,8 +201,12 @@ class _StatsCollector(Collector):
         yield _gauge("vidpipe_ready", "1 when /readyz answers ready.", int(state["ready"]))
         yield _gauge("vidpipe_model_loaded", "1 once the model is loaded and tested.", int(state["model_loaded"]))
         yield _gauge("vidpipe_contexts_healthy", "Inference contexts serving frames.", state["healthy_contexts"])
-        depth = GaugeMetricFamily("vidpipe_queue_depth", "Frames waiting in the queue before each stage.", labels=["stage"])
-        capacity = GaugeMetricFamily("vidpipe_queue_capacity", "Capacity of the queue before each stage.", labels=["stage"])
+        depth = GaugeMetricFamily(
+            "vidpipe_queue_depth", "Frames waiting in the queue before each stage.", labels=["stage"]
+        )
+        capacity = GaugeMetricFamily(
+            "vidpipe_queue_capacity", "Capacity of the queue before each stage.", labels=["stage"]
+        )
         if pipeline is not None:
             for queue in pipeline.snapshot().queues:
                 depth.add_metric([queue.name], queue.depth)
@@ -219,47 +218,40 @@ class _StatsCollector(Collector):
         yield _gauge("vidpipe_redis_spool_bytes", "Results waiting in the local spool for Redis.", spool)
 
     def _inference(self, pipeline: Pipeline | None) -> Iterator[Metric]:
-        stats = pipeline.stats if pipeline is not None else None
-        counts = dict.fromkeys(STATS_COUNTERS, 0)
-        sizes: dict[int, int] = {}
-        new_rebuilds: list[float] = []
-        reload_s = restart_s = 0.0
-        if stats is not None:
-            with self._lock, stats.lock:
-                counts = {name: getattr(stats, name) for name in STATS_COUNTERS}
-                reload_s, restart_s = sum(stats.reload_ms) / 1000, sum(stats.restart_ms) / 1000
-                sizes = dict(stats.batch_sizes)
-                fresh = counts["rebuilds"] - self._rebuilds_seen
-                new_rebuilds = list(stats.rebuild_ms)[-fresh:] if fresh > 0 else []
-                self._rebuilds_seen = counts["rebuilds"]
+        with self._lock:  # one scrape at a time counts the rebuilds new since the last
+            c = pipeline.stats.snapshot() if pipeline is not None else InferenceSnapshot()
+            fresh = c.rebuilds - self._rebuilds_seen
+            new_rebuilds = c.rebuild_ms[-fresh:] if fresh > 0 else ()
+            self._rebuilds_seen = c.rebuilds
         for ms in new_rebuilds:
             self._rebuild_seconds.observe(ms / 1000)
-        c = counts
-        yield _counter("vidpipe_inference_batches", "Batches inferred.", c["batches"])
-        yield _histogram("vidpipe_inference_batch_size", "Frames per inferred batch.", sizes, BATCH_BUCKETS, c["frames"])
-        yield _counter("vidpipe_inference_retries", "Batches retried after a failed or hung inference.", c["retries"])
+        reload_s, restart_s = sum(c.reload_ms) / 1000, sum(c.restart_ms) / 1000
+        sizes = dict(c.batch_sizes)
+        yield _counter("vidpipe_inference_batches", "Batches inferred.", c.batches)
+        yield _histogram("vidpipe_inference_batch_size", "Frames per inferred batch.", sizes, BATCH_BUCKETS, c.frames)
+        yield _counter("vidpipe_inference_retries", "Batches retried after a failed or hung inference.", c.retries)
         errors = CounterMetricFamily("vidpipe_inference_errors", "Failed inference calls, by kind.", labels=["kind"])
-        errors.add_metric(["error"], c["errors"])
-        errors.add_metric(["timeout"], c["timeouts"])
+        errors.add_metric(["error"], c.errors)
+        errors.add_metric(["timeout"], c.timeouts)
         yield errors
-        yield _counter("vidpipe_inference_failed_frames", "Frames failed after all attempts.", c["inference_failures"])
-        yield _counter("vidpipe_context_rebuilds", "Contexts replaced after a failure.", c["rebuilds"])
+        yield _counter("vidpipe_inference_failed_frames", "Frames failed after all attempts.", c.inference_failures)
+        yield _counter("vidpipe_context_rebuilds", "Contexts replaced after a failure.", c.rebuilds)
         yield from self._rebuild_seconds.collect()
-        yield _counter("vidpipe_context_create_failures", "Context creations that failed.", c["create_failures"])
-        yield _counter("vidpipe_contexts_abandoned", "Hung contexts abandoned (left to the reaper).", c["abandoned"])
+        yield _counter("vidpipe_context_create_failures", "Context creations that failed.", c.create_failures)
+        yield _counter("vidpipe_contexts_abandoned", "Hung contexts abandoned (left to the reaper).", c.abandoned)
         yield _gauge("vidpipe_contexts_abandoned_live", "Abandoned contexts whose call has not returned yet.",
-                     c["abandoned_live"])  # fmt: skip
-        yield _counter("vidpipe_deadline_misses", "Frames whose deadline passed before inference.", c["deadline_misses"])
-        yield _counter("vidpipe_health_probes", "Health probes run on idle contexts.", c["probes"])
-        yield _counter("vidpipe_health_probe_failures", "Health probes that failed.", c["probe_failures"])
+                     c.abandoned_live)  # fmt: skip
+        yield _counter("vidpipe_deadline_misses", "Frames whose deadline passed before inference.", c.deadline_misses)
+        yield _counter("vidpipe_health_probes", "Health probes run on idle contexts.", c.probes)
+        yield _counter("vidpipe_health_probe_failures", "Health probes that failed.", c.probe_failures)
         yield _counter("vidpipe_sticky_errors", "Inference errors that poisoned the process running the engine.",
-                       c["sticky_errors"])  # fmt: skip
-        yield _counter("vidpipe_engine_reloads", "Engine reloads after fresh contexts kept failing.", c["engine_reloads"])
-        yield _counter("vidpipe_engine_reload_failures", "Engine reloads that failed.", c["engine_reload_failures"])
+                       c.sticky_errors)  # fmt: skip
+        yield _counter("vidpipe_engine_reloads", "Engine reloads after fresh contexts kept failing.", c.engine_reloads)
+        yield _counter("vidpipe_engine_reload_failures", "Engine reloads that failed.", c.engine_reload_failures)
         yield _counter("vidpipe_engine_reload_seconds", "Time spent reloading the engine.", reload_s)
-        yield _counter("vidpipe_worker_restarts", "Inference worker processes restarted.", c["worker_restarts"])
+        yield _counter("vidpipe_worker_restarts", "Inference worker processes restarted.", c.worker_restarts)
         yield _counter("vidpipe_worker_start_failures", "Inference worker processes that failed to start.",
-                       c["worker_start_failures"])  # fmt: skip
+                       c.worker_start_failures)  # fmt: skip
         yield _counter("vidpipe_worker_restart_seconds", "Time from a lost worker to its successor ready.", restart_s)
 
 
@@ -271,7 +263,9 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def _histogram(name: str, doc: str, counts: dict[int, int], bounds: tuple[int, ...], total: float) -> HistogramMetricFamily:
+def _histogram(
+    name: str, doc: str, counts: dict[int, int], bounds: tuple[int, ...], total: float
+) -> HistogramMetricFamily:
     buckets = [(str(float(b)), sum(n for size, n in counts.items() if size <= b)) for b in bounds]
     buckets.append(("+Inf", sum(counts.values())))
     return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)

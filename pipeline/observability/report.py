@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pipeline.observability.summary import RunSummary
+from pipeline.observability.summary import InferenceSnapshot, RunSummary
 from stages.redact import redact
 from stages.types import EventType, Result, SourceEvent, Status
 
@@ -128,20 +128,13 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
         table.add_row(escape(name), str(book.decoded), str(book.ok), escape(failed),
                       "balanced" if book.balanced else "UNBALANCED")  # fmt: skip
     console.print(table)
-    inf = summary.inference
     failed = ", ".join(f"{r} {n}" for r, n in sorted(summary.failed.items())) or "none"
     lines = [
         f"frames {summary.frames}  ok {summary.ok}  failed: {failed}",
         f"{summary.fps:.1f} fps ok ({summary.processed_fps:.1f} processed) over {summary.elapsed_s:.1f} s  "
         f"first result after {_s(summary.first_result_s)}  "
         f"latency p50 {_ms(summary.latency_p50_ms)}  p99 {_ms(summary.latency_p99_ms)}",
-        f"retries {inf.get('retries', 0)}  rebuilds {inf.get('rebuilds', 0)} (p50 {_ms(inf.get('rebuild_ms_p50'))}, "
-        f"p99 {_ms(inf.get('rebuild_ms_p99'))})  recovery p50 {_ms(inf.get('recovery_ms_p50'))} "
-        f"p99 {_ms(inf.get('recovery_ms_p99'))}  abandoned {inf.get('abandoned', 0)}  "
-        f"deadline misses {inf.get('deadline_misses', 0)}  probe failures {inf.get('probe_failures', 0)}",
-        f"engine reloads {inf.get('engine_reloads', 0)} ({_ms(inf.get('reload_ms_total'))} in all)  "
-        f"worker restarts {inf.get('worker_restarts', 0)} (p50 {_ms(inf.get('worker_restart_ms_p50'))}, "
-        f"p99 {_ms(inf.get('worker_restart_ms_p99'))}, {_ms(inf.get('worker_restart_ms_total'))} in all)",
+        *_inference_lines(summary.inference),
     ]
     if summary.events:
         lines.append("source events: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.events.items())))
@@ -151,6 +144,22 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
         lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     for line in lines:
         console.print(redact(line), highlight=False, markup=False)
+
+
+def _inference_lines(inference: InferenceSnapshot | None) -> list[str]:
+    """Recovery figures of the scheduler; a run stopped before it started (None) shows 0 and -."""
+    inf = inference or InferenceSnapshot()
+    reload_total = inf.reload_ms_total if inference is not None else None
+    restart_total = inf.worker_restart_ms_total if inference is not None else None
+    return [
+        f"retries {inf.retries}  rebuilds {inf.rebuilds} (p50 {_ms(inf.rebuild_ms_p50)}, "
+        f"p99 {_ms(inf.rebuild_ms_p99)})  recovery p50 {_ms(inf.recovery_ms_p50)} "
+        f"p99 {_ms(inf.recovery_ms_p99)}  abandoned {inf.abandoned}  "
+        f"deadline misses {inf.deadline_misses}  probe failures {inf.probe_failures}",
+        f"engine reloads {inf.engine_reloads} ({_ms(reload_total)} in all)  "
+        f"worker restarts {inf.worker_restarts} (p50 {_ms(inf.worker_restart_ms_p50)}, "
+        f"p99 {_ms(inf.worker_restart_ms_p99)}, {_ms(restart_total)} in all)",
+    ]
 
 
 def _ms(value: float | None) -> str:

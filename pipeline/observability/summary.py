@@ -1,9 +1,142 @@
-"""The end-of-run summary and the per-source ledger it carries."""
+"""The end-of-run summary, the per-source ledger and the inference counters it carries."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+# The keys of the summary's JSON `inference` record, in order (`InferenceSnapshot.as_dict()`).
+INFERENCE_KEYS = (
+    "batches", "mean_batch", "retries", "rebuilds", "rebuild_ms_p50", "rebuild_ms_p99", "rebuild_ms_total",
+    "recovery_ms_p50", "recovery_ms_p99", "recovery_overhead_ms_p50", "recovery_overhead_ms_p99",
+    "errors", "timeouts", "corrupt_outputs", "abandoned", "abandoned_live", "deadline_misses",
+    "inference_failures", "probes", "probe_failures", "create_failures", "sticky_errors",
+    "engine_reloads", "engine_reload_failures", "reload_ms_total", "worker_restarts",
+    "worker_restart_ms_p50", "worker_restart_ms_p99", "worker_restart_ms_total",
+    "worker_start_failures", "worker_budget_exhausted", "shapes",
+)  # fmt: skip
+# Set by whoever assembled the run (pipeline/runtime/pipeline.py); absent where unset.
+ASSEMBLY_KEYS = ("gpu_letterbox", "gpu_candidates", "backend")
+
+
+def percentile(values: list[float] | tuple[float, ...], q: float) -> float | None:
+    """The q-th percentile of values rounded to 3 decimals; None for no values."""
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+@dataclass(frozen=True)
+class InferenceSnapshot(Mapping[str, Any]):
+    """The inference stage's counters at one moment (`InferStats.snapshot()`), read by the
+    summary, the metrics and bench.
+
+    Counts are since the run started. Times are milliseconds; each `*_ms` series holds its
+    last samples (at most infer_stats.SAMPLES), oldest first. `batch_sizes` maps frames in a
+    batch to batches of that size; `shapes` is per batch shape: its measured first-call and
+    steady times. `gpu_letterbox` (whether preprocess letterboxed on the GPU),
+    `gpu_candidates` (whether the detector output became candidate rows there) and `backend`
+    are added by whoever assembled the run; None where they did not.
+
+    It also reads as a Mapping with the keys of the summary's JSON `inference` record
+    (INFERENCE_KEYS, then ASSEMBLY_KEYS where set), as `as_dict()` gives them.
+    """
+
+    batches: int = 0
+    frames: int = 0
+    retries: int = 0
+    rebuilds: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    corrupt_outputs: int = 0
+    abandoned: int = 0
+    abandoned_live: int = 0
+    deadline_misses: int = 0
+    inference_failures: int = 0
+    probes: int = 0
+    probe_failures: int = 0
+    create_failures: int = 0
+    sticky_errors: int = 0
+    engine_reloads: int = 0
+    engine_reload_failures: int = 0
+    worker_restarts: int = 0
+    worker_start_failures: int = 0
+    worker_budget_exhausted: bool = False
+    batch_sizes: Mapping[int, int] = field(default_factory=dict)
+    shapes: Mapping[str, Any] = field(default_factory=dict)
+    rebuild_ms: tuple[float, ...] = ()
+    recovery_ms: tuple[float, ...] = ()
+    recovery_overhead_ms: tuple[float, ...] = ()
+    reload_ms: tuple[float, ...] = ()
+    restart_ms: tuple[float, ...] = ()
+    gpu_letterbox: bool | None = None
+    gpu_candidates: bool | None = None
+    backend: str | None = None
+
+    @property
+    def mean_batch(self) -> float | None:
+        return round(self.frames / self.batches, 2) if self.batches else None
+
+    @property
+    def rebuild_ms_p50(self) -> float | None:
+        return percentile(self.rebuild_ms, 50)
+
+    @property
+    def rebuild_ms_p99(self) -> float | None:
+        return percentile(self.rebuild_ms, 99)
+
+    @property
+    def rebuild_ms_total(self) -> float:
+        return round(sum(self.rebuild_ms), 1)
+
+    @property
+    def recovery_ms_p50(self) -> float | None:
+        return percentile(self.recovery_ms, 50)
+
+    @property
+    def recovery_ms_p99(self) -> float | None:
+        return percentile(self.recovery_ms, 99)
+
+    @property
+    def recovery_overhead_ms_p50(self) -> float | None:
+        return percentile(self.recovery_overhead_ms, 50)
+
+    @property
+    def recovery_overhead_ms_p99(self) -> float | None:
+        return percentile(self.recovery_overhead_ms, 99)
+
+    @property
+    def reload_ms_total(self) -> float:
+        return round(sum(self.reload_ms), 1)
+
+    @property
+    def worker_restart_ms_p50(self) -> float | None:
+        return percentile(self.restart_ms, 50)
+
+    @property
+    def worker_restart_ms_p99(self) -> float | None:
+        return percentile(self.restart_ms, 99)
+
+    @property
+    def worker_restart_ms_total(self) -> float:
+        return round(sum(self.restart_ms), 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary's JSON `inference` record."""
+        return {key: self[key] for key in self}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in INFERENCE_KEYS and (key not in ASSEMBLY_KEYS or getattr(self, key) is None):
+            raise KeyError(key)
+        return dict(self.shapes) if key == "shapes" else getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from INFERENCE_KEYS
+        yield from (key for key in ASSEMBLY_KEYS if getattr(self, key) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 @dataclass
@@ -25,13 +158,14 @@ class SourceLedger:
 
 @dataclass
 class RunSummary:
-    """What a run did. `inference` holds the scheduler's counters (retries, rebuilds, ...)."""
+    """What a run did. `inference` holds the scheduler's counters (retries, rebuilds, ...);
+    None for a run stopped before its scheduler started."""
 
     sources: dict[str, SourceLedger]
     elapsed_s: float
     latency_p50_ms: float | None
     latency_p99_ms: float | None
-    inference: dict[str, Any] = field(default_factory=dict)
+    inference: InferenceSnapshot | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)
     error: str | None = None

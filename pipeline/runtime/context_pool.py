@@ -243,7 +243,8 @@ class ContextPool:
         """Run the probe through `slot`; False on error, timeout or outputs unlike the reference."""
         shape = self.probe_shape
         try:
-            outputs = slot.call(self.stage.probe_inputs(shape), self.times.hang_timeout(shape), self.settings.call_grace_s)
+            timeout = self.times.hang_timeout(shape)
+            outputs = slot.call(self.stage.probe_inputs(shape), timeout, self.settings.call_grace_s)
         except InferenceError:
             return False
         return self.mismatch(shape, outputs) is None
@@ -254,7 +255,8 @@ class ContextPool:
         """Run every batch shape once on `slot` (measured as first calls), checking each."""
         for shape in self.shapes:
             start = time.monotonic()
-            outputs = slot.call(self.stage.probe_inputs(shape), self.times.warmup_timeout(shape), self.settings.call_grace_s)
+            timeout = self.times.warmup_timeout(shape)
+            outputs = slot.call(self.stage.probe_inputs(shape), timeout, self.settings.call_grace_s)
             self.times.first_call(shape, time.monotonic() - start)
             problem = self.mismatch(shape, outputs)
             if problem:

@@ -6,21 +6,25 @@ import threading
 from collections import deque
 from typing import Any
 
-import numpy as np
-
 from engines.base import EngineEvent
+from pipeline.observability.summary import InferenceSnapshot, percentile
+
+__all__ = ["SAMPLES", "InferStats", "InferenceSnapshot", "percentile"]
 
 SAMPLES = 100_000  # per timing series: enough for any p99, bounded memory
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 3) if values else None
+# The counters InferStats.snapshot() copies as they are.
+_COUNTS = (
+    "batches", "frames", "retries", "rebuilds", "errors", "timeouts", "corrupt_outputs", "abandoned",
+    "abandoned_live", "deadline_misses", "inference_failures", "probes", "probe_failures", "create_failures",
+    "sticky_errors", "engine_reloads", "engine_reload_failures", "worker_restarts", "worker_start_failures",
+)  # fmt: skip
 
 
 class InferStats:
     """Counters and timing series of the scheduler, safe to update from every worker.
 
-    Times are milliseconds. `snapshot()` is what the summary, metrics and bench read.
+    Times are milliseconds. `snapshot()` (a frozen InferenceSnapshot) is what the summary,
+    metrics and bench read.
     """
 
     def __init__(self) -> None:
@@ -93,41 +97,17 @@ class InferStats:
             elif kind == "worker_budget_exhausted":
                 self.worker_budget_exhausted = True
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> InferenceSnapshot:
+        """Every counter and timing series at this moment, taken under the lock."""
         with self.lock:
-            rebuild, recovery = list(self.rebuild_ms), list(self.recovery_ms)
-            restart = list(self.restart_ms)
-            return {
-                "batches": self.batches,
-                "mean_batch": round(self.frames / self.batches, 2) if self.batches else None,
-                "retries": self.retries,
-                "rebuilds": self.rebuilds,
-                "rebuild_ms_p50": percentile(rebuild, 50),
-                "rebuild_ms_p99": percentile(rebuild, 99),
-                "rebuild_ms_total": round(sum(rebuild), 1),
-                "recovery_ms_p50": percentile(recovery, 50),
-                "recovery_ms_p99": percentile(recovery, 99),
-                "recovery_overhead_ms_p50": percentile(list(self.recovery_overhead_ms), 50),
-                "recovery_overhead_ms_p99": percentile(list(self.recovery_overhead_ms), 99),
-                "errors": self.errors,
-                "timeouts": self.timeouts,
-                "corrupt_outputs": self.corrupt_outputs,
-                "abandoned": self.abandoned,
-                "abandoned_live": self.abandoned_live,
-                "deadline_misses": self.deadline_misses,
-                "inference_failures": self.inference_failures,
-                "probes": self.probes,
-                "probe_failures": self.probe_failures,
-                "create_failures": self.create_failures,
-                "sticky_errors": self.sticky_errors,
-                "engine_reloads": self.engine_reloads,
-                "engine_reload_failures": self.engine_reload_failures,
-                "reload_ms_total": round(sum(self.reload_ms), 1),
-                "worker_restarts": self.worker_restarts,
-                "worker_restart_ms_p50": percentile(restart, 50),
-                "worker_restart_ms_p99": percentile(restart, 99),
-                "worker_restart_ms_total": round(sum(restart), 1),
-                "worker_start_failures": self.worker_start_failures,
-                "worker_budget_exhausted": self.worker_budget_exhausted,
-                "shapes": dict(self.shapes),
-            }
+            return InferenceSnapshot(
+                **{name: getattr(self, name) for name in _COUNTS},
+                worker_budget_exhausted=self.worker_budget_exhausted,
+                batch_sizes=dict(self.batch_sizes),
+                shapes=dict(self.shapes),
+                rebuild_ms=tuple(self.rebuild_ms),
+                recovery_ms=tuple(self.recovery_ms),
+                recovery_overhead_ms=tuple(self.recovery_overhead_ms),
+                reload_ms=tuple(self.reload_ms),
+                restart_ms=tuple(self.restart_ms),
+            )

@@ -10,7 +10,8 @@ them until the last byte is written, so a signal never interrupts a write half-w
   `os._exit`, after flushing what Python holds;
 - a third ends it at once.
 
-Commands other than `run` (subscribe, bench, ...) keep Python's own handlers. The exit code is 128 + the first signal's number (130 for SIGINT, 143 for SIGTERM).
+Commands other than `run` (subscribe, bench, ...) keep Python's own handlers. The exit code is
+128 + the first signal's number (130 for SIGINT, 143 for SIGTERM).
 The Python API (`pipeline.run` without the CLI) keeps its own handlers for the run only and
 never ends the process (pipeline/runtime/stopping.py).
 """

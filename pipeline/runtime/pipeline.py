@@ -13,50 +13,26 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engines.base import EngineEvent
 from pipeline.config import OverloadPolicy, RunConfig
-from pipeline.observability.summary import RunSummary
+from pipeline.observability.summary import RunSummary, percentile
 from pipeline.runtime.context_pool import ContextPool
-from pipeline.runtime.infer_stats import InferStats, percentile
+from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.ledger import Ledger
 from pipeline.runtime.model import Model
-from pipeline.runtime.pacing import PacingClock
 from pipeline.runtime.publisher import Publisher
 from pipeline.runtime.queues import BoundedQueue, Closed, FrameQueue
 from pipeline.runtime.scheduler import InferScheduler, SchedulerSettings
 from pipeline.runtime.sizing import size_run
+from pipeline.runtime.sources import Source, SourceOutlets, read_source
 from pipeline.runtime.stopping import signals_stop
 from pipeline.sinks import Sink
-from stages.decode import VideoDecoder
-from stages.live import LiveSource
 from stages.preprocess import Preprocess
-from stages.redact import redact, redact_url
 from stages.types import Detections, EventType, Frame, Reason, Result, SourceEvent, Status
 
 log = logging.getLogger("vidpipe.runtime")
-
-
-@dataclass
-class Source:
-    """A decoder (file or live) with its run-time settings."""
-
-    decoder: VideoDecoder | LiveSource
-    policy: OverloadPolicy = OverloadPolicy.BLOCK
-    realtime: bool = False
-    max_frames: int | None = None
-    duration_s: float | None = None
-
-    @property
-    def name(self) -> str:
-        return self.decoder.name
-
-    @property
-    def latency_bound(self) -> bool:
-        """Live sources and paced files promise latency: their frames' deadlines run from
-        decode. An unpaced file's frames get theirs when they enter a batch (pipeline/runtime/scheduler.py)."""
-        return self.realtime or self.decoder.live
 
 
 @dataclass(frozen=True)
@@ -72,7 +48,7 @@ class QueueState:
 class PipelineSnapshot:
     """A run at one moment, for metrics and health checks: the queues between stages and the
     inference contexts serving frames (0 before the scheduler has started). The scheduler's
-    counters are `Pipeline.stats`."""
+    counters are `Pipeline.stats.snapshot()`, an InferenceSnapshot."""
 
     queues: tuple[QueueState, ...]
     healthy_contexts: int
@@ -218,64 +194,6 @@ class Pipeline:
             thread.start()
             self._threads.setdefault(group, []).append(thread)
 
-    def _read(self, source: Source) -> None:
-        """Read one source to its end, pacing a --realtime file and stopping at --duration.
-
-        --duration is seconds of video for a file (like --max-frames, whatever the speed)
-        and wall-clock seconds for a live source, enforced by a timer so that it also ends
-        a source that is reconnecting or stalled.
-        """
-        decoder = source.decoder
-        live = decoder.live
-        clock = PacingClock(decoder.info.fps)
-        end_reason = "end_of_stream"
-        expired = threading.Event()
-        timer = None
-        if live and source.duration_s is not None:
-            timer = threading.Timer(source.duration_s, lambda: (expired.set(), decoder.stop()))
-            timer.daemon = True
-            timer.start()
-        try:
-            for item in decoder:
-                if isinstance(item, SourceEvent):
-                    self.results_q.put(item)
-                    if item.fatal:
-                        self.errors.append(_describe_damage(decoder, item))
-                    continue
-                video_s, jump = clock.position(item.time_s) if not live else (0.0, None)
-                if not live and source.duration_s is not None and video_s >= source.duration_s:
-                    end_reason = "duration"
-                    break
-                if jump is not None:
-                    self.results_q.put(SourceEvent(source.name, EventType.TIMESTAMP_JUMP, item.seq - 1, time.time(), jump))
-                if source.realtime:
-                    waited = clock.wait_s()
-                    self._stopping.wait(waited)
-                    # A paced frame enters the pipeline now: its latency and deadline start here.
-                    item.decoded_at += waited
-                    item.deadline += waited
-                self._admit(source, item)
-                if self._stopping.is_set():
-                    end_reason = "stopped"
-                    break
-                if source.max_frames is not None and decoder.seq >= source.max_frames:
-                    end_reason = "max_frames"
-                    break
-        except Exception as err:  # a decoder bug must not lose the frames already decoded
-            log.exception("source %s failed", source.name)
-            self.errors.append(f"{source.name}: reading failed: {redact(str(err))}")
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if expired.is_set() and not self._stopping.is_set():
-                end_reason = "duration"
-            elif self._stopping.is_set() and end_reason == "end_of_stream":
-                end_reason = "stopped"
-            decoder.close()
-            self.results_q.put(
-                SourceEvent(source.name, EventType.SOURCE_END, decoder.seq - 1, time.time(), {"frames": decoder.seq, "reason": end_reason})
-            )
-
     def _admit(self, source: Source, frame: Frame) -> None:
         """Count a decoded frame in the ledger and queue it (blocking or shedding)."""
         self.ledger.decoded(frame.source)
@@ -291,7 +209,10 @@ class Pipeline:
         for victim in shed:
             self._fail(victim, Reason.SHED, "pipeline overloaded; frame shed")
 
-    def _stage_worker(self, name: str, inbox: FrameQueue, stage: Callable[[Frame], Frame], reason: Reason, deliver: Callable[[Frame], None]) -> None:
+    def _stage_worker(
+        self, name: str, inbox: FrameQueue, stage: Callable[[Frame], Frame], reason: Reason,
+        deliver: Callable[[Frame], None],
+    ) -> None:
         while True:
             try:
                 frame = inbox.get()
@@ -337,9 +258,9 @@ class Pipeline:
 
     # ---- the run ---------------------------------------------------------------------
 
-    def run(self) -> RunSummary:
+    def _scheduler_settings(self) -> SchedulerSettings:
         infer = self.config.infer
-        settings = SchedulerSettings(
+        return SchedulerSettings(
             contexts=infer.contexts,
             max_batch=self.sizing.max_batch,
             batch_shapes=self.sizing.batch_shapes,
@@ -352,6 +273,10 @@ class Pipeline:
             hang_floor_s=infer.hang_floor_ms / 1000,
             spares=min(infer.contexts, 2),
         )
+
+    def run(self) -> RunSummary:
+        """Run every source to its end (see the class); the summary of the run."""
+        settings = self._scheduler_settings()
         pool = ContextPool(self.model.engine, self.model.stage, self.model.reference, settings, self.stats)
         pool.ladder.on_event = self._escalated
         self.scheduler = InferScheduler(pool, self.infer_q, self._to_post, self._fail, self._fatal)
@@ -365,8 +290,9 @@ class Pipeline:
         queues = self.config.queues
         with signals_stop(self):
             if not self._stopping.is_set():
+                outlets = SourceOutlets(self._admit, self.results_q.put, self.errors, self._stopping)
                 for source in self.sources:
-                    self._spawn(f"source-{source.name}", self._read, args=(source,))
+                    self._spawn(f"source-{source.name}", read_source, args=(source, outlets))
             else:
                 for source in self.sources:
                     source.decoder.close()
@@ -400,9 +326,10 @@ class Pipeline:
 
     def _summary(self, elapsed: float) -> RunSummary:
         latencies = list(self.publisher.latencies)
-        inference = self.stats.snapshot()
-        inference["gpu_letterbox"] = self.model.stage.gpu_planes
-        inference["gpu_candidates"] = self.model.stage.gpu_candidates is not None
+        stage = self.model.stage
+        inference = replace(
+            self.stats.snapshot(), gpu_letterbox=stage.gpu_planes, gpu_candidates=stage.gpu_candidates is not None
+        )
         return RunSummary(
             sources=self.ledger.snapshot(),
             elapsed_s=elapsed,
@@ -425,16 +352,3 @@ def _analytics(config: RunConfig, sources: list[Source]):
 
     sizes = {s.name: (s.decoder.info.width, s.decoder.info.height) for s in sources}
     return Analytics(config.analytics, sizes)
-
-
-def _describe_damage(decoder: VideoDecoder | LiveSource, event: SourceEvent) -> str:
-    details = event.details
-    if details.get("error") == "truncated":
-        if "declared" in details:
-            held = f"holds {details['packets']} of its {details['declared']} frames"
-        elif "declared_s" in details:
-            held = f"holds {details['read_s']:g} s of its {details['declared_s']:g} s"
-        else:
-            held = "ends inside a frame"
-        return f"{redact_url(decoder.url)}: truncated: the file {held}; all that could be read were processed; re-copy or re-encode the file"
-    return f"{redact_url(decoder.url)}: damaged ({redact(str(details.get('error')))}); frames up to the damage were processed"

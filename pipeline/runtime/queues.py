@@ -19,7 +19,8 @@ class Closed(Exception):
 
 
 def _wait_for_items(
-    cond: threading.Condition, has_items: Callable[[], object], closed: Callable[[], bool], timeout: float | None, name: str
+    cond: threading.Condition, has_items: Callable[[], object], closed: Callable[[], bool], timeout: float | None,
+    name: str,
 ) -> bool:
     """With `cond` held: wait until there is an item (True), `timeout` passes (False), or the
     queue is closed and empty (Closed)."""

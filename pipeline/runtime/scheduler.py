@@ -259,7 +259,9 @@ class InferScheduler:
                 self.on_failed(frame, Reason.INFERENCE, str(fatal))
             raise
 
-    def _succeeded(self, slot: Slot, frames: list[Frame], shape: int, took: float, failed_at: float | None, outputs: dict) -> None:
+    def _succeeded(
+        self, slot: Slot, frames: list[Frame], shape: int, took: float, failed_at: float | None, outputs: dict
+    ) -> None:
         if slot.fresh:
             slot.fresh = False
             self.pool.ladder.fresh_ok()
@@ -272,7 +274,8 @@ class InferScheduler:
             frame.timings["infer"] = took * 1000
             if frame.latency_bound and frame.deadline < now:
                 self.stats.add(deadline_misses=1)
-                self.on_failed(frame, Reason.DEADLINE, f"inferred {(now - frame.deadline) * 1000:.0f} ms after its deadline")
+                late_ms = (now - frame.deadline) * 1000
+                self.on_failed(frame, Reason.DEADLINE, f"inferred {late_ms:.0f} ms after its deadline")
             else:
                 done.append(frame)
         if done:

@@ -108,7 +108,10 @@ def size_run(config: RunConfig, sources: int, letterbox_on_gpu: bool = False) ->
             "model": model.model_copy(update={"intra_op_threads": threads}) if ort else model,
             "infer": infer.model_copy(update={"max_batch": max_batch, "batch_shapes": list(shapes)}),
             "queues": queues.model_copy(
-                update={"preprocess_workers": sizing.preprocess_workers, "postprocess_workers": sizing.postprocess_workers}
+                update={
+                    "preprocess_workers": sizing.preprocess_workers,
+                    "postprocess_workers": sizing.postprocess_workers,
+                }
             ),
         }
     )

@@ -93,7 +93,7 @@ def summary_to_record(summary: RunSummary) -> dict[str, Any]:
             name: {"decoded": s.decoded, "ok": s.ok, "failed": s.failed, "balanced": s.balanced}
             for name, s in summary.sources.items()
         },
-        "inference": summary.inference,
+        "inference": summary.inference.as_dict() if summary.inference is not None else {},
         "sizing": summary.sizing,
         "outputs": summary.outputs,
         "events": summary.events,

@@ -31,17 +31,17 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-from av.video.reformatter import VideoReformatter
 import cv2
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from engines.errors import OutputError
 from pipeline.config import AnalyticsConfig
-from pipeline.sinks import lock_output, write_failed
 from pipeline.observability.summary import RunSummary
-from stages.types import Frame, Result, SourceEvent, Status
+from pipeline.sinks import lock_output, write_failed
 from stages.decode import VideoDecoder
 from stages.preprocess import i420_to_rgb
+from stages.types import Frame, Result, SourceEvent, Status
 
 log = logging.getLogger("vidpipe.video")
 

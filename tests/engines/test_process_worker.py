@@ -6,8 +6,6 @@ import functools
 import gc
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from pipeline.runtime.scheduler import SchedulerSettings
 from stages.decode import VideoDecoder
 from stages.infer import InferStage
 from stages.types import Reason, Status
+from tests.cli_run import vidpipe_run
 from tests.models import build_yolov8_model
 from tests.sinks import CollectSink
 
@@ -116,11 +115,9 @@ def test_a_worker_that_dies_on_every_start_ends_the_run_with_every_decoded_frame
 
 
 def test_the_cli_exits_3_with_one_clear_line_when_the_restart_budget_is_spent(car_clip):
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", str(car_clip), "--quiet", "--isolation", "process",
-         "--faults", "crash_rate=1.0", "--max-restarts", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = vidpipe_run(
+        str(car_clip), "--isolation", "process", "--faults", "crash_rate=1.0", "--max-restarts", "1", cwd=REPO
+    )
     assert done.returncode == 3, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("vidpipe: error:")]
     assert len(errors) == 1 and "restart budget of 1" in errors[0], done.stderr

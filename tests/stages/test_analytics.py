@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import pytest
 from pipeline.api import run
 from pipeline.assets.sample_clip import FRAME_COUNT, HEIGHT, WIDTH
 from pipeline.config import build_config
+from tests.cli_run import vidpipe
 
 LINE_X = WIDTH // 2  # a vertical line down the middle, start at the top: moving right is "in"
 ZONE_X = 200  # the zone: the left strip x < 200
@@ -112,13 +111,15 @@ def test_track_ids_are_stable_and_events_match_the_ground_truth(tmp_path: Path) 
         assert seq == first_seen[track] >= frame if appeared else abs(seq - frame) <= SLACK, (got_enter, entries)
     starts = [r for r in records if r["type"] == "track_start"]
     ends = [r for r in records if r["type"] == "track_end"]
-    assert sorted(r["track_id"] for r in starts) == sorted(r["track_id"] for r in ends) == sorted(v[0] for v in ids.values())
+    started = sorted(r["track_id"] for r in starts)
+    assert started == sorted(r["track_id"] for r in ends) == sorted(v[0] for v in ids.values())
     # Events come right after their frame: the stream stays in seq order.
     order = [r["seq"] if r["type"] == "frame" else r["after_seq"] for r in records if r["type"] != "summary"]
     assert order == sorted(order)
     summary = records[-1]
     totals = summary["analytics"]["sample"]["middle"]
-    assert (totals["in"], totals["out"]) == (sum(d == "in" for *_, d in crossings), sum(d == "out" for *_, d in crossings))
+    counted = (sum(d == "in" for *_, d in crossings), sum(d == "out" for *_, d in crossings))
+    assert (totals["in"], totals["out"]) == counted
     exits = [r for r in records if r["type"] == "zone_exit"]
     assert len(exits) == len(entries) and all(r["dwell_s"] > 0 for r in exits)
     last = [r for r in records if r["type"] == "frame"][-1]
@@ -143,8 +144,7 @@ def test_tracks_survive_failed_frames(tmp_path: Path) -> None:
 def test_zones_without_a_tracker_are_refused_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("analytics:\n  lines: [{name: a, start: [0, 0], end: [1, 1]}]\n")
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = vidpipe("run", "--config", str(config), timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "analytics.tracker: bytetrack (--track)" in proc.stderr
     assert "Traceback" not in proc.stderr

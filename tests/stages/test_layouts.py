@@ -16,6 +16,7 @@ import pytest
 from engines.errors import ModelError
 from stages.labels import COCO_NAMES
 from stages.layouts import MAX_CLASSES, AmbiguousLayout, detect_head
+from tests.cli_run import vidpipe_run
 from tests.models import (
     build_e2e_model,
     build_output_model,
@@ -23,7 +24,7 @@ from tests.models import (
     build_yolov5_model,
     build_yolov8_transposed_model,
 )
-from tests.pipeline.cli.test_cli import assert_one_error_line, vidpipe
+from tests.pipeline.cli.test_cli import assert_one_error_line
 from tests.stages.test_postprocess import RunModel, in_source_pixels
 
 INPUT = (640, 640)
@@ -45,8 +46,8 @@ def strict_json(line: str) -> dict:
 
 
 def run_on_car_clip(car_clip: Path, model: Path, out: Path, *args: str) -> list[dict]:
-    proc = vidpipe(str(car_clip), "--model", str(model), "--max-frames", str(FRAMES),
-                   "--out", str(out), *args)  # fmt: skip
+    proc = vidpipe_run(str(car_clip), "--model", str(model), "--max-frames", str(FRAMES),
+                       "--out", str(out), *args)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     records = [strict_json(line) for line in out.read_text().splitlines()]
     frames = [r for r in records if r["type"] == "frame"]
@@ -97,7 +98,7 @@ def test_a_post_nms_export_that_cannot_be_told_from_yolov5_is_refused_naming_the
     # Nothing detected on the probe: [B, 25200, 6] of zeros fits a 1-class YOLOv5 head too.
     model = build_e2e_model(tmp_path / "quiet.onnx", [], 25200, INPUT)
 
-    line = assert_one_error_line(vidpipe(str(car_clip), "--model", str(model)), "post-NMS", "--layout e2e")
+    line = assert_one_error_line(vidpipe_run(str(car_clip), "--model", str(model)), "post-NMS", "--layout e2e")
     assert "--layout yolov5" in line
 
     frames = run_on_car_clip(car_clip, model, tmp_path / "out.jsonl", "--layout", "e2e")
@@ -120,7 +121,7 @@ def test_a_post_nms_class_id_beyond_the_names_fails_the_frame(tmp_path: Path, ca
     model = build_e2e_model(tmp_path / "e2e.onnx", [(93, 0.9, 100, 200, 300, 400)], 300, INPUT)
     out = tmp_path / "out.jsonl"
 
-    proc = vidpipe(str(car_clip), "--model", str(model), "--max-frames", "2", "--out", str(out))
+    proc = vidpipe_run(str(car_clip), "--model", str(model), "--max-frames", "2", "--out", str(out))
 
     assert proc.returncode == 4, proc.stderr  # frames failed: exit 4 (issue 11)
     frames = [r for r in map(strict_json, out.read_text().splitlines()) if r["type"] == "frame"]
@@ -148,7 +149,7 @@ def test_a_transposed_head_that_could_be_yolox_is_refused_naming_both(tmp_path: 
     # No metadata, and nothing on the probe: [B, 8400, 84] fits both readings.
     model = build_yolov8_transposed_model(tmp_path / "quiet.onnx", [], 80, INPUT)
 
-    line = assert_one_error_line(vidpipe(str(car_clip), "--model", str(model)), "['batch', 8400, 84]")
+    line = assert_one_error_line(vidpipe_run(str(car_clip), "--model", str(model)), "['batch', 8400, 84]")
 
     assert "transposed yolov8" in line and "80 classes" in line
     assert "yolox" in line and "79 classes" in line
@@ -218,8 +219,8 @@ def test_a_decoded_value_that_is_not_a_detection_fails_the_frame(
     model = build_output_model(tmp_path / "bad.onnx", output, probe=np.zeros_like(output))
     out, video = tmp_path / "out.jsonl", tmp_path / "out.mp4"
 
-    proc = vidpipe(str(car_clip), "--model", str(model), "--max-frames", "2", "--out", str(out),
-                   "--video", str(video))  # fmt: skip
+    proc = vidpipe_run(str(car_clip), "--model", str(model), "--max-frames", "2", "--out", str(out),
+                       "--video", str(video))  # fmt: skip
 
     assert proc.returncode == 4, proc.stderr  # frames failed: exit 4 (issue 11)
     records = [strict_json(line) for line in out.read_text().splitlines()]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ from pipeline.api import run
 from pipeline.config import build_config
 from pipeline.runtime.pipeline import RunHooks
 from stages.types import Status
+from tests.cli_run import vidpipe
 from tests.rtsp_server import GstRtspServer, RtspServer, free_port, gst_rtsp_available
 from tests.sinks import CollectSink
 
@@ -100,12 +99,7 @@ def test_a_url_that_never_answers_does_not_hang_past_its_timeout():
 
 def test_cli_reports_an_unreachable_camera_in_one_line():
     url = f"rtsp://127.0.0.1:{free_port()}/cam"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", url, "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = vidpipe("run", url, "--quiet")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vidpipe: error:") and url in lines[0]
@@ -145,7 +139,8 @@ def test_three_sources_one_flooding_under_shed_the_others_lose_nothing(rtsp, car
     for cam in ("cam1", "cam2"):
         results = [r for r in sink.results if r.source == cam]
         assert [r.seq for r in results] == list(range(FRAMES))
-        assert all(r.status is Status.OK for r in results), (cam, [(r.seq, r.reason, r.error) for r in results if r.status is not Status.OK])
+        not_ok = [(r.seq, r.reason, r.error) for r in results if r.status is not Status.OK]
+        assert all(r.status is Status.OK for r in results), (cam, not_ok)
     flood = [r for r in sink.results if r.source == "flood"]
     assert [r.seq for r in flood] == list(range(FRAMES))
     shed = [r for r in flood if r.status is Status.FAILED]
@@ -173,7 +168,8 @@ def test_duration_ends_a_live_source_while_it_reconnects(rtsp):
     sink = CollectSink()
     url = rtsp.url("car-detection.mp4")
     config = build_config({"sources": [{"url": url, "name": "cam", **FAST_RECONNECT}], "duration_s": 6.0})
-    runner = threading.Thread(target=lambda: run(config, sinks=[sink], hooks=RunHooks(on_decoded=lambda f: decoded.set())))
+    hooks = RunHooks(on_decoded=lambda f: decoded.set())
+    runner = threading.Thread(target=lambda: run(config, sinks=[sink], hooks=hooks))
     start = time.monotonic()
     runner.start()
     assert decoded.wait(30), "no frames from the RTSP server"
@@ -189,12 +185,7 @@ def test_duration_ends_a_live_source_while_it_reconnects(rtsp):
 
 
 def test_nvdec_without_a_gpu_is_a_clear_error(car_clip):
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", str(car_clip), "--decode", "nvdec", "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = vidpipe("run", str(car_clip), "--decode", "nvdec", "--quiet")
     if proc.returncode == 0:
         pytest.skip("this machine decodes with NVDEC")
     assert proc.returncode == 2

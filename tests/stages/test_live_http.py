@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 from engines.errors import SourceError
 from pipeline.api import run
 from pipeline.config import build_config
+from tests.cli_run import start, vidpipe
 from tests.clips import make_clip, remux
 from tests.http_server import MjpegCamera
 from tests.sinks import CollectSink
@@ -24,7 +23,8 @@ FAST = {"stall_s": 1.0, "open_timeout_s": 2.0}
 
 def run_live(url: str, **config) -> tuple:
     sink = CollectSink()
-    summary = run(build_config({"sources": [{"url": url, "name": "cam", **FAST}], "progress": False, **config}), sinks=[sink])
+    run_config = build_config({"sources": [{"url": url, "name": "cam", **FAST}], "progress": False, **config})
+    summary = run(run_config, sinks=[sink])
     assert summary.balanced
     assert sink.seqs("cam") == list(range(summary.sources["cam"].decoded))
     return summary, sink
@@ -78,11 +78,9 @@ def test_sigterm_during_an_http_outage_ends_cleanly(tmp_path: Path):
     config = tmp_path / "cam.yaml"
     with MjpegCamera() as camera:
         url = camera.url("/cam.mjpg?frames=20&then=hang&once=1")
-        config.write_text(json.dumps({"sources": [{"url": url, "name": "cam", **FAST}], "outputs": {"jsonl": str(out)}}))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--quiet"],
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        settings = {"sources": [{"url": url, "name": "cam", **FAST}], "outputs": {"jsonl": str(out)}}
+        config.write_text(json.dumps(settings))
+        proc = start("run", "--config", str(config), "--quiet", stdout=None)
         deadline = time.monotonic() + 60
         while camera.connections < 2 and time.monotonic() < deadline:
             time.sleep(0.1)  # the second connection is the reconnect: the outage has begun
@@ -98,7 +96,7 @@ def test_sigterm_during_an_http_outage_ends_cleanly(tmp_path: Path):
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/cam.mp4", "gopher://x/y"])
 def test_an_unsupported_url_scheme_is_refused_in_one_line(url: str):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", url, "--quiet"], capture_output=True, text=True, timeout=120)
+    proc = vidpipe("run", url, "--quiet")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "unsupported URL scheme" in lines[0] and "http://" in lines[0]

@@ -49,7 +49,9 @@ def opencv_upright(path: Path) -> np.ndarray:
 # ---- rotation ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rotate, displayed", [(90, (240, 40, 300, 140)), (270, (60, 500, 120, 600)), (180, (500, 240, 600, 300))])
+@pytest.mark.parametrize(
+    "rotate, displayed", [(90, (240, 40, 300, 140)), (270, (60, 500, 120, 600)), (180, (500, 240, 600, 300))]
+)
 def test_rotated_video_is_decoded_as_displayed(tmp_path: Path, rotate: int, displayed: tuple) -> None:
     """`rotate=90` (clockwise, as `ffmpeg -metadata:s:v:0 rotate=90` writes it) on a 640x360 clip
     with a red block at coded [40,60,140,120] displays it at [240,40,300,140] of a 360x640
@@ -181,7 +183,8 @@ def test_realtime_paces_a_stream_without_timestamps_at_its_nominal_rate(tmp_path
 @pytest.mark.parametrize("realtime", [False, True])
 def test_duration_is_seconds_of_video_for_a_file(car_clip: Path, realtime: bool) -> None:
     """--duration 2 on the 12.5 fps car clip: the frames of its first 2 s, paced or not."""
-    summary, sink = run_collect({"sources": [{"url": str(car_clip), "name": "cam"}], "duration_s": 2.0, "realtime": realtime})
+    sources = [{"url": str(car_clip), "name": "cam"}]
+    summary, sink = run_collect({"sources": sources, "duration_s": 2.0, "realtime": realtime})
     assert summary.sources["cam"].decoded == 25
     assert [r.time_s for r in sink.results][-1] == pytest.approx(1.92)
     assert sink.events[-1].details["reason"] == "duration"

@@ -37,7 +37,12 @@ While this run's spool holds records, new ones go behind them in it, so per stre
 record reaches Redis after all older ones. A spool that cannot be written (disk full)
 does not stop the writer: results wait in memory while Redis takes them, and only when
 Redis is down too does publishing fail (OutputError).
+
+This module holds the Sink side, the memory buffer and the spool; the stream claims are in
+claims.py, the XADD transactions and their confirmation in writes.py, the writer and spooler
+threads in writer.py.
 """
+
 
 from __future__ import annotations
 
@@ -45,12 +50,11 @@ import json
 import logging
 import os
 import re
-import socket
 import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import redis
 from redis.exceptions import NoPermissionError
@@ -60,55 +64,22 @@ from pipeline.config import RedisConfig
 from pipeline.observability.summary import RunSummary
 from pipeline.sinks import lock_directory
 from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
+from pipeline.sinks.redis.claims import CLAIM_RENEW_S, CLAIM_TTL_MS, LIVE_RUNS, Conflict, StreamClaims
 from pipeline.sinks.redis.entries import SLOTS_PER_SEQ, connect
 from pipeline.sinks.redis.spool import Spool
+from pipeline.sinks.redis.writer import BACKOFF_S, BATCH, SPOOL_AFTER_S, SYNC_INTERVAL_S, WriterThread
+from pipeline.sinks.redis.writes import Entry, encode_entry
 from stages.redact import redact_url
-from stages.types import EventType, Result, SourceEvent
+from stages.types import Result, SourceEvent
+
+__all__ = [
+    "BACKOFF_S", "BATCH", "BUFFER_MAX", "CLAIM_RENEW_S", "CLAIM_TTL_MS", "SPOOL_AFTER_S", "SYNC_INTERVAL_S",
+    "Entry", "RedisSink", "check_spool_dir",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
-BATCH = 500
-BUFFER_MAX = 2_000
-SPOOL_AFTER_S = 1.0
-SYNC_INTERVAL_S = 0.2
-BACKOFF_S = (0.05, 1.0)
-CLAIM_TTL_MS = 15_000
-CLAIM_RENEW_S = 2.0
-_ALREADY_WRITTEN = "equal or smaller than the target stream top item"
-
-# Claim a stream for a run: HSET the hash KEYS[1] field ARGV[1] unless another run holds
-# it and its claim has not expired (by Redis's clock). Returns nil, or the holder's claim.
-_CLAIM = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current and ARGV[4] ~= '1' then
-  local held = cjson.decode(current)
-  if held['run'] ~= ARGV[2] and tonumber(held['expires']) > now then return current end
-end
-local claim = cjson.decode(ARGV[3])
-claim['expires'] = now + tonumber(ARGV[5])
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(claim))
-return false
-"""
-_RELEASE = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current and cjson.decode(current)['run'] == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0
-"""
-
-
-_LIVE_RUNS: set[str] = set()  # run ids of this process's open sinks
-
-
-class _Conflict(Exception):
-    """Another live run holds the claim on a stream."""
-
-
-class Entry(NamedTuple):
-    key: str
-    position: int
-    fields: dict[str, str]
+BUFFER_MAX = 2_000  # read here, at each put: tests lower it with monkeypatch
 
 
 def check_spool_dir(directory: Path) -> None:
@@ -130,7 +101,7 @@ def check_spool_dir(directory: Path) -> None:
         ) from None
 
 
-class RedisSink:
+class RedisSink(WriterThread):
     """Publishes results, events and the summary to Redis Streams without blocking the run.
 
     sources, when given, are claimed at start: OutputError if another run writes one of
@@ -144,10 +115,7 @@ class RedisSink:
         self._url = redact_url(config.url)
         check_spool_dir(config.spool_dir)
         self._client = connect(config.url)
-        self._claim_script = self._client.register_script(_CLAIM)
-        self._release_script = self._client.register_script(_RELEASE)
-        self._holder = json.dumps({"run": run_id, "pid": os.getpid(), "host": socket.gethostname()})
-        self._claimed: set[str] = set()
+        self._claims = StreamClaims(self._client, config.key_prefix, run_id, self._url)
         self._run_ms = int(time.time() * 1000)
         self._stem = f"{self._run_ms:013d}-{re.sub(r'[^A-Za-z0-9_-]', '_', run_id)}"
         self._lock = threading.Lock()
@@ -174,7 +142,7 @@ class RedisSink:
         self._closed = False
         self._stop = threading.Event()
         self._check_at_start(sources or [])
-        _LIVE_RUNS.add(run_id)
+        LIVE_RUNS.add(run_id)
         self._spool_dir_lock = lock_directory(config.spool_dir, "outputs.redis.spool_dir")  # one run per spool dir
         self._leftovers = Spool.leftovers(config.spool_dir)
         if self._leftovers:
@@ -231,8 +199,8 @@ class RedisSink:
                         spool.close()
                     except OSError as err:
                         log.error("redis spool %s: %s", spool.stem, err.strerror)
-        self._release_claims()
-        _LIVE_RUNS.discard(self._run_id)
+        self._claims.release()
+        LIVE_RUNS.discard(self._run_id)
         self._client.close()
         os.close(self._spool_dir_lock)
 
@@ -294,9 +262,9 @@ class RedisSink:
             self._client.ping()
             self._connected = True
             for source in sources:
-                self._claim(self._config.key_prefix + source)
-        except _Conflict as err:
-            self._release_claims()
+                self._claims.claim(self._config.key_prefix + source)
+        except Conflict as err:
+            self._claims.release()
             self._client.close()
             raise OutputError(str(err)) from None
         except (redis.AuthenticationError, NoPermissionError) as err:
@@ -312,32 +280,6 @@ class RedisSink:
             "in the URL (redis://[user]:PASSWORD@host:port/db) and a user allowed to run XADD, "
             f"HSET and EVAL on the keys {self._config.key_prefix}*"
         )
-
-    def _claim(self, key: str) -> None:
-        """Claim (or renew) stream key for this run; _Conflict if another live run holds it."""
-        args = [key, self._run_id, self._holder, "0", CLAIM_TTL_MS]
-        held = self._claim_script(keys=[self._config.key_prefix], args=args)
-        if held is not None:
-            other = json.loads(held)
-            if other.get("host") == socket.gethostname() and not _alive(other.get("pid"), other.get("run")):
-                self._claim_script(keys=[self._config.key_prefix], args=[*args[:3], "1", CLAIM_TTL_MS])
-            else:
-                self._claimed.discard(key)
-                raise _Conflict(
-                    f"redis {self._url}: stream {key} is being written by run {other.get('run')} "
-                    f"(pid {other.get('pid')} on {other.get('host')}); two runs must not publish "
-                    "the same source name: give one of them another --name, or wait for the other "
-                    f"to end (a crashed run's claim expires within {CLAIM_TTL_MS // 1000} s)"
-                )
-        self._claimed.add(key)
-
-    def _release_claims(self) -> None:
-        for key in sorted(self._claimed):
-            try:
-                self._release_script(keys=[self._config.key_prefix], args=[key, self._run_id])
-            except (redis.RedisError, OSError):
-                return  # it expires by itself
-        self._claimed.clear()
 
     # --- publisher side ---
 
@@ -368,7 +310,7 @@ class RedisSink:
                     self._hold_in_memory_locked(entry)
                     return
             try:
-                self._own_spool().append([_encode(entry)])
+                self._own_spool().append([encode_entry(entry)])
             except OSError as err:
                 self._note_spool_error(err)
                 self._hold_in_memory_locked(entry)
@@ -385,357 +327,6 @@ class RedisSink:
                 f"the spool in {self._config.spool_dir} cannot be written ({self._spool_error}); "
                 "free some space there or set outputs.redis.spool_dir elsewhere"
             )
-
-    # --- writer thread ---
-
-    def _run(self) -> None:
-        backoff = BACKOFF_S[0]
-        next_sync = time.monotonic() + SYNC_INTERVAL_S
-        next_renew = time.monotonic() + CLAIM_RENEW_S
-        while not self._stop.is_set():
-            if time.monotonic() >= next_sync:
-                self._sync_spool()
-                next_sync = time.monotonic() + SYNC_INTERVAL_S
-            if self._fatal is not None:
-                self._spool_memory()
-                self._stop.wait(SYNC_INTERVAL_S)
-                continue
-            work = self._take() if self._connected or self._reconnect() else None
-            if work is None:
-                if not self._connected:
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, BACKOFF_S[1])
-                elif time.monotonic() >= next_renew:
-                    self._renew_claims()
-                    next_renew = time.monotonic() + CLAIM_RENEW_S
-                continue
-            spool, entries = work
-            try:
-                self._send(spool, entries)
-            except _Conflict as err:
-                self._conflict(spool, entries, str(err))
-                continue
-            except (redis.AuthenticationError, NoPermissionError) as err:
-                self._set_fatal(self._denied(err))
-                self._failed(spool, entries, err)
-                continue
-            except Exception as err:  # noqa: BLE001 - any failure: spool, retry later
-                if not isinstance(err, (redis.RedisError, OSError)):
-                    log.exception("redis writer: unexpected error; results stay spooled")
-                self._failed(spool, entries, err)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_S[1])
-                continue
-            backoff = BACKOFF_S[0]
-            if self._outage is not None:
-                log.warning("redis %s: writing again; replaying spooled results", self._url)
-                self._outage = None
-            self._sent(spool, entries)
-            if time.monotonic() >= next_renew:
-                self._renew_claims()
-                next_renew = time.monotonic() + CLAIM_RENEW_S
-
-    def _sent(self, spool: Spool | None, entries: list[Entry]) -> None:
-        with self._lock:
-            try:
-                if spool is not None:
-                    spool.commit()
-                    if spool is not self._spool:
-                        self._counts["earlier_runs"] += len(entries)
-                elif self._in_flight_spooled and self._spool is not None:
-                    self._spool.read(len(entries))  # the copy the spooler took meanwhile: done too
-                    self._spool.commit()
-            except OSError as err:
-                self._note_spool_error(err)  # the commit point lags: a later replay resends
-            self._in_flight = None
-            self._in_flight_spooled = False
-            self._busy = False
-            self._idle.notify_all()
-
-    def _watch(self) -> None:
-        """Move results to the spool once the oldest has waited SPOOL_AFTER_S for Redis."""
-        while not self._stop.wait(SYNC_INTERVAL_S / 2):
-            with self._lock:
-                oldest = [batch[0][1] for batch in (self._in_flight, self._buffer) if batch]
-                waited = time.monotonic() - min(oldest) if oldest else 0.0
-                if waited > SPOOL_AFTER_S and not self._in_flight_spooled and self._fatal is None:
-                    if not self._spooling:
-                        log.warning("redis %s: results waited %.1f s for Redis; spooling to %s",
-                                    self._url, waited, self._config.spool_dir)
-                    self._spool_memory_locked()
-
-    def _renew_claims(self) -> None:
-        try:
-            for key in sorted(self._claimed):
-                self._claim(key)
-        except _Conflict as err:
-            self._set_fatal(str(err))
-        except (redis.AuthenticationError, NoPermissionError) as err:
-            self._set_fatal(self._denied(err))
-        except (redis.RedisError, OSError) as err:
-            self._connected = False
-            self._note_outage(err)
-
-    def _reconnect(self) -> bool:
-        try:
-            self._client.ping()
-        except (redis.AuthenticationError, NoPermissionError) as err:
-            self._set_fatal(self._denied(err))
-            return False
-        except (redis.RedisError, OSError) as err:
-            self._note_outage(err)
-            self._spool_memory()
-            return False
-        self._connected = True
-        return True
-
-    def _take(self) -> tuple[Spool | None, list[Entry]] | None:
-        """The next batch, oldest first: earlier runs' spools, memory, this run's spool."""
-        with self._lock:
-            while self._leftovers:
-                spool = self._leftovers[0]
-                lines = spool.read(BATCH)
-                if lines:
-                    self._busy = True
-                    return spool, _decode(lines, spool)
-                log.info("redis: replayed spool %s of an earlier run", spool.stem)
-                spool.remove()
-                self._leftovers.pop(0)
-            if self._buffer:
-                n = min(BATCH, len(self._buffer))
-                self._busy = True
-                self._in_flight = [self._buffer.popleft() for _ in range(n)]
-                return None, [e for e, _ in self._in_flight]
-            if self._spooling:
-                lines = self._spool.read(BATCH) if self._spool is not None else []
-                if lines:
-                    self._busy = True
-                    return self._spool, _decode(lines, self._spool)
-                if self._spool is not None:
-                    try:
-                        self._spool.reset()
-                    except OSError as err:
-                        self._note_spool_error(err)
-                self._spooling = False
-                self._idle.notify_all()
-                return None
-            self._idle.notify_all()
-            self._work.wait(SYNC_INTERVAL_S)
-            return None
-
-    def _send(self, spool: Spool | None, entries: list[Entry]) -> None:
-        """One transaction of XADDs; refusals are confirmed, the unconfirmed re-sent."""
-        keys = list(dict.fromkeys(e.key for e in entries))
-        for key in keys:
-            if key not in self._claimed:
-                self._claim(key)
-        bases, _ = self._bases_for(spool, set(keys))
-        markers = self._check_tops(keys, entries, bases)
-        for _attempt in range(3):
-            bases, from_seqs = self._bases_for(spool, set(keys))
-            refused = self._transaction(entries, bases, from_seqs, markers, publish=spool is None)
-            markers = []
-            if not refused:
-                return
-            entries = self._unconfirmed(refused, bases)
-            if not entries:
-                return
-            self._rebase(spool, entries)
-            self._counts["resent"] += len(entries)
-        raise RuntimeError(f"{len(entries)} entries refused three times; another writer on the stream?")
-
-    def _transaction(
-        self, entries: list[Entry], bases: dict[str, int], from_seqs: dict[str, int],
-        markers: list[tuple[str, dict[str, str]]], publish: bool,
-    ) -> list[Entry]:
-        """MULTI/EXEC of the entries (all or none: an OOM refuses the lot); the refused ones."""
-        pipe = self._client.pipeline(transaction=True)
-        for marker_id, fields in markers:
-            pipe.xadd(fields["key"], fields["fields"], id=marker_id)
-        publish = self._config.pubsub and publish
-        for key, position, fields in entries:
-            if key in from_seqs:
-                fields = {**fields, "from_seq": str(from_seqs[key])}
-            pipe.xadd(key, fields, id=f"{bases[key]}-{position}",
-                      maxlen=self._config.maxlen, approximate=True)
-            if publish:
-                pipe.publish(key, fields["data"])
-        replies = pipe.execute(raise_on_error=False)[len(markers):]
-        xadds = replies[::2] if publish else replies
-        refused, failure = [], None
-        for entry, reply in zip(entries, xadds):
-            if isinstance(reply, redis.ResponseError):
-                if _ALREADY_WRITTEN in str(reply):
-                    refused.append(entry)
-                else:
-                    failure = failure or reply
-                continue
-            self._counts["written"] += 1
-            self._written_by_key[entry.key] = self._written_by_key.get(entry.key, 0) + 1
-            top = (bases[entry.key], entry.position)
-            if top > self._tops.get(entry.key, (0, 0)):
-                self._tops[entry.key] = top
-        if failure is not None:
-            raise failure
-        return refused
-
-    def _unconfirmed(self, refused: list[Entry], bases: dict[str, int]) -> list[Entry]:
-        """The refused entries that are not in the stream as this run's: to be re-sent."""
-        pipe = self._client.pipeline(transaction=False)
-        for key, position, _ in refused:
-            entry_id = f"{bases[key]}-{position}"
-            pipe.xrange(key, entry_id, entry_id)
-        unconfirmed = []
-        for entry, found in zip(refused, pipe.execute()):
-            stored = {_text(k): _text(v) for k, v in found[0][1].items()} if found else {}
-            mine = stored.get("run") == entry.fields["run"] and stored.get("type") == entry.fields["type"]
-            if mine and stored.get("seq") == entry.fields.get("seq"):
-                self._counts["duplicates"] += 1
-            else:
-                unconfirmed.append(entry)
-        if unconfirmed:
-            log.warning("redis %s: %d entries refused by %s were never written there (another run "
-                        "wrote the stream since); re-sending them after its newest entry",
-                        self._url, len(unconfirmed), unconfirmed[0].key)
-        return unconfirmed
-
-    def _rebase(self, spool: Spool | None, entries: list[Entry]) -> None:
-        """New bases above each stream's newest entry for these entries and what follows them."""
-        own = spool is None or spool is self._spool
-        meta = self._meta() if own else spool.meta
-        bases = dict(meta.get("bases", {}))
-        from_seqs = dict(meta.get("from_seqs", {}))
-        firsts: dict[str, Entry] = {}
-        for entry in entries:
-            firsts.setdefault(entry.key, entry)
-        for key, entry in firsts.items():
-            bases[key] = self._last_ms(key) + 1
-            from_seqs[key] = -(-entry.position // SLOTS_PER_SEQ) - 1
-        self._save_bases(spool, own, meta, bases, from_seqs)
-
-    def _check_tops(
-        self, keys: list[str], entries: list[Entry] | None = None, bases: dict[str, int] | None = None
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """Streams whose newest entry went back below what this process wrote: Redis lost them.
-
-        Counted in the report, logged, and marked in the stream by a `redis_data_lost` entry
-        just before the batch's first entry (returned as (ID, XADD args) for the transaction).
-        """
-        keys = [k for k in keys if k in self._tops]
-        if not keys:
-            return []
-        pipe = self._client.pipeline(transaction=False)
-        for key in keys:
-            pipe.xrevrange(key, count=1)
-        markers = []
-        for key, newest in zip(keys, pipe.execute()):
-            now = _id_tuple(_text(newest[0][0])) if newest else None
-            before = self._tops[key]
-            if now is not None and now >= before:
-                continue
-            lost = self._written_by_key.pop(key, 0)
-            with self._lock:
-                self._lost[key] = self._lost.get(key, 0) + lost
-                del self._tops[key]
-            shown_now = "-".join(map(str, now)) if now else "nothing"
-            log.error("redis %s: stream %s went back from %d-%d to %s: Redis lost up to %d results "
-                      "this run wrote (restarted without persistence?)",
-                      self._url, key, *before, shown_now, lost)
-            first = next((e for e in entries or [] if e.key == key), None)
-            if first is not None and first.position > 1:
-                record = {"type": EventType.REDIS_DATA_LOST, "source": first.fields["source"],
-                          "after_seq": -(-first.position // SLOTS_PER_SEQ) - 2,
-                          "wall_time": time.time(), "lost": lost,
-                          "newest_was": "-".join(map(str, before)), "newest_now": shown_now}
-                fields = {"type": record["type"], "source": record["source"], "run": self._run_id,
-                          "data": json.dumps(record, separators=(",", ":"))}
-                marker_id = f"{(bases or {}).get(key, before[0])}-{first.position - 1}"
-                markers.append((marker_id, {"key": key, "fields": fields}))
-        return markers
-
-    def _bases_for(self, spool: Spool | None, keys: set[str]) -> tuple[dict[str, int], dict[str, int]]:
-        """Each stream's ID base (and from_seq, once rebased) for the run owning these entries.
-
-        A new base is saved (fsync'd) in that run's spool state before any entry uses it,
-        so a replay by a later process writes the very same IDs.
-        """
-        own = spool is None or spool is self._spool
-        meta = self._meta() if own else spool.meta
-        bases = dict(meta.get("bases", {}))
-        missing = keys - bases.keys()
-        if missing:
-            for key in missing:
-                bases[key] = max(int(meta["run_ms"]), self._last_ms(key) + 1)
-            self._save_bases(spool, own, meta, bases, dict(meta.get("from_seqs", {})))
-        return bases, dict(meta.get("from_seqs", {}))
-
-    def _save_bases(self, spool: Spool | None, own: bool, meta: dict[str, Any],
-                    bases: dict[str, int], from_seqs: dict[str, int]) -> None:
-        with self._lock:
-            if own:
-                self._bases.update(bases)
-                self._from_seqs.update(from_seqs)
-                if self._spool is not None:
-                    try:
-                        self._spool.set_meta(self._meta())
-                    except OSError as err:
-                        self._note_spool_error(err)
-            else:
-                spool.set_meta({**meta, "bases": bases, "from_seqs": from_seqs})
-
-    def _last_ms(self, key: str) -> int:
-        try:
-            last = self._client.xinfo_stream(key)["last-generated-id"]
-        except redis.ResponseError as err:
-            if "no such key" in str(err):
-                return 0
-            raise
-        return int(_text(last).split("-")[0])
-
-    def _failed(self, spool: Spool | None, entries: list[Entry], err: Exception) -> None:
-        self._connected = False
-        self._note_outage(err)
-        with self._lock:
-            if spool is None and not self._in_flight_spooled:
-                self._buffer.extendleft(reversed(self._in_flight or []))
-            elif spool is not None:
-                spool.rewind()
-            self._in_flight = None
-            self._in_flight_spooled = False
-            self._busy = False
-            self._spool_memory_locked()
-
-    def _conflict(self, spool: Spool | None, entries: list[Entry], message: str) -> None:
-        """Another run holds a stream: a leftover spool waits for a later run; our own results stop."""
-        if spool is not None and spool is not self._spool:
-            log.warning("%s; leaving spool %s of an earlier run for later", message, spool.stem)
-            with self._lock:
-                spool.rewind()
-                self._leftovers.remove(spool)
-                spool.close()
-                self._busy = False
-            return
-        self._set_fatal(message)
-        self._failed(spool, entries, RuntimeError(message))
-
-    def _set_fatal(self, message: str) -> None:
-        if self._fatal is None:
-            log.error("%s; results stay in the spool", message)
-        self._fatal = message
-
-    def _note_outage(self, err: Exception) -> None:
-        message = str(err).rstrip(".") or type(err).__name__
-        if self._outage is None:
-            log.warning("redis %s: %s; spooling results to %s until it is back",
-                        self._url, message, self._config.spool_dir)
-        self._outage = message
-
-    def _note_spool_error(self, err: OSError) -> None:
-        message = f"{err.strerror or err}"
-        if self._spool_error is None:
-            log.error("redis spool in %s: cannot write (%s); results wait in memory for Redis",
-                      self._config.spool_dir, message)
-        self._spool_error = message
 
     # --- spool and drain ---
 
@@ -768,7 +359,7 @@ class RedisSink:
         waiting = in_flight + [e for e, _ in self._buffer]
         try:
             if waiting:
-                self._own_spool().prepend([_encode(e) for e in waiting])
+                self._own_spool().prepend([encode_entry(e) for e in waiting])
                 self._counts["spooled"] += len(self._buffer)
                 self._buffer.clear()
                 self._in_flight_spooled = self._in_flight is not None
@@ -795,40 +386,3 @@ class RedisSink:
     def _drained_locked(self) -> bool:
         return not (self._buffer or self._busy or self._spooling or self._leftovers)
 
-
-def _alive(pid: Any, run: Any) -> bool:
-    """Whether the run holding a claim on this host still runs (its process, or its sink here)."""
-    if pid == os.getpid():
-        return run in _LIVE_RUNS
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, TypeError, ValueError):
-        return True
-    return True
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _id_tuple(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq)
-
-
-def _encode(entry: Entry) -> str:
-    return json.dumps({"key": entry.key, "position": entry.position, "fields": entry.fields},
-                      separators=(",", ":"))
-
-
-def _decode(lines: list[str], spool: Spool) -> list[Entry]:
-    entries = []
-    for line in lines:
-        try:
-            d = json.loads(line)
-            entries.append(Entry(d["key"], int(d["position"]), d["fields"]))
-        except (ValueError, KeyError, TypeError):
-            log.warning("spool %s: skipping an unreadable record: %.80s", spool.path, line)
-    return entries

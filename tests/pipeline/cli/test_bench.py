@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from pipeline.cli.bench import REPEATS, bench
 from pipeline.config import build_config
+from tests.cli_run import vidpipe
 
 
 def test_bench_respects_max_frames_and_repeats_with_and_without_faults(car_clip: Path) -> None:
@@ -25,10 +24,7 @@ def test_bench_respects_max_frames_and_repeats_with_and_without_faults(car_clip:
 
 
 def test_bench_command_prints_the_table(car_clip: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "bench", str(car_clip), "--max-frames", "8"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done = vidpipe("bench", str(car_clip), "--max-frames", "8", timeout=300)
     assert done.returncode == 0, done.stderr
     assert "decode / raw decode (median)" in done.stdout
     assert "pipeline fps (ok frames)" in done.stdout

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,21 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.cli_run import read_jsonl, start, vidpipe_run
 from tests.clips import count_frames
 from tests.models import build_bad_layout_model, build_non_image_model, build_yolov8_model
-
-SCRIPT = Path(sys.executable).parent / "vidpipe"
-VIDPIPE = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "pipeline.cli"]
-
-
-def vidpipe(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*VIDPIPE, "run", "--quiet", *args], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def assert_one_error_line(proc: subprocess.CompletedProcess[str], *names: str) -> str:
@@ -43,7 +29,7 @@ def assert_one_error_line(proc: subprocess.CompletedProcess[str], *names: str) -
 
 def test_no_video_runs_the_bundled_sample(tmp_path: Path) -> None:
     out = tmp_path / "sample.jsonl"
-    proc = vidpipe("--out", str(out))
+    proc = vidpipe_run("--out", str(out))
 
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -106,12 +92,12 @@ def test_bad_input_exits_2_with_one_line(
     paths = SimpleNamespace(tmp=tmp_path, noise=not_video, models=bad_models)
     arguments, names = BAD_INPUTS[case](paths)
     # --out comes first so a case's own --out overrides it.
-    proc = vidpipe("--out", str(tmp_path / "out.jsonl"), *map(str, arguments))
+    proc = vidpipe_run("--out", str(tmp_path / "out.jsonl"), *map(str, arguments))
     assert_one_error_line(proc, *map(str, names))
 
 
 def test_model_no_decoder_fits_names_the_model(tmp_path: Path, bad_models: Path) -> None:
-    proc = vidpipe(
+    proc = vidpipe_run(
         "--model", str(bad_models / "bad_layout.onnx"), "--out", str(tmp_path / "o.jsonl")
     )
     assert_one_error_line(proc, "bad_layout.onnx")
@@ -120,7 +106,7 @@ def test_model_no_decoder_fits_names_the_model(tmp_path: Path, bad_models: Path)
 def test_rejected_run_leaves_an_existing_output_alone(tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
     out.write_text('{"type": "summary"}\n')
-    proc = vidpipe(str(tmp_path / "missing.mp4"), "--out", str(out))
+    proc = vidpipe_run(str(tmp_path / "missing.mp4"), "--out", str(out))
     assert_one_error_line(proc, "missing.mp4")
     assert out.read_text() == '{"type": "summary"}\n'
 
@@ -129,7 +115,7 @@ def test_truncated_video_exits_2_after_publishing_every_decoded_frame(
     tmp_path: Path, truncated_car_clip: Path
 ) -> None:
     out = tmp_path / "truncated.jsonl"
-    proc = vidpipe(str(truncated_car_clip), "--out", str(out))
+    proc = vidpipe_run(str(truncated_car_clip), "--out", str(out))
 
     line = assert_one_error_line(proc, str(truncated_car_clip), "truncated")
     decoded = count_frames(truncated_car_clip)
@@ -150,7 +136,7 @@ def test_truncated_video_exits_2_after_publishing_every_decoded_frame(
 def test_classes_flag_filters_labels(tmp_path: Path, odd_clip: Path) -> None:
     model = build_yolov8_model(tmp_path / "yolov8.onnx")
     out = tmp_path / "dogs.jsonl"
-    proc = vidpipe(
+    proc = vidpipe_run(
         str(odd_clip), "--model", str(model), "--classes", "dog, bicycle", "--out", str(out)
     )
 
@@ -165,10 +151,7 @@ def interrupt(out: Path, video: Path, signals: int) -> tuple[int, str, list[dict
 
     Returns the exit code, stderr and the JSONL records.
     """
-    proc = subprocess.Popen(
-        [*VIDPIPE, "run", "--quiet", str(video), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start("run", "--quiet", str(video), "--out", str(out))
     try:
         deadline = time.monotonic() + 60
         while not (out.exists() and len(out.read_text().splitlines()) >= 20):

@@ -3,8 +3,6 @@ the bad value and what is allowed, and every CLI flag overrides its field."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +13,9 @@ from engines.errors import ConfigError
 from pipeline.cli.main import build_parser
 from pipeline.cli.run import config_from_args
 from pipeline.config import RunConfig, build_config, load_config
+from tests.cli_run import vidpipe
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
-SCRIPT = Path(sys.executable).parent / "vidpipe"
-VIDPIPE = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "pipeline.cli"]
 
 
 def test_the_documented_examples_are_shipped() -> None:
@@ -61,7 +58,10 @@ def test_shipped_examples_say_what_the_issue_promised() -> None:
 
 
 BAD_FILES = {
-    "typo": ("infer:\n  max_bach: 8\n", ["infer.max_bach", "unknown field", "did you mean 'max_batch'", "allowed: contexts, max_batch"]),
+    "typo": (
+        "infer:\n  max_bach: 8\n",
+        ["infer.max_bach", "unknown field", "did you mean 'max_batch'", "allowed: contexts, max_batch"],
+    ),
     "enum": ("model:\n  backend: tensorflow\n", ["model.backend", "'tensorflow'", "'onnxruntime' or 'tensorrt'"]),
     "range": ("infer:\n  contexts: 0\n", ["infer.contexts", "= 0", "greater than or equal to 1"]),
     "in a list": ("sources:\n  - url: a.mp4\n    policy: drop\n", ["sources[0].policy", "'drop'", "'block' or 'shed'"]),
@@ -119,7 +119,7 @@ def test_cli_rejects_a_bad_file_with_one_line_and_exit_2(tmp_path: Path) -> None
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  backend: tensorflow\n")
 
-    proc = subprocess.run([*VIDPIPE, "run", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    proc = vidpipe("run", "--config", str(path), timeout=60)
 
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

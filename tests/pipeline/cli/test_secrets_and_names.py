@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 import time
 import types
 import typing
@@ -21,16 +20,11 @@ from pipeline.config import RunConfig, build_config
 from pipeline.observability.report import print_summary
 from pipeline.observability.summary import RunSummary, SourceLedger
 from stages.redact import redact, redact_url
+from tests.cli_run import read_jsonl, start, vidpipe
 from tests.redis_server import RedisServer
 from tests.rtsp_server import RtspServer, free_port
 
-SCRIPT = Path(sys.executable).parent / "vidpipe"
-VIDPIPE = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "pipeline.cli"]
 SECRET = "S3cretPW"
-
-
-def vidpipe(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*VIDPIPE, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -81,10 +75,7 @@ def test_camera_credentials_never_leave_the_process(media: Path, tmp_path: Path,
             "sources": [{"url": url, "stall_s": 1.0, "open_timeout_s": 2.0, "max_reconnects": 0}],
             "outputs": {"jsonl": str(out), "redis": {"url": redis_server.url, "spool_dir": str(tmp_path / "spool")}},
         }))  # fmt: skip
-        proc = subprocess.Popen(
-            [*VIDPIPE, "--log-level", "DEBUG", "run", "--config", str(config), "--quiet"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        proc = start("--log-level", "DEBUG", "run", "--config", str(config), "--quiet")
         try:
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline and not (out.exists() and '"type":"frame"' in out.read_text()):
@@ -95,7 +86,7 @@ def test_camera_credentials_never_leave_the_process(media: Path, tmp_path: Path,
             raise
     stdout, stderr = proc.communicate(timeout=90)
 
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    records = read_jsonl(out)
     failed = [r for r in records if r["type"] == "source_failed"]
     assert proc.returncode == 2 and failed, stderr
     assert f"rtsp://admin:***@127.0.0.1:{rtsp.port}/car-detection.mp4" in records[-1]["error"]

@@ -17,6 +17,7 @@ ray = pytest.importorskip("ray")
 from pipeline.cluster import client  # noqa: E402
 from pipeline.cluster.streams import stream_ledger  # noqa: E402
 from pipeline.config import SourceConfig, build_config  # noqa: E402
+from tests.cli_run import vidpipe  # noqa: E402
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
@@ -103,7 +104,8 @@ def test_a_killed_worker_moves_its_sources_and_every_seq_appears_once(redis_db, 
     for name in victims:
         history = final["sources"][name]["history"]
         assert history[-1]["moved_from"] == victim and history[-1]["first_seq"] > 0
-        print(f"failover of {name}: {history[-1]['time'] - killed_at:.2f} s from SIGKILL to its start on {history[-1]['worker']}")
+        took = history[-1]["time"] - killed_at
+        print(f"failover of {name}: {took:.2f} s from SIGKILL to its start on {history[-1]['worker']}")
 
 
 def test_sources_are_added_and_removed_while_running(redis_db, tmp_path, car_clip, person_clip):
@@ -159,7 +161,10 @@ def _pid_or_none(coordinator) -> int | None:
 
 
 def test_without_ray_the_cluster_command_says_how_to_install_it():
-    code = "import sys; sys.modules['ray'] = None; from pipeline.cli.main import main; sys.exit(main(['cluster', 'status']))"
+    code = (
+        "import sys; sys.modules['ray'] = None; from pipeline.cli.main import main; "
+        "sys.exit(main(['cluster', 'status']))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
@@ -198,11 +203,6 @@ def test_a_live_source_moved_off_a_killed_worker_reports_the_outage_and_seq_cont
     assert seqs == list(range(70))  # in order, no hole where the source moved
 
 
-def vidpipe(*args: str) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).parent / "vidpipe"
-    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300)
-
-
 def test_the_cli_runs_a_site_reports_the_ledger_and_stops(redis_db, ray_cluster, tmp_path, car_clip):
     config = tmp_path / "site.yaml"
     config.write_text(
@@ -210,17 +210,20 @@ def test_the_cli_runs_a_site_reports_the_ledger_and_stops(redis_db, ray_cluster,
         f"outputs:\n  redis:\n    url: {redis_db.url}\n    spool_dir: {tmp_path / 'spool'}\n"
     )
     address = ray_cluster.address
-    run = vidpipe("cluster", "--ray", address, "--config", str(config), "--max-frames", "20", "--workers", "2")
+    run = vidpipe(
+        "cluster", "--ray", address, "--config", str(config), "--max-frames", "20", "--workers", "2", timeout=300
+    )
     assert run.returncode == 0, run.stderr
     assert "cluster ledger (from the streams): 40 results = 40 ok + 0 failed" in run.stdout
-    status = vidpipe("cluster", "status", "--ray", address)
+    status = vidpipe("cluster", "status", "--ray", address, timeout=300)
     assert status.returncode == 0 and "lobby" in status.stdout and "lift" in status.stdout
-    missing = vidpipe("cluster", "add", str(tmp_path / "nope.mp4"), "--ray", address)
-    assert (missing.returncode, missing.stderr.strip()) == (2, f"vidpipe: error: {tmp_path / 'nope.mp4'}: no such file; check the path")
-    again = vidpipe("cluster", "--ray", address, "--config", str(config))
+    missing = vidpipe("cluster", "add", str(tmp_path / "nope.mp4"), "--ray", address, timeout=300)
+    expected = f"vidpipe: error: {tmp_path / 'nope.mp4'}: no such file; check the path"
+    assert (missing.returncode, missing.stderr.strip()) == (2, expected)
+    again = vidpipe("cluster", "--ray", address, "--config", str(config), timeout=300)
     assert again.returncode == 2 and "running already" in again.stderr
-    assert vidpipe("cluster", "stop", "--ray", address).returncode == 0
-    gone = vidpipe("cluster", "status", "--ray", address)
+    assert vidpipe("cluster", "stop", "--ray", address, timeout=300).returncode == 0
+    gone = vidpipe("cluster", "status", "--ray", address, timeout=300)
     assert gone.returncode == 2 and gone.stderr.strip() == (
         "vidpipe: error: no vidpipe cluster is running; start one with vidpipe cluster --config FILE"
     )

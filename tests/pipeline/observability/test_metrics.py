@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -25,10 +23,8 @@ from pipeline.observability.metrics import MAX_CONNECTIONS, MetricsServer, RunMe
 from pipeline.observability.summary import RunSummary
 from pipeline.runtime.pipeline import RunHooks
 from stages.types import Result
+from tests.cli_run import vidpipe, vidpipe_run
 from tests.redis_server import RedisServer, free_port
-
-SCRIPT = Path(sys.executable).parent / "vidpipe"
-VIDPIPE = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "pipeline.cli"]
 
 FAMILIES = {
     "vidpipe_frames_in", "vidpipe_frames_out", "vidpipe_queue_depth", "vidpipe_queue_capacity",
@@ -186,10 +182,9 @@ def test_a_port_in_use_is_a_user_error() -> None:
 
 
 def test_cli_port_0_and_json_logs(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [*VIDPIPE, "--log-level", "INFO", "run", "--quiet", "--max-frames", "20", "--metrics-port", "0",
-         "--log-format", "json", "--out", str(tmp_path / "r.jsonl")],
-        capture_output=True, text=True, timeout=120,
+    proc = vidpipe(
+        "--log-level", "INFO", "run", "--quiet", "--max-frames", "20", "--metrics-port", "0",
+        "--log-format", "json", "--out", str(tmp_path / "r.jsonl"),
     )  # fmt: skip
 
     assert proc.returncode == 0, proc.stderr
@@ -217,15 +212,11 @@ def test_metrics_listen_on_loopback_unless_opened() -> None:
 def test_cli_metrics_host_flag_and_default(tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
     for flags, host in (([], "127.0.0.1"), (["--metrics-host", "0.0.0.0"], "0.0.0.0")):
-        proc = subprocess.run(
-            [*VIDPIPE, "run", "--quiet", "--max-frames", "2", "--metrics-port", "0", *flags, "--out", str(out)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        proc = vidpipe_run("--max-frames", "2", "--metrics-port", "0", *flags, "--out", str(out))
         assert proc.returncode == 0, proc.stderr
         summary = json.loads(out.read_text().splitlines()[-1])
         assert summary["outputs"]["metrics"]["url"].startswith(f"http://{host}:")
-    proc = subprocess.run([*VIDPIPE, "run", "--metrics-port", "0", "--metrics-host", "a b"],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = vidpipe("run", "--metrics-port", "0", "--metrics-host", "a b", timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "metrics.host" in proc.stderr
 
 

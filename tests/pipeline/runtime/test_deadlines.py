@@ -8,14 +8,13 @@ samples/bench_model.py: the regime in which deadlines used to throw away finishe
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from pipeline.api import run
 from pipeline.config import build_config
-from tests.pipeline.cli.test_cli import VIDPIPE, read_jsonl, vidpipe
+from tests.cli_run import read_jsonl, vidpipe, vidpipe_run
 from tests.sinks import CollectSink
 
 
@@ -38,8 +37,8 @@ def test_the_bench_model_on_a_busy_machine_ends_every_frame_ok(
     tmp_path: Path, cpu_hog: int, bench_model: Path, car_clip: Path, person_clip: Path, flags: list[str]
 ) -> None:
     out = tmp_path / "out.jsonl"
-    done = vidpipe(str(car_clip), str(person_clip), "--model", str(bench_model), "--max-frames", "30",
-                   "--out", str(out), *flags, timeout=600)
+    done = vidpipe_run(str(car_clip), str(person_clip), "--model", str(bench_model), "--max-frames", "30",
+                       "--out", str(out), *flags, timeout=600)
     assert done.returncode == 0, done.stderr
     frames = frame_records(out)
     for source in ("car-detection", "one-by-one-person-detection"):
@@ -65,8 +64,7 @@ def test_sixteen_file_sources_at_default_flags_end_every_frame_ok(cpu_hog: int, 
 
 def test_defaults_are_sized_to_the_host_and_reported(tmp_path: Path, car_clip: Path) -> None:
     out = tmp_path / "out.jsonl"
-    done = subprocess.run([*VIDPIPE, "--log-level", "INFO", "run", "--quiet", str(car_clip), "--max-frames", "5",
-                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    done = vidpipe("--log-level", "INFO", "run", "--quiet", str(car_clip), "--max-frames", "5", "--out", str(out))
     assert done.returncode == 0, done.stderr
     sizing = summary_record(out)["sizing"]
     cpus = len(os.sched_getaffinity(0))
@@ -75,7 +73,7 @@ def test_defaults_are_sized_to_the_host_and_reported(tmp_path: Path, car_clip: P
     assert sizing["max_batch"] == 1 and sizing["batch_shapes"] == [1]
     assert "sized for this host" in done.stderr
     # Every auto value stays overridable.
-    done = vidpipe(str(car_clip), "--max-frames", "5", "--out", str(out), "--threads", "3", "--batch", "6")
+    done = vidpipe_run(str(car_clip), "--max-frames", "5", "--out", str(out), "--threads", "3", "--batch", "6")
     sizing = summary_record(out)["sizing"]
     assert (sizing["intra_op_threads"], sizing["max_batch"], sizing["batch_shapes"]) == (3, 6, [1, 2, 3, 4, 5, 6])
     # Each batch shape was warmed before a context served and measured after.
@@ -84,8 +82,8 @@ def test_defaults_are_sized_to_the_host_and_reported(tmp_path: Path, car_clip: P
 
 def test_frames_that_fail_give_exit_4_and_one_line(tmp_path: Path, car_clip: Path) -> None:
     out = tmp_path / "out.jsonl"
-    done = vidpipe(str(car_clip), "--max-frames", "40", "--out", str(out), "--max-attempts", "1",
-                   "--faults", "error_rate=0.3,seed=4")
+    done = vidpipe_run(str(car_clip), "--max-frames", "40", "--out", str(out), "--max-attempts", "1",
+                       "--faults", "error_rate=0.3,seed=4")
     assert done.returncode == 4, done.stderr
     summary = summary_record(out)
     failed = summary["failed"]
@@ -106,4 +104,5 @@ def test_a_slow_call_is_not_a_hang(car_clip: Path, cpu_hog: int) -> None:
     }), sinks=[sink])
     assert sink.seqs("cam") == list(range(30))
     assert summary.ok == 30, sink.outcomes()
-    assert (summary.inference["timeouts"], summary.inference["abandoned"], summary.inference["engine_reloads"]) == (0, 0, 0)
+    inference = summary.inference
+    assert (inference["timeouts"], inference["abandoned"], inference["engine_reloads"]) == (0, 0, 0)

@@ -15,15 +15,9 @@ from pathlib import Path
 import av
 import pytest
 
-from tests.pipeline.cli.test_cli import VIDPIPE, read_jsonl
+from tests.cli_run import read_jsonl, start, vidpipe_run
 
 SIGCGT_SIGTERM = 1 << (signal.SIGTERM - 1)
-
-
-def start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*VIDPIPE, "run", "--quiet", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
 
 
 def wait_for_handlers(proc: subprocess.Popen[str], timeout: float = 30) -> None:
@@ -102,7 +96,7 @@ def test_a_signal_at_any_moment_ends_the_run_whole(tmp_path: Path, car_clip: Pat
         old = '{"type": "summary", "from": "an earlier run"}\n'
         out.write_text(old)
         sig = (signal.SIGINT, signal.SIGTERM)[attempts % 2]
-        proc = start(*args, "--out", str(out), "--video", str(video))
+        proc = start("run", "--quiet", *args, "--out", str(out), "--video", str(video))
         wait_for_handlers(proc)
         kind = attempts % 3
         if kind == 0:
@@ -132,7 +126,7 @@ def test_a_signal_at_any_moment_ends_the_run_whole(tmp_path: Path, car_clip: Pat
 
 def test_second_signal_ends_the_process_within_a_second_despite_hung_calls(tmp_path: Path, car_clip: Path) -> None:
     out = tmp_path / "hung.jsonl"
-    proc = start(str(car_clip), "--faults", "hang_rate=0.3,hang_s=60,seed=2", "--out", str(out))
+    proc = start("run", "--quiet", str(car_clip), "--faults", "hang_rate=0.3,hang_s=60,seed=2", "--out", str(out))
     deadline = time.monotonic() + 60
     while not (out.exists() and len(out.read_text().splitlines()) >= 5):
         assert proc.poll() is None, proc.communicate()
@@ -158,11 +152,9 @@ def test_abandoned_hung_calls_do_not_keep_the_process_alive(tmp_path: Path, car_
     """Issue 17: a call hung for 60 s is abandoned; the process ends once the summary is written."""
     out = tmp_path / "hung.jsonl"
     began = time.monotonic()
-    proc = subprocess.run(
-        [*VIDPIPE, "run", "--quiet", str(car_clip), "--max-frames", "30",
-         "--faults", "hang_rate=0.3,hang_s=60,seed=2", "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = vidpipe_run(
+        str(car_clip), "--max-frames", "30", "--faults", "hang_rate=0.3,hang_s=60,seed=2", "--out", str(out)
+    )
     took = time.monotonic() - began
 
     assert proc.returncode == 0, proc.stderr
@@ -176,15 +168,12 @@ def test_abandoned_hung_calls_do_not_keep_the_process_alive(tmp_path: Path, car_
 
 def test_two_runs_on_one_output_the_second_exits_2_naming_the_first(tmp_path: Path, car_clip: Path) -> None:
     out = tmp_path / "shared.jsonl"
-    first = start(str(car_clip), "--realtime", "--max-frames", "60", "--out", str(out))
+    first = start("run", "--quiet", str(car_clip), "--realtime", "--max-frames", "60", "--out", str(out))
     deadline = time.monotonic() + 60
     while not (out.exists() and out.stat().st_size > 0):
         assert first.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    second = subprocess.run(
-        [*VIDPIPE, "run", "--quiet", str(car_clip), "--max-frames", "5", "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    second = vidpipe_run(str(car_clip), "--max-frames", "5", "--out", str(out))
     first.communicate(timeout=120)
 
     assert second.returncode == 2
@@ -201,8 +190,7 @@ def test_two_runs_on_one_output_the_second_exits_2_naming_the_first(tmp_path: Pa
 
 def test_jsonl_is_created_private(tmp_path: Path, tiny_clip: Path) -> None:
     out = tmp_path / "private.jsonl"
-    proc = subprocess.run([*VIDPIPE, "run", "--quiet", str(tiny_clip), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = vidpipe_run(str(tiny_clip), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.stat().st_mode & 0o777 == 0o600
 
@@ -229,7 +217,7 @@ def test_a_signal_during_start_up_leaves_an_existing_output_as_it_was(
 ) -> None:
     out = tmp_path / "earlier.jsonl"
     out.write_text('{"type": "summary"}\n')
-    proc = start(str(car_clip), "--out", str(out))
+    proc = start("run", "--quiet", str(car_clip), "--out", str(out))
     wait_for_handlers(proc)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
@@ -245,16 +233,14 @@ def test_two_runs_on_one_spool_directory_the_second_exits_2_naming_the_first(
 ) -> None:
     """The Redis spool directory is one run's too (here the default, .vidpipe-spool in the cwd)."""
     url, client = redis_server.url, redis_server.client()
-    command = [*VIDPIPE, "run", "--quiet", str(car_clip), "--redis", url]
-    first = subprocess.Popen([*command, "--realtime", "--max-frames", "40"], cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    command = [str(car_clip), "--redis", url]
+    first = start("run", "--quiet", *command, "--realtime", "--max-frames", "40", cwd=tmp_path)
     deadline = time.monotonic() + 60
     while not client.xlen("vidpipe:results:car-detection"):
         assert first.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     # Another source name: the streams do not clash (that is refused too), only the spool directory.
-    second = subprocess.run([*command, "--max-frames", "5", "--name", "other"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    second = vidpipe_run(*command, "--max-frames", "5", "--name", "other", cwd=tmp_path)
     first.communicate(timeout=120)
 
     assert second.returncode == 2

@@ -281,8 +281,13 @@ def test_ten_thousand_rebuilds_leave_memory_and_threads_where_they_were(tmp_path
     model = tmp_path / "tiny.onnx"
     build_yolov8_model(model, boxes=[(0, 0.9, 4, 4, 20, 20)], input_size=(64, 64), num_classes=2)
     # A fresh process: the suite's own memory (freed or grown by other tests) must not blur the figure.
-    code = f"import json; from tests.pipeline.runtime.test_scheduler import measure_rebuilds; print(json.dumps(measure_rebuilds({str(model)!r}, 10_000)))"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[3], capture_output=True, text=True, timeout=600)
+    code = (
+        "import json; from tests.pipeline.runtime.test_scheduler import measure_rebuilds; "
+        f"print(json.dumps(measure_rebuilds({str(model)!r}, 10_000)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).parents[3], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     before, after = figures["before"], figures["after"]

@@ -72,13 +72,10 @@ def test_a_full_spool_drops_and_counts(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_broker_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
+    from tests.cli_run import vidpipe
     from tests.redis_server import free_port
 
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--track", "--max-frames", "5",
-                           "--mqtt", f"mqtt://user:secret@127.0.0.1:{free_port()}"],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    url = f"mqtt://user:secret@127.0.0.1:{free_port()}"
+    proc = vidpipe("run", "--track", "--max-frames", "5", "--mqtt", url, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "cannot connect" in proc.stderr and "secret" not in proc.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 
@@ -14,6 +12,7 @@ from pipeline.api import run
 from pipeline.config import RedisConfig, build_config
 from pipeline.runtime.pipeline import RunHooks
 from pipeline.sinks.redis.sink import RedisSink
+from tests.cli_run import vidpipe_run
 
 
 def stream_records(client, key: str) -> list[dict]:
@@ -39,7 +38,8 @@ def test_redis_killed_mid_run_and_restarted_loses_and_duplicates_nothing(make_re
         }
     )
     outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.setdefault("summary", run(config, hooks=RunHooks(on_result=on_result))))
+    hooks = RunHooks(on_result=on_result)
+    runner = threading.Thread(target=lambda: outcome.setdefault("summary", run(config, hooks=hooks)))
     runner.start()
     assert published.wait(60)
     server.stop()
@@ -73,11 +73,6 @@ def test_run_with_redis_down_spools_and_a_later_run_replays_it(make_redis_server
     assert [r["seq"] for r in frames] == list(range(30)) + list(range(10))
 
 
-def vidpipe_run(args: list[str], cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--max-frames", "5", "--quiet", *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize("problem", ["wrong password", "same source name"])
 def test_run_refuses_a_redis_it_must_not_write_at_start(make_redis_server, tmp_path, problem):
     server = make_redis_server(password="sesame")
@@ -88,7 +83,7 @@ def test_run_refuses_a_redis_it_must_not_write_at_start(make_redis_server, tmp_p
     else:  # another run publishes the source "sample" right now
         holder = RedisSink(RedisConfig(url=url, spool_dir=tmp_path / "other"), "other-run", ["sample"])
     try:
-        done = vidpipe_run(["--redis", url, "--out", str(tmp_path / "out.jsonl")], tmp_path)
+        done = vidpipe_run("--max-frames", "5", "--redis", url, "--out", str(tmp_path / "out.jsonl"), cwd=tmp_path)
     finally:
         if holder:
             holder.close()

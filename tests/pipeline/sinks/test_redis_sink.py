@@ -308,7 +308,8 @@ def test_a_key_that_is_not_a_stream_keeps_results_spooled_and_says_why(redis_ser
 
 
 def test_a_malformed_url_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"outputs\.redis\.url = 'http://:\*\*\*@localhost:6379': must start with redis://") as caught:
+    message = r"outputs\.redis\.url = 'http://:\*\*\*@localhost:6379': must start with redis://"
+    with pytest.raises(ConfigError, match=message) as caught:
         build_config({"outputs": {"redis": {"url": "http://:secret@localhost:6379"}}})
     assert "secret" not in str(caught.value)
 

@@ -20,6 +20,7 @@ from pipeline.config import RedisConfig
 from pipeline.sinks.redis.sink import RedisSink
 from pipeline.sinks.redis.subscriber import Delivery, live, subscribe
 from stages.types import Result, Status
+from tests.cli_run import start
 from tests.redis_server import publish, run_summary
 
 REPO = Path(__file__).resolve().parents[3]
@@ -147,7 +148,8 @@ def test_two_consumers_split_the_work_and_a_killed_ones_entries_are_reclaimed(re
     def wait_handled(seqs: set[int]) -> None:
         deadline = time.monotonic() + 20
         while not seqs <= set(by_doomed) | set(by_survivor):
-            assert time.monotonic() < deadline, f"never handled: {sorted(seqs - set(by_doomed) - set(by_survivor))[:10]}"
+            unhandled = sorted(seqs - set(by_doomed) - set(by_survivor))
+            assert time.monotonic() < deadline, f"never handled: {unhandled[:10]}"
             time.sleep(0.05)
 
     sink = sink_for(redis_server.url, tmp_path)
@@ -297,10 +299,8 @@ def test_vidpipe_subscribe_prints_live_and_stops_on_ctrl_c(redis_server, tmp_pat
     publish(sink, "cam1", range(7), events={6: "end"})
     sink.write_summary(run_summary({"cam1": 7}))
     sink.close()
-    cmd = [sys.executable, "-m", "pipeline.cli", "subscribe", "--source", "cam1", "--from-start"]
-    cli = subprocess.Popen(cmd + (["--json"] if as_json else []), cwd=REPO, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           env={**os.environ, "REDIS_URL": redis_server.url})
+    cmd = ["subscribe", "--source", "cam1", "--from-start"]
+    cli = start(*cmd, *(["--json"] if as_json else []), cwd=REPO, env={**os.environ, "REDIS_URL": redis_server.url})
     lines = [cli.stdout.readline().rstrip("\n") for _ in range(9)]
     cli.send_signal(signal.SIGINT)
     rest, errors = cli.communicate(timeout=10)

@@ -84,7 +84,8 @@ def test_packets_the_decoder_rejects_are_skipped_in_step(tmp_path: Path, corrupt
 
 
 def test_one_file_for_several_sources_is_a_config_error(tmp_path: Path, tiny_clip: Path) -> None:
-    with pytest.raises(ConfigError, match=r"outputs.video = '.*out.mp4': one file cannot hold 2 sources; give a directory"):
+    message = r"outputs.video = '.*out.mp4': one file cannot hold 2 sources; give a directory"
+    with pytest.raises(ConfigError, match=message):
         build_config({
             "sources": [{"url": str(tiny_clip), "name": "a"}, {"url": str(tiny_clip), "name": "b"}],
             "outputs": {"video": str(tmp_path / "out.mp4")},

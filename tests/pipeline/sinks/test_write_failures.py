@@ -14,13 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.cli.test_cli import VIDPIPE
+from tests.cli_run import start, vidpipe_run
 
 CAR_FRAMES = 377
-
-
-def vidpipe(*args: str, **popen: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*VIDPIPE, "run", "--quiet", *args], capture_output=True, text=True, timeout=180, **popen)
 
 
 def assert_output_failed(proc: subprocess.CompletedProcess[str], *names: str) -> str:
@@ -60,14 +56,14 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_out_on_dev_full(car_clip: Path) -> None:
-    proc = vidpipe(str(car_clip), "--out", "/dev/full")
+    proc = vidpipe_run(str(car_clip), "--out", "/dev/full", timeout=180)
     assert_output_failed(proc, "/dev/full", "No space left on device", "--out")
     assert "frames " in proc.stderr
 
 
 def test_out_on_a_full_tmpfs_keeps_whole_lines_and_stops_decoding(car_clip: Path, small_tmpfs: Path) -> None:
     out = small_tmpfs / "results.jsonl"
-    proc = vidpipe(str(car_clip), "--out", str(out))
+    proc = vidpipe_run(str(car_clip), "--out", str(out), timeout=180)
 
     assert_output_failed(proc, str(out), "No space left on device", "free space")
     records = assert_whole_prefix(out)
@@ -85,7 +81,7 @@ def test_out_over_the_file_size_limit(tmp_path: Path, car_clip: Path) -> None:
     def limit_file_size() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    proc = vidpipe(str(car_clip), "--out", str(out), preexec_fn=limit_file_size)
+    proc = vidpipe_run(str(car_clip), "--out", str(out), preexec_fn=limit_file_size, timeout=180)
 
     assert_output_failed(proc, str(out), "File too large", "ulimit -f")
     assert_whole_prefix(out)
@@ -96,7 +92,7 @@ def test_video_on_a_full_disk_keeps_the_jsonl_and_its_summary(
     tmp_path: Path, car_clip: Path, small_tmpfs: Path
 ) -> None:
     out, video = tmp_path / "results.jsonl", small_tmpfs / "annotated.mp4"
-    proc = vidpipe(str(car_clip), "--out", str(out), "--video", str(video))
+    proc = vidpipe_run(str(car_clip), "--out", str(out), "--video", str(video), timeout=180)
 
     line = assert_output_failed(proc, str(video), "No space left on device", "--video")
     records = assert_whole_prefix(out)
@@ -109,8 +105,7 @@ def test_video_on_a_full_disk_keeps_the_jsonl_and_its_summary(
 
 def test_out_to_a_closed_pipe(car_clip: Path) -> None:
     """`vidpipe run --out /dev/stdout | head -c 1`: the reader goes away."""
-    reader = subprocess.Popen([*VIDPIPE, "run", "--quiet", str(car_clip), "--out", "/dev/stdout"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    reader = start("run", "--quiet", str(car_clip), "--out", "/dev/stdout")
     assert reader.stdout is not None
     reader.stdout.read(1)
     reader.stdout.close()

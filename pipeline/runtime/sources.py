@@ -1,0 +1,144 @@
+"""A source of the run (a file or live decoder with its settings) and the thread that reads it.
+
+`read_source` runs on one thread per source: it paces a --realtime file, stops at
+--max-frames or --duration, hands each decoded frame to the pipeline and ends the source
+with one `source_end` event (its `reason`: end_of_stream, duration, max_frames or stopped).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pipeline.config import OverloadPolicy
+from pipeline.runtime.pacing import PacingClock
+from stages.decode import VideoDecoder
+from stages.live import LiveSource
+from stages.redact import redact, redact_url
+from stages.types import EventType, Frame, SourceEvent
+
+log = logging.getLogger("vidpipe.runtime")
+
+
+@dataclass
+class Source:
+    """A decoder (file or live) with its run-time settings."""
+
+    decoder: VideoDecoder | LiveSource
+    policy: OverloadPolicy = OverloadPolicy.BLOCK
+    realtime: bool = False
+    max_frames: int | None = None
+    duration_s: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.decoder.name
+
+    @property
+    def latency_bound(self) -> bool:
+        """Live sources and paced files promise latency: their frames' deadlines run from
+        decode. An unpaced file's frames get theirs when they enter a batch
+        (pipeline/runtime/scheduler.py)."""
+        return self.realtime or self.decoder.live
+
+
+@dataclass
+class SourceOutlets:
+    """Where a source's reader hands its output: `admit` takes each decoded frame, `emit` each
+    event (in order, before the frames that follow it), `errors` collects the messages that
+    become the summary's error; `stopping` is set when the run stops reading."""
+
+    admit: Callable[[Source, Frame], None]
+    emit: Callable[[SourceEvent], None]
+    errors: list[str]
+    stopping: threading.Event
+
+
+def read_source(source: Source, out: SourceOutlets) -> None:
+    """Read one source to its end, pacing a --realtime file and stopping at --duration.
+
+    --duration is seconds of video for a file (like --max-frames, whatever the speed)
+    and wall-clock seconds for a live source, enforced by a timer so that it also ends
+    a source that is reconnecting or stalled.
+    """
+    decoder = source.decoder
+    expired = threading.Event()
+    timer = _duration_timer(source, expired)
+    end_reason = "end_of_stream"
+    try:
+        end_reason = _read_frames(source, out)
+    except Exception as err:  # a decoder bug must not lose the frames already decoded
+        log.exception("source %s failed", source.name)
+        out.errors.append(f"{source.name}: reading failed: {redact(str(err))}")
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if expired.is_set() and not out.stopping.is_set():
+            end_reason = "duration"
+        elif out.stopping.is_set() and end_reason == "end_of_stream":
+            end_reason = "stopped"
+        decoder.close()
+        details = {"frames": decoder.seq, "reason": end_reason}
+        out.emit(SourceEvent(source.name, EventType.SOURCE_END, decoder.seq - 1, time.time(), details))
+
+
+def _duration_timer(source: Source, expired: threading.Event) -> threading.Timer | None:
+    """A live source's --duration: a started timer that stops its decoder, or None."""
+    decoder = source.decoder
+    if not decoder.live or source.duration_s is None:
+        return None
+    timer = threading.Timer(source.duration_s, lambda: (expired.set(), decoder.stop()))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _read_frames(source: Source, out: SourceOutlets) -> str:
+    """Frames and events of the decoder to `out` until one ends the reading; why it ended."""
+    decoder = source.decoder
+    live = decoder.live
+    clock = PacingClock(decoder.info.fps)
+    for item in decoder:
+        if isinstance(item, SourceEvent):
+            out.emit(item)
+            if item.fatal:
+                out.errors.append(describe_damage(decoder, item))
+            continue
+        video_s, jump = clock.position(item.time_s) if not live else (0.0, None)
+        if not live and source.duration_s is not None and video_s >= source.duration_s:
+            return "duration"
+        if jump is not None:
+            out.emit(SourceEvent(source.name, EventType.TIMESTAMP_JUMP, item.seq - 1, time.time(), jump))
+        if source.realtime:
+            waited = clock.wait_s()
+            out.stopping.wait(waited)
+            # A paced frame enters the pipeline now: its latency and deadline start here.
+            item.decoded_at += waited
+            item.deadline += waited
+        out.admit(source, item)
+        if out.stopping.is_set():
+            return "stopped"
+        if source.max_frames is not None and decoder.seq >= source.max_frames:
+            return "max_frames"
+    return "end_of_stream"
+
+
+def describe_damage(decoder: VideoDecoder | LiveSource, event: SourceEvent) -> str:
+    """The summary's error for a fatal decode event: a truncated or damaged file."""
+    details = event.details
+    url = redact_url(decoder.url)
+    if details.get("error") == "truncated":
+        if "declared" in details:
+            held = f"holds {details['packets']} of its {details['declared']} frames"
+        elif "declared_s" in details:
+            held = f"holds {details['read_s']:g} s of its {details['declared_s']:g} s"
+        else:
+            held = "ends inside a frame"
+        return (
+            f"{url}: truncated: the file {held}; all that could be read were processed; "
+            "re-copy or re-encode the file"
+        )
+    return f"{url}: damaged ({redact(str(details.get('error')))}); frames up to the damage were processed"
