@@ -7,7 +7,11 @@ used. We pin supervision 0.30: the last release that still ships `ByteTrack` (0.
 it to roboflow's `trackers` package) and the first that does not require the
 non-headless `opencv-python` wheel, which would clash with our `opencv-python-headless`
 (two OpenCV builds in one environment overwrite each other's `cv2`). `trackers` itself
-requires `opencv-python`, so it is not used until it offers a headless way in.
+requires `opencv-python`, so it is not used until it offers a headless way in. It is faster:
+its ByteTrack took about 0.3 of supervision's time per frame at 100 objects (2.6.1; 0.6 for
+2.1.0, the last release that did not require `opencv-python`, pinned there forever if used).
+ByteTrack is nearly all of tracking's cost (samples/bench_analytics.py, README), so that is
+the lever if the cost matters.
 
 State is per source and the calls must come in seq order: the publisher calls `update`
 as it releases each result (pipeline/runtime/publisher.py), so this runs on one thread, after
