@@ -58,7 +58,11 @@ class OnnxRuntimeEngine:
         names = [name for name, _ in providers]
         missing = [p for p in names if p not in ort.get_available_providers()]
         if missing:
-            hint = "; install onnxruntime-gpu (pip install -e '.[gpu]' in vidpipe's checkout)" if CUDA in missing else "; pick one of those providers"
+            hint = (
+                "; install onnxruntime-gpu (pip install -e '.[gpu]' in vidpipe's checkout)"
+                if CUDA in missing
+                else "; pick one of those providers"
+            )
             raise ModelError(
                 f"ONNX Runtime here has no {', '.join(missing)}; available: "
                 f"{', '.join(ort.get_available_providers())}{hint}"
@@ -94,7 +98,9 @@ class OnnxRuntimeEngine:
             return ort.InferenceSession(str(self._path), self._options, providers=self._providers)
         except Exception as err:  # ORT raises its own exception types for every load failure
             message = str(err).splitlines()[0][:300]
-            raise ModelError(f"model {self._path}: ONNX Runtime cannot load it ({message}); check it is a valid ONNX file") from None
+            raise ModelError(
+                f"model {self._path}: ONNX Runtime cannot load it ({message}); check it is a valid ONNX file"
+            ) from None
 
     def reload(self) -> None:
         """A new session from the model file; contexts made before keep the old one until closed."""

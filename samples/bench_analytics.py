@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.assets.default_model import DEFAULT_MODEL  # noqa: E402
 from pipeline.config import AnalyticsConfig  # noqa: E402
-from stages.types import Detections, Result, Status  # noqa: E402
 from samples.bench_model import build  # noqa: E402
 from stages.analytics import Analytics  # noqa: E402
+from stages.types import Detections, Result, Status  # noqa: E402
 
 WIDTH, HEIGHT, FRAMES = 1280, 720, 300
 GEOMETRY = {
@@ -173,14 +173,19 @@ def child(argv: list[str]) -> None:
 
 
 def run_once(clip: Path, model: Path, config: Path | None, out: Path) -> dict:
-    argv = ["run", str(clip), "--model", str(model), "--quiet", "--out", str(out), *(["--config", str(config)] if config else [])]
+    argv = ["run", str(clip), "--model", str(model), "--quiet", "--out", str(out)]
+    argv += ["--config", str(config)] if config else []
     done = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True, check=True)
     run = json.loads(done.stdout.strip().splitlines()[-1])
     summary = json.loads(out.read_text().splitlines()[-1])
     if run["code"] != 0 or summary["ok"] != summary["frames"]:
         raise SystemExit(f"run failed: {run} {summary.get('error')}")
     frames = summary["frames"] - 1  # the times run from the first result's release
-    return {"fps": frames / run["wall_s"], "cpu_ms": 1000 * run["cpu_s"] / frames, "step_ms": 1000 * run["step_s"] / summary["frames"]}
+    return {
+        "fps": frames / run["wall_s"],
+        "cpu_ms": 1000 * run["cpu_s"] / frames,
+        "step_ms": 1000 * run["step_s"] / summary["frames"],
+    }
 
 
 def spread(values: list[float], fmt: str = "{:.1f}") -> str:
@@ -208,10 +213,12 @@ def pipeline_bench(rounds: int, frames: int = 250) -> None:
         fps = [t["fps"] / p["fps"] for p, t in zip(plain, tracked)]
         cpu = [t["cpu_ms"] / p["cpu_ms"] for p, t in zip(plain, tracked)]
         share = [100 * t["step_ms"] / t["cpu_ms"] for t in tracked]
-        print(f"{n:3d} objects: fps without {spread([p['fps'] for p in plain])}, with {spread([t['fps'] for t in tracked])}; "
+        print(f"{n:3d} objects: fps without {spread([p['fps'] for p in plain])}, "
+              f"with {spread([t['fps'] for t in tracked])}; "
               f"with/without: fps x{spread(fps, '{:.2f}')}, CPU per frame x{spread(cpu, '{:.2f}')}")  # fmt: skip
         print(f"             CPU per frame with {spread([t['cpu_ms'] for t in tracked])} ms, of which Analytics.step "
-              f"{spread([t['step_ms'] for t in tracked], '{:.2f}')} ms = {spread(share)}% of the pipeline's CPU time")  # fmt: skip
+              f"{spread([t['step_ms'] for t in tracked], '{:.2f}')} ms = "
+              f"{spread(share)}% of the pipeline's CPU time")  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -224,5 +231,5 @@ if __name__ == "__main__":
         print(f"inference (bench model, 640x640, 1 thread): {infer:.2f} ms/frame")
         for n in (10, 100):
             cost, tracks = analytics_ms(n), analytics_ms(n, geometry=False)
-            print(f"tracking + zones + lines, {n:3d} objects:   {cost:.2f} ms/frame = {100 * cost / infer:.1f}% of inference")
-            print(f"tracking alone (--track), {n:3d} objects:   {tracks:.2f} ms/frame = {100 * tracks / infer:.1f}% of inference")
+            for what, ms in (("tracking + zones + lines", cost), ("tracking alone (--track)", tracks)):
+                print(f"{what}, {n:3d} objects:   {ms:.2f} ms/frame = {100 * ms / infer:.1f}% of inference")

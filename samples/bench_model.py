@@ -30,9 +30,11 @@ def build(size: int = 640, seed: int = 0, dynamic: bool = False) -> onnx.ModelPr
 
     def conv(x: str, c_in: int, c_out: int, k: int, stride: int, name: str, bias: float = 0.0, act: bool = True) -> str:
         w = (rng.standard_normal((c_out, c_in, k, k)) * np.sqrt(2 / (c_in * k * k))).astype(np.float32)
-        inits.extend([numpy_helper.from_array(w, f"{name}.w"), numpy_helper.from_array(np.full(c_out, bias, np.float32), f"{name}.b")])
+        b = np.full(c_out, bias, np.float32)
+        inits.extend([numpy_helper.from_array(w, f"{name}.w"), numpy_helper.from_array(b, f"{name}.b")])
         out = f"{name}.out"
-        nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [out], kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4))
+        nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [out],
+                                      kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4))
         if act:
             nodes.append(helper.make_node("Relu", [out], [f"{name}.act"]))
             return f"{name}.act"

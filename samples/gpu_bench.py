@@ -80,9 +80,8 @@ class StageTimes:
 
 
 def vidpipe(label: str, clip: Path, path: Path, sources: int = 1, model: dict | None = None, **config) -> None:
-    from pipeline.runtime.pipeline import RunHooks
-
     from engines.onnxruntime_cuda import PHASE_MS
+    from pipeline.runtime.pipeline import RunHooks
 
     PHASE_MS.clear()
     start, cpu = time.perf_counter(), os.times()
@@ -92,11 +91,13 @@ def vidpipe(label: str, clip: Path, path: Path, sources: int = 1, model: dict | 
                   hooks=RunHooks(on_result=times.write))
     inf = summary.inference
     print(f"{label}: {summary.ok}/{summary.frames} ok, {summary.fps:.0f} fps ok, p50 {summary.latency_p50_ms} ms, "
-          f"p99 {summary.latency_p99_ms} ms, wall {time.perf_counter() - start:.1f} s, first result {summary.first_result_s} s, "
+          f"p99 {summary.latency_p99_ms} ms, wall {time.perf_counter() - start:.1f} s, "
+          f"first result {summary.first_result_s} s, "
           f"rebuild p99 {inf['rebuild_ms_p99']} ms, timeouts {inf['timeouts']}, abandoned {inf['abandoned']}, "
           f"reloads {inf['engine_reloads']}, mean batch {inf['mean_batch']}, stage ms {times.means()}, "
           f"CUDA call phases ms/batch {({k: round(v / max(1, inf['batches']), 2) for k, v in PHASE_MS.items()})}, "
-          f"sizing {summary.sizing}, CPU cores busy {(sum(os.times()[:2]) - sum(cpu[:2])) / (time.perf_counter() - start):.1f}, "
+          f"sizing {summary.sizing}, "
+          f"CPU cores busy {(sum(os.times()[:2]) - sum(cpu[:2])) / (time.perf_counter() - start):.1f}, "
           f"gpu letterbox {inf.get('gpu_letterbox')} candidates {inf.get('gpu_candidates')}", flush=True)
 
 
@@ -109,15 +110,18 @@ def main() -> None:
             print(f"raw ORT IO binding b{batch}: {raw_iobinding_fps(model, batch):.0f} fps", flush=True)
         for graph in (True, False):
             try:
-                print(f"raw ORT IO binding b16, CUDA graph {graph}: {raw_iobinding_fps(model, 16, graph=graph):.0f} fps", flush=True)
+                fps = raw_iobinding_fps(model, 16, graph=graph)
+                print(f"raw ORT IO binding b16, CUDA graph {graph}: {fps:.0f} fps", flush=True)
             except Exception as err:  # ORT refuses a graph when a node falls back to the CPU
                 print(f"raw ORT IO binding b16, CUDA graph {graph}: failed: {str(err)[:200]}", flush=True)
-        print(f"raw ORT IO binding b16, 4 sessions at once: {raw_iobinding_fps(model, 16, sessions=4):.0f} fps", flush=True)
+        fps = raw_iobinding_fps(model, 16, sessions=4)
+        print(f"raw ORT IO binding b16, 4 sessions at once: {fps:.0f} fps", flush=True)
     if what in ("all", "gpu"):
         sixteen = {"sources": 16, "model": gpu, "max_frames": 600}
         vidpipe("gpu 1 source defaults", clip, model, model=gpu)
         vidpipe("gpu 16 sources defaults", clip, model, **sixteen)
-        vidpipe("gpu 16 sources, whole outputs to the host", clip, model, **{**sixteen, "model": {**gpu, "gpu_candidates": False}})
+        whole = {**sixteen, "model": {**gpu, "gpu_candidates": False}}
+        vidpipe("gpu 16 sources, whole outputs to the host", clip, model, **whole)
         vidpipe("gpu 16 sources, CPU letterbox", clip, model, **{**sixteen, "model": {**gpu, "gpu_letterbox": False}})
         vidpipe("gpu 16 sources 4 contexts", clip, model, **sixteen, infer={"contexts": 4})
         vidpipe("gpu 16 sources nvdec", clip, model, **sixteen, decode="nvdec")

@@ -51,11 +51,11 @@ def run_naive(video: str, model: str, max_frames: int | None, out: Path, started
     import numpy as np
     import onnxruntime as ort
 
-    from stages.types import Frame
     from stages.labels import load_names
     from stages.layouts import detect_head
     from stages.postprocess import Postprocess
     from stages.preprocess import letterbox
+    from stages.types import Frame
 
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     spec = session.get_inputs()[0]
@@ -188,7 +188,8 @@ def main() -> None:
     for name in names:
         runs = [r[name] for r in rounds]
         print(f"{name:12} fps {spread([r['fps'] for r in runs])}  first result s "
-              f"{spread([r['first_result_s'] or 0.0 for r in runs])}  peak RSS MiB {spread([r['rss_mib'] for r in runs])}")  # fmt: skip
+              f"{spread([r['first_result_s'] or 0.0 for r in runs])}  "
+              f"peak RSS MiB {spread([r['rss_mib'] for r in runs])}")  # fmt: skip
     for peer in names[1:]:
         fps = [r["vidpipe"]["fps"] / r[peer]["fps"] for r in rounds]
         rss = [r["vidpipe"]["rss_mib"] / r[peer]["rss_mib"] for r in rounds]

@@ -236,7 +236,10 @@ class VideoDecoder:
         truncated = self._truncation() if url_scheme(self.url) is None else None
         if truncated:
             self.errors += 1
-            yield self._event(EventType.DECODE_ERROR, error="truncated", fatal=True, packets=self._packets, frames=self._emitted, **truncated)
+            yield self._event(
+                EventType.DECODE_ERROR, error="truncated", fatal=True,
+                packets=self._packets, frames=self._emitted, **truncated,
+            )
         lost = self._packets - self._emitted
         if lost > 0 or self._concealed:
             # The decoder skips frames that refer to damaged ones, mostly without an error,

@@ -145,13 +145,15 @@ class GpuLetterbox:
             planes = cupy.ndarray((batch, rows, columns), cupy.uint8, cupy.cuda.MemoryPointer(memory, 0))
         if planes.shape != (batch, rows, columns) or planes.dtype != cupy.uint8 or not planes.flags.c_contiguous:
             raise ValueError(
-                f"planes: need contiguous uint8 {(batch, rows, columns)} for {self.source_size}, got {planes.dtype} {planes.shape}"
+                f"planes: need contiguous uint8 {(batch, rows, columns)} for {self.source_size}, "
+                f"got {planes.dtype} {planes.shape}"
             )
         memory = cupy.cuda.UnownedMemory(int(out_ptr), batch * 3 * ih * iw * 4, owner=None)
         out = cupy.ndarray((batch, 3, ih, iw), cupy.float32, cupy.cuda.MemoryPointer(memory, 0))
         width, height = self.source_size
         total = batch * ih * iw
-        args = (planes, out, np.int32(batch), np.int32(width), np.int32(height), np.int32(columns), np.int32(rows * 2 // 3),
+        args = (planes, out, np.int32(batch), np.int32(width), np.int32(height), np.int32(columns),
+                np.int32(rows * 2 // 3),
                 np.int32(nw), np.int32(nh), np.int32(int(self.letterbox.pad_x)), np.int32(int(self.letterbox.pad_y)),
                 np.int32(iw), np.int32(ih), np.float32(PAD_VALUE / 255))  # fmt: skip
         with cupy.cuda.ExternalStream(int(stream)):
@@ -189,8 +191,9 @@ def upload(frames: list[np.ndarray], stream: int) -> Any:
 
 
 def _weights(out_len: int, in_len: int, scale: np.float32, step: np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """(out_len, in_len) float32 weights and each output pixel's covered length: pixel o covers [o*scale*step, (o+1)*scale*step) of the
-    input, each input pixel weighted by its covered length (the kernel's `box`)."""
+    """(out_len, in_len) float32 weights and each output pixel's covered length: pixel o covers
+    [o*scale*step, (o+1)*scale*step) of the input, each input pixel weighted by its covered
+    length (the kernel's `box`)."""
     o = np.arange(out_len, dtype=np.float32)
     x0 = (o * scale) * step
     x1 = ((o + 1) * scale) * step
@@ -199,7 +202,9 @@ def _weights(out_len: int, in_len: int, scale: np.float32, step: np.float32) -> 
     return np.maximum(covered, np.float32(0)).astype(np.float32), (x1 - x0).astype(np.float32)
 
 
-def reference(planes: np.ndarray, input_size: tuple[int, int], source_size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+def reference(
+    planes: np.ndarray, input_size: tuple[int, int], source_size: tuple[int, int]
+) -> tuple[np.ndarray, Letterbox]:
     """What the kernel computes, in numpy: float32 (3, height, width) in 0..1 from one frame's
     I420 `planes` (rows, columns), and its Letterbox. For tests; slow."""
     (width, height), (iw, ih) = source_size, input_size
@@ -222,7 +227,8 @@ def reference(planes: np.ndarray, input_size: tuple[int, int], source_size: tupl
     u = scaled(chroma[0], cw, ch, half) - np.float32(128)
     v = scaled(chroma[1], cw, ch, half) - np.float32(128)
     c = np.float32(Y_SCALE) * y
-    rgb = np.stack([c + np.float32(V_TO_R) * v, c - np.float32(U_TO_G) * u - np.float32(V_TO_G) * v, c + np.float32(U_TO_B) * u])
+    r, b = c + np.float32(V_TO_R) * v, c + np.float32(U_TO_B) * u
+    rgb = np.stack([r, c - np.float32(U_TO_G) * u - np.float32(V_TO_G) * v, b])
     out = np.full((3, ih, iw), np.float32(PAD_VALUE / 255), np.float32)
     out[:, top : top + nh, left : left + nw] = np.clip(rgb, 0, 255) * np.float32(1 / 255)
     ratio = min(iw / width, ih / height)

@@ -13,8 +13,8 @@ import numpy as np
 
 from engines.base import Context, DeviceFill, DeviceFills, DeviceReduce, Engine, InputBuffers, TensorSpec
 from engines.errors import ModelError
-from stages.types import Frame
 from stages.preprocess import stack
+from stages.types import Frame
 
 
 class InferStage:
@@ -76,7 +76,9 @@ class InferStage:
         """The smallest batch shape that holds `count` frames."""
         return next(s for s in shapes if s >= count)
 
-    def inputs(self, frames: list[Frame], context: Context | None = None, batch: int | None = None) -> dict[str, np.ndarray]:
+    def inputs(
+        self, frames: list[Frame], context: Context | None = None, batch: int | None = None
+    ) -> dict[str, np.ndarray]:
         """The batch tensor [batch, 3, H, W], zero-padded past len(frames) (the padding's
         outputs never reach a result: `split` reads only the frames' rows), written straight
         into `context`'s own buffer when it offers one (an optional
@@ -124,7 +126,9 @@ class InferStage:
                 gpu_preprocess.zero(out_ptr + len(frames) * row_bytes, (batch - len(frames)) * row_bytes, stream)
 
         candidates = self.gpu_candidates
-        reduce = None if candidates is None else DeviceReduce(candidates.output, candidates.name, candidates.shape, candidates.run)
+        reduce = None
+        if candidates is not None:
+            reduce = DeviceReduce(candidates.output, candidates.name, candidates.shape, candidates.run)
         return DeviceFill((batch, 3, h, w), np.dtype(np.float32), offset, stage, fill, reduce)
 
     def _buffer(self, count: int) -> np.ndarray:

@@ -50,9 +50,15 @@ __all__ = [
 
 class RunConfig(StrictModel):
     sources: list[SourceConfig] = Field(default_factory=list)
-    deadline_ms: float = Field(2000.0, gt=0.0, le=HOUR_S * 1000, description="Live and paced sources: ms after decode before a frame fails as deadline; unpaced files: ms of retries after a frame enters its batch.")
+    deadline_ms: float = Field(
+        2000.0, gt=0.0, le=HOUR_S * 1000,
+        description="Live and paced sources: ms after decode before a frame fails as deadline; "
+        "unpaced files: ms of retries after a frame enters its batch.",
+    )
     max_frames: int | None = Field(None, ge=1, le=10**12, description="Stop each source after this many frames.")
-    duration_s: float | None = Field(None, gt=0, le=365 * DAY_S, description="Stop each source after this many seconds.")
+    duration_s: float | None = Field(
+        None, gt=0, le=365 * DAY_S, description="Stop each source after this many seconds."
+    )
     realtime: bool = Field(False, description="Pace file sources at their native frame rate.")
     decode: Literal["cpu", "nvdec"] = Field("cpu", description="nvdec: PyAV's CUDA hwaccel (NVIDIA GPUs).")
     model: ModelConfig = OnnxRuntimeModelConfig()

@@ -19,6 +19,7 @@ from stages.redact import has_secret
 SOURCE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 SOURCE_NAME_RULE = "1-64 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
 MAX_THREADS = 256
+SIZED = "None: sized to the host (pipeline/runtime/sizing.py)."
 DAY_S = 86_400.0
 HOUR_S = 3_600.0
 
@@ -97,14 +98,17 @@ class SourceConfig(StrictModel):
 class InferConfig(StrictModel):
     contexts: int = Field(2, ge=1, le=64)
     max_batch: int | None = Field(
-        None, ge=1, le=256, description="Largest inference batch; none: 1 on the CPU, 16 on a GPU (pipeline/runtime/sizing.py)."
+        None, ge=1, le=256,
+        description="Largest inference batch; none: 1 on the CPU, 16 on a GPU (pipeline/runtime/sizing.py).",
     )
     batch_shapes: list[Annotated[int, Field(ge=1, le=256)]] | None = Field(
         None, min_length=1, max_length=16,
-        description="Batch sizes a batch is padded up to, each warmed before a context serves; none: sized to the device.",
+        description="Batch sizes a batch is padded up to, each warmed before a context serves; "
+        "none: sized to the device.",
     )
     hang_factor: float = Field(
-        8.0, ge=2.0, le=1000.0, description="A call is hung past this many times its shape's slowest recent healthy call."
+        8.0, ge=2.0, le=1000.0,
+        description="A call is hung past this many times its shape's slowest recent healthy call.",
     )
     hang_floor_ms: float = Field(250.0, ge=10.0, le=600_000.0, description="...and never before this.")
     max_delay_ms: float = Field(5.0, ge=0.0, le=10_000.0)
@@ -126,8 +130,8 @@ FaultConfig = FaultPlan
 
 class QueueConfig(StrictModel):
     size: int = Field(8, ge=1, le=10_000, description="Capacity per source of each bounded queue between stages.")
-    preprocess_workers: int | None = Field(None, ge=1, le=MAX_THREADS, description="None: sized to the host (pipeline/runtime/sizing.py).")
-    postprocess_workers: int | None = Field(None, ge=1, le=MAX_THREADS, description="None: sized to the host (pipeline/runtime/sizing.py).")
+    preprocess_workers: int | None = Field(None, ge=1, le=MAX_THREADS, description=SIZED)
+    postprocess_workers: int | None = Field(None, ge=1, le=MAX_THREADS, description=SIZED)
 
 
 class RedisConfig(StrictModel):
@@ -152,7 +156,10 @@ class MqttConfig(StrictModel):
     url: str = Field(description="mqtt://[user:password@]host[:1883], or mqtts:// for TLS (port 8883).")
     topic_prefix: str = Field("vidpipe", description="Topics are <prefix>/<source>/events, .../counts.")
     detections: bool = Field(False, description="Also publish every frame's detections (QoS 0).")
-    spool: int = Field(10_000, ge=1, le=60_000, description="Events held while the broker is unreachable; more are dropped and counted.")
+    spool: int = Field(
+        10_000, ge=1, le=60_000,
+        description="Events held while the broker is unreachable; more are dropped and counted.",
+    )
     drain_timeout_s: float = Field(10.0, ge=0.0, description="How long the end of a run waits for the broker.")
     home_assistant: bool = Field(False, description="Publish Home Assistant MQTT discovery for the counters.")
     discovery_prefix: str = "homeassistant"

@@ -11,12 +11,12 @@ from engines.base import CudaEngine, Engine, FaultInjectable
 from engines.errors import InferenceError, ModelError
 from engines.faults import FaultPlan, FaultyEngine
 from engines.spec import EngineSpec, OnnxRuntimeSpec, TensorRTSpec, build_engine
-from pipeline.config import FaultConfig, InferConfig, ModelConfig, TensorRTModelConfig
 from pipeline.assets.default_model import DEFAULT_MODEL
+from pipeline.config import FaultConfig, InferConfig, ModelConfig, TensorRTModelConfig
+from stages import gpu_candidates
 from stages.infer import InferStage
 from stages.labels import load_names
 from stages.layouts import detect_head
-from stages import gpu_candidates
 from stages.output_check import layout_check
 from stages.postprocess import Postprocess
 from stages.preprocess import STRIDE, run_input_size
@@ -71,7 +71,9 @@ def reference_outputs(engine: Engine, stage: InferStage, timeout: float = 60.0) 
     try:
         return context.infer(stage.probe_inputs(), timeout)
     except InferenceError as err:
-        raise ModelError(f"model {engine.name}: a test inference failed ({err}); check the model runs on this backend") from None
+        raise ModelError(
+            f"model {engine.name}: a test inference failed ({err}); check the model runs on this backend"
+        ) from None
     finally:
         context.close()
 

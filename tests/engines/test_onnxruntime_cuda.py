@@ -33,7 +33,8 @@ def ort_cuda_skip_reason() -> str | None:
 
 def gpu(test):
     """`pytest -m gpu` selects it; it skips, saying why, without onnxruntime-gpu and a GPU."""
-    return pytest.mark.gpu(pytest.mark.skipif(ort_cuda_skip_reason() is not None, reason=str(ort_cuda_skip_reason()))(test))
+    reason = ort_cuda_skip_reason()
+    return pytest.mark.gpu(pytest.mark.skipif(reason is not None, reason=str(reason))(test))
 
 
 def cuda_config(clip: Path, model: Path | None = None, **extra) -> dict:
@@ -50,12 +51,13 @@ def cuda_config(clip: Path, model: Path | None = None, **extra) -> dict:
 
 @pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this ONNX Runtime has the CUDA provider")
 def test_asking_for_the_gpu_without_onnxruntime_gpu_is_one_line_and_exit_2(car_clip: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(car_clip), "--device", "cuda", "--max-frames", "3"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    argv = [sys.executable, "-m", "pipeline.cli", "run", str(car_clip), "--device", "cuda", "--max-frames", "3"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "vidpipe: error: ONNX Runtime here has no CUDAExecutionProvider; available: "
-        f"{', '.join(ort.get_available_providers())}; install onnxruntime-gpu (pip install -e '.[gpu]' in vidpipe's checkout)"
+        f"{', '.join(ort.get_available_providers())}; "
+        "install onnxruntime-gpu (pip install -e '.[gpu]' in vidpipe's checkout)"
     ]
 
 
@@ -70,7 +72,8 @@ def test_a_bad_device_is_one_line_and_exit_2(device: str, car_clip: Path) -> Non
 def test_provider_options_are_parsed_and_the_gpu_is_sized_as_one() -> None:
     from pipeline.runtime.sizing import size_run
 
-    config = build_config({"model": {"providers": [{"name": CUDA, "options": {"device_id": 1, "cudnn_conv_algo_search": "DEFAULT"}}]}})
+    options = {"device_id": 1, "cudnn_conv_algo_search": "DEFAULT"}
+    config = build_config({"model": {"providers": [{"name": CUDA, "options": options}]}})
     assert config.model.provider_names == [CUDA]
     assert config.model.providers[0].options == {"device_id": 1, "cudnn_conv_algo_search": "DEFAULT"}
     _, sizing = size_run(config, sources=1)
@@ -211,7 +214,9 @@ def test_candidates_made_on_the_gpu_give_what_the_whole_output_gives() -> None:
 
 
 @gpu
-def test_a_cuda_context_reduces_the_bench_models_output_to_the_reference_rows(person_clip: Path, bench_model: Path) -> None:
+def test_a_cuda_context_reduces_the_bench_models_output_to_the_reference_rows(
+    person_clip: Path, bench_model: Path
+) -> None:
     """One context, one batch of decoded planes, with and without the reduction: the rows it
     returns are stages/gpu_candidates.reference of the whole output it returns."""
     from engines.onnxruntime import OnnxRuntimeEngine
@@ -249,7 +254,8 @@ def test_corrupt_outputs_of_gpu_candidates_are_caught_and_retried(person_clip: P
     assert sink.seqs("cam") == list(range(400)) and summary.balanced
     for result in sink.results:
         if result.detections is not None and len(result.detections):
-            assert result.detections.score.max() <= 1.0 and (result.detections.xyxy[:, 2:] >= result.detections.xyxy[:, :2]).all()
+            boxes = result.detections.xyxy
+            assert result.detections.score.max() <= 1.0 and (boxes[:, 2:] >= boxes[:, :2]).all()
 
 
 @gpu
