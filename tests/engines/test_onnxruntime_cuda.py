@@ -168,17 +168,21 @@ def test_a_context_given_up_on_frees_its_buffers_only_after_its_stream_completes
     assert host.ptr == 0
 
 
+def default_model_detections(setting: str, on: bool) -> dict:
+    """The embedded default on its sample clip on the CUDA provider with model.`setting` on or
+    off (every frame ok, the summary saying so): its detections by seq."""
+    sink = CollectSink()
+    config = {"model": {"providers": [CUDA, "CPUExecutionProvider"], setting: on}}
+    summary = run(build_config(config), sinks=[sink])
+    assert summary.inference[setting] is on and summary.ok == summary.frames
+    return {r.seq: r.detections for r in sink.results}
+
+
 @gpu
 def test_letterboxing_on_the_gpu_finds_what_the_cpu_path_finds() -> None:
     """The embedded default on its sample clip, CUDA provider, letterboxed on the GPU from the
     decoded planes and on the CPU: the same objects, boxes within 2 source pixels."""
-    results = {}
-    for on_gpu in (True, False):
-        sink = CollectSink()
-        config = {"model": {"providers": [CUDA, "CPUExecutionProvider"], "gpu_letterbox": on_gpu}}
-        summary = run(build_config(config), sinks=[sink])
-        assert summary.inference["gpu_letterbox"] is on_gpu and summary.ok == summary.frames
-        results[on_gpu] = {r.seq: r.detections for r in sink.results}
+    results = {on_gpu: default_model_detections("gpu_letterbox", on_gpu) for on_gpu in (True, False)}
     matched = 0
     for seq, cpu in results[False].items():
         gpu = results[True][seq]
@@ -196,13 +200,7 @@ def test_candidates_made_on_the_gpu_give_what_the_whole_output_gives() -> None:
     """The embedded default on its sample clip with the detector output reduced to candidate
     rows on the GPU (stages/gpu_candidates.py) and copied whole: the same results, boxes
     within 0.01 source pixels."""
-    results = {}
-    for reduced in (True, False):
-        sink = CollectSink()
-        config = {"model": {"providers": [CUDA, "CPUExecutionProvider"], "gpu_candidates": reduced}}
-        summary = run(build_config(config), sinks=[sink])
-        assert summary.inference["gpu_candidates"] is reduced and summary.ok == summary.frames
-        results[reduced] = {r.seq: r.detections for r in sink.results}
+    results = {reduced: default_model_detections("gpu_candidates", reduced) for reduced in (True, False)}
     assert results[True].keys() == results[False].keys()
     boxes = 0
     for seq, whole in results[False].items():
