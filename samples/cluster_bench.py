@@ -109,7 +109,7 @@ def frame_span(client, names: list[str], prefix: str) -> tuple[float, float]:
         if head and tail:
             first.append(min(head))
             last.append(max(tail))
-    return min(first), max(last)
+    return (min(first), max(last)) if first else (0.0, 0.0)
 
 
 def trial(config, workers: int, worker_cpus: float, db, kill: bool = False) -> dict:
@@ -134,7 +134,7 @@ def trial(config, workers: int, worker_cpus: float, db, kill: bool = False) -> d
     cores = os.cpu_count() or 1
     out = {
         "workers": workers,
-        "fps": round(frames / (last - first), 2),
+        "fps": round(frames / (last - first), 2) if last > first else 0.0,
         "frames": frames,
         "run_s": round(run_s, 2),
         "finished": final["finished"],
@@ -142,6 +142,8 @@ def trial(config, workers: int, worker_cpus: float, db, kill: bool = False) -> d
         "ok": sum(entry["ok"] for entry in ledgers.values()),
         "busy_cores": round(cores * (busy1 - busy0) / max(1, total1 - total0), 2),
         "worker_cpu_ms_per_frame": round(1000 * worker_cpu_s / max(1, frames), 1),
+        "worker_cores": round(worker_cpu_s / run_s, 2),  # what the workers got of the machine
+        "loadavg_1m": float(Path("/proc/loadavg").read_text().split()[0]),  # others' load shows here
     }
     if failover is not None:
         out["failover"] = failover
@@ -230,6 +232,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--failover", action="store_true", help="then kill a worker in an N-worker run")
     parser.add_argument("--redis-server", help="the redis-server binary")
+    parser.add_argument("--gpus", type=int, help="GPUs Ray may use (default: what Ray finds)")
+    parser.add_argument("--time-limit-s", type=float, help="start no trial that may end past this; print what is done")
     args = parser.parse_args()
     if not Path(args.clip).exists():
         sys.exit(f"cluster_bench: {args.clip}: no such file; give --clip")
@@ -243,32 +247,40 @@ def main() -> None:
         server, url = redis_server(args.redis_server, Path(tmp))
         try:
             ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-                     object_store_memory=256 * 1024**2)  # the cluster passes no data through it
+                     num_gpus=args.gpus, object_store_memory=256 * 1024**2)  # no data passes through it
             resources = ray.cluster_resources()
             log(f"ray: {resources.get('CPU', 0):.0f} CPUs, {resources.get('GPU', 0):.0f} GPUs; redis {url}")
             config = build(args, url, Path(tmp) / "spool")
             db = redis.Redis.from_url(url)
-            trials = []
+            trials, failover, began = [], None, time.monotonic()
+
+            def time_left() -> bool:  # room for one more trial as long as the longest so far
+                longest = max((t["run_s"] for t in trials), default=0.0)
+                return args.time_limit_s is None or time.monotonic() - began + 1.2 * longest < args.time_limit_s
+
             for round_ in range(args.repeats):
                 log(f"round {round_ + 1}/{args.repeats}")
                 for workers in ((1, args.workers) if round_ % 2 == 0 else (args.workers, 1)):
-                    trials.append(trial(config, workers, worker_cpus, db))
-            failover = trial(config, args.workers, worker_cpus, db, kill=True) if args.failover else None
+                    if time_left():
+                        trials.append(trial(config, workers, worker_cpus, db))
+            if args.failover and time_left():
+                failover = trial(config, args.workers, worker_cpus, db, kill=True)
         finally:
             ray.shutdown()
             server.kill()
     one = [t["fps"] for t in trials if t["workers"] == 1]
     many = [t["fps"] for t in trials if t["workers"] == args.workers]
-    ratios = [m / o for o, m in zip(one, many)]
+    ratios = [m / o for o, m in zip(one, many) if o] or [0.0]
+    if not one or not many:
+        sys.exit(f"cluster_bench: no comparison within --time-limit-s; trials: {json.dumps(trials)}")
     report = {
         "device": args.device, "sources": args.sources, "max_frames": args.max_frames, "cores": os.cpu_count(),
         "workers": args.workers, "worker_cpus": worker_cpus, "fps_1": spread(one), f"fps_{args.workers}": spread(many),
-        "ratio": spread(ratios), "of_linear": round(statistics.median(ratios) / args.workers, 3),
+        "ratio": spread(ratios), "rounds": len(ratios), "cut_short": len(trials) < 2 * args.repeats, "of_linear": round(statistics.median(ratios) / args.workers, 3),
         "all_balanced": all(t["balanced"] and t["finished"] for t in trials),
         "busy_cores": {str(w): spread([t["busy_cores"] for t in trials if t["workers"] == w]) for w in (1, args.workers)},
-        "worker_cpu_ms_per_frame": {
-            str(w): spread([t["worker_cpu_ms_per_frame"] for t in trials if t["workers"] == w]) for w in (1, args.workers)
-        },
+        **{key: {str(w): spread([t[key] for t in trials if t["workers"] == w]) for w in (1, args.workers)}
+           for key in ("worker_cpu_ms_per_frame", "worker_cores", "loadavg_1m")},
         "failover": failover and {**failover["failover"], "balanced": failover["balanced"], "fps": failover["fps"]},
         "trials": trials,
     }  # fmt: skip
