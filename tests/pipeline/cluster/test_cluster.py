@@ -111,11 +111,16 @@ def test_a_killed_worker_moves_its_sources_and_every_seq_appears_once(redis_db, 
         print(f"failover of {name}: {took:.2f} s from SIGKILL to its start on {history[-1]['worker']}")
 
 
+FRAMES = 120  # per source in the failure tests: 10-12 s of paced video, time for the failure to land
+
+
 def start_four_and_pick_a_victim(redis_db, tmp_path, clips, away_from: str | None = None, **fields):
-    """Four 80-frame sources over two workers; once the victim's sources have published, the
-    status and the victim: a worker whose node is not `away_from` (a node id)."""
+    """Four paced FRAMES-frame sources over two workers; once the victim's sources have
+    published: the status, the victim (a worker whose node is not `away_from`, a node id) and
+    the sources it holds."""
     sources = [{"url": str(clip), "name": f"cam{i}"} for i, clip in enumerate(clips * 2)]
-    client.start_cluster(make_config(redis_db.url, tmp_path, sources, max_frames=80, realtime=True, **fields), workers=2)
+    config = make_config(redis_db.url, tmp_path, sources, max_frames=FRAMES, realtime=True, **fields)
+    client.start_cluster(config, workers=2)
     current = wait_for("all four sources running", lambda: (s := client.status()) and all(
         row["state"] == "running" for row in s["sources"].values()) and s)
     victim = next(w for w, info in sorted(current["workers"].items()) if info["node"] != away_from)
@@ -131,11 +136,13 @@ def assert_moved_and_every_seq_once(final, victim: str, victims: list[str]) -> N
         assert last["moved_from"] == victim and last["worker"] != victim and last["first_seq"] > 0, (name, last)
     for name, ledger in client.ledger().items():
         assert ledger["duplicates"] == [] and ledger["missing"] == [], (name, ledger)
-        assert ledger["frames"] == ledger["expected"] == 80 and ledger["balanced"], (name, ledger)
+        assert ledger["frames"] == ledger["expected"] == FRAMES and ledger["balanced"], (name, ledger)
 
 
-def test_a_lost_node_moves_its_workers_sources_and_every_seq_appears_once(redis_db, ray_cluster, tmp_path, car_clip, person_clip):
-    spare = ray_cluster.add_node(**NODE)  # where Ray restarts the lost worker
+def test_a_lost_node_moves_its_workers_sources_and_every_seq_appears_once(
+    redis_db, ray_cluster, tmp_path, car_clip, person_clip, cpu_hog
+):
+    ray_cluster.add_node(**NODE)  # the module's cluster keeps three nodes
     ray_cluster.wait_for_nodes()
     head = ray_cluster.head_node.node_id  # holds the coordinator (client.HEAD_NODE)
     current, victim, victims = start_four_and_pick_a_victim(redis_db, tmp_path, [car_clip, person_clip], away_from=head)
@@ -143,13 +150,15 @@ def test_a_lost_node_moves_its_workers_sources_and_every_seq_appears_once(redis_
     ray_cluster.remove_node(next(n for n in ray_cluster.worker_nodes if n.node_id == lost))
 
     assert_moved_and_every_seq_once(client.wait_finished(timeout_s=WAIT_S), victim, victims)
-    # Ray restarts the lost worker where resources allow: the spare node.
+    # Ray restarts the lost worker where resources allow: on a node still there.
     back = wait_for("the lost worker back", lambda: (w := client.status()["workers"][victim])["alive"]
                     and w["node"] != lost and w)
-    assert back["node"] == spare.node_id
+    assert back["node"] in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
 
 
-def test_a_worker_past_its_engine_restart_budget_hands_its_sources_to_the_survivor(redis_db, tmp_path, car_clip, person_clip):
+def test_a_worker_past_its_engine_restart_budget_hands_its_sources_to_the_survivor(
+    redis_db, tmp_path, car_clip, person_clip, cpu_hog
+):
     """A GPU that keeps failing: one worker's engine hits sticky errors (engines/faults.py: an
     error that poisons the process, as a CUDA illegal address does) on every call, so its
     engine process (infer.isolation: process) is restarted until the budget (max_restarts: 1)
