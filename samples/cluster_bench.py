@@ -1,9 +1,10 @@
 """vidpipe cluster scaling: 1 worker against N on the same sources, and the failover time.
 
-    # this machine (CPU): 1 worker vs 2, three rounds each, interleaved
-    python samples/cluster_bench.py --sources 4 --max-frames 150 --repeats 3
-    # a 2-GPU machine: one worker per GPU, 32 sources of the person clip, then a worker killed
-    python samples/cluster_bench.py --device cuda --sources 32 --max-frames 600 --repeats 3 --failover
+    # this machine (CPU): 1 worker vs 2, three rounds each, interleaved, then a worker killed
+    python samples/cluster_bench.py --sources 4 --max-frames 200 --repeats 3 --failover
+    # a 2-GPU machine: one worker per GPU, 32 sources of the person clip
+    python samples/cluster_bench.py --device cuda --gpus 2 --sources 32 --max-frames 300 --repeats 3 \
+        --failover --redis-server .whl/bin/redis-server --model bm.onnx --time-limit-s 420 --json out.json
 
 Needs only Python with vidpipe's dependencies, ray and redis-py importable, and a redis-server
 binary (--redis-server, else redis-server on PATH, else .whl/bin/redis-server): it starts a
@@ -22,7 +23,9 @@ With --failover, one more N-worker run kills a worker (SIGKILL) once its sources
 `moved_s` is the kill to the coordinator's last re-assignment of its sources, `resumed_s`
 the kill to the last of them decoding its first frame on the new worker.
 
-Progress goes to stderr; the figures are printed as one JSON object on stdout.
+Progress goes to stderr; the figures are printed as one JSON object, the last line on stdout
+(Ray may print its own lines there when a worker is killed); --json also writes them, with
+every trial, to a file.
 """
 
 from __future__ import annotations
@@ -232,6 +235,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--failover", action="store_true", help="then kill a worker in an N-worker run")
     parser.add_argument("--redis-server", help="the redis-server binary")
+    parser.add_argument("--json", type=Path, help="also write the figures, with every trial, to this file")
     parser.add_argument("--gpus", type=int, help="GPUs Ray may use (default: what Ray finds)")
     parser.add_argument("--time-limit-s", type=float, help="start no trial that may end past this; print what is done")
     args = parser.parse_args()
@@ -282,8 +286,9 @@ def main() -> None:
         **{key: {str(w): spread([t[key] for t in trials if t["workers"] == w]) for w in (1, args.workers)}
            for key in ("worker_cpu_ms_per_frame", "worker_cores", "loadavg_1m")},
         "failover": failover and {**failover["failover"], "balanced": failover["balanced"], "fps": failover["fps"]},
-        "trials": trials,
     }  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({**report, "trials": trials}, indent=1))
     print(json.dumps(report))
 
 
