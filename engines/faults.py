@@ -121,3 +121,8 @@ class FaultyContext:
 
     def close(self) -> None:
         self._inner.close()
+
+    @property
+    def inner(self) -> Context:
+        """The wrapped context, without faults."""
+        return self._inner

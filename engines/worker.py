@@ -28,7 +28,7 @@ import numpy as np
 
 from engines.base import Context, Engine, Reloadable
 from engines.errors import InferenceError, InferenceTimeout, StickyInferenceError
-from engines.faults import FaultPlan, FaultyEngine
+from engines.faults import FaultPlan, FaultyContext, FaultyEngine
 from engines.spec import ENGINE_SPECS, EngineSpec, build_engine
 
 # Each tensor starts on a cache line, so the worker's reads and writes stay aligned.
@@ -125,7 +125,8 @@ def _error(err: Exception) -> tuple:
 
 
 def _serve(conn: Connection, host: _Host) -> None:
-    """One context: requests in order, until the main process closes the connection."""
+    """One context: requests in order, until the main process closes the connection. Faults
+    injected while it is open apply to it from its next request, as to contexts opened later."""
     try:
         context = host.engine.create_context()
     except Exception as err:  # the main process decides what a failed creation means
@@ -133,10 +134,16 @@ def _serve(conn: Connection, host: _Host) -> None:
         conn.close()
         return
     blocks = _Attached()
+    engine = host.engine
     try:
         if _send(conn, ("opened",)):
-            while _send(conn, _infer(conn, context, blocks, conn.recv())):
-                pass
+            while True:
+                request = conn.recv()
+                if host.engine is not engine and isinstance(host.engine, FaultyEngine):
+                    engine = host.engine
+                    context = FaultyContext(context.inner if isinstance(context, FaultyContext) else context, engine)
+                if not _send(conn, _infer(conn, context, blocks, request)):
+                    break
     except (EOFError, OSError):
         pass  # the main process closed this context
     finally:

@@ -22,6 +22,8 @@ from pipeline.sinks.redis.entries import connect
 from stages.redact import redact_url
 from stages.source import url_scheme
 
+HEAD_NODE = "node:__internal_head__"  # a resource only the head node has (ray._common.constants)
+
 
 def connect_ray(address: str | None, start_local: bool = False) -> Any:
     """Join the Ray cluster at `address` ("auto": the one on this machine).
@@ -103,8 +105,10 @@ def start_cluster(config: RunConfig, workers: int | None = None, worker_cpus: fl
     finally:
         client.close()
     count, options = worker_options(ray, worker_cpus)
+    # On the head node, as Ray's own state actors are: it does not go down with a worker node.
     actor = ray.remote(Coordinator).options(
-        name=COORDINATOR, namespace=NAMESPACE, lifetime="detached", max_restarts=-1, max_concurrency=16, num_cpus=0
+        name=COORDINATOR, namespace=NAMESPACE, lifetime="detached", max_restarts=-1, max_concurrency=16, num_cpus=0,
+        resources={HEAD_NODE: 0.001},
     )
     handle = actor.remote(config.model_dump_json(), workers or count, options)
     ray.get(handle.pid.remote())

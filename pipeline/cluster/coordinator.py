@@ -215,7 +215,8 @@ class Coordinator:
                 self._place(name, source_json, holder)
 
     def _place(self, name: str, source_json: str, previous: str | None) -> None:
-        """Start `name` on the least-loaded live worker, after the last seq its stream holds."""
+        """Start `name` on the least-loaded live worker other than `previous` (where another is
+        alive), after the last seq its stream holds."""
         alive = [w for w in self.workers if w not in self.dead and w in self.seen]
         if not alive:
             return
@@ -224,7 +225,9 @@ class Coordinator:
         if previous is not None and stream_ledger(self.client, key, origin).ended:
             self.state.mark_done(name, {"worker": previous, "state": "done"})
             return
-        target = min(alive, key=lambda w: self._load(w, exclude=name))
+        # A survivor over the worker that lost it (restarted by Ray, it may sit on the same bad GPU).
+        survivors = [w for w in alive if w != previous] or alive
+        target = min(survivors, key=lambda w: self._load(w, exclude=name))
         resume = resume_point(self.client, key, origin)
         live = is_live(SourceConfig.model_validate_json(source_json).url)
         outage_since = (resume.last_wall_time or time.time()) if previous and live else None

@@ -33,11 +33,13 @@ class WorkerCollector:
 
 
 def serve_worker_metrics(worker: Any) -> int:
-    """Serve /metrics for `worker` on metrics.port (any free port when 0 or taken); the port."""
+    """Serve /metrics for `worker` on metrics.host, port metrics.port (any free port when 0 or
+    taken); the port. OSError when the host is not an address of this node."""
     registry = CollectorRegistry()
     registry.register(WorkerCollector(worker))
+    host = worker.config.metrics.host
     try:
-        server, _ = start_http_server(worker.config.metrics.port, addr="127.0.0.1", registry=registry)
+        server, _ = start_http_server(worker.config.metrics.port, addr=host, registry=registry)
     except OSError:  # several workers on one node: the first takes the port, the others any
-        server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
+        server, _ = start_http_server(0, addr=host, registry=registry)
     return server.server_port

@@ -16,8 +16,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
+from engines.base import Context, Engine, EngineEvent, EventHandler, Supervised
+from engines.errors import ConfigError
 from pipeline.api import open_source
 from pipeline.config import RunConfig, SourceConfig
 from pipeline.runtime.model import Model, load_model
@@ -27,6 +29,8 @@ from stages.source import Source, is_live
 from stages.types import EventType, Frame, SourceEvent
 
 log = logging.getLogger("vidpipe.cluster.worker")
+
+EXIT_GRACE_S = 30.0  # how long a worker whose engine is lost waits for its other sources to publish
 
 
 class ResumedDecoder:
@@ -74,6 +78,31 @@ class ResumingRedisSink(RedisSink):
             self._positions[source] = position
 
 
+class SharedEngine:
+    """The worker's one engine as one source's Pipeline sees it: all of it, except `on_event`,
+    which is this Pipeline's own (an engine has one such slot, and each Pipeline's escalation
+    ladder takes it); the worker passes every engine event to each of them. Closing it leaves
+    the engine to the worker."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.name, self.inputs, self.outputs = engine.name, engine.inputs, engine.outputs
+        self.metadata = engine.metadata
+        self.on_event: EventHandler | None = None
+
+    def create_context(self) -> Context:
+        return self._engine.create_context()
+
+    def reload(self) -> None:
+        self._engine.reload()  # type: ignore[attr-defined]  # every backend's engine reloads
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
 class Segment:
     """One source's run on this worker, from `first_seq` to its end or a stop."""
 
@@ -87,6 +116,7 @@ class Segment:
         self.ended: float | None = None
         self.end_seq: int | None = None
         self.stop_requested = False
+        self.engine: SharedEngine | None = None
 
     def status(self) -> dict[str, Any]:
         ledger = self.pipeline.ledger.snapshot()[self.name] if self.pipeline else None
@@ -124,7 +154,19 @@ class PipelineWorker:
         with self._lock:
             if self._model is None:
                 self._model = load_model(self.config.model, self.config.faults, self.config.infer)
+                if isinstance(self._model.engine, Supervised):
+                    self._model.engine.on_event = self._engine_event
             return self._model
+
+    def _engine_event(self, kind: EngineEvent, details: dict[str, Any]) -> None:
+        """An event of the shared engine (a worker restart, the budget spent) goes to every
+        source's Pipeline: each publishes it and each counts it."""
+        with self._lock:
+            live = [s for s in self._segments.values() if s.state in ("starting", "running")]
+        views = [s.engine for s in live if s.engine is not None]
+        for view in views:
+            if view.on_event is not None:
+                view.on_event(kind, details)
 
     def start(self, source_json: str, name: str, resume: dict[str, Any], outage_since: float | None) -> None:
         """Run source `name` from seq resume["seq"] in a thread of its own; returns at once."""
@@ -164,6 +206,34 @@ class PipelineWorker:
             "sources": {name: s.status() for name, s in segments.items()},
         }
 
+    def inject_faults(self, plan_json: str) -> None:
+        """Chaos testing: from now on this worker's engine injects faults per `plan_json`
+        (an engines.faults.FaultPlan as JSON; `{"sticky_rate": 1.0}` is a GPU that keeps
+        failing). Only this incarnation: the actor Ray restarts starts clean. ConfigError
+        unless infer.isolation is process (a poisoned engine needs a process to restart)."""
+        from engines.base import FaultInjectable
+        from engines.faults import FaultPlan
+
+        engine = self._model_once().engine
+        if not isinstance(engine, FaultInjectable):
+            raise ConfigError("cluster fault injection needs infer.isolation: process in the config")
+        engine.inject_faults(FaultPlan.model_validate_json(plan_json))
+
+    def _engine_lost(self, segment: Segment) -> NoReturn:
+        """The engine is past its restart budget (a GPU that keeps failing), so every source
+        here fails: let the others publish what they hold (bounded by EXIT_GRACE_S), then end
+        this actor. The coordinator moves its sources, which resume after the last seq their
+        streams hold, and Ray restarts the actor where resources allow."""
+        segment.state, segment.ended = "lost", time.monotonic()  # not finished: the coordinator moves it
+        deadline = time.monotonic() + EXIT_GRACE_S
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not any(s.state in ("starting", "running") for s in self._segments.values()):
+                    break
+            time.sleep(0.1)
+        log.error("worker %s: inference worker restart budget exhausted; exiting", self.worker)
+        os._exit(3)
+
     def _run(self, segment: Segment, source: SourceConfig, resume: dict[str, Any], outage_since: float | None) -> None:
         name, live = segment.name, is_live(source.url)
         # max_frames counts seqs, so a resumed file ends where it would have.
@@ -185,7 +255,8 @@ class PipelineWorker:
             segment.state, segment.error, segment.ended = "failed", str(err), time.monotonic()
             return
         try:
-            segment.pipeline = Pipeline(config, [opened], model, [sink])
+            segment.engine = SharedEngine(model.engine)
+            segment.pipeline = Pipeline(config, [opened], replace(model, engine=segment.engine), [sink])
             segment.started = time.monotonic()
             segment.state = "running"
             if segment.stop_requested:
@@ -195,13 +266,11 @@ class PipelineWorker:
             sink.write_summary(summary)
             segment.end_seq = opened.decoder.seq
             segment.error = summary.error
+            if summary.inference.worker_budget_exhausted:
+                sink.close()
+                self._engine_lost(segment)
             failed = summary.error and not summary.balanced
             segment.state = "stopped" if segment.stop_requested else ("failed" if failed else "done")
-            if summary.inference.worker_budget_exhausted:
-                # The GPU is past its restart budget: end this actor so Ray restarts it
-                # and the coordinator moves its sources.
-                log.error("worker %s: inference worker restart budget exhausted; exiting", self.worker)
-                os._exit(3)
         except Exception as err:
             log.exception("worker %s: source %s failed", self.worker, name)
             segment.state, segment.error = "failed", str(err)

@@ -249,3 +249,20 @@ def test_past_the_budget_new_contexts_are_refused(tiny_model):
                 time.sleep(0.01)
     finally:
         engine.close()
+
+
+def test_faults_injected_later_reach_the_contexts_already_open(tiny_model):
+    engine = ProcessEngine(functools.partial(OnnxRuntimeEngine, tiny_model), preload=PRELOAD)
+    x = {"images": np.zeros((1, 3, 64, 64), np.float32)}
+    try:
+        context = engine.create_context()
+        context.infer(x, 30)
+        engine.inject_faults(FaultPlan(error_rate=1.0))
+        # The plan reaches the worker on its control pipe, the request on the context's own:
+        # the first requests may still beat it. A cap on attempts guards against a hang.
+        with pytest.raises(InferenceError, match="injected fault"):
+            for _ in range(1_000):
+                context.infer(x, 30)
+                time.sleep(0.01)
+    finally:
+        engine.close()

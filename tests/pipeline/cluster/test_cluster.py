@@ -1,5 +1,6 @@
 """vidpipe over a real multi-node Ray cluster on this machine, publishing to a private
-redis-server: workers killed, sources added and removed, the coordinator restarted."""
+redis-server: workers killed, a node lost, an engine past its restart budget, sources added
+and removed, the coordinator restarted, per-worker metrics."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 ray = pytest.importorskip("ray")
 
-from pipeline.cluster import client  # noqa: E402
+from engines.faults import FaultPlan  # noqa: E402
+from pipeline.cluster import NAMESPACE, client  # noqa: E402
 from pipeline.cluster.streams import stream_ledger  # noqa: E402
 from pipeline.config import SourceConfig, build_config  # noqa: E402
 from tests.cli_run import vidpipe  # noqa: E402
@@ -22,16 +25,16 @@ from tests.cli_run import vidpipe  # noqa: E402
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 WAIT_S = 240  # generous: the machine is small and shared
+NODE = {"num_cpus": 1, "object_store_memory": 80 * 1024**2}  # each node holds one worker
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
     from ray.cluster_utils import Cluster
 
-    node = {"num_cpus": 1, "object_store_memory": 80 * 1024**2}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
     for _ in range(2):
-        cluster.add_node(**node)
+        cluster.add_node(**NODE)
     cluster.wait_for_nodes()
     client.connect_ray(cluster.address)
     yield cluster
@@ -106,6 +109,103 @@ def test_a_killed_worker_moves_its_sources_and_every_seq_appears_once(redis_db, 
         assert history[-1]["moved_from"] == victim and history[-1]["first_seq"] > 0
         took = history[-1]["time"] - killed_at
         print(f"failover of {name}: {took:.2f} s from SIGKILL to its start on {history[-1]['worker']}")
+
+
+FRAMES = 120  # per source in the failure tests: 10-12 s of paced video, time for the failure to land
+
+
+def start_four_and_pick_a_victim(redis_db, tmp_path, clips, away_from: str | None = None, **fields):
+    """Four paced FRAMES-frame sources over two workers; once the victim's sources have
+    published: the status, the victim (a worker whose node is not `away_from`, a node id) and
+    the sources it holds."""
+    sources = [{"url": str(clip), "name": f"cam{i}"} for i, clip in enumerate(clips * 2)]
+    config = make_config(redis_db.url, tmp_path, sources, max_frames=FRAMES, realtime=True, **fields)
+    client.start_cluster(config, workers=2)
+    current = wait_for("all four sources running", lambda: (s := client.status()) and all(
+        row["state"] == "running" for row in s["sources"].values()) and s)
+    victim = next(w for w, info in sorted(current["workers"].items()) if info["node"] != away_from)
+    victims = wait_for("frames from the victim's sources", lambda: (held := running_on(victim)) and all(
+        frames_in(redis_db, n) >= 5 for n in held) and held)
+    return current, victim, victims
+
+
+def assert_moved_and_every_seq_once(final, victim: str, victims: list[str]) -> None:
+    assert final["finished"], final
+    for name in victims:
+        last = final["sources"][name]["history"][-1]
+        assert last["moved_from"] == victim and last["worker"] != victim and last["first_seq"] > 0, (name, last)
+    for name, ledger in client.ledger().items():
+        assert ledger["duplicates"] == [] and ledger["missing"] == [], (name, ledger)
+        assert ledger["frames"] == ledger["expected"] == FRAMES and ledger["balanced"], (name, ledger)
+
+
+def test_a_lost_node_moves_its_workers_sources_and_every_seq_appears_once(
+    redis_db, ray_cluster, tmp_path, car_clip, person_clip, cpu_hog
+):
+    ray_cluster.add_node(**NODE)  # the module's cluster keeps three nodes
+    ray_cluster.wait_for_nodes()
+    head = ray_cluster.head_node.node_id  # holds the coordinator (client.HEAD_NODE)
+    current, victim, victims = start_four_and_pick_a_victim(redis_db, tmp_path, [car_clip, person_clip], away_from=head)
+    lost = current["workers"][victim]["node"]
+    ray_cluster.remove_node(next(n for n in ray_cluster.worker_nodes if n.node_id == lost))
+
+    assert_moved_and_every_seq_once(client.wait_finished(timeout_s=WAIT_S), victim, victims)
+    # Ray restarts the lost worker where resources allow: on a node still there.
+    back = wait_for("the lost worker back", lambda: (w := client.status()["workers"][victim])["alive"]
+                    and w["node"] != lost and w)
+    assert back["node"] in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+
+def test_a_worker_past_its_engine_restart_budget_hands_its_sources_to_the_survivor(
+    redis_db, tmp_path, car_clip, person_clip, cpu_hog
+):
+    """A GPU that keeps failing: one worker's engine hits sticky errors (engines/faults.py: an
+    error that poisons the process, as a CUDA illegal address does) on every call, so its
+    engine process (infer.isolation: process) is restarted until the budget (max_restarts: 1)
+    is spent and the worker exits. A real CPU model stands in for the GPU here."""
+    infer = {"contexts": 1, "isolation": "process", "max_restarts": 1}
+    current, victim, victims = start_four_and_pick_a_victim(redis_db, tmp_path, [car_clip, person_clip], infer=infer)
+    actor = ray.get_actor(victim, namespace=NAMESPACE)
+    ray.get(actor.inject_faults.remote(FaultPlan(sticky_rate=1.0).model_dump_json()), timeout=WAIT_S)
+
+    final = client.wait_finished(timeout_s=WAIT_S)
+    assert_moved_and_every_seq_once(final, victim, victims)
+    # The move came from the spent budget, not from anything else: the streams say so.
+    for name in victims:
+        entries = redis_db.client().xrange(f"vidpipe:results:{name}")
+        kinds = [fields["type"] for _, fields in entries]
+        assert "worker_budget_exhausted" in kinds, (name, [k for k in kinds if k != "frame"])
+    # Ray restarted the actor (a new process, clean), and it took no source back.
+    back = wait_for("the worker restarted", lambda: (w := client.status()["workers"][victim])["alive"]
+                    and w["pid"] != current["workers"][victim]["pid"] and w)
+    assert back["incarnation"] != current["workers"][victim]["incarnation"]
+    assert all(row["worker"] != victim for row in final["sources"].values())
+
+
+def test_each_worker_serves_metrics_labelled_with_its_name(redis_db, tmp_path, car_clip, person_clip):
+    sources = [{"url": str(car_clip), "name": "east"}, {"url": str(person_clip), "name": "west"}]
+    client.start_cluster(make_config(redis_db.url, tmp_path, sources, max_frames=30, metrics={"port": 0}), workers=2)
+    final = client.wait_finished(timeout_s=WAIT_S)
+    assert final["finished"]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scraped: dict[tuple[str, str, str], float] = {}
+    for worker, info in final["workers"].items():
+        url = f"http://127.0.0.1:{info['metrics_port']}/metrics"
+        text = urllib.request.urlopen(url, timeout=60).read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "vidpipe_cluster_frames_total":
+                    assert sample.labels["worker"] == worker, (url, sample)
+                    scraped[worker, sample.labels["source"], sample.labels["status"]] = sample.value
+    # Each source is counted once, by the worker that holds it, and its counts are its stream's.
+    ledgers = client.ledger()
+    for name, row in final["sources"].items():
+        assert {(w, s) for w, s, _ in scraped if s == name} == {(row["worker"], name)}
+        assert scraped[row["worker"], name, "decoded"] == 30
+        assert scraped[row["worker"], name, "ok"] == ledgers[name]["ok"]
+        assert scraped[row["worker"], name, "failed"] == sum(ledgers[name]["failed"].values())
+    assert final["sources"]["east"]["worker"] != final["sources"]["west"]["worker"]
 
 
 def test_sources_are_added_and_removed_while_running(redis_db, tmp_path, car_clip, person_clip):
