@@ -63,7 +63,19 @@ def redis_server(binary: str | None, directory: Path) -> tuple[subprocess.Popen,
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = [found, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "", "--appendonly", "no"]
+    args = [
+        found,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(directory),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"redis://127.0.0.1:{port}/0"
     import redis
@@ -99,6 +111,7 @@ def process_cpu_s(pid: int) -> float:
 def frame_span(client, names: list[str], prefix: str) -> tuple[float, float]:
     """When the first and the last result over all the sources' streams came out: a frame's
     wall_time (its decoding) + its latency."""
+
     def done(fields) -> float | None:
         if fields[b"type"] != b"frame":
             return None
@@ -186,7 +199,10 @@ def resume_times(db, config, final: dict, victims: list[str], killed_at: float) 
             if fields[b"type"] == b"frame" and record["seq"] >= step["first_seq"]:
                 resumed.append(record["wall_time"] - killed_at)
                 break
-    return {"moved_s": round(max(moved), 2) if moved else None, "resumed_s": round(max(resumed), 2) if resumed else None}
+    return {
+        "moved_s": round(max(moved), 2) if moved else None,
+        "resumed_s": round(max(resumed), 2) if resumed else None,
+    }
 
 
 def build(args: argparse.Namespace, redis_url: str, spool: Path):
@@ -210,8 +226,10 @@ def bench_model(directory: Path) -> Path:
         import bench_model
         import onnx
     except ImportError:
-        sys.exit("cluster_bench: building the bench model needs onnx; give --model FILE.onnx "
-                 "(python samples/bench_model.py bm.onnx writes one) or --model default")
+        sys.exit(
+            "cluster_bench: building the bench model needs onnx; give --model FILE.onnx "
+            "(python samples/bench_model.py bm.onnx writes one) or --model default"
+        )
     path = directory / "bench-model.onnx"
     onnx.save(bench_model.build(), str(path))
     return path
@@ -223,15 +241,24 @@ def spread(values: list[float]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clip", default=str(DEFAULT_CLIP), help="the video every source plays (default: the person clip)")
+    parser.add_argument(
+        "--clip", default=str(DEFAULT_CLIP), help="the video every source plays (default: the person clip)"
+    )
     parser.add_argument("--sources", type=int, default=4)
     parser.add_argument("--max-frames", type=int, default=150, help="frames per source")
     parser.add_argument("--workers", type=int, default=2, help="the N compared with 1 worker")
-    parser.add_argument("--worker-cpus", type=float, help="CPUs each worker reserves (default 1; 16 with --device cuda)")
+    parser.add_argument(
+        "--worker-cpus", type=float, help="CPUs each worker reserves (default 1; 16 with --device cuda)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (one worker per GPU)")
-    parser.add_argument("--model", help="an ONNX model; default: samples/bench_model.py's detector-sized one, "
-                        "built here; `default`: vidpipe's tiny embedded model")
-    parser.add_argument("--config", type=Path, help="a vidpipe YAML config merged under the sources (infer: settings, ...)")
+    parser.add_argument(
+        "--model",
+        help="an ONNX model; default: samples/bench_model.py's detector-sized one, "
+        "built here; `default`: vidpipe's tiny embedded model",
+    )
+    parser.add_argument(
+        "--config", type=Path, help="a vidpipe YAML config merged under the sources (infer: settings, ...)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--failover", action="store_true", help="then kill a worker in an N-worker run")
     parser.add_argument("--redis-server", help="the redis-server binary")
@@ -250,8 +277,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as tmp:
         server, url = redis_server(args.redis_server, Path(tmp))
         try:
-            ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-                     num_gpus=args.gpus, object_store_memory=256 * 1024**2)  # no data passes through it
+            ray.init(
+                address="local",
+                namespace=NAMESPACE,
+                include_dashboard=False,
+                logging_level="ERROR",
+                log_to_driver=False,
+                num_gpus=args.gpus,
+                object_store_memory=256 * 1024**2,
+            )  # no data passes through it
             resources = ray.cluster_resources()
             log(f"ray: {resources.get('CPU', 0):.0f} CPUs, {resources.get('GPU', 0):.0f} GPUs; redis {url}")
             config = build(args, url, Path(tmp) / "spool")
@@ -264,7 +298,7 @@ def main() -> None:
 
             for round_ in range(args.repeats):
                 log(f"round {round_ + 1}/{args.repeats}")
-                for workers in ((1, args.workers) if round_ % 2 == 0 else (args.workers, 1)):
+                for workers in (1, args.workers) if round_ % 2 == 0 else (args.workers, 1):
                     if time_left():
                         trials.append(trial(config, workers, worker_cpus, db))
             if args.failover and time_left():
@@ -280,9 +314,12 @@ def main() -> None:
     report = {
         "device": args.device, "sources": args.sources, "max_frames": args.max_frames, "cores": os.cpu_count(),
         "workers": args.workers, "worker_cpus": worker_cpus, "fps_1": spread(one), f"fps_{args.workers}": spread(many),
-        "ratio": spread(ratios), "rounds": len(ratios), "cut_short": len(trials) < 2 * args.repeats, "of_linear": round(statistics.median(ratios) / args.workers, 3),
+        "ratio": spread(ratios), "rounds": len(ratios), "cut_short": len(trials) < 2 * args.repeats,
+        "of_linear": round(statistics.median(ratios) / args.workers, 3),
         "all_balanced": all(t["balanced"] and t["finished"] for t in trials),
-        "busy_cores": {str(w): spread([t["busy_cores"] for t in trials if t["workers"] == w]) for w in (1, args.workers)},
+        "busy_cores": {
+            str(w): spread([t["busy_cores"] for t in trials if t["workers"] == w]) for w in (1, args.workers)
+        },
         **{key: {str(w): spread([t[key] for t in trials if t["workers"] == w]) for w in (1, args.workers)}
            for key in ("worker_cpu_ms_per_frame", "worker_cores", "loadavg_1m")},
         "failover": failover and {**failover["failover"], "balanced": failover["balanced"], "fps": failover["fps"]},
