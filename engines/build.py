@@ -101,6 +101,19 @@ def timing_cache_path(cache_dir: Path, tensorrt_version: str, device: Device) ->
     return Path(cache_dir).expanduser() / f"timing-{tensorrt_version}-{gpu}.cache"
 
 
+def _add_profile(builder, network, config, profile: BatchProfile, input_size: tuple[int, int] | None) -> BatchProfile:
+    """One optimization profile over every input (min, opt, max shapes); the batch range it got."""
+    optimization_profile = builder.create_optimization_profile()
+    batch = profile
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shapes = profile_shapes(tensor.name, tuple(tensor.shape), profile, input_size)
+        optimization_profile.set_shape(tensor.name, *shapes)
+        batch = BatchProfile(shapes[0][0], shapes[1][0], shapes[2][0])
+    config.add_optimization_profile(optimization_profile)
+    return batch
+
+
 def build_engine(
     onnx_path: Path,
     precision: str,
@@ -121,7 +134,6 @@ def build_engine(
             f"model {onnx_path} is {found}, not {precision}: prepare it first "
             f"(vidpipe build-engine {onnx_path} --precision {precision} --prepare-only)"
         )
-
     logger = make_logger(trt)
     builder = trt.Builder(logger)
     # TensorRT 11 networks are always strongly typed and the flag is deprecated there.
@@ -130,20 +142,12 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes(), str(onnx_path)):
         raise ModelError(_parser_message(parser, onnx_path))
-
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     if version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
 
-    optimization_profile = builder.create_optimization_profile()
-    batch = profile
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        shapes = profile_shapes(tensor.name, tuple(tensor.shape), profile, input_size)
-        optimization_profile.set_shape(tensor.name, *shapes)
-        batch = BatchProfile(shapes[0][0], shapes[1][0], shapes[2][0])
-    config.add_optimization_profile(optimization_profile)
+    batch = _add_profile(builder, network, config, profile, input_size)
 
     cache = _attach_timing_cache(config, timing_cache_path)
     plan = builder.build_serialized_network(network, config)

@@ -135,8 +135,7 @@ def run(
     hooks.on_result = _chain(hooks.on_result, lambda _: first_result or first_result.append(time.monotonic()))
     configs = source_configs(config)
     names = unique_names(configs)
-    # The engine's threads are sized before it loads; the rest once the model says where it
-    # letterboxes (Pipeline sizes the run again then).
+    # Engine threads are sized before it loads; the rest by Pipeline, once the model is known.
     config = config.model_copy(update={"model": size_run(config, len(configs))[0].model})
     with ExitStack() as stack:
         metrics = start_metrics(config, names, stack)
@@ -174,14 +173,17 @@ def run(
         summary.interrupted = summary.interrupted or _signalled()  # a signal after the drain counts too
         failed = write_summary(summary, [s for s in all_sinks if s not in pipeline.publisher.dead])
     if show:
-        # A failed output may be stdout itself (a closed pipe): the summary then goes to stderr.
-        if pipeline.publisher.dead or failed:
-            console = Console(file=sys.stderr)
-        try:
-            print_summary(summary, console)
-        except OSError:
-            print_summary(summary, Console(file=sys.stderr))
+        _show_summary(summary, Console(file=sys.stderr) if pipeline.publisher.dead or failed else console)
     return summary
+
+
+def _show_summary(summary: RunSummary, console: Console) -> None:
+    """The summary table; to stderr when `console` fails (a closed pipe on stdout, say). A run
+    whose outputs failed passes stderr already: a failed output may be stdout itself."""
+    try:
+        print_summary(summary, console)
+    except OSError:
+        print_summary(summary, Console(file=sys.stderr))
 
 
 def write_summary(summary: RunSummary, sinks: list[Sink]) -> bool:

@@ -40,6 +40,25 @@ class NoVideo(SourceError):
     """A live source that gave no video in time: opening timed out, or the probe found no frame."""
 
 
+def _open(url: str, options: dict[str, str] | None, timeout: float | tuple[float, float] | None, decode: str):
+    """PyAV's container for `url`; SourceError (NoVideo when nothing arrived in time) naming the fix."""
+    if url_scheme(url) is None and not Path(url).exists():
+        raise SourceError(f"{url}: no such file; check the path")
+    try:
+        return av.open(url, options=options or {}, timeout=timeout, hwaccel=_hwaccel(decode))
+    except SourceError:
+        raise
+    except av.error.ExitError:  # the timeout's interrupt: nothing usable arrived in time
+        raise NoVideo(f"{url}: no video in time") from None
+    except Exception as err:  # PyAV raises many error types; all mean "cannot open"
+        if decode != "cpu" and Path(url).exists():
+            raise SourceError(
+                f"{url}: NVDEC decoding unavailable ({redact(str(err))}); check the NVIDIA driver and GPU, "
+                "or use --decode cpu"
+            ) from None
+        raise _open_error(url, err) from None
+
+
 def _open_error(url: str, err: Exception) -> SourceError:
     # FFmpeg's messages quote the URL, credentials and all.
     url, reason = redact_url(url), redact(str(err))
@@ -87,21 +106,7 @@ class VideoDecoder:
         self._end_s: float | None = None  # where the frames read so far end, in seconds
         self._concealed = 0  # frames FFmpeg decoded with damage concealed (flagged corrupt)
         self._last_corrupt = False
-        if url_scheme(url) is None and not Path(url).exists():
-            raise SourceError(f"{url}: no such file; check the path")
-        try:
-            self._container = av.open(url, options=options or {}, timeout=timeout, hwaccel=_hwaccel(decode))
-        except SourceError:
-            raise
-        except av.error.ExitError:  # the timeout's interrupt: nothing usable arrived in time
-            raise NoVideo(f"{url}: no video in time") from None
-        except Exception as err:  # PyAV raises many error types; all mean "cannot open"
-            if decode != "cpu" and Path(url).exists():
-                raise SourceError(
-                    f"{url}: NVDEC decoding unavailable ({redact(str(err))}); check the NVIDIA driver and GPU, "
-                    "or use --decode cpu"
-                ) from None
-            raise _open_error(url, err) from None
+        self._container = _open(url, options, timeout, decode)
         if not self._container.streams.video:
             self._container.close()
             raise SourceError(f"{redact_url(url)}: has no video stream; pass a file with video")
