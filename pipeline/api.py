@@ -20,7 +20,7 @@ from pipeline.runtime import interrupts
 from pipeline.runtime.model import load_model
 from pipeline.runtime.pipeline import Pipeline, RunHooks, Source
 from pipeline.runtime.sizing import size_run
-from pipeline.sinks import Sink
+from pipeline.sinks import FileModes, Sink
 from stages.decode import NAME_MAX, VideoDecoder, source_name
 from stages.live import LiveSource
 
@@ -105,6 +105,7 @@ def open_source(config: RunConfig, src: SourceConfig, name: str) -> Source:
 def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[Sink]:
     """The sinks the config names; `sources` maps each source's name to its URL."""
     sinks: list[Sink] = []
+    modes = FileModes(config.outputs.file_mode, config.outputs.dir_mode)
     if config.outputs.video:
         from pipeline.sinks.video import VideoSink
 
@@ -112,11 +113,11 @@ def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[
     if config.outputs.jsonl:
         from pipeline.sinks.jsonl import JsonlSink
 
-        sinks.append(JsonlSink(config.outputs.jsonl))
+        sinks.append(JsonlSink(config.outputs.jsonl, modes.file))
     if config.outputs.redis:
         from pipeline.sinks.redis.sink import RedisSink
 
-        sinks.append(RedisSink(config.outputs.redis, run_id, list(sources)))
+        sinks.append(RedisSink(config.outputs.redis, run_id, list(sources), modes))
     if config.outputs.mqtt:
         from pipeline.sinks.mqtt import MqttSink
 
