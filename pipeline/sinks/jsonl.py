@@ -1,9 +1,10 @@
 """Results as JSON lines: one per frame, events with their own type, a summary last.
 
 The file is created 0600 (results can show faces and plates; `outputs.file_mode` chooses
-another mode), locked for the run (one run per output), and an existing file is only emptied when the first record is ready to replace
-it. Each line is written whole with its own write(2), so a crash or a signal never loses a
-result already produced; a failed write cuts the file back to its last whole line.
+another mode), locked for the run (one run per output), and an existing file is only emptied
+when the first record is ready to replace it. Each line is written whole with its own
+write(2), so a crash or a signal never loses a result already produced; a failed write cuts
+the file back to its last whole line.
 """
 
 from __future__ import annotations
