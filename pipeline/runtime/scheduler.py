@@ -25,8 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engines.errors import InferenceError, InferenceTimeout, ModelError, StickyInferenceError, WorkerBudgetExhausted
-from pipeline.runtime.context_pool import Abandoned, ContextPool, CorruptOutput, Slot
+from pipeline.runtime.context_pool import ContextPool, CorruptOutput
 from pipeline.runtime.queues import Closed, FrameQueue
+from pipeline.runtime.slot import Abandoned, Slot
 from stages.types import Frame, Reason
 
 log = logging.getLogger("vidpipe.scheduler")
@@ -98,6 +99,11 @@ class InferScheduler:
             thread = threading.Thread(target=self._work, args=(slot,), name=f"vidpipe-infer-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def narrow(self, max_batch: int) -> None:
+        """Batches of at most `max_batch` frames from now on (the batch chosen by measurement)."""
+        self.pool.narrow(max_batch)
+        self.max_batch = min(self.max_batch, self.pool.shapes[-1])
 
     def stop(self) -> None:
         """Workers finish the batch in hand and exit; queued frames stay for the caller."""
