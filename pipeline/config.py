@@ -157,7 +157,7 @@ class ModelConfig(StrictModel):
 class InferConfig(StrictModel):
     contexts: int = Field(2, ge=1, le=64)
     max_batch: int | None = Field(
-        None, ge=1, le=256, description="Largest inference batch; none: 1 on the CPU, 16 on a GPU (pipeline/runtime/sizing.py)."
+        None, ge=1, le=256, description="Largest inference batch; none: measured on the CPU (1, 2 or 4), 16 on a GPU (pipeline/runtime/sizing.py)."
     )
     batch_shapes: list[Annotated[int, Field(ge=1, le=256)]] | None = Field(
         None, min_length=1, max_length=16,
