@@ -163,6 +163,8 @@ class ContextPool:
         self.stats = stats
         self.shapes = stage.batch_shapes(settings.batch_shapes)
         self.probe_shape = self.shapes[0]
+        # Batches timed once, on the first context, for choosing the batch (pipeline/runtime/sizing.py).
+        self.candidates = () if stage.fixed_batch else tuple(settings.measure_batches)
         self.times = ShapeTimes(settings.hang_factor, settings.hang_floor_s, settings.create_timeout_s)
         self._base_rows = stage.fixed_batch or 1
         self._refs: dict[int, dict[str, np.ndarray]] = {self._base_rows: reference}
@@ -223,10 +225,25 @@ class ContextPool:
             return False
         return self.mismatch(shape, outputs) is None
 
-    def narrow(self, max_batch: int) -> None:
-        """Run no batch larger than `max_batch` from now on: contexts made later warm only
-        the shapes up to it."""
-        self.shapes = tuple(shape for shape in self.shapes if shape <= max_batch) or self.shapes[:1]
+    def use_shapes(self, shapes: tuple[int, ...]) -> None:
+        """Run these batch shapes from now on (the batch chosen by measurement): contexts made
+        later warm only them, and health probes run the smallest."""
+        self.shapes = self.stage.batch_shapes(shapes)
+        self.probe_shape = self.shapes[0]
+
+    def _measure(self, slot: Slot) -> None:
+        """One timed call per batch in `self.candidates` on a warm `slot`, checked like a
+        warm-up; once per run. A failed call ends the measuring (the run stays at the shapes
+        it has) and fails this context's warm-up."""
+        with self._lock:
+            candidates, self.candidates = self.candidates, ()
+        for shape in candidates:
+            start = time.monotonic()
+            outputs = slot.call(self.probe_inputs(shape), self.times.warmup_timeout(shape), self.settings.call_grace_s)
+            self.times.first_call(shape, time.monotonic() - start)
+            problem = self.mismatch(shape, outputs)
+            if problem:
+                raise InferenceError(f"a new context failed its warm-up at batch {shape}: {problem}")
 
     # ---- creating --------------------------------------------------------------------
 
@@ -240,10 +257,12 @@ class ContextPool:
             if problem:
                 raise InferenceError(f"a new context failed its warm-up at batch {shape}: {problem}")
 
-    def _create_once(self) -> Slot:
+    def _create_once(self, measure: bool = False) -> Slot:
         slot = Slot(self.engine.create_context(), self._threads)
         try:
             self._warm(slot)
+            if measure and self.candidates:  # only in create(): the run's start waits for it
+                self._measure(slot)
         except InferenceError as err:
             self.discard(slot, abandoned=isinstance(err, Abandoned))
             if not isinstance(err, StickyInferenceError):
@@ -260,7 +279,7 @@ class ContextPool:
         failures = 0
         while failures < self.settings.create_attempts:
             try:
-                return self._create_once()
+                return self._create_once(measure=True)
             except WorkerLost as err:
                 last = err  # the supervisor restarts the worker within its own budget; try its successor
             except (InferenceError, ModelError) as err:

@@ -343,6 +343,7 @@ class Pipeline:
             contexts=infer.contexts,
             max_batch=self.sizing.max_batch,
             batch_shapes=self.sizing.batch_shapes,
+            measure_batches=self.sizing.batch_candidates,
             deadline_s=self.config.deadline_ms / 1000,
             max_delay_s=infer.max_delay_ms / 1000,
             max_attempts=infer.max_attempts,
@@ -403,7 +404,7 @@ class Pipeline:
         """On the CPU with the batch on auto: the batch the warm-up's calls show is fastest."""
         if self.sizing.batch_rule == "measure":
             self.sizing = self.sizing.measured(pool.times.fastest_first_calls())
-            self.scheduler.narrow(self.sizing.max_batch)
+            self.scheduler.use_batch(self.sizing.max_batch, self.sizing.batch_shapes)
             log.info("batch %d, by measurement (ms per frame by batch: %s)", self.sizing.max_batch,
                      self.sizing.batch_ms_per_frame)
 

@@ -7,13 +7,13 @@ and from the device the engine runs on:
 - ONNX Runtime threads per context = usable CPUs // contexts (at least 1). With one thread
   per context on a 16-core host, inference used 2 of 16 cores (19 fps); with the cores split
   between the contexts it used them all (51 fps) — measured on the lent GPU machine's CPU.
-- Largest batch on the CPU: measured. The contexts' warm-up runs batches 1, 2 and 4 anyway
-  (every shape is warmed before a context serves); the fastest of those calls per shape give a
-  time per frame, and a larger batch is chosen only when its time per frame is at least 15%
-  below batch 1's (`choose_batch`). On a CPU it seldom is (issue 18: batch 1 was 1.09x faster
-  than 4 with 320 MB less), and then the run keeps batch 1 and warms only that shape from then
-  on. The summary's `sizing` reports the choice (`batch_rule`) and the figures behind it
-  (`batch_ms_per_frame`). On a GPU: 16, where throughput keeps rising with the batch
+- Largest batch on the CPU: measured. The contexts start at batch 1, and the first one's
+  warm-up also runs one call at batches 2 and 4 (`CPU_CANDIDATE_BATCHES`); the fastest call per
+  batch gives a time per frame, and a larger batch is chosen only when its time per frame is at
+  least 15% below batch 1's (`choose_batch`). On a CPU it seldom is (issue 18: batch 1 was 1.09x
+  faster than 4 with 320 MB less). A chosen batch B > 1 runs as that one shape (a partial batch
+  is padded to B), so a context still warms one shape, as at batch 1. The summary's `sizing`
+  reports the choice (`batch_rule`) and the figures behind it (`batch_ms_per_frame`). On a GPU: 16, where throughput keeps rising with the batch
   (MEASUREMENTS.md: 274 fps at 1, 2,773 at 16 with IO binding). `vidpipe bench`, which does not
   warm contexts this way, uses batch 1 on the CPU.
 - Batch shapes: every size up to the largest batch on the CPU (padding costs compute there);
@@ -33,7 +33,7 @@ from pipeline.config import RunConfig
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 CPU_MAX_BATCH = 1  # the CPU's batch where none was measured (vidpipe bench)
 GPU_MAX_BATCH = 16
-CPU_CANDIDATE_SHAPES = (1, 2, 4)  # warmed on the CPU when the batch is left on auto; one is chosen
+CPU_CANDIDATE_BATCHES = (2, 4)  # measured once against batch 1 on the CPU when the batch is left on auto
 BATCH_GAIN = 0.15  # a larger batch must cut the time per frame by this much to be chosen
 
 
@@ -87,6 +87,7 @@ class Sizing:
     # to be chosen from the warm-up's calls, see `measured`), "measured" (chosen), "model" (the
     # model's fixed batch).
     batch_rule: str = "config"
+    batch_candidates: tuple[int, ...] = ()  # batches measured against batch 1 (rule "measure")
     batch_ms_per_frame: dict[str, float] = field(default_factory=dict)  # per batch size, when measured
 
     def describe(self) -> str:
@@ -102,18 +103,20 @@ class Sizing:
         if self.batch_rule != "measure":
             return self
         if 1 not in call_s:  # a model with a fixed batch: it runs at that batch
-            return replace(self, max_batch=max(call_s, default=1), batch_shapes=tuple(sorted(call_s)), batch_rule="model")
+            fixed = max(call_s, default=1)
+            return replace(self, max_batch=fixed, batch_shapes=(fixed,), batch_rule="model", batch_candidates=())
         batch = choose_batch(call_s)
         return replace(
             self,
             max_batch=batch,
-            batch_shapes=tuple(shape for shape in self.batch_shapes if shape <= batch),
+            batch_shapes=(batch,),
             batch_rule="measured",
+            batch_candidates=(),
             batch_ms_per_frame={str(b): round(s / b * 1000, 3) for b, s in sorted(call_s.items())},
         )
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "batch_shapes": list(self.batch_shapes)}
+        return {**asdict(self), "batch_shapes": list(self.batch_shapes), "batch_candidates": list(self.batch_candidates)}
 
 
 def size_run(config: RunConfig, sources: int) -> tuple[RunConfig, Sizing]:
@@ -128,8 +131,6 @@ def size_run(config: RunConfig, sources: int) -> tuple[RunConfig, Sizing]:
     shapes = tuple(sorted(set(infer.batch_shapes))) if infer.batch_shapes else batch_shapes(max_batch, gpu)
     if shapes[-1] < max_batch:
         shapes = (*shapes, max_batch)
-    if rule == "measure":  # warmed and measured (Sizing.measured); the config leaves it on auto
-        shapes = CPU_CANDIDATE_SHAPES
     workers = max(1, min(cpus // 4, sources))
     pre_workers = max(2, min(sources, cpus))
     sizing = Sizing(
@@ -137,16 +138,17 @@ def size_run(config: RunConfig, sources: int) -> tuple[RunConfig, Sizing]:
         device="gpu" if gpu else "cpu",
         contexts=contexts,
         intra_op_threads=threads,
-        max_batch=shapes[-1] if rule == "measure" else max_batch,
+        max_batch=max_batch,
         batch_shapes=shapes,
         batch_rule=rule,
+        batch_candidates=CPU_CANDIDATE_BATCHES if rule == "measure" else (),
         preprocess_workers=queues.preprocess_workers or pre_workers,
         postprocess_workers=queues.postprocess_workers or workers,
     )
     sized = config.model_copy(
         update={
             "model": model.model_copy(update={"intra_op_threads": threads}),
-            "infer": infer if rule == "measure" else infer.model_copy(
+            "infer": infer if rule == "measure" else infer.model_copy(  # measure: left on auto
                 update={"max_batch": max_batch, "batch_shapes": list(shapes)}
             ),
             "queues": queues.model_copy(

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.runtime.sizing import CPU_CANDIDATE_SHAPES, choose_batch, size_run
+from pipeline.runtime.sizing import CPU_CANDIDATE_BATCHES, choose_batch, size_run
 from tests.sinks import CollectSink
 
 
@@ -31,11 +31,14 @@ def test_a_larger_batch_is_chosen_only_when_clearly_faster_per_frame(call_ms: di
 
 def test_the_cpu_measures_unless_the_batch_is_set() -> None:
     _, sizing = size_run(build_config({}), sources=1)
-    assert (sizing.batch_rule, sizing.batch_shapes, sizing.max_batch) == ("measure", CPU_CANDIDATE_SHAPES, 4)
+    assert (sizing.batch_rule, sizing.max_batch, sizing.batch_shapes) == ("measure", 1, (1,))
+    assert sizing.batch_candidates == CPU_CANDIDATE_BATCHES == (2, 4)
     chosen = sizing.measured({1: 0.010, 2: 0.021, 4: 0.030})
-    assert (chosen.batch_rule, chosen.max_batch, chosen.batch_shapes) == ("measured", 4, (1, 2, 4))
-    assert chosen.batch_ms_per_frame == {"1": 10.0, "2": 10.5, "4": 7.5}
+    assert (chosen.batch_rule, chosen.max_batch, chosen.batch_shapes) == ("measured", 4, (4,))
+    assert chosen.batch_ms_per_frame == {"1": 10.0, "2": 10.5, "4": 7.5} and chosen.batch_candidates == ()
     assert sizing.measured({1: 0.010, 2: 0.020, 4: 0.040}).batch_shapes == (1,)
+    assert sizing.measured({1: 0.010}).max_batch == 1  # the candidates' calls failed: batch 1
+    assert sizing.measured({4: 0.040}).batch_shapes == (4,)  # a model with a fixed batch of 4
     sized, sizing = size_run(build_config({"infer": {"max_batch": 2}}), sources=1)
     assert (sizing.batch_rule, sizing.max_batch, sizing.batch_shapes) == ("config", 2, (1, 2))
     assert sizing.measured({1: 0.010, 4: 0.001}) is sizing  # a batch that was set stays set
@@ -44,12 +47,12 @@ def test_the_cpu_measures_unless_the_batch_is_set() -> None:
 
 def assert_choice_matches_its_figures(sizing: dict, shapes: dict) -> None:
     figures = {int(batch): ms * int(batch) / 1000 for batch, ms in sizing["batch_ms_per_frame"].items()}
-    assert sorted(figures) == list(CPU_CANDIDATE_SHAPES)
+    assert sorted(figures) == [1, *CPU_CANDIDATE_BATCHES]
     assert sizing["batch_rule"] == "measured"
     assert sizing["max_batch"] == choose_batch(figures)
-    assert sizing["batch_shapes"] == [s for s in CPU_CANDIDATE_SHAPES if s <= sizing["max_batch"]]
-    # Only the chosen batch shapes ran after the choice (larger ones only at warm-up: no p50).
-    assert all(shapes[str(s)]["p50_ms"] is None for s in CPU_CANDIDATE_SHAPES if s > sizing["max_batch"])
+    assert sizing["batch_shapes"] == [sizing["max_batch"]]
+    # Only the chosen batch ran frames after the choice (the others only their measuring call).
+    assert {s for s, times in shapes.items() if times["p50_ms"] is not None} == {str(sizing["max_batch"])}
 
 
 def test_a_real_run_reports_its_measured_choice(car_clip: Path, bench_model: Path) -> None:
