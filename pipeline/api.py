@@ -20,7 +20,7 @@ from pipeline.runtime import interrupts
 from pipeline.runtime.model import load_model
 from pipeline.runtime.pipeline import Pipeline, RunHooks, Source
 from pipeline.runtime.sizing import size_run
-from pipeline.sinks import Sink
+from pipeline.sinks import FileModes, Sink
 from stages.decode import VideoDecoder
 from stages.live import LiveSource
 from stages.source import LIVE_SCHEMES, NAME_MAX, is_live, source_name, url_scheme
@@ -90,6 +90,7 @@ def open_source(config: RunConfig, src: SourceConfig, name: str) -> Source:
 def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[Sink]:
     """The sinks the config names; `sources` maps each source's name to its URL."""
     sinks: list[Sink] = []
+    modes = FileModes(config.outputs.file_mode, config.outputs.dir_mode)
     if config.outputs.video:
         from pipeline.sinks.video import VideoSink
 
@@ -97,11 +98,11 @@ def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[
     if config.outputs.jsonl:
         from pipeline.sinks.jsonl import JsonlSink
 
-        sinks.append(JsonlSink(config.outputs.jsonl))
+        sinks.append(JsonlSink(config.outputs.jsonl, modes.file))
     if config.outputs.redis:
         from pipeline.sinks.redis.sink import RedisSink
 
-        sinks.append(RedisSink(config.outputs.redis, run_id, list(sources)))
+        sinks.append(RedisSink(config.outputs.redis, run_id, list(sources), modes))
     if config.outputs.mqtt:
         from pipeline.sinks.mqtt import MqttSink
 

@@ -138,3 +138,23 @@ def red_box(image: np.ndarray) -> tuple[int, int, int, int]:
     """The bounding box (x1, y1, x2, y2) of the red pixels of an RGB image."""
     ys, xs = np.where((image[..., 0] > 128) & (image[..., 1] < 100) & (image[..., 2] < 100))
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def loop_clip(src: Path, dst: Path, times: int) -> Path:
+    """`src`'s video packets `times` times over in one file (remuxed, no re-encode): a long
+    input made in tmp_path, never a copy of media in the repo."""
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        video = source.streams.video[0]
+        stream = out.add_stream_from_template(video)
+        packets = [p for p in source.demux(video) if p.size]
+        first = min(p.dts for p in packets)
+        step = packets[1].pts - packets[0].pts if len(packets) > 1 else 1
+        span = max(p.pts for p in packets) - min(p.pts for p in packets) + step
+        span = max(span, max(p.dts for p in packets) - first + 1)
+        for lap in range(times):
+            for packet in packets:
+                packet.stream = stream
+                packet.pts += span if lap else 0
+                packet.dts += span if lap else 0
+                out.mux(packet)
+    return dst

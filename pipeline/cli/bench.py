@@ -25,7 +25,7 @@ from rich.table import Table
 from pipeline.api import run
 from pipeline.config import RunConfig
 from pipeline.runtime.model import Model, load_model, open_isolated_engine
-from pipeline.runtime.sizing import size_run
+from pipeline.runtime.sizing import CPU_MAX_BATCH, size_run
 from stages.decode import VideoDecoder
 from stages.preprocess import Preprocess
 from stages.types import Frame
@@ -139,7 +139,7 @@ def isolation_overhead(config: RunConfig, model: Model, frames: list[Frame], rou
     turns over the same batches so a busy machine slows both alike. A batch is what the
     scheduler does: stack the frames (into the worker's shared memory when it runs there)
     and infer."""
-    batch = model.stage.max_batch(config.infer.max_batch)
+    batch = model.stage.max_batch(config.infer.max_batch or CPU_MAX_BATCH)
     batches = [frames[i : i + batch] for i in range(0, len(frames) - batch + 1, batch)]
     worker = open_isolated_engine(config.model, config.infer)
     contexts = {"in-process": model.engine.create_context(), "worker process": worker.create_context()}
@@ -183,7 +183,7 @@ def stages_alone(config: RunConfig, path: Path, model: Model) -> dict[str, float
     pre = Preprocess(model.input_size)
     preprocess = _timed(lambda: preprocess_all(pre, frames, keep=False))
     preprocess_all(pre, frames, keep=True)
-    infer = infer_fps(model, frames, config.infer.contexts, config.infer.max_batch)
+    infer = infer_fps(model, frames, config.infer.contexts, config.infer.max_batch or CPU_MAX_BATCH)
     postprocess = _timed(lambda: sum(1 for f in frames if model.postprocess(f)))
     figures = {"raw decode fps": raw, **dict(zip(STAGE_FIGURES, (decode, preprocess, infer, postprocess)))}
     figures.update(_spread("decode / raw decode", ratios))
@@ -203,7 +203,7 @@ def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float
     config, _ = size_run(config, len(config.sources))
     model = load_model(config.model, source_sizes=[_source_size(path)])
     alone = stages_alone(config, path, model)
-    input_size, batch = model.input_size, model.stage.max_batch(config.infer.max_batch)
+    input_size, batch = model.input_size, model.stage.max_batch(config.infer.max_batch or CPU_MAX_BATCH)
     model.engine.close()
     del model
     gc.collect()

@@ -36,6 +36,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=Path, help="class names, one per line")
     parser.add_argument("--out", type=Path, help="write one JSON line per frame result here")
     parser.add_argument(
+        "--file-mode", metavar="OCTAL", help="permission bits of the JSONL and spool files created (default 600)"
+    )
+    parser.add_argument(
+        "--dir-mode", metavar="OCTAL", help="permission bits of the spool directory created (default 700)"
+    )
+    parser.add_argument(
         "--redis", nargs="?", const="", metavar="URL",
         help="publish results to Redis Streams at URL (redis://, rediss://); --redis alone uses $REDIS_URL",
     )
@@ -101,6 +107,8 @@ FLAG_FIELDS = {
     "metrics_host": "metrics.host",
     "log_format": "log_format",
     "mqtt": "outputs.mqtt.url",
+    "file_mode": "outputs.file_mode",
+    "dir_mode": "outputs.dir_mode",
 }
 # Flags that name a file or directory.
 PATH_FLAGS = {"model": "model.path", "labels": "model.labels", "out": "outputs.jsonl", "video": "outputs.video"}

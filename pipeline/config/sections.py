@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -29,6 +29,19 @@ def check_source_name(name: str) -> str:
     if not SOURCE_NAME.fullmatch(name):
         raise ValueError(f"a source name is {SOURCE_NAME_RULE}")
     return name
+
+
+def check_mode(value: Any, owner: int) -> int:
+    """Permission bits from an int or an octal string ('640', '0640', '0o640'), else ValueError.
+    The owner (this run) must keep the bits in `owner` (rw for files, rwx for directories)."""
+    text = str(value).strip().lower().removeprefix("0o") if isinstance(value, str) else None
+    if text is not None and re.fullmatch(r"[0-7]{1,4}", text):
+        value = int(text, 8)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise ValueError("must be permission bits in octal, 0o000 to 0o777, e.g. 0o640 (in YAML: '640' or 0o640)")
+    if value & owner != owner:
+        raise ValueError(f"must keep {oct(owner)} for the owner (vidpipe writes there), e.g. {oct(owner | 0o040)}")
+    return value
 
 
 def check_redis_url(url: str) -> str:
@@ -99,7 +112,8 @@ class InferConfig(StrictModel):
     contexts: int = Field(2, ge=1, le=64)
     max_batch: int | None = Field(
         None, ge=1, le=256,
-        description="Largest inference batch; none: 1 on the CPU, 16 on a GPU (pipeline/runtime/sizing.py).",
+        description="Largest inference batch; none: measured on the CPU (1, 2 or 4), 16 on a GPU "
+        "(pipeline/runtime/sizing.py).",
     )
     batch_shapes: list[Annotated[int, Field(ge=1, le=256)]] | None = Field(
         None, min_length=1, max_length=16,
@@ -173,6 +187,19 @@ class OutputConfig(StrictModel):
         description="Annotated video: a .mp4 file (one source) or a directory (<dir>/<source>.mp4).",
     )
     mqtt: MqttConfig | None = None
+    file_mode: int = Field(
+        0o600,
+        description="Permission bits of the JSONL and spool files vidpipe creates (octal: 0o640 or '640'); "
+        "the umask still applies.",
+    )
+    dir_mode: int = Field(
+        0o700, description="Permission bits of the spool directory vidpipe creates (octal: 0o750 or '750')."
+    )
+
+    @field_validator("file_mode", "dir_mode", mode="before")
+    @classmethod
+    def _valid_mode(cls, value: Any, info: Any) -> int:
+        return check_mode(value, 0o700 if info.field_name == "dir_mode" else 0o600)
 
 
 class MetricsConfig(StrictModel):

@@ -18,24 +18,22 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engines.base import Context, Engine
+from engines.base import Engine
 from engines.errors import (
     InferenceError,
-    InferenceTimeout,
     ModelError,
     StickyInferenceError,
     WorkerBudgetExhausted,
     WorkerLost,
 )
+from pipeline.runtime.heap import release_freed
 from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.ladder import EscalationLadder
+from pipeline.runtime.slot import Abandoned, CallThreads, Slot
 from stages.infer import InferStage
 
 if TYPE_CHECKING:
@@ -46,10 +44,6 @@ log = logging.getLogger("vidpipe.scheduler")
 # A new batch shape's outputs are held against the batch-1 reference this loosely (relative
 # L2 error): kernels differ per shape (TF32 on GPUs gives ~3e-4), a broken context does not.
 NEW_SHAPE_TOLERANCE = 1e-2
-
-
-class Abandoned(InferenceTimeout):
-    """The context did not answer in time and cannot be cancelled: it is left to the reaper."""
 
 
 class CorruptOutput(InferenceError):
@@ -66,11 +60,19 @@ class ShapeTimes:
         self.factor, self.floor_s, self.cap_s = factor, floor_s, cap_s
         self._lock = threading.Lock()
         self._first: dict[int, float] = {}
+        self._fastest_first: dict[int, float] = {}
         self._steady: dict[int, deque[float]] = {}
 
     def first_call(self, shape: int, seconds: float) -> None:
         with self._lock:
             self._first[shape] = max(self._first.get(shape, 0.0), seconds)
+            self._fastest_first[shape] = min(self._fastest_first.get(shape, seconds), seconds)
+
+    def fastest_first_calls(self) -> dict[int, float]:
+        """The fastest warm-up call measured per batch shape (seconds): what a call of that
+        shape costs at best here, for choosing the batch (pipeline/runtime/sizing.py)."""
+        with self._lock:
+            return dict(self._fastest_first)
 
     def steady(self, shape: int, seconds: float) -> None:
         with self._lock:
@@ -127,46 +129,6 @@ class ShapeTimes:
             return out
 
 
-class Slot:
-    """A context and the one thread that calls it, so a hung call never holds a worker."""
-
-    def __init__(self, context: Context) -> None:
-        self.context = context
-        self.fresh = True  # no batch has succeeded on it yet
-        self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidpipe-ctx")
-        self._pending = None
-
-    def call(self, inputs: dict[str, np.ndarray], timeout: float, grace: float) -> dict[str, np.ndarray]:
-        """The context's outputs; raises InferenceError, or Abandoned past `timeout` + `grace`."""
-        future = self._calls.submit(self.context.infer, inputs, timeout)
-        self._pending = future
-        try:
-            return future.result(timeout=max(timeout, 0.0) + grace)
-        except FutureTimeout:
-            raise Abandoned(f"no answer within {timeout * 1000:.0f} ms; context abandoned") from None
-        finally:
-            # A finished call's future holds its exception and traceback, and through them the
-            # batch and the context: keeping it would keep every replaced context alive.
-            if future.done():
-                self._pending = None
-
-    def when_idle(self, callback: Callable[[], None]) -> None:
-        """Run `callback` once the call in flight (if any) has returned."""
-        pending = self._pending
-        if pending is None or pending.done():
-            callback()
-        else:
-            pending.add_done_callback(lambda _: callback())
-
-    def close(self) -> None:
-        self._calls.shutdown(wait=False)
-        self._pending = None
-        try:
-            self.context.close()
-        except Exception:  # a broken context may fail to close; it is gone either way
-            log.debug("closing a context failed", exc_info=True)
-
-
 def relative_error(got: np.ndarray, ref: np.ndarray) -> float:
     """‖got − ref‖ / ‖ref‖ in float64 (inf when the shapes differ). Outputs near zero (a
     detector that sees nothing) are measured against an RMS floor of 1e-3 per element instead,
@@ -201,6 +163,8 @@ class ContextPool:
         self.stats = stats
         self.shapes = stage.batch_shapes(settings.batch_shapes)
         self.probe_shape = self.shapes[0]
+        # Batches timed once, on the first context, for choosing the batch (pipeline/runtime/sizing.py).
+        self.candidates = () if stage.fixed_batch else tuple(settings.measure_batches)
         self.times = ShapeTimes(settings.hang_factor, settings.hang_floor_s, settings.create_timeout_s)
         self._base_rows = stage.fixed_batch or 1
         self._refs: dict[int, dict[str, np.ndarray]] = {self._base_rows: reference}
@@ -209,6 +173,8 @@ class ContextPool:
             engine, stats.escalation, settings.reload_after, settings.reload_window_s, self.flush_spares
         )
         self._spares: list[Slot] = []
+        self._probes: dict[int, dict[str, np.ndarray]] = {}  # the probe inputs per batch shape, made once
+        self._threads = CallThreads()
         self._lock = threading.Lock()
         self._want_spare = threading.Event()
         self._want_spare.set()  # spares are warm before the first failure needs one
@@ -239,15 +205,46 @@ class ContextPool:
                 self._refs.setdefault(shape, {k: v.copy() for k, v in outputs.items()})
         return None
 
+    def probe_inputs(self, shape: int) -> dict[str, np.ndarray]:
+        """The probe image at batch `shape`, made once per shape: every warm-up and health probe
+        reuses it rather than allocating megabytes on whichever thread runs it."""
+        with self._lock:
+            inputs = self._probes.get(shape)
+        if inputs is None:
+            inputs = self.stage.probe_inputs(shape)
+            with self._lock:
+                inputs = self._probes.setdefault(shape, inputs)
+        return inputs
+
     def probe(self, slot: Slot) -> bool:
         """Run the probe through `slot`; False on error, timeout or outputs unlike the reference."""
         shape = self.probe_shape
         try:
             timeout = self.times.hang_timeout(shape)
-            outputs = slot.call(self.stage.probe_inputs(shape), timeout, self.settings.call_grace_s)
+            outputs = slot.call(self.probe_inputs(shape), timeout, self.settings.call_grace_s)
         except InferenceError:
             return False
         return self.mismatch(shape, outputs) is None
+
+    def use_shapes(self, shapes: tuple[int, ...]) -> None:
+        """Run these batch shapes from now on (the batch chosen by measurement): contexts made
+        later warm only them, and health probes run the smallest."""
+        self.shapes = self.stage.batch_shapes(shapes)
+        self.probe_shape = self.shapes[0]
+
+    def _measure(self, slot: Slot) -> None:
+        """One timed call per batch in `self.candidates` on a warm `slot`, checked like a
+        warm-up; once per run. A failed call ends the measuring (the run stays at the shapes
+        it has) and fails this context's warm-up."""
+        with self._lock:
+            candidates, self.candidates = self.candidates, ()
+        for shape in candidates:
+            start = time.monotonic()
+            outputs = slot.call(self.probe_inputs(shape), self.times.warmup_timeout(shape), self.settings.call_grace_s)
+            self.times.first_call(shape, time.monotonic() - start)
+            problem = self.mismatch(shape, outputs)
+            if problem:
+                raise InferenceError(f"a new context failed its warm-up at batch {shape}: {problem}")
 
     # ---- creating --------------------------------------------------------------------
 
@@ -256,16 +253,18 @@ class ContextPool:
         for shape in self.shapes:
             start = time.monotonic()
             timeout = self.times.warmup_timeout(shape)
-            outputs = slot.call(self.stage.probe_inputs(shape), timeout, self.settings.call_grace_s)
+            outputs = slot.call(self.probe_inputs(shape), timeout, self.settings.call_grace_s)
             self.times.first_call(shape, time.monotonic() - start)
             problem = self.mismatch(shape, outputs)
             if problem:
                 raise InferenceError(f"a new context failed its warm-up at batch {shape}: {problem}")
 
-    def _create_once(self) -> Slot:
-        slot = Slot(self.engine.create_context())
+    def _create_once(self, measure: bool = False) -> Slot:
+        slot = Slot(self.engine.create_context(), self._threads)
         try:
             self._warm(slot)
+            if measure and self.candidates:  # only in create(): the run's start waits for it
+                self._measure(slot)
         except InferenceError as err:
             self.discard(slot, abandoned=isinstance(err, Abandoned))
             if not isinstance(err, StickyInferenceError):
@@ -282,7 +281,7 @@ class ContextPool:
         failures = 0
         while failures < self.settings.create_attempts:
             try:
-                return self._create_once()
+                return self._create_once(measure=True)
             except WorkerLost as err:
                 last = err  # the supervisor restarts the worker within its own budget; try its successor
             except (InferenceError, ModelError) as err:
@@ -316,11 +315,13 @@ class ContextPool:
     def discard(self, slot: Slot, abandoned: bool = False) -> None:
         if not abandoned:
             slot.close()
+            release_freed()
             return
         self.stats.add(abandoned=1, abandoned_live=1)
 
         def reap() -> None:
             slot.close()
+            release_freed()
             self.stats.add(abandoned_live=-1)
 
         slot.when_idle(reap)
@@ -359,5 +360,6 @@ class ContextPool:
             spares, self._spares = self._spares, []
         for spare in spares:
             spare.close()
+        self._threads.close()
         with self.stats.lock:
             self.stats.shapes = self.times.snapshot()

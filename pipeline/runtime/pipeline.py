@@ -264,6 +264,7 @@ class Pipeline:
             contexts=infer.contexts,
             max_batch=self.sizing.max_batch,
             batch_shapes=self.sizing.batch_shapes,
+            measure_batches=self.sizing.batch_candidates,
             deadline_s=self.config.deadline_ms / 1000,
             max_delay_s=infer.max_delay_ms / 1000,
             max_attempts=infer.max_attempts,
@@ -284,6 +285,7 @@ class Pipeline:
         self._spawn("publish", self._publish)
         try:
             self.scheduler.start()
+            self._measured_batch(pool)
         except Exception as err:
             self.errors.append(str(err))
             self._stopping.set()
@@ -323,6 +325,14 @@ class Pipeline:
         while self.scheduler.running():
             time.sleep(0.05)  # short waits keep Ctrl-C responsive
         self.scheduler.join()
+
+    def _measured_batch(self, pool: ContextPool) -> None:
+        """On the CPU with the batch on auto: the batch the warm-up's calls show is fastest."""
+        if self.sizing.batch_rule == "measure":
+            self.sizing = self.sizing.measured(pool.times.fastest_first_calls())
+            self.scheduler.use_batch(self.sizing.max_batch, self.sizing.batch_shapes)
+            log.info("batch %d, by measurement (ms per frame by batch: %s)", self.sizing.max_batch,
+                     self.sizing.batch_ms_per_frame)
 
     def _summary(self, elapsed: float) -> RunSummary:
         latencies = list(self.publisher.latencies)

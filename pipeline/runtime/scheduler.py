@@ -25,8 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engines.errors import InferenceError, InferenceTimeout, ModelError, StickyInferenceError, WorkerBudgetExhausted
-from pipeline.runtime.context_pool import Abandoned, ContextPool, CorruptOutput, Slot
+from pipeline.runtime.context_pool import ContextPool, CorruptOutput
 from pipeline.runtime.queues import Closed, FrameQueue
+from pipeline.runtime.slot import Abandoned, Slot
 from stages.types import Frame, Reason
 
 log = logging.getLogger("vidpipe.scheduler")
@@ -39,6 +40,7 @@ class SchedulerSettings:
     contexts: int = 2
     max_batch: int = 4
     batch_shapes: tuple[int, ...] = (1, 2, 3, 4)
+    measure_batches: tuple[int, ...] = ()  # timed once on the first context, to choose the batch
     deadline_s: float = 2.0  # the budget of a frame whose deadline starts at its batch
     max_delay_s: float = 0.005
     max_attempts: int = 5
@@ -98,6 +100,12 @@ class InferScheduler:
             thread = threading.Thread(target=self._work, args=(slot,), name=f"vidpipe-infer-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def use_batch(self, max_batch: int, shapes: tuple[int, ...]) -> None:
+        """Batches of at most `max_batch` frames padded to `shapes` from now on (the batch
+        chosen by measurement, before any frame is queued)."""
+        self.pool.use_shapes(shapes)
+        self.max_batch = min(self.stage.max_batch(max_batch), self.pool.shapes[-1])
 
     def stop(self) -> None:
         """Workers finish the batch in hand and exit; queued frames stay for the caller."""

@@ -7,9 +7,16 @@ and from the device the engine runs on:
 - ONNX Runtime threads per context = usable CPUs // contexts (at least 1). With one thread
   per context on a 16-core host, inference used 2 of 16 cores (19 fps); with the cores split
   between the contexts it used them all (51 fps) — measured on the lent GPU machine's CPU.
-- Largest batch: 1 on the CPU, where a larger batch measured no faster and held more memory
-  (issue 18: batch 1 was 1.09x faster than 4 with 320 MB less); 16 on a GPU, where throughput
-  keeps rising with the batch (MEASUREMENTS.md: 274 fps at 1, 2,773 at 16 with IO binding).
+- Largest batch on the CPU: measured. The contexts start at batch 1, and the first one's
+  warm-up also runs one call at batches 2 and 4 (`CPU_CANDIDATE_BATCHES`); the fastest call per
+  batch gives a time per frame, and a larger batch is chosen only when its time per frame is at
+  least 15% below batch 1's (`choose_batch`). On a CPU it seldom is (issue 18: batch 1 was 1.09x
+  faster than 4 with 320 MB less). A chosen batch B > 1 runs as that one shape (a partial batch
+  is padded to B), so a context still warms one shape, as at batch 1. The summary's `sizing`
+  reports the choice (`batch_rule`) and the figures behind it (`batch_ms_per_frame`). On a GPU:
+  16, where throughput keeps rising with the batch
+  (MEASUREMENTS.md: 274 fps at 1, 2,773 at 16 with IO binding). `vidpipe bench`, which does not
+  warm contexts this way, uses batch 1 on the CPU.
 - Batch shapes: every size up to the largest batch on the CPU (padding costs compute there);
   powers of two and the largest on a GPU (each shape is warmed and tuned once per context).
 - Preprocess workers (they scale and colour-convert each frame's planes): one per source, at
@@ -23,13 +30,15 @@ and from the device the engine runs on:
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 from pipeline.config import OnnxRuntimeModelConfig, RunConfig, TensorRTModelConfig
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-CPU_MAX_BATCH = 1
+CPU_MAX_BATCH = 1  # the CPU's batch where none was measured (vidpipe bench)
 GPU_MAX_BATCH = 16
+CPU_CANDIDATE_BATCHES = (2, 4)  # measured once against batch 1 on the CPU when the batch is left on auto
+BATCH_GAIN = 0.15  # a larger batch must cut the time per frame by this much to be chosen
 
 
 def usable_cpus() -> int:
@@ -53,6 +62,20 @@ def batch_shapes(max_batch: int, gpu: bool) -> tuple[int, ...]:
     return tuple(sorted(shapes | {max_batch}))
 
 
+def choose_batch(call_s: dict[int, float], gain: float = BATCH_GAIN) -> int:
+    """The batch to run at, from measured seconds per call at each batch size.
+
+    The batch with the lowest time per frame (call time / batch) among those at least `gain`
+    (a fraction) below batch 1's time per frame; 1 when none is, or batch 1 was not measured.
+    """
+    base = call_s.get(1)
+    if not base or base <= 0:
+        return 1
+    per_frame = {batch: seconds / batch for batch, seconds in call_s.items() if batch > 1 and seconds > 0}
+    better = {batch: t for batch, t in per_frame.items() if t <= (1 - gain) * base}
+    return min(better, key=lambda batch: (better[batch], batch)) if better else 1
+
+
 @dataclass(frozen=True)
 class Sizing:
     """What this run uses, after auto values were sized; in the summary as `sizing`."""
@@ -65,16 +88,41 @@ class Sizing:
     batch_shapes: tuple[int, ...]
     preprocess_workers: int
     postprocess_workers: int
+    # How max_batch was set: "config" (flag or config), "gpu" (the GPU default), "measure" (CPU:
+    # to be chosen from the warm-up's calls, see `measured`), "measured" (chosen), "model" (the
+    # model's fixed batch).
+    batch_rule: str = "config"
+    batch_candidates: tuple[int, ...] = ()  # batches measured against batch 1 (rule "measure")
+    batch_ms_per_frame: dict[str, float] = field(default_factory=dict)  # per batch size, when measured
 
     def describe(self) -> str:
         return (
             f"{self.cpus} CPUs, {self.device}: {self.contexts} contexts x {self.intra_op_threads} "
-            f"ONNX Runtime threads, batch up to {self.max_batch} (shapes {list(self.batch_shapes)}), "
-            f"{self.preprocess_workers} preprocess / {self.postprocess_workers} postprocess workers"
+            f"ONNX Runtime threads, batch up to {self.max_batch} (shapes {list(self.batch_shapes)}, "
+            f"{self.batch_rule}), {self.preprocess_workers} preprocess / {self.postprocess_workers} postprocess workers"
+        )
+
+    def measured(self, call_s: dict[int, float]) -> Sizing:
+        """This sizing with the batch chosen from `call_s` (fastest seconds per call by batch
+        size, from the warm-up); only while `batch_rule` is "measure", else unchanged."""
+        if self.batch_rule != "measure":
+            return self
+        if 1 not in call_s:  # a model with a fixed batch: it runs at that batch
+            fixed = max(call_s, default=1)
+            return replace(self, max_batch=fixed, batch_shapes=(fixed,), batch_rule="model", batch_candidates=())
+        batch = choose_batch(call_s)
+        return replace(
+            self,
+            max_batch=batch,
+            batch_shapes=(batch,),
+            batch_rule="measured",
+            batch_candidates=(),
+            batch_ms_per_frame={str(b): round(s / b * 1000, 3) for b, s in sorted(call_s.items())},
         )
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "batch_shapes": list(self.batch_shapes)}
+        shapes, candidates = list(self.batch_shapes), list(self.batch_candidates)
+        return {**asdict(self), "batch_shapes": shapes, "batch_candidates": candidates}
 
 
 def size_run(config: RunConfig, sources: int, letterbox_on_gpu: bool = False) -> tuple[RunConfig, Sizing]:
@@ -87,6 +135,7 @@ def size_run(config: RunConfig, sources: int, letterbox_on_gpu: bool = False) ->
     ort = isinstance(model, OnnxRuntimeModelConfig)
     auto_threads = 1 if gpu else max(1, cpus // contexts)
     threads = model.intra_op_threads if ort and model.intra_op_threads is not None else auto_threads
+    rule = "config" if infer.max_batch or infer.batch_shapes else ("gpu" if gpu else "measure")
     max_batch = infer.max_batch or (GPU_MAX_BATCH if gpu else CPU_MAX_BATCH)
     shapes = tuple(sorted(set(infer.batch_shapes))) if infer.batch_shapes else batch_shapes(max_batch, gpu)
     if shapes[-1] < max_batch:
@@ -100,13 +149,17 @@ def size_run(config: RunConfig, sources: int, letterbox_on_gpu: bool = False) ->
         intra_op_threads=threads,
         max_batch=max_batch,
         batch_shapes=shapes,
+        batch_rule=rule,
+        batch_candidates=CPU_CANDIDATE_BATCHES if rule == "measure" else (),
         preprocess_workers=queues.preprocess_workers or pre_workers,
         postprocess_workers=queues.postprocess_workers or workers,
     )
     sized = config.model_copy(
         update={
             "model": model.model_copy(update={"intra_op_threads": threads}) if ort else model,
-            "infer": infer.model_copy(update={"max_batch": max_batch, "batch_shapes": list(shapes)}),
+            "infer": infer if rule == "measure" else infer.model_copy(  # measure: left on auto
+                update={"max_batch": max_batch, "batch_shapes": list(shapes)}
+            ),
             "queues": queues.model_copy(
                 update={
                     "preprocess_workers": sizing.preprocess_workers,

@@ -6,12 +6,29 @@ import errno
 import fcntl
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from engines.errors import OutputError
 from pipeline.observability.summary import RunSummary
 from stages.types import Result, SourceEvent
+
+
+@dataclass(frozen=True)
+class FileModes:
+    """Permission bits for what sinks create: result files (JSONL, spool) and their directories.
+
+    Private by default (results can show faces and plates); `outputs.file_mode` and
+    `outputs.dir_mode` choose others. Applied when a file or directory is created (the process
+    umask still narrows them); existing ones keep their modes.
+    """
+
+    file: int = 0o600
+    dir: int = 0o700
+
+
+PRIVATE = FileModes()
 
 
 class Sink(Protocol):
@@ -64,13 +81,13 @@ def lock_output(fd: int, path: Path, flag: str) -> None:
         ) from None
 
 
-def lock_directory(path: Path, field: str) -> int:
-    """Create `path` (0700) if needed and hold an advisory lock on it; returns the fd to close.
+def lock_directory(path: Path, field: str, mode: int = PRIVATE.dir) -> int:
+    """Create `path` (`mode`, 0700 by default) if needed and hold an advisory lock on it; returns the fd to close.
 
     Raises OutputError naming the other run's PID when another process holds it.
     """
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as err:
         raise OutputError(f"{field} {path}: cannot use it ({err.strerror}); choose a writable directory") from None

@@ -1,9 +1,10 @@
 """Results as JSON lines: one per frame, events with their own type, a summary last.
 
-The file is created 0600 (results can show faces and plates), locked for the run (one run
-per output), and an existing file is only emptied when the first record is ready to replace
-it. Each line is written whole with its own write(2), so a crash or a signal never loses a
-result already produced; a failed write cuts the file back to its last whole line.
+The file is created 0600 (results can show faces and plates; `outputs.file_mode` chooses
+another mode), locked for the run (one run per output), and an existing file is only emptied
+when the first record is ready to replace it. Each line is written whole with its own
+write(2), so a crash or a signal never loses a result already produced; a failed write cuts
+the file back to its last whole line.
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ from pathlib import Path
 
 from engines.errors import OutputError
 from pipeline.observability.summary import RunSummary
-from pipeline.sinks import lock_output, write_failed
+from pipeline.sinks import PRIVATE, lock_output, write_failed
 from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
 from stages.types import Result, SourceEvent
 
-FILE_MODE = 0o600
-
 
 class JsonlSink:
-    def __init__(self, path: Path, mode: int = FILE_MODE) -> None:
+    def __init__(self, path: Path, mode: int = PRIVATE.file) -> None:
         self.path = Path(path)
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, mode)

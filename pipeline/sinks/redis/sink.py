@@ -62,7 +62,7 @@ from redis.exceptions import NoPermissionError
 from engines.errors import OutputError
 from pipeline.config import RedisConfig
 from pipeline.observability.summary import RunSummary
-from pipeline.sinks import lock_directory
+from pipeline.sinks import PRIVATE, FileModes, lock_directory
 from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
 from pipeline.sinks.redis.claims import CLAIM_RENEW_S, CLAIM_TTL_MS, LIVE_RUNS, Conflict, StreamClaims
 from pipeline.sinks.redis.entries import SLOTS_PER_SEQ, connect
@@ -82,12 +82,13 @@ log = logging.getLogger(__name__)
 BUFFER_MAX = 2_000  # read here, at each put: tests lower it with monkeypatch
 
 
-def check_spool_dir(directory: Path) -> None:
-    """Create the spool directory (0700) if needed and prove it takes a write, or raise OutputError."""
+def check_spool_dir(directory: Path, modes: FileModes = PRIVATE) -> None:
+    """Create the spool directory (`modes.dir`, 0700 by default) if needed and prove it takes a
+    write, or raise OutputError."""
     probe = directory / f".probe-{os.getpid()}"
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        directory.mkdir(mode=modes.dir, parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, modes.file)
         try:
             os.write(fd, b"\0" * 4096)
             os.fsync(fd)
@@ -109,11 +110,14 @@ class RedisSink(WriterThread):
     written. Redis merely unreachable at start is an outage: results are spooled.
     """
 
-    def __init__(self, config: RedisConfig, run_id: str, sources: list[str] | None = None) -> None:
+    def __init__(
+        self, config: RedisConfig, run_id: str, sources: list[str] | None = None, modes: FileModes = PRIVATE
+    ) -> None:
         self._config = config
+        self._modes = modes  # of the spool dir and files
         self._run_id = run_id
         self._url = redact_url(config.url)
-        check_spool_dir(config.spool_dir)
+        check_spool_dir(config.spool_dir, modes)
         self._client = connect(config.url)
         self._claims = StreamClaims(self._client, config.key_prefix, run_id, self._url)
         self._run_ms = int(time.time() * 1000)
@@ -143,8 +147,9 @@ class RedisSink(WriterThread):
         self._stop = threading.Event()
         self._check_at_start(sources or [])
         LIVE_RUNS.add(run_id)
-        self._spool_dir_lock = lock_directory(config.spool_dir, "outputs.redis.spool_dir")  # one run per spool dir
-        self._leftovers = Spool.leftovers(config.spool_dir)
+        # One run per spool dir.
+        self._spool_dir_lock = lock_directory(config.spool_dir, "outputs.redis.spool_dir", modes.dir)
+        self._leftovers = Spool.leftovers(config.spool_dir, modes)
         if self._leftovers:
             log.info("redis: %d spool(s) from earlier runs in %s will be replayed first",
                      len(self._leftovers), config.spool_dir)
@@ -333,7 +338,7 @@ class RedisSink(WriterThread):
     def _own_spool(self) -> Spool:
         """This run's spool, created on first use (OSError if the spool_dir refuses)."""
         if self._spool is None:
-            self._spool = Spool.create(self._config.spool_dir, self._stem, self._meta())
+            self._spool = Spool.create(self._config.spool_dir, self._stem, self._meta(), self._modes)
         return self._spool
 
     def _meta(self) -> dict[str, Any]:

@@ -23,14 +23,19 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.sinks import PRIVATE, FileModes
+
 log = logging.getLogger(__name__)
 
 
 class Spool:
     """One run's spool. Not thread-safe: its owner serialises calls."""
 
-    def __init__(self, directory: Path, stem: str, lock_fd: int, state: dict[str, Any]) -> None:
+    def __init__(
+        self, directory: Path, stem: str, lock_fd: int, state: dict[str, Any], modes: FileModes = PRIVATE
+    ) -> None:
         self.directory = directory
+        self.modes = modes
         self.stem = stem
         self.meta: dict[str, Any] = state.get("meta", {})
         self._lock_fd = lock_fd
@@ -47,14 +52,15 @@ class Spool:
             self._gen = int(self._data.rsplit(".", 2)[-2])
 
     @classmethod
-    def create(cls, directory: Path, stem: str, meta: dict[str, Any]) -> Spool:
-        """A new, empty spool owned by this process (nothing is written until `append`)."""
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = _try_lock(directory / f"{stem}.lock")
+    def create(cls, directory: Path, stem: str, meta: dict[str, Any], modes: FileModes = PRIVATE) -> Spool:
+        """A new, empty spool owned by this process (nothing is written until `append`); its
+        directory and files are created with `modes` (0700 and 0600 by default)."""
+        directory.mkdir(mode=modes.dir, parents=True, exist_ok=True)
+        fd = _try_lock(directory / f"{stem}.lock", modes.file)
         if fd is None:
             raise RuntimeError(f"spool {directory / stem} is already held by another process")
         try:
-            spool = cls(directory, stem, fd, {"meta": meta})
+            spool = cls(directory, stem, fd, {"meta": meta}, modes)
             spool._sealed = False
             spool._write_state(durable=True)
         except BaseException:
@@ -63,12 +69,12 @@ class Spool:
         return spool
 
     @classmethod
-    def leftovers(cls, directory: Path) -> list[Spool]:
+    def leftovers(cls, directory: Path, modes: FileModes = PRIVATE) -> list[Spool]:
         """Spools of earlier runs that no live process holds, oldest first, now held by us."""
         found = []
         for state_path in sorted(directory.glob("*.state")):
             stem = state_path.name.removesuffix(".state")
-            fd = _try_lock(directory / f"{stem}.lock")
+            fd = _try_lock(directory / f"{stem}.lock", modes.file)
             if fd is None:
                 continue
             try:
@@ -80,7 +86,7 @@ class Spool:
                 log.warning("spool state %s is unreadable; leaving it alone", state_path)
                 os.close(fd)
                 continue
-            spool = cls(directory, stem, fd, state)
+            spool = cls(directory, stem, fd, state, modes)
             if spool.pending_bytes == 0:
                 spool.remove()
             else:
@@ -131,7 +137,7 @@ class Spool:
         data = f"{self.stem}.{self._gen + 1}.jsonl"
         head = "".join(line + "\n" for line in lines).encode()
         try:
-            with _open_private(self.directory / data, "wb") as dst:
+            with _open_private(self.directory / data, "wb", self.modes.file) as dst:
                 dst.write(head)
                 dst.write(rest)
                 dst.flush()
@@ -146,7 +152,7 @@ class Spool:
         self._size = len(head) + len(rest)
         self._write_state(durable=True)
         old.unlink()
-        self._writer = _open_private(self.path, "ab", buffering=0)
+        self._writer = _open_private(self.path, "ab", self.modes.file, buffering=0)
 
     def sync(self) -> None:
         """Make appended records durable (fsync); called in batches, not per record."""
@@ -220,7 +226,7 @@ class Spool:
         self._data = f"{self.stem}.{self._gen}.jsonl"
         self._committed = self._read_pos = self._size = 0
         self._write_state(durable=True)
-        self._writer = _open_private(self.path, "ab", buffering=0)
+        self._writer = _open_private(self.path, "ab", self.modes.file, buffering=0)
         _fsync_dir(self.directory)
 
     def _file_size(self) -> int:
@@ -240,7 +246,7 @@ class Spool:
         state = {"data": self._data, "offset": self._committed, "meta": self.meta}
         path = self.directory / f"{self.stem}.state"
         tmp = path.with_name(path.name + ".tmp")
-        with _open_private(tmp, "w") as f:
+        with _open_private(tmp, "w", self.modes.file) as f:
             json.dump(state, f)
             if durable:
                 f.flush()
@@ -250,8 +256,8 @@ class Spool:
             _fsync_dir(self.directory)
 
 
-def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+def _try_lock(path: Path, file_mode: int) -> int | None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -260,10 +266,11 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
-def _open_private(path: Path, mode: str, buffering: int = -1) -> Any:
-    """open(path, mode), creating the file 0600: results can be sensitive (faces, plates)."""
+def _open_private(path: Path, mode: str, file_mode: int, buffering: int = -1) -> Any:
+    """open(path, mode), creating the file with `file_mode` (0600 unless configured: results
+    can be sensitive, faces and plates)."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC)
-    return os.fdopen(os.open(path, flags, 0o600), mode, buffering=buffering)
+    return os.fdopen(os.open(path, flags, file_mode), mode, buffering=buffering)
 
 
 def _fsync_dir(directory: Path) -> None:

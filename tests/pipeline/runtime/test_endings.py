@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 import pytest
 
-from tests.cli_run import read_jsonl, start, vidpipe_run
+from tests.cli_run import VIDPIPE, read_jsonl, start, vidpipe_run
 
 SIGCGT_SIGTERM = 1 << (signal.SIGTERM - 1)
 
@@ -193,6 +193,26 @@ def test_jsonl_is_created_private(tmp_path: Path, tiny_clip: Path) -> None:
     proc = vidpipe_run(str(tiny_clip), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_file_mode_is_configurable_and_checked(tmp_path: Path, tiny_clip: Path) -> None:
+    out = tmp_path / "shared.jsonl"
+    run = [*VIDPIPE, "run", "--quiet", str(tiny_clip), "--out", str(out)]
+    options = {"capture_output": True, "text": True, "timeout": 120, "preexec_fn": lambda: os.umask(0o022)}
+    proc = subprocess.run([*run, "--file-mode", "640"], **options)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_mode & 0o777 == 0o640
+    config = tmp_path / "modes.yaml"
+    config.write_text("outputs:\n  file_mode: 0o644\n")
+    out.unlink()
+    proc = subprocess.run([*run, "--config", str(config)], **options)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_mode & 0o777 == 0o644
+    for flag, value in (("--file-mode", "999"), ("--file-mode", "440"), ("--dir-mode", "600")):
+        bad = subprocess.run([*run, flag, value], capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+        (line,) = bad.stderr.strip().splitlines()
+        assert f"outputs.{flag[2:].replace('-', '_')} = '{value}'" in line, line
 
 
 def test_help_imports_nothing_heavy() -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from engines.errors import ConfigError, OutputError
 from pipeline.config import RedisConfig, build_config
+from pipeline.sinks import FileModes
 from pipeline.sinks.redis import sink as redis_sink
 from pipeline.sinks.redis.entries import missing_seqs, resolve_redis_url
 from pipeline.sinks.redis.sink import RedisSink
@@ -490,6 +491,26 @@ def test_spool_files_are_private(make_redis_server, tmp_path):
     files = spool_files(spool_dir)
     assert {p.suffix for p in files} == {".lock", ".state", ".jsonl"}
     assert {p.stat().st_mode & 0o777 for p in files} == {0o600}
+
+
+def test_spool_modes_are_configurable(make_redis_server, tmp_path):
+    """outputs.file_mode / dir_mode reach every spool file and the spool dir (umask 022 here)."""
+    server = make_redis_server(start=False)
+    spool_dir = tmp_path / "spool"
+    old_umask = os.umask(0o022)
+    try:
+        modes = build_config({"outputs": {"file_mode": "0o640", "dir_mode": "750"}}).outputs
+        settings = config(server.url, spool_dir, drain_timeout_s=0.1)
+        sink = RedisSink(settings, "run-a", modes=FileModes(modes.file_mode, modes.dir_mode))
+        publish(sink, "cam1", range(10))
+        sink.write_summary(run_summary({"cam1": 10}))
+        sink.close()
+    finally:
+        os.umask(old_umask)
+    assert spool_dir.stat().st_mode & 0o777 == 0o750
+    files = spool_files(spool_dir)
+    assert {p.suffix for p in files} == {".lock", ".state", ".jsonl"}
+    assert {p.stat().st_mode & 0o777 for p in files} == {0o640}
 
 
 SLOW_REDIS_RUN = """
