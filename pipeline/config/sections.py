@@ -37,8 +37,10 @@ def check_mode(value: Any, owner: int) -> int:
     text = str(value).strip().lower().removeprefix("0o") if isinstance(value, str) else None
     if text is not None and re.fullmatch(r"[0-7]{1,4}", text):
         value = int(text, 8)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError("must be permission bits in octal, 0o000 to 0o777, e.g. 0o640 (in YAML: '640' or 0o640)")
+    if value > 0o777:
+        return value  # the field's bound says so
     if value & owner != owner:
         raise ValueError(f"must keep {oct(owner)} for the owner (vidpipe writes there), e.g. {oct(owner | 0o040)}")
     return value
@@ -188,12 +190,13 @@ class OutputConfig(StrictModel):
     )
     mqtt: MqttConfig | None = None
     file_mode: int = Field(
-        0o600,
+        0o600, ge=0, le=0o777,
         description="Permission bits of the JSONL and spool files vidpipe creates (octal: 0o640 or '640'); "
         "the umask still applies.",
     )
     dir_mode: int = Field(
-        0o700, description="Permission bits of the spool directory vidpipe creates (octal: 0o750 or '750')."
+        0o700, ge=0, le=0o777,
+        description="Permission bits of the spool directory vidpipe creates (octal: 0o750 or '750').",
     )
 
     @field_validator("file_mode", "dir_mode", mode="before")
