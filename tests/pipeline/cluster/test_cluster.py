@@ -111,7 +111,9 @@ def test_a_killed_worker_moves_its_sources_and_every_seq_appears_once(redis_db, 
         print(f"failover of {name}: {took:.2f} s from SIGKILL to its start on {history[-1]['worker']}")
 
 
-FRAMES = 120  # per source in the failure tests: 10-12 s of paced video, time for the failure to land
+# Per source in the failure tests: 19-24 s of paced video, so that on a loaded machine, where the two
+# workers may start seconds apart, the victim's sources are still running when the failure lands.
+FRAMES = 240
 
 
 def start_four_and_pick_a_victim(redis_db, tmp_path, clips, away_from: str | None = None, **fields):
@@ -121,12 +123,19 @@ def start_four_and_pick_a_victim(redis_db, tmp_path, clips, away_from: str | Non
     sources = [{"url": str(clip), "name": f"cam{i}"} for i, clip in enumerate(clips * 2)]
     config = make_config(redis_db.url, tmp_path, sources, max_frames=FRAMES, realtime=True, **fields)
     client.start_cluster(config, workers=2)
-    current = wait_for("all four sources running", lambda: (s := client.status()) and all(
-        row["state"] == "running" for row in s["sources"].values()) and s)
-    victim = next(w for w, info in sorted(current["workers"].items()) if info["node"] != away_from)
-    victims = wait_for("frames from the victim's sources", lambda: (held := running_on(victim)) and all(
-        frames_in(redis_db, n) >= 5 for n in held) and held)
-    return current, victim, victims
+
+    def victim_with_frames():
+        """A worker away from `away_from` whose running sources have each published 5 frames."""
+        current = client.status()
+        if not all(row["state"] in ("running", "done") for row in current["sources"].values()):
+            return None
+        for worker, info in sorted(current["workers"].items()):
+            held = running_on(worker)
+            if info["node"] != away_from and held and all(frames_in(redis_db, n) >= 5 for n in held):
+                return current, worker, held
+        return None
+
+    return wait_for("a victim whose sources are running and publishing", victim_with_frames)
 
 
 def assert_moved_and_every_seq_once(final, victim: str, victims: list[str]) -> None:
