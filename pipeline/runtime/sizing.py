@@ -116,7 +116,6 @@ class Sizing:
             max_batch=batch,
             batch_shapes=(batch,),
             batch_rule="measured",
-            batch_candidates=(),
             batch_ms_per_frame={str(b): round(s / b * 1000, 3) for b, s in sorted(call_s.items())},
         )
 

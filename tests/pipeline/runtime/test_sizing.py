@@ -35,7 +35,7 @@ def test_the_cpu_measures_unless_the_batch_is_set() -> None:
     assert sizing.batch_candidates == CPU_CANDIDATE_BATCHES == (2, 4)
     chosen = sizing.measured({1: 0.010, 2: 0.021, 4: 0.030})
     assert (chosen.batch_rule, chosen.max_batch, chosen.batch_shapes) == ("measured", 4, (4,))
-    assert chosen.batch_ms_per_frame == {"1": 10.0, "2": 10.5, "4": 7.5} and chosen.batch_candidates == ()
+    assert chosen.batch_ms_per_frame == {"1": 10.0, "2": 10.5, "4": 7.5} and chosen.batch_candidates == (2, 4)
     assert sizing.measured({1: 0.010, 2: 0.020, 4: 0.040}).batch_shapes == (1,)
     assert sizing.measured({1: 0.010}).max_batch == 1  # the candidates' calls failed: batch 1
     assert sizing.measured({4: 0.040}).batch_shapes == (4,)  # a model with a fixed batch of 4
