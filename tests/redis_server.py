@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from pipeline.config import RedisConfig
 from pipeline.observability.summary import RunSummary, SourceLedger
 from pipeline.sinks.redis.sink import RedisSink
 from stages.types import Detections, Reason, Result, SourceEvent, Status
@@ -115,3 +116,38 @@ def run_summary(frames: dict[str, int]) -> RunSummary:
         failed = sum(1 for seq in range(n) if seq % 7 == 6)
         ledgers[source] = SourceLedger(decoded=n, ok=n - failed, failed={"deadline": failed} if failed else {})
     return RunSummary(sources=ledgers, elapsed_s=1.0, latency_p50_ms=12.0, latency_p99_ms=20.0)
+
+
+# ---- what the Redis sink tests share -----------------------------------------------------
+
+KEY = "vidpipe:results:"
+
+
+def config(url: str, spool_dir: Path, **overrides) -> RedisConfig:
+    """A RedisSink config for tests: a long drain unless overridden."""
+    return RedisConfig(url=url, spool_dir=spool_dir, **{"drain_timeout_s": 15.0, **overrides})
+
+
+def stream(server: RedisServer, source: str) -> list[tuple[str, dict[str, str]]]:
+    with server.client() as client:
+        return client.xrange(KEY + source)
+
+
+def frame_seqs(entries: list[tuple[str, dict[str, str]]]) -> list[int]:
+    return [int(fields["seq"]) for _, fields in entries if fields["type"] == "frame"]
+
+
+def assert_ids_increase(entries: list[tuple[str, dict[str, str]]]) -> None:
+    ids = [tuple(map(int, entry_id.split("-"))) for entry_id, _ in entries]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def spool_files(spool_dir: Path) -> list[Path]:
+    return sorted(spool_dir.glob("*")) if spool_dir.exists() else []
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
