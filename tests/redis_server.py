@@ -151,3 +151,12 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def finish(sink: RedisSink, frames: dict[str, int]) -> RunSummary:
+    """End a run as the pipeline does: its summary (`frames` decoded per source, all ok) to the
+    sink, then close it (which drains or spools). The summary, with the sink's report in it."""
+    summary = run_summary(frames)
+    sink.write_summary(summary)
+    sink.close()
+    return summary

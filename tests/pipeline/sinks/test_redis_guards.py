@@ -23,6 +23,7 @@ from tests.redis_server import (
     RedisServer,
     assert_ids_increase,
     config,
+    finish,
     frame_seqs,
     publish,
     run_summary,
@@ -98,9 +99,7 @@ def test_redis_out_of_memory_mid_batch_loses_nothing(redis_server, tmp_path, cap
         wait_for(lambda: "maxmemory" in caplog.text, timeout=20)
         with redis_server.client() as client:
             client.config_set("maxmemory", 0)
-        summary = run_summary({"cam1": 4000})
-        sink.write_summary(summary)
-        sink.close()
+        summary = finish(sink, {"cam1": 4000})
     assert frame_seqs(stream(redis_server, "cam1")) == list(range(4000))
     assert summary.outputs["redis"]["drained"] and summary.error is None
 
@@ -225,9 +224,7 @@ def test_a_full_spool_disk_keeps_the_writer_going_and_is_refused_at_start(redis_
         publish(sink, "cam1", range(50, 1500))  # ~900 KiB of results: more than the disk holds
         wait_for(lambda: "No space left on device" in caplog.text)
         redis_server.resume()
-        summary = run_summary({"cam1": 1500})
-        sink.write_summary(summary)
-        sink.close()
+        summary = finish(sink, {"cam1": 1500})
     assert frame_seqs(stream(redis_server, "cam1")) == list(range(1500))
     assert summary.outputs["redis"]["drained"] and summary.error is None
     assert spool_files(spool_dir) == []

@@ -23,6 +23,7 @@ from tests.redis_server import (
     KEY,
     assert_ids_increase,
     config,
+    finish,
     frame_result,
     frame_seqs,
     publish,
@@ -39,9 +40,7 @@ def test_results_events_and_summary_land_in_one_stream_per_source(redis_server, 
     sink = RedisSink(config(redis_server.url, tmp_path / "spool"), "run-a")
     publish(sink, "cam1", range(20), events={9: "reconnect", 19: "end"})
     publish(sink, "cam2", range(5))
-    summary = run_summary({"cam1": 20, "cam2": 5})
-    sink.write_summary(summary)
-    sink.close()
+    summary = finish(sink, {"cam1": 20, "cam2": 5})
 
     entries = stream(redis_server, "cam1")
     assert [f["type"] for _, f in entries] == ["frame"] * 10 + ["reconnect"] + ["frame"] * 10 + ["end", "summary"]
@@ -78,9 +77,7 @@ def test_killing_redis_mid_run_loses_and_duplicates_nothing(
                 time.sleep(1.0)
                 server.start()
             time.sleep(0.002)
-        summary = run_summary({"cam1": 500, "cam2": 500})
-        sink.write_summary(summary)
-        sink.close()
+        summary = finish(sink, {"cam1": 500, "cam2": 500})
 
     report = summary.outputs["redis"]
     assert report["drained"] and report["spooled"] > 0 and report["spool_bytes"] == 0
@@ -108,9 +105,7 @@ def test_a_hung_then_killed_redis_with_a_full_buffer_keeps_order(make_redis_serv
     wait_for(lambda: any(p.suffix == ".jsonl" for p in spool_files(spool_dir)))
     server.stop()
     server.start()
-    summary = run_summary({"cam1": 300})
-    sink.write_summary(summary)
-    sink.close()
+    summary = finish(sink, {"cam1": 300})
 
     entries = stream(server, "cam1")
     assert frame_seqs(entries) == list(range(300))
@@ -122,9 +117,7 @@ def test_writer_falling_behind_spools_and_keeps_order(redis_server, tmp_path, mo
     monkeypatch.setattr(redis_sink, "BUFFER_MAX", 32)
     sink = RedisSink(config(redis_server.url, tmp_path / "spool"), "run-a")
     publish(sink, "cam1", range(3000))
-    summary = run_summary({"cam1": 3000})
-    sink.write_summary(summary)
-    sink.close()
+    summary = finish(sink, {"cam1": 3000})
 
     entries = stream(redis_server, "cam1")
     assert frame_seqs(entries) == list(range(3000))
@@ -140,9 +133,7 @@ def test_run_starting_with_redis_down_drains_when_it_comes_up(make_redis_server,
         publish(sink, "cam1", range(300))
         wait_for(lambda: any(p.suffix == ".jsonl" and p.stat().st_size > 0 for p in spool_files(spool_dir)))
         server.start()
-        summary = run_summary({"cam1": 300})
-        sink.write_summary(summary)
-        sink.close()
+        summary = finish(sink, {"cam1": 300})
 
     assert "Connection refused" in caplog.text and "spooling results" in caplog.text
     assert summary.outputs["redis"]["drained"] is True
@@ -210,9 +201,7 @@ def test_a_crashed_runs_spool_is_replayed_by_the_next_run(make_redis_server, tmp
 
     server.start()
     sink = RedisSink(config(server.url, spool_dir), "run-b")
-    summary = run_summary({})
-    sink.write_summary(summary)
-    sink.close()
+    summary = finish(sink, {})
     entries = stream(server, "cam1")
     assert frame_seqs(entries) == list(range(300)) and {f["run"] for _, f in entries} == {"crashed"}
     assert summary.outputs["redis"]["earlier_runs"] == 300
@@ -237,9 +226,7 @@ def test_replaying_a_spool_that_was_already_written_duplicates_nothing(make_redi
     reports = []
     for spool in (spool_dir, copy):
         sink = RedisSink(config(server.url, spool), "run-b")
-        summary = run_summary({})
-        sink.write_summary(summary)
-        sink.close()
+        summary = finish(sink, {})
         reports.append(summary.outputs["redis"])
 
     assert [(r["written"], r["duplicates"]) for r in reports] == [(101, 0), (0, 101)]
@@ -264,9 +251,7 @@ def test_publisher_falls_back_to_the_spool_with_a_warning(make_redis_server, tmp
     with caplog.at_level(logging.WARNING):
         sink = RedisSink(config(url, tmp_path / "spool", drain_timeout_s=0.2), "run-a")
         publish(sink, "cam1", range(10))
-        summary = run_summary({"cam1": 10})
-        sink.write_summary(summary)
-        sink.close()
+        summary = finish(sink, {"cam1": 10})
     assert "Connection refused" in caplog.text and "spooling results" in caplog.text
     assert ":sesame@" not in caplog.text
     assert summary.outputs["redis"]["drained"] is False
@@ -279,9 +264,7 @@ def test_a_key_that_is_not_a_stream_keeps_results_spooled_and_says_why(redis_ser
     with caplog.at_level(logging.WARNING):
         sink = RedisSink(config(redis_server.url, tmp_path / "spool", drain_timeout_s=0.5), "run-a")
         publish(sink, "cam1", range(10))
-        summary = run_summary({"cam1": 10})
-        sink.write_summary(summary)
-        sink.close()
+        summary = finish(sink, {"cam1": 10})
     report = summary.outputs["redis"]
     assert not report["drained"] and "WRONGTYPE" in report["error"] and report["spool_bytes"] > 0
     assert caplog.text.count("WRONGTYPE") <= 3  # said once (and in the summary line), not per retry
