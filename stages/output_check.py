@@ -43,41 +43,35 @@ def layout_check(output_name: str, head: Head, conf: float) -> OutputCheck:
     least `conf` (a broken context answering 1.0 everywhere)."""
 
     def check(outputs: dict[str, np.ndarray], count: int) -> str | None:
-        if CANDIDATES in outputs:  # reduced on the GPU (stages/gpu_candidates.py)
-            return _rows_check(outputs[CANDIDATES][:count], output_name, conf)
+        if CANDIDATES in outputs:  # reduced on the GPU (stages/gpu_candidates.py): rows of x1, y1, x2, y2
+            rows = outputs[CANDIDATES][:count]
+            return _problem(output_name, conf, rows[..., 4:5], _unordered(rows), share=True)
         output = outputs.get(output_name)
         if output is None:
             return f"output '{output_name}' is missing"
         rows = candidates(output[:count], head)
-        scores = scores_of(rows, head)
-        if scores.size and (scores.min() < -SCORE_SLACK or scores.max() > 1 + SCORE_SLACK):
-            return f"scores of '{output_name}' span {scores.min():.3g}..{scores.max():.3g}, outside 0..1"
-        firing = scores.max(axis=-1) >= conf  # [rows, N]
-        if head.layout != "e2e":
-            share = float(firing.mean(axis=-1).max()) if firing.size else 0.0
-            if share > MAX_FIRING:
-                return f"'{output_name}' fires on {share:.0%} of its candidates at conf {conf}"
-            bad = rows[..., 2:4].min(axis=-1) < 0  # width or height
-        else:
-            bad = (rows[..., 2] < rows[..., 0]) | (rows[..., 3] < rows[..., 1])
-        if (bad & firing).any():
-            return f"'{output_name}' holds boxes with x2 < x1 or y2 < y1"
-        return None
+        raw = head.layout != "e2e"  # centre and size, before NMS
+        bad = rows[..., 2:4].min(axis=-1) < 0 if raw else _unordered(rows)  # width or height below 0
+        return _problem(output_name, conf, scores_of(rows, head), bad, share=raw)
 
     return check
 
 
-def _rows_check(rows: np.ndarray, output_name: str, conf: float) -> str | None:
-    """layout_check for a head reduced on the GPU to [rows, N, 6] (x1, y1, x2, y2, score, class):
-    the same score range, firing share and box order, read from the rows."""
-    scores = rows[..., 4]
+def _unordered(rows: np.ndarray) -> np.ndarray:
+    """[rows, N]: the (x1, y1, x2, y2) boxes with x2 < x1 or y2 < y1."""
+    return (rows[..., 2] < rows[..., 0]) | (rows[..., 3] < rows[..., 1])
+
+
+def _problem(name: str, conf: float, scores: np.ndarray, bad: np.ndarray, share: bool) -> str | None:
+    """What is wrong with `scores` [rows, N, S] and boxes flagged `bad` [rows, N]: scores outside
+    0..1; with `share`, a frame where more than MAX_FIRING of the candidates fire at `conf`; a
+    bad box among those firing."""
     if scores.size and (scores.min() < -SCORE_SLACK or scores.max() > 1 + SCORE_SLACK):
-        return f"scores of '{output_name}' span {scores.min():.3g}..{scores.max():.3g}, outside 0..1"
-    firing = scores >= conf
-    share = float(firing.mean(axis=-1).max()) if firing.size else 0.0
-    if share > MAX_FIRING:
-        return f"'{output_name}' fires on {share:.0%} of its candidates at conf {conf}"
-    bad = (rows[..., 2] < rows[..., 0]) | (rows[..., 3] < rows[..., 1])
+        return f"scores of '{name}' span {scores.min():.3g}..{scores.max():.3g}, outside 0..1"
+    firing = scores.max(axis=-1) >= conf  # [rows, N]
+    fired = float(firing.mean(axis=-1).max()) if firing.size else 0.0
+    if share and fired > MAX_FIRING:
+        return f"'{name}' fires on {fired:.0%} of its candidates at conf {conf}"
     if (bad & firing).any():
-        return f"'{output_name}' holds boxes with x2 < x1 or y2 < y1"
+        return f"'{name}' holds boxes with x2 < x1 or y2 < y1"
     return None
