@@ -130,7 +130,7 @@ class GpuLetterbox:
     def run(self, planes: Any, out_ptr: int, batch: int, stream: int) -> None:
         """Write `batch` frames into the float32 [batch, 3, height, width] array at `out_ptr`.
 
-        `planes`: a CuPy uint8 array (batch, rows, columns) (see `planes_shape`, `upload`), or
+        `planes`: a CuPy uint8 array (batch, rows, columns) (see `planes_shape`), or
         a device pointer (int) to that many frames laid out the same way. `out_ptr`: device
         memory the caller owns (a context's input buffer; offset it to fill part of a batch).
         `stream`: a CUDA stream handle (e.g. a `cuda.bindings.runtime` stream as an int);
@@ -176,18 +176,6 @@ def available() -> bool:
     except Exception:  # no CuPy, no GPU, or no NVRTC: the CPU letterboxes instead
         return False
     return True
-
-
-def upload(frames: list[np.ndarray], stream: int) -> Any:
-    """Host I420 planes of one size -> a CuPy uint8 array (batch, rows, columns), copied on
-    `stream` (asynchronously only from pinned host memory; from ordinary memory CuPy
-    stages the copy). Keep the result alive until the stream has used it."""
-    import cupy
-
-    host = np.stack(frames)
-    device = cupy.empty(host.shape, cupy.uint8)
-    device.set(host, stream=cupy.cuda.ExternalStream(int(stream)))
-    return device
 
 
 def _weights(out_len: int, in_len: int, scale: np.float32, step: np.float32) -> tuple[np.ndarray, np.ndarray]:

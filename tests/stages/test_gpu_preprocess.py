@@ -88,7 +88,7 @@ def test_kernel_matches_the_reference(source_size: tuple[int, int]) -> None:
     if reason:
         pytest.skip(reason)
     cupy = pytest.importorskip("cupy", reason="needs CuPy (pip install cupy-cuda13x)")
-    from stages.gpu_preprocess import GpuLetterbox, upload
+    from stages.gpu_preprocess import GpuLetterbox
 
     input_size, batch = (640, 384), 3
     rng = np.random.default_rng(5)
@@ -110,3 +110,14 @@ def test_kernel_matches_the_reference(source_size: tuple[int, int]) -> None:
     letterbox.run(device.data.ptr, out[batch:].data.ptr, 1, stream.ptr)
     stream.synchronize()
     np.testing.assert_allclose(out[batch].get(), reference(frames[0], input_size, source_size)[0], atol=1e-4)
+
+
+def upload(frames: list[np.ndarray], stream: int):
+    """Host I420 planes of one size -> a CuPy uint8 array (batch, rows, columns), copied on
+    `stream`. The pipeline stages planes in its context's pinned memory instead
+    (stages/infer.py); the kernel test only needs them on the device."""
+    import cupy
+
+    device = cupy.empty((len(frames), *frames[0].shape), cupy.uint8)
+    device.set(np.stack(frames), stream=cupy.cuda.ExternalStream(int(stream)))
+    return device
