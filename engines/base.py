@@ -6,12 +6,12 @@ per-request state. After a Context raises, the caller discards it.
 Optional capabilities are Protocols of their own, checked with `isinstance` (they are
 `runtime_checkable`): `Reloadable` and `FaultInjectable` engines, `Supervised` engines that
 report escalations, `CudaEngine`s that compute on a GPU in this process, and contexts with
-`InputBuffers` or `DeviceFills`.
+`InputBuffers`, `DeviceFills` or `WarmShapes`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -159,6 +159,28 @@ class InputBuffers(Protocol):
     host memory), so the batch is built in place: shape and dtype as the input's TensorSpec."""
 
     def input_buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray: ...
+
+
+def input_shapes(inputs: Mapping[str, np.ndarray | DeviceFill]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The key of a call's input shapes: (name, shape) pairs in name order."""
+    return tuple(sorted((name, tuple(value.shape)) for name, value in inputs.items()))
+
+
+@runtime_checkable
+class WarmShapes(Protocol):
+    """A context that knows which input shapes the session under it has already run: CPU
+    contexts share their engine's ONNX Runtime session, and a GPU context takes a CudaSession
+    handed on by a context that was replaced (engines/onnxruntime_cuda.py). A call of such a
+    shape pays no first-call cost again (cuDNN tuning, arena growth), so a new context warms
+    only the shapes that are cold; it is still probed once before it serves
+    (pipeline/runtime/context_pool.py). `is_warm(inputs)`: whether a call with these inputs'
+    shapes (`input_shapes`) has already succeeded on this context's session. `forget_warm()`:
+    this context's outputs were found wrong, so its session's earlier calls vouch for nothing:
+    the next context over it warms and checks every shape again."""
+
+    def is_warm(self, inputs: Mapping[str, np.ndarray | DeviceFill]) -> bool: ...
+
+    def forget_warm(self) -> None: ...
 
 
 @runtime_checkable

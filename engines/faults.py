@@ -20,7 +20,7 @@ import time
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from engines.base import Context, DeviceFills, Engine, Reloadable
+from engines.base import Context, DeviceFills, Engine, Reloadable, WarmShapes
 from engines.errors import InferenceError, ModelError, StickyInferenceError
 
 HOUR_S = 3_600.0
@@ -118,6 +118,13 @@ class FaultyContext:
             # Silent corruption: plausible-looking but wrong numbers, as from bad device memory.
             outputs = {k: v * np.asarray(0.5, v.dtype) + np.asarray(1, v.dtype) for k, v in outputs.items()}
         return outputs
+
+    def is_warm(self, inputs: dict[str, np.ndarray]) -> bool:
+        return isinstance(self._inner, WarmShapes) and self._inner.is_warm(inputs)
+
+    def forget_warm(self) -> None:
+        if isinstance(self._inner, WarmShapes):
+            self._inner.forget_warm()
 
     def close(self) -> None:
         self._inner.close()

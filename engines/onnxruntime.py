@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from engines.base import TensorSpec
+from engines.base import TensorSpec, input_shapes
 from engines.errors import InferenceError, InferenceTimeout, ModelError
 from engines.onnxruntime_cuda import CUDA, DEFAULT_CUDA_OPTIONS, CudaSession, OnnxRuntimeCudaContext, SessionPool
 from engines.watchdog import shared_watchdog
@@ -100,6 +100,7 @@ class OnnxRuntimeEngine:
             options.add_session_config_entry("session.use_env_allocators", "1")
         self._path, self._options, self._providers = Path(path), options, providers
         self._session = self._open()
+        self._warm: set = set()  # input shapes the session has run (OnnxRuntimeContext)
         self.inputs = [_spec(a) for a in self._session.get_inputs()]
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
@@ -130,13 +131,14 @@ class OnnxRuntimeEngine:
         if not self._path.is_file():
             raise ModelError(f"model {self._path}: no such file any more; cannot reload the engine")
         self._session = self._open()
+        self._warm = set()
         if self.cuda_options is not None:
             self._cuda_sessions.clear()
 
     def create_context(self) -> OnnxRuntimeContext | OnnxRuntimeCudaContext:
         outputs = [o.name for o in self.outputs]
         if self.cuda_options is None:
-            return OnnxRuntimeContext(self._session, outputs)
+            return OnnxRuntimeContext(self._session, outputs, self._warm)
         return OnnxRuntimeCudaContext(self._cuda_sessions, self.inputs[0].name, outputs)
 
     def close(self) -> None:
@@ -146,10 +148,20 @@ class OnnxRuntimeEngine:
 
 
 class OnnxRuntimeContext:
-    def __init__(self, session: ort.InferenceSession, output_names: list[str]) -> None:
+    """A run over the engine's shared session. `warm`: the input shapes (engines.base.input_shapes)
+    that session has run, shared by every context over it, so a new context warms only cold ones."""
+
+    def __init__(self, session: ort.InferenceSession, output_names: list[str], warm: set | None = None) -> None:
         self._session = session
         self._output_names = output_names
         self._closed = False
+        self._warm = set() if warm is None else warm
+
+    def is_warm(self, inputs: dict[str, np.ndarray]) -> bool:
+        return input_shapes(inputs) in self._warm
+
+    def forget_warm(self) -> None:
+        self._warm.clear()
 
     def infer(self, inputs: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         session = self._session
@@ -173,6 +185,7 @@ class OnnxRuntimeContext:
             raise InferenceError(f"ONNX Runtime run failed: {str(err).splitlines()[0][:300]}") from None
         finally:
             watchdog.disarm(token)
+        self._warm.add(input_shapes(inputs))
         return dict(zip(self._output_names, values))
 
     def close(self) -> None:

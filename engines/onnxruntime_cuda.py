@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from engines.base import DeviceFill, DeviceReduce
+from engines.base import DeviceFill, DeviceReduce, input_shapes
 from engines.cuda import DeviceBuffer, Event, PinnedBuffer, Stream, check, release_when_done, runtime
 from engines.errors import InferenceError, InferenceTimeout, StickyInferenceError
 
@@ -85,6 +85,7 @@ class CudaSession:
             raise InferenceError(f"ONNX Runtime CUDA session: {str(err).splitlines()[0][:300]}") from None
         self.pinned: dict[str, PinnedBuffer] = {}  # "input", "staging", "out:<name>"
         self.device: dict[str, DeviceBuffer] = {}  # "input", "staging", "reduced"
+        self.warm: set = set()  # input shapes (engines.base.input_shapes) this session has run
 
     def close(self) -> None:
         """Free the buffers, drop the session (its arena and cuDNN state), then its stream; the
@@ -162,6 +163,14 @@ class OnnxRuntimeCudaContext:
         self._input_name = input_name
         self._output_names = output_names
 
+    def is_warm(self, inputs: dict[str, np.ndarray | DeviceFill]) -> bool:
+        """Whether this context's session has already run inputs of these shapes (a session
+        handed on by a replaced context has): such a call is not a first call."""
+        return input_shapes(inputs) in self._cuda.warm
+
+    def forget_warm(self) -> None:
+        self._cuda.warm.clear()
+
     # ---- buffers ----------------------------------------------------------------------
     # Grown only between calls: infer() waited for the previous call's event, so the stream is
     # idle (a context whose call timed out is never called again). Device memory is freed in
@@ -229,6 +238,7 @@ class OnnxRuntimeCudaContext:
         mark = self._phase("wait", mark)
         outputs = {name: out.copy() for name, out in hosts.items()}  # the pinned memory is reused
         self._phase("copy out", mark)
+        self._cuda.warm.add(input_shapes(inputs))
         return outputs
 
     def _fill_input(self, batch: np.ndarray | DeviceFill, device_in: DeviceBuffer) -> DeviceReduce | None:

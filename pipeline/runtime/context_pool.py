@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engines.base import Engine
+from engines.base import Engine, WarmShapes
 from engines.errors import (
     InferenceError,
     ModelError,
@@ -67,6 +67,11 @@ class ShapeTimes:
         with self._lock:
             self._first[shape] = max(self._first.get(shape, 0.0), seconds)
             self._fastest_first[shape] = min(self._fastest_first.get(shape, seconds), seconds)
+
+    def timed(self, shape: int) -> bool:
+        """Whether a first call of this shape has been measured."""
+        with self._lock:
+            return shape in self._first
 
     def fastest_first_calls(self) -> dict[int, float]:
         """The fastest warm-up call measured per batch shape (seconds): what a call of that
@@ -249,12 +254,23 @@ class ContextPool:
     # ---- creating --------------------------------------------------------------------
 
     def _warm(self, slot: Slot) -> None:
-        """Run every batch shape once on `slot` (measured as first calls), checking each."""
-        for shape in self.shapes:
+        """Run on `slot` every batch shape its session has not run yet (all of them unless its
+        context is `WarmShapes`), timed as first calls; when none is cold, the probe shape alone
+        (a session handed on already paid its first calls, and a new context is still checked
+        before it serves). Each output is checked against the shape's reference. Shapes not yet
+        timed in this pool always run: the first context measures them all."""
+        context = slot.context
+        warm = {
+            s for s in self.shapes
+            if self.times.timed(s) and isinstance(context, WarmShapes) and context.is_warm(self.probe_inputs(s))
+        }  # fmt: skip
+        cold = [s for s in self.shapes if s not in warm]
+        for shape in cold or [self.probe_shape]:
             start = time.monotonic()
-            timeout = self.times.warmup_timeout(shape)
+            timeout = self.times.hang_timeout(shape) if shape in warm else self.times.warmup_timeout(shape)
             outputs = slot.call(self.probe_inputs(shape), timeout, self.settings.call_grace_s)
-            self.times.first_call(shape, time.monotonic() - start)
+            if shape not in warm:
+                self.times.first_call(shape, time.monotonic() - start)
             problem = self.mismatch(shape, outputs)
             if problem:
                 raise InferenceError(f"a new context failed its warm-up at batch {shape}: {problem}")
@@ -312,7 +328,11 @@ class ContextPool:
         self._want_spare.set()
         return slot if slot is not None else self.create()
 
-    def discard(self, slot: Slot, abandoned: bool = False) -> None:
+    def discard(self, slot: Slot, abandoned: bool = False, suspect: bool = False) -> None:
+        """Close `slot` (once its call returns, when `abandoned`). `suspect`: its outputs were
+        wrong, so its session's warm shapes are forgotten and checked again by the next context."""
+        if suspect and isinstance(slot.context, WarmShapes):
+            slot.context.forget_warm()
         if not abandoned:
             slot.close()
             release_freed()

@@ -261,7 +261,7 @@ class InferScheduler:
         elif slot.fresh:
             self.pool.ladder.fresh_failed()
         try:
-            return self._replace(slot, abandoned=isinstance(err, Abandoned))
+            return self._replace(slot, abandoned=isinstance(err, Abandoned), suspect=corrupt)
         except (ModelError, WorkerBudgetExhausted) as fatal:
             for frame in frames:
                 self.on_failed(frame, Reason.INFERENCE, str(fatal))
@@ -289,9 +289,9 @@ class InferScheduler:
         if done:
             self.on_done(done)
 
-    def _replace(self, slot: Slot, abandoned: bool) -> Slot:
+    def _replace(self, slot: Slot, abandoned: bool, suspect: bool = False) -> Slot:
         start = time.monotonic()
-        self.pool.discard(slot, abandoned=abandoned)
+        self.pool.discard(slot, abandoned=abandoned, suspect=suspect)
         fresh = self.pool.take()
         self.stats.rebuilt(time.monotonic() - start)
         return fresh
@@ -302,4 +302,4 @@ class InferScheduler:
         if ok:
             return slot
         log.warning("health probe failed; rebuilding the context")
-        return self._replace(slot, abandoned=False)
+        return self._replace(slot, abandoned=False, suspect=True)

@@ -272,6 +272,8 @@ def test_a_replaced_context_hands_its_tuned_session_on_unless_it_was_given_up_on
         time.sleep(0.01)  # handed on once its stream is done
     second = engine.create_context()
     assert second._cuda is session  # already tuned: a swap, not a new session
+    # ...so the pool warms only the shapes it has not run (pipeline/runtime/context_pool.py).
+    assert second.is_warm({"images": x}) and not second.is_warm({"images": np.zeros((2, 3, 640, 640), np.float32)})
     second.infer({"images": x}, 60.0)
     gate = StreamGate(second._stream.handle)
     with pytest.raises(InferenceTimeout):
@@ -281,5 +283,5 @@ def test_a_replaced_context_hands_its_tuned_session_on_unless_it_was_given_up_on
     time.sleep(0.5)
     assert session not in engine._cuda_sessions._idle  # a stream that hung is never reused
     third = engine.create_context()
-    assert third._cuda is not session
+    assert third._cuda is not session and not third.is_warm({"images": x})
     third.close()

@@ -109,6 +109,45 @@ def tiny_pool(tmp_path: Path, settings: SchedulerSettings, stats: InferStats):
     return ContextPool(engine, stage, reference, settings, stats), stage, reference
 
 
+class CountedContext:
+    """A real context whose calls are recorded (their batch sizes); its WarmShapes answers pass through."""
+
+    def __init__(self, inner, calls: list[int]) -> None:
+        self.inner, self.calls = inner, calls
+
+    def infer(self, inputs, timeout):
+        self.calls.append(len(next(iter(inputs.values()))))
+        return self.inner.infer(inputs, timeout)
+
+    def is_warm(self, inputs) -> bool:
+        return self.inner.is_warm(inputs)
+
+    def forget_warm(self) -> None:
+        self.inner.forget_warm()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_rebuilt_context_warms_only_the_shapes_its_session_has_not_run(tmp_path):
+    # CPU contexts share their engine's session: once it has run every batch shape, a context
+    # made to replace one is probed once instead of warming every shape again (on a GPU, the
+    # session a replaced context hands on). After outputs found wrong, every shape again.
+    pool, _, _ = tiny_pool(tmp_path, SchedulerSettings(spares=0, batch_shapes=(1, 2, 4)), InferStats())
+    calls: list[int] = []
+    create = pool.engine.create_context
+    pool.engine.create_context = lambda: CountedContext(create(), calls)
+    slot = pool.take()
+    assert calls == [1, 2, 4]  # the first context times every shape
+    for suspect, warmed in ((False, [1]), (False, [1]), (True, [1, 2, 4]), (False, [1])):
+        calls.clear()
+        pool.discard(slot, suspect=suspect)
+        slot = pool.take()
+        assert calls == warmed, (suspect, calls)
+    pool.discard(slot)
+    pool.close()
+
+
 def test_abandoned_contexts_are_reaped_when_their_call_returns(tmp_path):
     stats = InferStats()
     pool, stage, reference = tiny_pool(tmp_path, SchedulerSettings(), stats)
