@@ -128,14 +128,14 @@ def frame_span(client, names: list[str], prefix: str) -> tuple[float, float]:
     return (min(first), max(last)) if first else (0.0, 0.0)
 
 
-def trial(config, workers: int, worker_cpus: float, db, kill: bool = False) -> dict:
+def trial(config, workers: int, worker_cpus: float, db, kill: bool = False, per_gpu: int = 1) -> dict:
     """One cluster run to the end of every source; its figures (see the module docstring)."""
     from pipeline.cluster import client
 
     db.flushall()
     busy0, total0 = cpu_jiffies()
     started = time.monotonic()
-    client.start_cluster(config, workers, worker_cpus)
+    client.start_cluster(config, workers, worker_cpus, per_gpu)
     failover = kill_a_worker(db, config) if kill else None
     final = client.wait_finished(poll_s=0.5, timeout_s=WAIT_S)
     run_s = time.monotonic() - started
@@ -252,6 +252,11 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (one worker per GPU)")
     parser.add_argument(
+        "--workers-per-gpu", type=int, default=1,
+        help="workers sharing each GPU (each with that fraction of it): with --gpus 1 --workers 2 "
+        "--workers-per-gpu 2, one GPU fed by one process against two",
+    )  # fmt: skip
+    parser.add_argument(
         "--model",
         help="an ONNX model; default: samples/bench_model.py's detector-sized one, "
         "built here; `default`: vidpipe's tiny embedded model",
@@ -300,9 +305,9 @@ def main() -> None:
                 log(f"round {round_ + 1}/{args.repeats}")
                 for workers in (1, args.workers) if round_ % 2 == 0 else (args.workers, 1):
                     if time_left():
-                        trials.append(trial(config, workers, worker_cpus, db))
+                        trials.append(trial(config, workers, worker_cpus, db, per_gpu=args.workers_per_gpu))
             if args.failover and time_left():
-                failover = trial(config, args.workers, worker_cpus, db, kill=True)
+                failover = trial(config, args.workers, worker_cpus, db, kill=True, per_gpu=args.workers_per_gpu)
         finally:
             ray.shutdown()
             server.kill()

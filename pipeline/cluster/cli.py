@@ -35,6 +35,10 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
         "--workers", type=int, help="start: pipeline workers (default: one per GPU, else per --worker-cpus)"
     )
     parser.add_argument("--worker-cpus", type=float, default=1.0, help="start: CPUs each worker reserves (default 1)")
+    parser.add_argument(
+        "--workers-per-gpu", type=int, default=1, metavar="N",
+        help="start: pipeline workers sharing each GPU, each a process with 1/N of it (default 1)",
+    )  # fmt: skip
     parser.add_argument("--max-frames", type=int, help="start: stop each source after N frames")
     parser.add_argument("--detach", action="store_true", help="start: return once the cluster runs")
 
@@ -77,8 +81,10 @@ def _start(args: argparse.Namespace) -> int:
     if args.max_frames:
         overrides["max_frames"] = args.max_frames
     config = build_config(merge(data, overrides), str(args.config or "flags"))
+    if not 1 <= args.workers_per_gpu <= 16:
+        raise ConfigError(f"--workers-per-gpu {args.workers_per_gpu}: give 1 to 16 workers per GPU")
     client.connect_ray(args.ray, start_local=True)
-    client.start_cluster(config, args.workers, args.worker_cpus)
+    client.start_cluster(config, args.workers, args.worker_cpus, args.workers_per_gpu)
     if args.detach:
         print("cluster started; vidpipe cluster status shows it, vidpipe cluster stop ends it")
         return 0

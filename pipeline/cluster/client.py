@@ -67,19 +67,24 @@ def coordinator() -> Any:
         raise ConfigError("no vidpipe cluster is running; start one with vidpipe cluster --config FILE") from None
 
 
-def worker_options(ray: Any, worker_cpus: float) -> tuple[int, dict[str, Any]]:
-    """How many workers the cluster holds and each one's resources: one per GPU, else
-    one per `worker_cpus` CPUs."""
-    resources = ray.cluster_resources()
+def worker_options(resources: dict[str, float], worker_cpus: float, per_gpu: int = 1) -> tuple[int, dict[str, Any]]:
+    """How many workers a cluster of `resources` (Ray's `cluster_resources()`) holds and each
+    one's Ray resources: `per_gpu` per GPU, each with that fraction of it, else one per
+    `worker_cpus` CPUs. Several processes per GPU are how one GPU is fed past what one Python
+    process can drive: on the H200, two vidpipe processes of 8 sources each gave 1,581 fps
+    together, one process of 16 sources 670-1,061 (samples/gpu_bench.py procs2, issue 12)."""
     gpus = int(resources.get("GPU", 0))
     if gpus:
-        return gpus, {"num_gpus": 1, "num_cpus": worker_cpus}
+        return gpus * per_gpu, {"num_gpus": 1 / per_gpu, "num_cpus": worker_cpus}
     return max(1, int(resources.get("CPU", 1) // worker_cpus)), {"num_cpus": worker_cpus}
 
 
-def start_cluster(config: RunConfig, workers: int | None = None, worker_cpus: float = 1.0) -> Any:
+def start_cluster(
+    config: RunConfig, workers: int | None = None, worker_cpus: float = 1.0, workers_per_gpu: int = 1
+) -> Any:
     """Register the config's sources in Redis and start the coordinator (which starts the
-    workers). Needs connect_ray first. ConfigError when a cluster already runs."""
+    workers, sized by `worker_options`). Needs connect_ray first. ConfigError when a cluster
+    already runs."""
     ray = require_ray()
     if config.outputs.redis is None:
         raise ConfigError(
@@ -104,7 +109,7 @@ def start_cluster(config: RunConfig, workers: int | None = None, worker_cpus: fl
         raise ConfigError(f"redis {url}: unreachable ({err}); start Redis or fix the URL") from None
     finally:
         client.close()
-    count, options = worker_options(ray, worker_cpus)
+    count, options = worker_options(ray.cluster_resources(), worker_cpus, workers_per_gpu)
     # On the head node, as Ray's own state actors are: it does not go down with a worker node.
     actor = ray.remote(Coordinator).options(
         name=COORDINATOR, namespace=NAMESPACE, lifetime="detached", max_restarts=-1, max_concurrency=16, num_cpus=0,
