@@ -38,7 +38,7 @@ from onnx import helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.assets.default_model import DEFAULT_MODEL  # noqa: E402
+from pipeline.assets import DEFAULT_MODEL  # noqa: E402
 from pipeline.config import AnalyticsConfig  # noqa: E402
 from samples.bench_model import build  # noqa: E402
 from stages.analytics import Analytics  # noqa: E402

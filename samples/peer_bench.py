@@ -154,7 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.model is None:
         sys.path.insert(0, str(ROOT))
-        from pipeline.assets.default_model import DEFAULT_MODEL
+        from pipeline.assets import DEFAULT_MODEL
 
         args.model = str(DEFAULT_MODEL)
     if args.worker:

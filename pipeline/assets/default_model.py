@@ -24,8 +24,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-DEFAULT_MODEL = Path(__file__).parent / "default.onnx"
-
 CLASS_NAMES = ("red", "green", "blue")
 INPUT_SIZE = 320  # nominal: the square vidpipe fits sources into
 MAX_INPUT = 640

@@ -13,7 +13,8 @@ import onnxruntime as ort
 import pytest
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail
 
-from pipeline.assets.default_model import CLASS_NAMES, DEFAULT_MODEL, build_default_model
+from pipeline.assets import DEFAULT_MODEL
+from pipeline.assets.default_model import CLASS_NAMES, build_default_model
 from pipeline.assets.sample_clip import SAMPLE_CLIP, make_sample_clip, scene_objects
 
 INPUT_WIDTH = 320  # the clip's 640x360 at half size: 320x180, letterboxed to the input's height
