@@ -38,7 +38,7 @@ from onnx import helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.assets.default_model import DEFAULT_MODEL  # noqa: E402
+from pipeline.assets import DEFAULT_MODEL  # noqa: E402
 from pipeline.config import AnalyticsConfig  # noqa: E402
 from samples.bench_model import build  # noqa: E402
 from stages.analytics import Analytics  # noqa: E402
@@ -105,7 +105,10 @@ def detector_model() -> onnx.ModelProto:
     for node in graph.node:
         node.output[:] = ["blobs" if name == out else name for name in node.output]
     graph.node.extend([
-        helper.make_node("Resize", ["images", "", "bench/scales"], ["bench/images"], mode="nearest"),
+        # 640x640 whatever rectangle the run letterboxes to (the detector's sides are dynamic).
+        helper.make_node("Shape", ["images"], ["bench/batch_channels"], start=0, end=2),
+        helper.make_node("Concat", ["bench/batch_channels", "bench/size"], ["bench/sizes"], axis=0),
+        helper.make_node("Resize", ["images", "", "", "bench/sizes"], ["bench/images"], mode="nearest"),
         *bench.graph.node,
         helper.make_node("ReduceSum", ["bench/output0"], ["bench/sum"], keepdims=0),
         helper.make_node("Mul", ["bench/sum", "bench/zero"], ["bench/nothing"]),
@@ -113,7 +116,7 @@ def detector_model() -> onnx.ModelProto:
     ])  # fmt: skip
     graph.initializer.extend([
         *bench.graph.initializer,
-        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "bench/scales"),
+        numpy_helper.from_array(np.array([640, 640], np.int64), "bench/size"),
         numpy_helper.from_array(np.array(0, np.float32), "bench/zero"),
     ])  # fmt: skip
     return model

@@ -7,8 +7,9 @@ Contenders, each in its own process (so each one's peak RSS is its own), taking 
 rotating order, `--repeats` rounds:
 - vidpipe: `pipeline.run` with default flags, results to a JSONL file;
 - naive: the loop most people write: cv2.VideoCapture -> letterbox (square, at the model's
-  size) -> ONNX Runtime one frame at a time (default session options) -> YOLO decode and
-  NMS (vidpipe's Postprocess, so the two do the same work there) -> one JSON line per frame;
+  size: its fixed input, else its nominal `imgsz` metadata, else 640) -> ONNX Runtime one
+  frame at a time (default session options) -> YOLO decode and NMS (vidpipe's Postprocess,
+  so the two do the same work there) -> one JSON line per frame;
 - ultralytics: its streaming predictor on the same ONNX file, default settings, when
   `ultralytics` is installed here or `--ultralytics-python` names an interpreter that has it
   (a separate venv, so Ultralytics and its torch stay out of vidpipe's). That interpreter runs
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -58,8 +60,9 @@ def run_naive(video: str, model: str, max_frames: int | None, out: Path, started
     from stages.types import Frame
 
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    spec = session.get_inputs()[0]
-    h, w = (d if isinstance(d, int) else 640 for d in spec.shape[2:])
+    spec, meta = session.get_inputs()[0], session.get_modelmeta().custom_metadata_map
+    nominal = [int(n) for n in re.findall(r"\d+", meta.get("imgsz", ""))] or [640]  # "[h, w]", as Ultralytics writes it
+    h, w = (d if isinstance(d, int) else n for d, n in zip(spec.shape[2:], (nominal * 2)[-2:]))
     post, frames, first = None, 0, None
     capture = cv2.VideoCapture(video)
     with out.open("w") as sink:
@@ -71,7 +74,6 @@ def run_naive(video: str, model: str, max_frames: int | None, out: Path, started
             tensor, box = letterbox(rgb, (w, h))
             output = session.run(None, {spec.name: tensor[None]})[0]
             if post is None:
-                meta = session.get_modelmeta().custom_metadata_map
                 head = detect_head(output.shape, (w, h), "auto", meta, output[0])
                 post = Postprocess(output.shape, (w, h), load_names(meta, None, head.num_classes), layout=head)
             frame = Frame("naive", frames, None, 0.0, 0.0, 0.0, rgb, (rgb.shape[1], rgb.shape[0]),
@@ -152,7 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.model is None:
         sys.path.insert(0, str(ROOT))
-        from pipeline.assets.default_model import DEFAULT_MODEL
+        from pipeline.assets import DEFAULT_MODEL
 
         args.model = str(DEFAULT_MODEL)
     if args.worker:

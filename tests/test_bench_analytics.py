@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from pipeline.assets.default_model import DEFAULT_MODEL
+from pipeline.assets import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 

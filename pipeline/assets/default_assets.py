@@ -1,6 +1,7 @@
 """Regenerate vidpipe's embedded default: `python -m pipeline.assets.default_assets`."""
 
-from pipeline.assets.default_model import DEFAULT_MODEL, build_default_model
+from pipeline.assets import DEFAULT_MODEL
+from pipeline.assets.default_model import build_default_model
 from pipeline.assets.sample_clip import SAMPLE_CLIP, make_sample_clip
 
 

@@ -7,6 +7,12 @@ cells). Widening each cell's row edges over its column run, and its column edges
 run, gives every cell of a convex blob the blob's box. The score peaks at the blob's centre
 cell. The output is laid out like a YOLOv8 head ([B, 4 + C, N], no objectness) so it runs
 through the same postprocess as real models. `python -m pipeline.assets.default_assets` regenerates it.
+
+Height and width are dynamic: any multiple of ALIGN (a cell is STRIDE pixels and the scans
+work in blocks of BLOCK cells) up to MAX_INPUT. The per-cell constants are built for the
+largest grid and sliced to the input's grid in the graph; a larger input fails to broadcast
+rather than giving wrong boxes. The nominal size (`imgsz` metadata) is 320x320, so vidpipe
+runs a 16:9 source at 320x192 and the model's per-pixel work skips the letterbox bars.
 """
 
 from __future__ import annotations
@@ -18,20 +24,21 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-DEFAULT_MODEL = Path(__file__).parent / "default.onnx"
-
 CLASS_NAMES = ("red", "green", "blue")
-INPUT_SIZE = 320
+INPUT_SIZE = 320  # nominal: the square vidpipe fits sources into
+MAX_INPUT = 640
 STRIDE = 4
-GRID = INPUT_SIZE // STRIDE
-BLOCK = 8  # cells per block in the two-level max scan; divides GRID
+BLOCK = 8  # cells per block in the two-level max scan; divides the grid
+ALIGN = STRIDE * BLOCK  # input sides are multiples of it (the `stride` metadata)
+MAX_GRID = MAX_INPUT // STRIDE
 COLOUR_MARGIN = 0.3
 MAX_SCORE = 0.95
 # A run edge is packed as `rank + fraction` so one max scan finds the nearest edge and
 # carries its sub-cell offset along; the factor keeps the fraction strictly below 1.
 PACK = 0.999
-# Above any edge coordinate in cells, so values keyed by run rank never mix across runs.
-RUN_KEY = 128.0
+# Above any edge coordinate in cells (up to MAX_GRID + 1), so values keyed by run rank never
+# mix across runs.
+RUN_KEY = 256.0
 
 
 class _GraphBuilder:
@@ -51,6 +58,19 @@ class _GraphBuilder:
         self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attrs))
         return output
 
+    def length(self, x: str, axis: int) -> str:
+        """x's length along `axis`, a [1] int64 tensor."""
+        return self.op("Shape", x, start=axis, end=axis + 1)
+
+    def per_cell(self, values: np.ndarray, like: str, axis: int) -> str:
+        """A constant that varies along `axis` only, cut to `like`'s length there, to broadcast
+        against `like` ([B, C, rows, columns]). `values` cover the largest grid."""
+        shape = [1, 1, 1, 1]
+        shape[axis] = len(values)
+        table = self.const(values.reshape(shape))
+        axes = self.const([axis], np.int64)
+        return self.op("Slice", table, self.const([0], np.int64), self.length(like, axis), axes)
+
     def shift(self, x: str, axis: int, step: int) -> str:
         """x moved `step` cells along `axis` (step 1: out[i] = x[i - 1]), zero-filled."""
         pads = [0] * 8
@@ -60,10 +80,11 @@ class _GraphBuilder:
     def scan_max(self, x: str, axis: int, forward: bool) -> str:
         """Running max of `x` (>= 0) along `axis`: over the cells from the grid's start up to
         each cell (forward), or from each cell on to the grid's end."""
-        # One MaxPool as wide as the grid costs GRID compares per cell and dominated the run
+        # One MaxPool as wide as the grid costs as many compares per cell and dominated the run
         # time. Instead: the max over the last BLOCK cells, and the max over all whole blocks
-        # before this cell's block; together they cover every cell up to this one.
-        blocks = GRID // BLOCK
+        # before this cell's block; together they cover every cell up to this one. The block
+        # pool is as wide as the largest grid's blocks; on a smaller grid it just sees fewer.
+        blocks = MAX_GRID // BLOCK
         local = self.op("MaxPool", x, kernel_shape=_along_axis(BLOCK, axis),
                         pads=_one_sided(BLOCK - 1, axis, forward))  # fmt: skip
         per_block = self.op("MaxPool", x, kernel_shape=_along_axis(BLOCK, axis),
@@ -75,7 +96,7 @@ class _GraphBuilder:
         repeat[axis + 1] = BLOCK
         spread = self.op("Expand", self.op("Unsqueeze", before, self.const([axis + 1], np.int64)),
                          self.const(repeat, np.int64))  # fmt: skip
-        spread = self.op("Reshape", spread, self.const([0, 0, GRID, GRID], np.int64))
+        spread = self.op("Reshape", spread, self.op("Shape", x))
         return self.op("Max", local, spread)
 
 
@@ -91,15 +112,8 @@ def _one_sided(width: int, axis: int, before: bool) -> list[int]:
     return pads
 
 
-def _per_cell(values: np.ndarray, axis: int) -> np.ndarray:
-    """A constant that varies along `axis` only, to broadcast against [B, C, GRID, GRID]."""
-    shape = [1, 1, 1, 1]
-    shape[axis] = len(values)
-    return values.reshape(shape)
-
-
 def _colour_masks(g: _GraphBuilder, images: str) -> tuple[str, str]:
-    """Per-class cell coverage fraction and the binary cell mask, both [B, 3, GRID, GRID]."""
+    """Per-class cell coverage fraction and the binary cell mask, both [B, 3, rows, columns]."""
     r, gr, b = (
         g.op("Slice", images, g.const([c], np.int64), g.const([c + 1], np.int64),
              g.const([1], np.int64))
@@ -131,7 +145,8 @@ class _Runs:
 
 def _runs(g: _GraphBuilder, frac: str, mask: str, axis: int) -> _Runs:
     """Where each cell's run along `axis` starts and ends, sub-cell accurate."""
-    index = _per_cell(np.arange(GRID, dtype=np.float32), axis)
+    cells = g.op("Cast", g.length(mask, axis), to=TensorProto.FLOAT)
+    index = g.per_cell(np.arange(MAX_GRID, dtype=np.float32), mask, axis)
     one = g.const(1.0)
 
     # A run starts where the previous cell is outside the mask. The edge lies inside the start
@@ -139,24 +154,22 @@ def _runs(g: _GraphBuilder, frac: str, mask: str, axis: int) -> _Runs:
     prev_mask, prev_frac = g.shift(mask, axis, +1), g.shift(frac, axis, +1)
     is_start = g.op("Mul", mask, g.op("Sub", one, prev_mask))
     start_offset = g.op("Sub", g.op("Sub", one, frac), prev_frac)
-    start_rank, offset = _nearest_edge(g, is_start, start_offset, index + 1, axis, forward=True)
+    start_rank, offset = _nearest_edge(g, is_start, start_offset, g.op("Add", index, one), axis, forward=True)
     start = g.op("Add", g.op("Sub", start_rank, one), offset)
 
     next_mask, next_frac = g.shift(mask, axis, -1), g.shift(frac, axis, -1)
     is_end = g.op("Mul", mask, g.op("Sub", one, next_mask))
     end_offset = g.op("Sub", next_frac, g.op("Sub", one, frac))
-    end_rank, offset = _nearest_edge(g, is_end, end_offset, GRID - index, axis, forward=False)
-    end = g.op("Add", g.op("Sub", g.const(GRID + 1.0), end_rank), offset)
+    end_rank, offset = _nearest_edge(g, is_end, end_offset, g.op("Sub", cells, index), axis, forward=False)
+    end = g.op("Add", g.op("Sub", g.op("Add", cells, one), end_rank), offset)
     return _Runs(start, end, start_rank, end_rank)
 
 
-def _nearest_edge(
-    g: _GraphBuilder, is_edge: str, offset: str, rank: np.ndarray, axis: int, forward: bool
-) -> tuple[str, str]:
+def _nearest_edge(g: _GraphBuilder, is_edge: str, offset: str, rank: str, axis: int, forward: bool) -> tuple[str, str]:
     """The rank and offset (-0.5..0.5 cells) of the nearest edge cell behind (or ahead of)
     each cell. Ranks are positive and grow towards the cell, so the nearest edge is the max."""
     shifted = g.op("Mul", g.op("Add", offset, g.const(0.5)), g.const(PACK))
-    packed = g.op("Mul", is_edge, g.op("Add", g.const(rank), shifted))
+    packed = g.op("Mul", is_edge, g.op("Add", rank, shifted))
     nearest = g.scan_max(packed, axis, forward)
     whole = g.op("Floor", nearest)
     part = g.op("Div", g.op("Sub", nearest, whole), g.const(PACK))
@@ -177,14 +190,16 @@ def _run_max(g: _GraphBuilder, value: str, mask: str, runs: _Runs, axis: int) ->
 
 
 def _run_min(g: _GraphBuilder, value: str, mask: str, runs: _Runs, axis: int) -> str:
-    """The min of `value` (0..GRID) over each cell's run along `axis`."""
-    flip = g.const(GRID + 1.0)
+    """The min of `value` (a coordinate across `axis`, 0..the grid's cells there) over each
+    cell's run along `axis`."""
+    cells = g.op("Cast", g.length(value, 5 - axis), to=TensorProto.FLOAT)
+    flip = g.op("Add", cells, g.const(1.0))
     return g.op("Sub", flip, _run_max(g, g.op("Sub", flip, value), mask, runs, axis))
 
 
 def _off_centre(g: _GraphBuilder, start: str, end: str, axis: int) -> str:
     """How far each cell's centre lies from the centre of its box, in cells."""
-    cell_centre = g.const(_per_cell(np.arange(GRID, dtype=np.float32) + 0.5, axis))
+    cell_centre = g.per_cell(np.arange(MAX_GRID, dtype=np.float32) + 0.5, start, axis)
     box_centre = g.op("Mul", g.op("Add", start, end), g.const(0.5))
     return g.op("Abs", g.op("Sub", box_centre, cell_centre))
 
@@ -204,7 +219,7 @@ def _score(g: _GraphBuilder, mask: str, x1: str, y1: str, x2: str, y2: str) -> s
 
 
 def _yolov8_output(g: _GraphBuilder, boxes: list[str], score: str) -> str:
-    """[B, 4 + C, C * GRID * GRID]: the anchors of class c carry its boxes and score row 4 + c."""
+    """[B, 4 + C, C * rows * columns]: the anchors of class c carry its boxes and score row 4 + c."""
     classes = len(CLASS_NAMES)
     rows = g.op("Concat", *(g.op("Unsqueeze", b, g.const([1], np.int64)) for b in boxes), axis=1)
     rows = g.op("Reshape", rows, g.const([0, 4, -1], np.int64))
@@ -233,12 +248,8 @@ def _build_graph() -> onnx.GraphProto:
     _yolov8_output(g, boxes, _score(g, mask, x1, y1, x2, y2))
 
     classes = len(CLASS_NAMES)
-    images = helper.make_tensor_value_info(
-        "images", TensorProto.FLOAT, ["batch", 3, INPUT_SIZE, INPUT_SIZE]
-    )
-    output = helper.make_tensor_value_info(
-        "output0", TensorProto.FLOAT, ["batch", 4 + classes, classes * GRID * GRID]
-    )
+    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    output = helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 4 + classes, "anchors"])
     return helper.make_graph(g.nodes, "vidpipe_colour_blobs", [images], [output], g.initializers)
 
 
@@ -255,6 +266,7 @@ def build_default_model(path: Path) -> None:
         "description": "vidpipe's hand-built colour-blob detector (red, green, blue; no training)",
         "task": "detect",
         "imgsz": str([INPUT_SIZE, INPUT_SIZE]),
+        "stride": str(ALIGN),
         "names": str(names),
     })  # fmt: skip
     onnx.checker.check_model(model, full_check=True)

@@ -11,7 +11,7 @@ from engines.base import CudaEngine, Engine, FaultInjectable
 from engines.errors import InferenceError, ModelError
 from engines.faults import FaultPlan, FaultyEngine
 from engines.spec import EngineSpec, OnnxRuntimeSpec, TensorRTSpec, build_engine
-from pipeline.assets.default_model import DEFAULT_MODEL
+from pipeline.assets import DEFAULT_MODEL
 from pipeline.config import FaultConfig, InferConfig, ModelConfig, TensorRTModelConfig
 from stages import gpu_candidates
 from stages.infer import InferStage

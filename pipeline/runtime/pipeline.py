@@ -323,7 +323,7 @@ class Pipeline:
 
     def _join_scheduler(self) -> None:
         while self.scheduler.running():
-            time.sleep(0.05)  # short waits keep Ctrl-C responsive
+            self.scheduler.wait(0.2)  # short waits keep Ctrl-C responsive
         self.scheduler.join()
 
     def _measured_batch(self, pool: ContextPool) -> None:

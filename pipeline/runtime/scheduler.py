@@ -114,6 +114,12 @@ class InferScheduler:
     def running(self) -> bool:
         return any(thread.is_alive() for thread in self._threads)
 
+    def wait(self, timeout: float) -> None:
+        """Wait at most `timeout` seconds for the workers to exit; returns as soon as they have."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
     def join(self, timeout: float | None = None) -> None:
         for thread in self._threads:
             thread.join(timeout)

@@ -11,11 +11,13 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail
 
-from pipeline.assets.default_model import CLASS_NAMES, DEFAULT_MODEL, build_default_model
+from pipeline.assets import DEFAULT_MODEL
+from pipeline.assets.default_model import CLASS_NAMES, build_default_model
 from pipeline.assets.sample_clip import SAMPLE_CLIP, make_sample_clip, scene_objects
 
-INPUT_SIZE, PAD = 320, 70
+INPUT_WIDTH = 320  # the clip's 640x360 at half size: 320x180, letterboxed to the input's height
 CONF, NMS_IOU = 0.25, 0.45
 MIN_SIZE, MATCH_IOU = 16, 0.7
 EVERY = 4  # frames scored; the rest only counted, to keep the test short
@@ -39,26 +41,24 @@ def decode(path: Path) -> Clip:
     return clip
 
 
-def letterbox(image: np.ndarray) -> np.ndarray:
-    resized = cv2.resize(image, (INPUT_SIZE, INPUT_SIZE - 2 * PAD), interpolation=cv2.INTER_AREA)
-    padded = cv2.copyMakeBorder(resized, PAD, PAD, 0, 0, cv2.BORDER_CONSTANT, value=(114,) * 3)
+def letterbox(image: np.ndarray, pad: int) -> np.ndarray:
+    resized = cv2.resize(image, (INPUT_WIDTH, 180), interpolation=cv2.INTER_AREA)
+    padded = cv2.copyMakeBorder(resized, pad, pad, 0, 0, cv2.BORDER_CONSTANT, value=(114,) * 3)
     return padded.transpose(2, 0, 1).astype(np.float32) / 255
 
 
-def detect(output: np.ndarray) -> list[tuple[int, np.ndarray]]:
+def detect(output: np.ndarray, pad: int) -> list[tuple[int, np.ndarray]]:
     """YOLOv8 [4 + C, N] -> (class_id, xyxy in source pixels) after class-aware NMS."""
     scores = output[4:]
     class_id, score = scores.argmax(axis=0), scores.max(axis=0)
     keep = score > CONF
     cx, cy, w, h = output[:4, keep]
     xywh = np.stack([cx - w / 2, cy - h / 2, w, h], axis=1).astype(np.float64)
-    kept = np.asarray(
-        cv2.dnn.NMSBoxesBatched(xywh, score[keep], class_id[keep], CONF, NMS_IOU), np.int64
-    ).reshape(-1)
+    kept = np.asarray(cv2.dnn.NMSBoxesBatched(xywh, score[keep], class_id[keep], CONF, NMS_IOU), np.int64).reshape(-1)
     detections = []
     for i in kept:
         x, y, w, h = xywh[i]
-        xyxy = np.array([x, y - PAD, x + w, y + h - PAD]) * 2
+        xyxy = np.array([x, y - pad, x + w, y + h - pad]) * 2
         detections.append((int(class_id[keep][i]), xyxy))
     return detections
 
@@ -87,17 +87,35 @@ def test_model_builds_the_same_bytes_every_time(tmp_path: Path) -> None:
     assert (tmp_path / "a.onnx").read_bytes() == DEFAULT_MODEL.read_bytes()
 
 
-def test_model_runs_any_batch_and_names_its_classes(session: ort.InferenceSession) -> None:
+@pytest.mark.parametrize("batch, height, width", [(1, 320, 320), (4, 320, 320), (2, 192, 320), (1, 640, 96)])
+def test_model_runs_any_batch_and_aligned_size(
+    session: ort.InferenceSession, batch: int, height: int, width: int
+) -> None:
     assert [i.name for i in session.get_inputs()] == ["images"]
-    assert session.get_inputs()[0].shape == ["batch", 3, INPUT_SIZE, INPUT_SIZE]
-    for batch in (1, 4):
-        images = np.full((batch, 3, INPUT_SIZE, INPUT_SIZE), 114 / 255, np.float32)
-        (output,) = session.run(["output0"], {"images": images})
-        assert output.shape == (batch, 4 + len(CLASS_NAMES), len(CLASS_NAMES) * 80 * 80)
-        assert output[:, 4:].max() == 0  # plain padding holds no object
-    names = session.get_modelmeta().custom_metadata_map["names"]
-    assert names == "{0: 'red', 1: 'green', 2: 'blue'}"
-    assert ast.literal_eval(names) == dict(enumerate(CLASS_NAMES))
+    assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    images = np.full((batch, 3, height, width), 114 / 255, np.float32)
+    (output,) = session.run(["output0"], {"images": images})
+    assert output.shape == (batch, 4 + len(CLASS_NAMES), len(CLASS_NAMES) * (height // 4) * (width // 4))
+    assert output[:, 4:].max() == 0  # plain padding holds no object
+
+
+@pytest.mark.parametrize(
+    "height, width, error",
+    [(320, 672, "broadcast an axis"), (200, 320, "cannot be reshaped")],
+    ids=["above-640", "unaligned"],
+)
+def test_model_fails_rather_than_guess_at_a_size_it_cannot_scan(
+    session: ort.InferenceSession, height: int, width: int, error: str
+) -> None:
+    with pytest.raises(Fail, match=error):
+        session.run(["output0"], {"images": np.zeros((1, 3, height, width), np.float32)})
+
+
+def test_model_names_its_classes_and_sizes(session: ort.InferenceSession) -> None:
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["names"] == "{0: 'red', 1: 'green', 2: 'blue'}"
+    assert ast.literal_eval(meta["names"]) == dict(enumerate(CLASS_NAMES))
+    assert (meta["imgsz"], meta["stride"]) == ("[320, 320]", "32")  # nominal size; sides in multiples of 32
 
 
 def test_the_clip_is_8_seconds_of_640x360(clip: Clip) -> None:
@@ -105,23 +123,25 @@ def test_the_clip_is_8_seconds_of_640x360(clip: Clip) -> None:
     assert clip.sizes == {(360, 640)}
 
 
-def test_detector_finds_the_clip_objects(session: ort.InferenceSession, clip: Clip) -> None:
-    batch = np.stack([letterbox(frame) for frame in clip.frames.values()])
+@pytest.mark.parametrize("height", [320, 192], ids=["square", "rect"])
+def test_detector_finds_the_clip_objects(session: ort.InferenceSession, clip: Clip, height: int) -> None:
+    """At the square the clip is letterboxed into, and at the 320x192 vidpipe runs it at."""
+    pad = (height - 180) // 2
+    batch = np.stack([letterbox(frame, pad) for frame in clip.frames.values()])
     (outputs,) = session.run(["output0"], {"images": batch})
+    assert outputs.shape[2] == len(CLASS_NAMES) * (height // 4) * (INPUT_WIDTH // 4)
 
     found, sized, detections, unmatched = 0, 0, 0, 0
     for index, output in zip(clip.frames, outputs):
         truth = [(c, np.array(xyxy)) for c, *xyxy in scene_objects(index)]
-        boxes = detect(output)
+        boxes = detect(output, pad)
         detections += len(boxes)
         for class_id, xyxy in truth:
             if min(xyxy[2] - xyxy[0], xyxy[3] - xyxy[1]) >= MIN_SIZE:
                 sized += 1
                 found += any(c == class_id and iou(b, xyxy) >= MATCH_IOU for c, b in boxes)
         # A detection of any real object, however small or hidden, is no false positive.
-        unmatched += sum(
-            not any(c == t and iou(b, xyxy) >= 0.5 for t, xyxy in truth) for c, b in boxes
-        )
+        unmatched += sum(not any(c == t and iou(b, xyxy) >= 0.5 for t, xyxy in truth) for c, b in boxes)
     assert sized > 150
     assert found / sized >= 0.95, f"matched {found} of {sized} objects"
     assert unmatched / detections <= 0.05, f"{unmatched} of {detections} detections are wrong"

@@ -10,7 +10,7 @@ import pytest
 from engines.base import EngineEvent, Reloadable
 from engines.faults import FaultPlan, FaultyEngine
 from engines.onnxruntime import OnnxRuntimeEngine
-from pipeline.assets.default_model import DEFAULT_MODEL
+from pipeline.assets import DEFAULT_MODEL
 from pipeline.runtime.ladder import EscalationLadder
 
 
