@@ -267,6 +267,7 @@ def build_default_model(path: Path) -> None:
         "task": "detect",
         "imgsz": str([INPUT_SIZE, INPUT_SIZE]),
         "stride": str(ALIGN),
+        "max_imgsz": str(MAX_INPUT),  # vidpipe's own key: the largest side the tables cover
         "names": str(names),
     })  # fmt: skip
     onnx.checker.check_model(model, full_check=True)

@@ -148,9 +148,15 @@ def _wanted_size(engine: Engine, imgsz: int | None, source_sizes: list[tuple[int
         return None if imgsz is None else (imgsz, imgsz)  # InferStage rejects a size the model is not
     stride = engine.metadata.get("stride", "")
     stride = int(stride) if stride.isdigit() and int(stride) > 0 else STRIDE
-    if imgsz is not None:
-        return run_input_size([], (imgsz, imgsz), stride, rect=False)
-    return run_input_size(source_sizes, _nominal_size(engine.metadata.get("imgsz")), stride)
+    if imgsz is None:
+        return run_input_size(source_sizes, _nominal_size(engine.metadata.get("imgsz")), stride)
+    largest = engine.metadata.get("max_imgsz", "")
+    if largest.isdigit() and imgsz > int(largest):
+        raise ModelError(
+            f"model {engine.name}: --imgsz {imgsz} is above the {largest} it runs at most; "
+            f"give --imgsz {largest} or less"
+        )
+    return run_input_size([], (imgsz, imgsz), stride, rect=False)
 
 
 def _nominal_size(imgsz: str | None) -> tuple[int, int]:

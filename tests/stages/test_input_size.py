@@ -15,6 +15,7 @@ from pipeline.config import OnnxRuntimeModelConfig, build_config
 from pipeline.runtime.model import load_model
 from stages.labels import COCO_NAMES
 from stages.preprocess import rect_size, run_input_size
+from tests.cli_run import vidpipe
 from tests.clips import count_frames
 from tests.conftest import ODD_SIZE
 from tests.models import CANDIDATES, KEPT, build_dynamic_yolov8_model, build_yolov8_model
@@ -95,3 +96,11 @@ def test_fixed_model_rejects_another_imgsz(tmp_path: Path) -> None:
     path = build_yolov8_model(tmp_path / "fixed.onnx")
     with pytest.raises(ModelError, match=r"fixed at 320x320, not 640x640; drop --imgsz"):
         load_model(OnnxRuntimeModelConfig(path=path, imgsz=640))
+
+
+def test_an_imgsz_above_what_the_default_model_runs_at_is_one_line_and_exit_2() -> None:
+    proc = vidpipe("run", "--imgsz", "704", "--max-frames", "3", "--quiet", timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "vidpipe: error: model default.onnx: --imgsz 704 is above the 640 it runs at most; give --imgsz 640 or less"
+    )
