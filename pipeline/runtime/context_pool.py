@@ -239,11 +239,13 @@ class ContextPool:
 
     def _measure(self, slot: Slot) -> None:
         """One timed call per batch in `self.candidates` on a warm `slot`, checked like a
-        warm-up; once per run. A failed call ends the measuring (the run stays at the shapes
-        it has) and fails this context's warm-up."""
+        warm-up; once per run. The smallest shape, warmed just before, is timed once more
+        first: its first call pays what later calls do not, and the batch is chosen by the
+        fastest call of each shape (pipeline/runtime/sizing.py). A failed call ends the
+        measuring (the run stays at the shapes it has) and fails this context's warm-up."""
         with self._lock:
             candidates, self.candidates = self.candidates, ()
-        for shape in candidates:
+        for shape in (self.probe_shape, *candidates) if candidates else ():
             start = time.monotonic()
             outputs = slot.call(self.probe_inputs(shape), self.times.warmup_timeout(shape), self.settings.call_grace_s)
             self.times.first_call(shape, time.monotonic() - start)
@@ -269,8 +271,7 @@ class ContextPool:
             start = time.monotonic()
             timeout = self.times.hang_timeout(shape) if shape in warm else self.times.warmup_timeout(shape)
             outputs = slot.call(self.probe_inputs(shape), timeout, self.settings.call_grace_s)
-            if shape not in warm:
-                self.times.first_call(shape, time.monotonic() - start)
+            self.times.first_call(shape, time.monotonic() - start)  # a warm one only lowers the fastest
             problem = self.mismatch(shape, outputs)
             if problem:
                 raise InferenceError(f"a new context failed its warm-up at batch {shape}: {problem}")
