@@ -8,10 +8,12 @@ and from the device the engine runs on:
   per context on a 16-core host, inference used 2 of 16 cores (19 fps); with the cores split
   between the contexts it used them all (51 fps) — measured on the lent GPU machine's CPU.
 - Largest batch on the CPU: measured. The contexts start at batch 1, and the first one's
-  warm-up also runs one call at batches 2 and 4 (`CPU_CANDIDATE_BATCHES`); the fastest call per
-  batch gives a time per frame, and a larger batch is chosen only when its time per frame is at
-  least 15% below batch 1's (`choose_batch`). On a CPU it seldom is (issue 18: batch 1 was 1.09x
-  faster than 4 with 320 MB less). A chosen batch B > 1 runs as that one shape (a partial batch
+  warm-up also times calls at batches 2 and 4 (`CPU_CANDIDATE_BATCHES`); the fastest call per
+  batch, plus what the pipeline spends per batch besides the call (`BATCH_OVERHEAD_S`), gives a
+  time per frame, and a larger batch is chosen only when its time per frame is at least 15%
+  below batch 1's (`choose_batch`). With a detector-sized model it seldom is (issue 18: batch 1
+  was 1.09x faster than 4 with 320 MB less); with a model as small as the default, the
+  pipeline's own cost per batch makes batching pay. A chosen batch B > 1 runs as that one shape (a partial batch
   is padded to B), so a context still warms one shape, as at batch 1. The summary's `sizing`
   reports the choice (`batch_rule`) and the figures behind it (`batch_ms_per_frame`). On a GPU:
   16, where throughput keeps rising with the batch
@@ -39,6 +41,13 @@ CPU_MAX_BATCH = 1  # the CPU's batch where none was measured (vidpipe bench)
 GPU_MAX_BATCH = 16
 CPU_CANDIDATE_BATCHES = (2, 4)  # measured once against batch 1 on the CPU when the batch is left on auto
 BATCH_GAIN = 0.15  # a larger batch must cut the time per frame by this much to be chosen
+# What a batch costs the pipeline besides its inference call alone (taking it from the queue,
+# stacking, the output check, splitting, the handoffs between threads and the contention they
+# meet), seconds. Measured on the 2-core machine with the default model on the car clip (4
+# interleaved rounds): a whole run took 1.55-1.76 s at batch 1 and 1.33-1.58 s at batch 4,
+# though alone a call costs 1.6 ms a frame at batch 1 and 2.0 ms at 4; in the run a batch-1
+# call took 4.5-5.5 ms (p50).
+BATCH_OVERHEAD_S = 0.0015
 
 
 def usable_cpus() -> int:
@@ -62,16 +71,19 @@ def batch_shapes(max_batch: int, gpu: bool) -> tuple[int, ...]:
     return tuple(sorted(shapes | {max_batch}))
 
 
-def choose_batch(call_s: dict[int, float], gain: float = BATCH_GAIN) -> int:
+def choose_batch(call_s: dict[int, float], gain: float = BATCH_GAIN, overhead_s: float = BATCH_OVERHEAD_S) -> int:
     """The batch to run at, from measured seconds per call at each batch size.
 
-    The batch with the lowest time per frame (call time / batch) among those at least `gain`
-    (a fraction) below batch 1's time per frame; 1 when none is, or batch 1 was not measured.
+    The batch with the lowest time per frame ((call time + `overhead_s`, what the pipeline
+    spends per batch besides the call) / batch) among those at least `gain` (a fraction) below
+    batch 1's; 1 when none is, or batch 1 was not measured.
     """
-    base = call_s.get(1)
-    if not base or base <= 0:
+    if not call_s.get(1, 0) > 0:
         return 1
-    per_frame = {batch: seconds / batch for batch, seconds in call_s.items() if batch > 1 and seconds > 0}
+    base = call_s[1] + overhead_s
+    per_frame = {
+        batch: (seconds + overhead_s) / batch for batch, seconds in call_s.items() if batch > 1 and seconds > 0
+    }
     better = {batch: t for batch, t in per_frame.items() if t <= (1 - gain) * base}
     return min(better, key=lambda batch: (better[batch], batch)) if better else 1
 

@@ -26,7 +26,19 @@ from tests.sinks import CollectSink
     ],
 )
 def test_a_larger_batch_is_chosen_only_when_clearly_faster_per_frame(call_ms: dict, chosen: int) -> None:
-    assert choose_batch({batch: ms / 1000 for batch, ms in call_ms.items()}) == chosen
+    assert choose_batch({batch: ms / 1000 for batch, ms in call_ms.items()}, overhead_s=0.0) == chosen
+
+
+@pytest.mark.parametrize(
+    ("call_ms", "chosen"),
+    [
+        ({1: 1.6, 2: 3.6, 4: 8.0}, 4),  # a tiny model: the pipeline's cost per batch makes batching pay
+        ({1: 48.0, 2: 96.0, 4: 200.0}, 1),  # a detector-sized one: it does not
+        ({1: 9.0, 2: 17.5, 4: 35.0}, 1),  # 13% faster with the overhead counted: not clearly faster
+    ],
+)
+def test_the_pipelines_cost_per_batch_counts(call_ms: dict, chosen: int) -> None:
+    assert choose_batch({batch: ms / 1000 for batch, ms in call_ms.items()}, overhead_s=0.0015) == chosen
 
 
 def test_the_cpu_measures_unless_the_batch_is_set() -> None:
