@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from engines.errors import OutputError, SourceError
+from engines.errors import ConfigError, OutputError, SourceError
 from pipeline.assets.sample_clip import SAMPLE_CLIP
 from pipeline.config import OverloadPolicy, RunConfig, SourceConfig
 from pipeline.observability.report import RunDisplay, print_summary
@@ -52,6 +52,17 @@ def unique_names(sources: list[SourceConfig]) -> list[str]:
         taken.add(name)
         names.append(name)
     return names
+
+
+def check_geometry_sources(config: RunConfig, names: list[str]) -> None:
+    """ConfigError when a zone or line names a source the run does not have: it would never fire."""
+    for kind, items in (("zones", config.analytics.zones), ("lines", config.analytics.lines)):
+        for item in items:
+            if item.source is not None and item.source not in names:
+                raise ConfigError(
+                    f"analytics.{kind} {item.name}: no source is named {item.source} (this run's: "
+                    f"{', '.join(names)}); give the source that name (--name, sources[].name) or drop `source`"
+                )
 
 
 def open_source(config: RunConfig, src: SourceConfig, name: str) -> Source:
@@ -136,6 +147,7 @@ def run(
     hooks.on_result = _chain(hooks.on_result, lambda _: first_result or first_result.append(time.monotonic()))
     configs = source_configs(config)
     names = unique_names(configs)
+    check_geometry_sources(config, names)
     # Engine threads are sized before it loads; the rest by Pipeline, once the model is known.
     config = config.model_copy(update={"model": size_run(config, len(configs))[0].model})
     with ExitStack() as stack:

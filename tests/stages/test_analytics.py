@@ -166,6 +166,18 @@ def test_zones_without_a_tracker_are_refused_in_one_line(tmp_path: Path) -> None
     assert "Traceback" not in proc.stderr
 
 
+def test_a_zone_for_a_source_the_run_lacks_is_refused_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    zone = "{name: door, source: cam1, polygon: [[0, 0], [9, 0], [9, 9]]}"
+    config.write_text(f"analytics:\n  tracker: bytetrack\n  zones: [{zone}]\n")
+    proc = vidpipe("run", "--config", str(config), "--max-frames", "3", timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "vidpipe: error: analytics.zones door: no source is named cam1 (this run's: sample); give the source "
+        "that name (--name, sources[].name) or drop `source`"
+    )
+
+
 @pytest.mark.parametrize("units, point", [("fraction", [0.5, 0.5]), ("pixels", [320, 180])])
 def test_fractions_and_pixels_name_the_same_place(units: str, point: list[float]) -> None:
     from stages.zones import to_pixels
