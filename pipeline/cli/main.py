@@ -37,13 +37,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     import importlib
 
     parser = argparse.ArgumentParser(prog="vidpipe", description=__doc__)
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
+    log_help = "DEBUG, INFO, WARNING (default) or ERROR"
+    parser.add_argument("--log-level", default="WARNING", help=log_help)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help) in COMMANDS.items():
         if command is None or name == command:
             importlib.import_module(module).register(sub, name, help)
         else:
             sub.add_parser(name, help=help)
+    for command_parser in sub.choices.values():  # also after the command: `vidpipe run --log-level INFO`
+        command_parser.add_argument("--log-level", default=argparse.SUPPRESS, help=log_help)
     return parser
 
 

@@ -110,9 +110,14 @@ class Sizing:
     def describe(self) -> str:
         return (
             f"{self.cpus} CPUs, {self.device}: {self.contexts} contexts x {self.intra_op_threads} "
-            f"ONNX Runtime threads, batch up to {self.max_batch} (shapes {list(self.batch_shapes)}, "
-            f"{self.batch_rule}), {self.preprocess_workers} preprocess / {self.postprocess_workers} postprocess workers"
+            f"ONNX Runtime threads, {self._batch_words()}, "
+            f"{self.preprocess_workers} preprocess / {self.postprocess_workers} postprocess workers"
         )
+
+    def _batch_words(self) -> str:
+        if self.batch_rule == "measure":
+            return f"batch measured at start (1 against {', '.join(map(str, self.batch_candidates))})"
+        return f"batch up to {self.max_batch} (shapes {list(self.batch_shapes)}, {self.batch_rule})"
 
     def measured(self, call_s: dict[int, float]) -> Sizing:
         """This sizing with the batch chosen from `call_s` (fastest seconds per call by batch

@@ -64,7 +64,8 @@ def test_sixteen_file_sources_at_default_flags_end_every_frame_ok(cpu_hog: int, 
 
 def test_defaults_are_sized_to_the_host_and_reported(tmp_path: Path, car_clip: Path) -> None:
     out = tmp_path / "out.jsonl"
-    done = vidpipe("--log-level", "INFO", "run", "--quiet", str(car_clip), "--max-frames", "5", "--out", str(out))
+    # --log-level after the command works as before it (the other tests put it before).
+    done = vidpipe("run", "--quiet", str(car_clip), "--max-frames", "5", "--out", str(out), "--log-level", "INFO")
     assert done.returncode == 0, done.stderr
     sizing = summary_record(out)["sizing"]
     cpus = len(os.sched_getaffinity(0))
@@ -73,6 +74,7 @@ def test_defaults_are_sized_to_the_host_and_reported(tmp_path: Path, car_clip: P
     assert sizing["batch_rule"] == "measured" and sizing["max_batch"] in (1, 2, 4)  # tests/.../test_sizing.py
     assert sizing["batch_shapes"] == [sizing["max_batch"]]
     assert "sized for this host" in done.stderr and "by measurement" in done.stderr
+    assert "batch measured at start (1 against 2, 4)" in done.stderr
     # Every auto value stays overridable.
     done = vidpipe_run(str(car_clip), "--max-frames", "5", "--out", str(out), "--threads", "3", "--batch", "6")
     sizing = summary_record(out)["sizing"]
