@@ -68,6 +68,9 @@ def _open_error(url: str, err: Exception) -> SourceError:
         return SourceError(f"{url}: permission denied; check the file's permissions")
     if isinstance(err, IsADirectoryError):
         return SourceError(f"{url}: is a directory; pass a video file")
+    if is_live(url) and isinstance(err, OSError):
+        # Connection refused, host unreachable, timed out...: the camera, not the video.
+        return SourceError(f"{url}: cannot connect ({reason}); check the camera's address and that it is up")
     return SourceError(f"{url}: not a video PyAV can open ({reason}); pass an mp4/mkv/ts file or a working URL")
 
 

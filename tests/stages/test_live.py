@@ -81,6 +81,7 @@ def test_unreachable_rtsp_url_fails_after_the_configured_attempts():
     with pytest.raises(SourceError, match="gave up after 2 attempts") as err:
         run(config)
     assert url in str(err.value)
+    assert "cannot connect" in str(err.value) and "check the camera's address" in str(err.value)
 
 
 def test_a_url_that_never_answers_does_not_hang_past_its_timeout():
