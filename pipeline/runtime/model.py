@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ from stages.layouts import detect_head
 from stages.output_check import layout_check
 from stages.postprocess import Postprocess
 from stages.preprocess import STRIDE, run_input_size
+
+log = logging.getLogger("vidpipe.model")
 
 DEFAULT_IMGSZ = 640  # Ultralytics' default export size, for a dynamic model that does not say
 
@@ -150,6 +153,9 @@ def _wanted_size(engine: Engine, imgsz: int | None, source_sizes: list[tuple[int
     stride = int(stride) if stride.isdigit() and int(stride) > 0 else STRIDE
     if imgsz is None:
         return run_input_size(source_sizes, _nominal_size(engine.metadata.get("imgsz")), stride)
+    if imgsz % stride:
+        log.warning("--imgsz %d is not a multiple of the model's stride %d: running at %d", imgsz, stride,
+                    -(-imgsz // stride) * stride)  # fmt: skip
     largest = engine.metadata.get("max_imgsz", "")
     if largest.isdigit() and imgsz > int(largest):
         raise ModelError(

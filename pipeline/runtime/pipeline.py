@@ -82,6 +82,7 @@ class Pipeline:
         hooks: RunHooks | None = None,
     ) -> None:
         self.config, self.sizing = size_run(config, len(sources), letterbox_on_gpu=model.stage.gpu_planes)
+        self.sizing = replace(self.sizing, input_size=model.input_size)
         config = self.config
         log.info("sized for this host: %s", self.sizing.describe())
         self.sources = sources

@@ -106,10 +106,13 @@ class Sizing:
     batch_rule: str = "config"
     batch_candidates: tuple[int, ...] = ()  # batches measured against batch 1 (rule "measure")
     batch_ms_per_frame: dict[str, float] = field(default_factory=dict)  # per batch size, when measured
+    input_size: tuple[int, int] | None = None  # the model's input (width, height) this run letterboxes to
 
     def describe(self) -> str:
         return (
-            f"{self.cpus} CPUs, {self.device}: {self.contexts} contexts x {self.intra_op_threads} "
+            f"{self.cpus} CPUs, {self.device}: "
+            + (f"input {self.input_size[0]}x{self.input_size[1]}, " if self.input_size else "")
+            + f"{self.contexts} contexts x {self.intra_op_threads} "
             f"ONNX Runtime threads, {self._batch_words()}, "
             f"{self.preprocess_workers} preprocess / {self.postprocess_workers} postprocess workers"
         )

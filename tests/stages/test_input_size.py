@@ -104,3 +104,12 @@ def test_an_imgsz_above_what_the_default_model_runs_at_is_one_line_and_exit_2() 
     assert proc.stderr.strip() == (
         "vidpipe: error: model default.onnx: --imgsz 704 is above the 640 it runs at most; give --imgsz 640 or less"
     )
+
+
+def test_an_imgsz_off_the_stride_is_rounded_up_said_and_reported(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    proc = vidpipe("run", "--imgsz", "100", "--max-frames", "3", "--quiet", "--out", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--imgsz 100 is not a multiple of the model's stride 32: running at 128" in proc.stderr
+    summary = json.loads(out.read_text().splitlines()[-1])
+    assert summary["sizing"]["input_size"] == [128, 128]
