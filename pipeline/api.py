@@ -174,7 +174,8 @@ def run(
             hooks.on_decoded = _chain(hooks.on_decoded, metrics.on_decoded)
             all_sinks.insert(0, metrics)  # first: its summary line reaches the other sinks' records
         if show and config.progress and console.is_terminal:
-            files = {s.name: s.decoder.info.frames for s in decoders if not s.decoder.live}
+            files = {s.name: _expected_frames(s.decoder.info.frames, config.max_frames) for s in decoders
+                     if not s.decoder.live}  # fmt: skip
             live = [s.name for s in decoders if s.decoder.live]
             views.append(stack.enter_context(RunDisplay(files, live, console)))
         pipeline = Pipeline(config, decoders, model, all_sinks + views, hooks)
@@ -188,6 +189,12 @@ def run(
     if show:
         _show_summary(summary, Console(file=sys.stderr) if pipeline.publisher.dead or failed else console)
     return summary
+
+
+def _expected_frames(declared: int | None, max_frames: int | None) -> int | None:
+    """The frames a file's progress bar counts to: what the container declares (None: unknown), at
+    most --max-frames."""
+    return declared if declared is None or max_frames is None else min(declared, max_frames)
 
 
 def _show_summary(summary: RunSummary, console: Console) -> None:
