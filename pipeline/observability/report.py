@@ -143,7 +143,7 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
     for name, info in summary.outputs.items():
         lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     for line in lines:
-        console.print(redact(line), highlight=False, markup=False)
+        console.print(redact(line), highlight=False, markup=False, soft_wrap=not console.is_terminal)
 
 
 def _inference_lines(inference: InferenceSnapshot | None) -> list[str]:
