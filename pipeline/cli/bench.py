@@ -272,7 +272,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     table.add_column("measure")
     table.add_column("value", justify="right")
     for name, value in figures.items():
-        table.add_row(name, "-" if value is None else f"{value:.2f}")
+        table.add_row(name, "-" if value is None else f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}")
     Console().print(table)
     return 0
 
