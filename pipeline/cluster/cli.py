@@ -37,7 +37,8 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--worker-cpus", type=float, default=1.0, help="start: CPUs each worker reserves (default 1)")
     parser.add_argument(
         "--workers-per-gpu", type=int, default=1, metavar="N",
-        help="start: pipeline workers sharing each GPU, each a process with 1/N of it (default 1)",
+        help="start: pipeline workers sharing each GPU, each a process with 1/N of it (default 1; "
+        "clusters without GPUs size by --worker-cpus alone)",
     )  # fmt: skip
     parser.add_argument("--max-frames", type=int, help="start: stop each source after N frames")
     parser.add_argument("--detach", action="store_true", help="start: return once the cluster runs")
