@@ -143,22 +143,30 @@ def test_metrics_during_a_real_run_match_the_jsonl(tmp_path: Path, car_clip: Pat
         get(port, "/healthz")
 
 
-def test_readyz_is_false_before_the_model_loads_and_true_after(monkeypatch: pytest.MonkeyPatch) -> None:
-    port = free_port()
+def test_readyz_is_false_before_the_model_loads_and_true_after(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Port 0 and the port the server logs: a free port picked beforehand can be taken by then.
     seen: dict[str, Any] = {}
     load_model = pipeline.api.load_model
 
+    def served_port() -> int:
+        said = next(r for r in caplog.records if r.getMessage().startswith("serving metrics on port"))
+        return int(said.getMessage().split()[4])
+
     def observed_load_model(*args: Any, **kwargs: Any) -> Any:
-        seen["before"] = get(port, "/readyz")
-        seen["healthz"] = get(port, "/healthz")
+        seen["port"] = served_port()
+        seen["before"] = get(seen["port"], "/readyz")
+        seen["healthz"] = get(seen["port"], "/healthz")
         return load_model(*args, **kwargs)
 
     def after(result: Result) -> None:
         if result.seq == 0:
-            in_hook(seen, "after", port, "/readyz")
+            in_hook(seen, "after", seen["port"], "/readyz")
 
     monkeypatch.setattr(pipeline.api, "load_model", observed_load_model)
-    run(build_config({"metrics": {"port": port}, "max_frames": 20, "progress": False}), hooks=RunHooks(on_result=after))
+    caplog.set_level("WARNING", logger="vidpipe")
+    run(build_config({"metrics": {"port": 0}, "max_frames": 20, "progress": False}), hooks=RunHooks(on_result=after))
 
     assert seen["healthz"][0] == 200
     status, body = seen["before"]
