@@ -247,8 +247,8 @@ class ContextPool:
         the fastest call of each shape (pipeline/runtime/sizing.py), so each shape is timed
         again while that is cheap (MEASURE_CALLS calls while under MEASURE_AGAIN_S each); the
         smallest shape, warmed just before, too. A costly shape keeps its first-call figure,
-        which errs toward the smaller batch. A failed call ends the measuring (the run stays at the shapes it
-        has) and fails this context's warm-up."""
+        which errs toward the smaller batch. A failed call ends the measuring (the run stays at
+        the shapes it has) and fails this context's warm-up."""
         with self._lock:
             candidates, self.candidates = self.candidates, ()
         for shape in (self.probe_shape, *candidates) if candidates else ():

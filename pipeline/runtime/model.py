@@ -153,16 +153,16 @@ def _wanted_size(engine: Engine, imgsz: int | None, source_sizes: list[tuple[int
     stride = int(stride) if stride.isdigit() and int(stride) > 0 else STRIDE
     if imgsz is None:
         return run_input_size(source_sizes, _nominal_size(engine.metadata.get("imgsz")), stride)
-    if imgsz % stride:
-        log.warning("--imgsz %d is not a multiple of the model's stride %d: running at %d", imgsz, stride,
-                    -(-imgsz // stride) * stride)  # fmt: skip
     largest = engine.metadata.get("max_imgsz", "")
     if largest.isdigit() and imgsz > int(largest):
         raise ModelError(
             f"model {engine.name}: --imgsz {imgsz} is above the {largest} it runs at most; "
             f"give --imgsz {largest} or less"
         )
-    return run_input_size([], (imgsz, imgsz), stride, rect=False)
+    size = run_input_size([], (imgsz, imgsz), stride, rect=False)
+    if size != (imgsz, imgsz):
+        log.warning("--imgsz %d is not a multiple of the model's stride %d: running at %d", imgsz, stride, size[0])
+    return size
 
 
 def _nominal_size(imgsz: str | None) -> tuple[int, int]:
