@@ -256,6 +256,33 @@ def test_corrupt_outputs_of_gpu_candidates_are_caught_and_retried(person_clip: P
             assert result.detections.score.max() <= 1.0 and (boxes[:, 2:] >= boxes[:, :2]).all()
 
 
+
+class StandInSession:
+    """Stands in for a CudaSession, which needs a GPU: SessionPool only makes, keeps and closes them."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_an_engine_reload_retires_the_sessions_in_use_when_they_come_back() -> None:
+    from engines.onnxruntime_cuda import SessionPool
+
+    pool = SessionPool(StandInSession)
+    in_use, idle = pool.take(), pool.take()
+    pool.give(idle)
+    pool.clear()  # what OnnxRuntimeEngine.reload does
+    assert idle.closed and not in_use.closed  # a context still runs on it
+    pool.give(in_use)  # its context closes after the reload: made from the old model file
+    assert in_use.closed and pool._idle == []
+    fresh = pool.take()
+    assert fresh is not in_use and fresh.generation == 1
+    pool.give(fresh)
+    assert pool.take() is fresh and not fresh.closed  # sessions made since the reload are kept
+
 @gpu
 def test_a_replaced_context_hands_its_tuned_session_on_unless_it_was_given_up_on(bench_model: Path) -> None:
     from engines.errors import InferenceTimeout
@@ -285,3 +312,25 @@ def test_a_replaced_context_hands_its_tuned_session_on_unless_it_was_given_up_on
     third = engine.create_context()
     assert third._cuda is not session and not third.is_warm({"images": x})
     third.close()
+
+
+@gpu
+def test_sessions_in_use_at_an_engine_reload_are_closed_when_their_contexts_close(bench_model: Path) -> None:
+    from engines.onnxruntime import OnnxRuntimeEngine
+
+    engine = OnnxRuntimeEngine(bench_model, providers=[(CUDA, {})])
+    x = np.zeros((1, 3, 640, 640), np.float32)
+    old = engine.create_context()
+    old.infer({"images": x}, 60.0)
+    session = old._cuda
+    engine.reload()
+    old.close()
+    deadline = time.monotonic() + 10
+    while session.session is not None and time.monotonic() < deadline:
+        time.sleep(0.01)  # closed once its stream is done
+    assert session.session is None and session.pinned == {} and engine._cuda_sessions._idle == []
+    new = engine.create_context()
+    assert new._cuda is not session
+    new.infer({"images": x}, 60.0)
+    new.close()
+    engine.close()
