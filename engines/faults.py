@@ -43,11 +43,17 @@ class FaultPlan(BaseModel):
         0.0, ge=0.0, le=1.0, description="Errors that poison the process running the engine (a CUDA illegal address)."
     )
     crash_rate: float = Field(0.0, ge=0.0, le=1.0, description="Kills the process running the engine.")
+    drift_rate: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="The context starts giving plausible but wrong outputs (every float x0.99) and keeps on: "
+        "no per-batch check can tell, only the health probe.",
+    )
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
 
     @property
     def active(self) -> bool:
-        rates = (self.error_rate, self.hang_rate, self.slow_rate, self.corrupt_rate, self.sticky_rate, self.crash_rate)
+        rates = (self.error_rate, self.hang_rate, self.slow_rate, self.corrupt_rate, self.sticky_rate, self.crash_rate,
+                 self.drift_rate)  # fmt: skip
         return any(r > 0 for r in rates)
 
 
@@ -92,6 +98,7 @@ class FaultyContext:
         self._inner = inner
         self._engine = engine
         self.corrupted = False
+        self.drifted = False
         self.accepts_device_fill = isinstance(inner, DeviceFills) and inner.accepts_device_fill
 
     def infer(self, inputs: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
@@ -111,12 +118,17 @@ class FaultyContext:
         elif (fault := fault - plan.corrupt_rate) < plan.sticky_rate:
             engine.poisoned = True
             engine.check_poisoned()
-        elif fault - plan.sticky_rate < plan.crash_rate:
+        elif (fault := fault - plan.sticky_rate) < plan.crash_rate:
             os.kill(os.getpid(), signal.SIGKILL)
+        elif fault - plan.crash_rate < plan.drift_rate:
+            self.drifted = True
         outputs = self._inner.infer(inputs, timeout)
         if self.corrupted:
-            # Silent corruption: plausible-looking but wrong numbers, as from bad device memory.
+            # Corruption the per-batch output check sees (scores past 1), as from bad device memory.
             outputs = {k: v * np.asarray(0.5, v.dtype) + np.asarray(1, v.dtype) for k, v in outputs.items()}
+        if self.drifted:
+            # Drift it cannot see: boxes 1% smaller, scores 1% lower, all still in range.
+            outputs = {k: v * np.asarray(0.99, v.dtype) if v.dtype.kind == "f" else v for k, v in outputs.items()}
         return outputs
 
     def is_warm(self, inputs: dict[str, np.ndarray]) -> bool:

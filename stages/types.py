@@ -42,6 +42,9 @@ class EventType(StrEnum):
     ZONE_ENTER = "zone_enter"
     ZONE_EXIT = "zone_exit"
     LINE_CROSS = "line_cross"
+    # Frames a context inferred after its last good health probe, before the probe it failed
+    # (pipeline/runtime/scheduler.py): published already, and not to be trusted.
+    SUSPECT_RESULTS = "suspect_results"
     REDIS_DATA_LOST = "redis_data_lost"  # written by the Redis sink itself, not a SourceEvent
 
 

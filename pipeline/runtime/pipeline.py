@@ -166,6 +166,14 @@ class Pipeline:
             except Closed:
                 return
 
+    def _suspect(self, source: str, first_seq: int, last_seq: int, frames: int, why: str) -> None:
+        """Results a context gave before failing a health probe: an event after the last of them."""
+        details = {"first_seq": first_seq, "last_seq": last_seq, "frames": frames, "error": why}
+        try:
+            self.results_q.put(SourceEvent(source, EventType.SUSPECT_RESULTS, last_seq, time.time(), details))
+        except Closed:
+            pass
+
     # ---- results ---------------------------------------------------------------------
 
     def _result(self, frame: Frame, status: Status, reason: Reason | None, error: str | None) -> Result:
@@ -281,7 +289,7 @@ class Pipeline:
         settings = self._scheduler_settings()
         pool = ContextPool(self.model.engine, self.model.stage, self.model.reference, settings, self.stats)
         pool.ladder.on_event = self._escalated
-        self.scheduler = InferScheduler(pool, self.infer_q, self._to_post, self._fail, self._fatal)
+        self.scheduler = InferScheduler(pool, self.infer_q, self._to_post, self._fail, self._fatal, self._suspect)
         started = time.monotonic()
         self._spawn("publish", self._publish)
         try:

@@ -77,6 +77,7 @@ class InferScheduler:
         on_done: Callable[[list[Frame]], None],
         on_failed: Callable[[Frame, Reason, str | None], None],
         on_fatal: Callable[[Exception], None],
+        on_suspect: Callable[[str, int, int, int, str], None] | None = None,
     ) -> None:
         self.pool = pool
         self.stage = pool.stage
@@ -87,6 +88,7 @@ class InferScheduler:
         self.on_done = on_done
         self.on_failed = on_failed
         self.on_fatal = on_fatal
+        self.on_suspect = on_suspect  # (source, first seq, last seq, frames, why): results not to trust
         self.max_batch = min(self.stage.max_batch(self.settings.max_batch), pool.shapes[-1])
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -146,6 +148,8 @@ class InferScheduler:
             return
         finally:
             self.healthy_contexts -= 1
+        if slot.since_probe and not self._stop.is_set():
+            self._vouch(slot, "health probe failed at the end of the run")
         self.pool.discard(slot)
 
     def _collect(self, wait: float) -> list[Frame] | None:
@@ -293,6 +297,7 @@ class InferScheduler:
             else:
                 done.append(frame)
         if done:
+            slot.inferred(done)
             self.on_done(done)
 
     def _replace(self, slot: Slot, abandoned: bool, suspect: bool = False) -> Slot:
@@ -303,9 +308,20 @@ class InferScheduler:
         return fresh
 
     def _check(self, slot: Slot) -> Slot:
-        ok = self.pool.probe(slot)
-        self.stats.add(probes=1, probe_failures=int(not ok))
-        if ok:
+        if self._vouch(slot, "health probe failed"):
             return slot
         log.warning("health probe failed; rebuilding the context")
         return self._replace(slot, abandoned=False, suspect=True)
+
+    def _vouch(self, slot: Slot, why: str) -> bool:
+        """Run a health probe on `slot`. A good one vouches for the frames it inferred since
+        the last; a failed one flags them (`on_suspect`, per source): they were published
+        after passing the per-batch output check, but the probe shows this context gives
+        plausible wrong answers that no such check can see."""
+        ok = self.pool.probe(slot)
+        self.stats.add(probes=1, probe_failures=int(not ok))
+        if not ok and self.on_suspect is not None:
+            for source, (first, last, frames) in slot.since_probe.items():
+                self.on_suspect(source, first, last, frames, why)
+        slot.since_probe.clear()
+        return ok

@@ -14,6 +14,7 @@ import numpy as np
 
 from engines.base import Context
 from engines.errors import InferenceTimeout
+from stages.types import Frame
 
 log = logging.getLogger("vidpipe.scheduler")
 
@@ -65,9 +66,20 @@ class Slot:
     def __init__(self, context: Context, threads: CallThreads | None = None) -> None:
         self.context = context
         self.fresh = True  # no batch has succeeded on it yet
+        # Per source, [first seq, last seq, frames] it inferred since its last good health probe.
+        self.since_probe: dict[str, list[int]] = {}
         self._threads = threads
         self._calls = threads.take() if threads else ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidpipe-ctx")
         self._pending = None
+
+    def inferred(self, frames: list[Frame]) -> None:
+        """Note frames whose results this context gave, until a health probe vouches for them."""
+        for frame in frames:
+            span = self.since_probe.get(frame.source)
+            if span is None:
+                self.since_probe[frame.source] = [frame.seq, frame.seq, 1]
+            else:
+                span[0], span[1], span[2] = min(span[0], frame.seq), max(span[1], frame.seq), span[2] + 1
 
     def call(self, inputs: dict[str, np.ndarray], timeout: float, grace: float) -> dict[str, np.ndarray]:
         """The context's outputs; raises InferenceError, or Abandoned past `timeout` + `grace`."""

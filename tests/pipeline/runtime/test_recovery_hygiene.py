@@ -7,10 +7,13 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.api import run
+from pipeline.assets.sample_clip import FRAME_COUNT, SAMPLE_CLIP
 from pipeline.config import build_config
 from pipeline.runtime.pipeline import RunHooks
-from stages.types import Reason, Status
+from stages.types import Detections, EventType, Reason, Status
 from tests.clips import loop_clip
 from tests.sinks import CollectSink
 
@@ -84,3 +87,32 @@ def test_corrupt_outputs_are_caught_rebuilt_and_retried_never_published(car_clip
         assert len(result.detections) == len(want)
         assert (result.detections.xyxy == want.xyxy).all() and (result.detections.score <= 1).all()
     assert not [r for r in corrupt.results if r.reason is Reason.POSTPROCESS]
+
+
+def same_detections(a: Detections, b: Detections) -> bool:
+    """Equal within what batching can change (1e-5 scale), far below the drift's pixels."""
+    return len(a) == len(b) and bool(np.allclose(a.xyxy, b.xyxy, atol=0.5) and np.allclose(a.score, b.score, atol=1e-3))
+
+
+def test_results_a_context_gave_before_failing_its_health_probe_are_flagged() -> None:
+    # Drift that no per-batch check can see (every float x0.99: boxes 1% smaller, scores 1%
+    # lower, all in range); only the health probe tells, some batches later. Every result a
+    # drifted context gave must lie in a range a suspect_results event names. The embedded
+    # sample clip: the default model finds objects in every frame of it (none in the car clip).
+    clean, drifted = CollectSink(), CollectSink()
+    source = {"sources": [{"url": str(SAMPLE_CLIP), "name": "cam"}]}
+    run(build_config(source), sinks=[clean])
+    config = {**source, "faults": {"drift_rate": 0.05, "seed": 2}, "infer": {"health_interval_s": 0.05}}
+    summary = run(build_config(config), sinks=[drifted])
+    assert drifted.seqs("cam") == list(range(FRAME_COUNT)) and summary.balanced and summary.ok == FRAME_COUNT
+    expected = {r.seq: r.detections for r in clean.results}
+    wrong = {r.seq for r in drifted.results if not same_detections(r.detections, expected[r.seq])}
+    flagged: set[int] = set()
+    for event in drifted.events:
+        if event.type == EventType.SUSPECT_RESULTS:
+            first, last = event.details["first_seq"], event.details["last_seq"]
+            assert event.after_seq == last and 0 < event.details["frames"] <= last - first + 1
+            flagged |= set(range(first, last + 1))
+    assert wrong, "no result drifted: this run proves nothing"
+    assert wrong <= flagged, sorted(wrong - flagged)
+    assert summary.inference["probe_failures"] >= 1
