@@ -15,12 +15,12 @@ from engines.errors import ConfigError, OutputError, SourceError
 from pipeline.assets.sample_clip import SAMPLE_CLIP
 from pipeline.config import OverloadPolicy, RunConfig, SourceConfig
 from pipeline.observability.report import RunDisplay, print_summary
-from pipeline.observability.summary import RunSummary, SourceLedger
 from pipeline.runtime import interrupts
 from pipeline.runtime.model import load_model
 from pipeline.runtime.pipeline import Pipeline, RunHooks, Source
 from pipeline.runtime.sizing import size_run
 from pipeline.sinks import FileModes, Sink
+from pipeline.summary import RunSummary, SourceLedger
 from stages.decode import VideoDecoder
 from stages.live import LiveSource
 from stages.source import LIVE_SCHEMES, NAME_MAX, is_live, source_name, url_scheme

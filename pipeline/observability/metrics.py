@@ -36,7 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from engines.errors import OutputError
-from pipeline.observability.summary import InferenceSnapshot, RunSummary
+from pipeline.summary import InferenceSnapshot, RunSummary
 from stages.types import EventType, Frame, Result, SourceEvent, Status
 
 if TYPE_CHECKING:

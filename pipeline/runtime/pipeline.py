@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 
 from engines.base import EngineEvent
 from pipeline.config import OverloadPolicy, RunConfig
-from pipeline.observability.summary import RunSummary, percentile
 from pipeline.runtime.context_pool import ContextPool
 from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.ledger import Ledger
@@ -29,6 +28,7 @@ from pipeline.runtime.sizing import size_run
 from pipeline.runtime.sources import Source, SourceOutlets, read_source
 from pipeline.runtime.stopping import signals_stop
 from pipeline.sinks import Sink
+from pipeline.summary import RunSummary, percentile
 from stages.preprocess import Preprocess
 from stages.types import Detections, EventType, Frame, Reason, Result, SourceEvent, Status
 

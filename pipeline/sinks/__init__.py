@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from engines.errors import OutputError
-from pipeline.observability.summary import RunSummary
+from pipeline.summary import RunSummary
 from stages.types import Result, SourceEvent
 
 

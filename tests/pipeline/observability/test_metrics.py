@@ -20,8 +20,8 @@ from engines.errors import OutputError
 from pipeline.api import run
 from pipeline.config import build_config
 from pipeline.observability.metrics import MAX_CONNECTIONS, MetricsServer, RunMetrics
-from pipeline.observability.summary import RunSummary
 from pipeline.runtime.pipeline import RunHooks
+from pipeline.summary import RunSummary
 from stages.types import Result
 from tests.cli_run import vidpipe, vidpipe_run
 from tests.redis_server import RedisServer, free_port

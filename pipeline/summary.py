@@ -1,4 +1,9 @@
-"""The end-of-run summary, the per-source ledger and the inference counters it carries."""
+"""The end-of-run summary, the per-source ledger and the inference counters it carries.
+
+These are the run's values: the runtime fills them, the sinks and observability read them.
+They sit at the top of `pipeline` and import nothing else from it, so every sub-package can
+import them downward (tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -210,3 +215,4 @@ class RunSummary:
     @property
     def balanced(self) -> bool:
         return all(s.balanced for s in self.sources.values())
+
