@@ -27,31 +27,12 @@ from pipeline.runtime.scheduler import InferScheduler, SchedulerSettings
 from pipeline.runtime.sizing import size_run
 from pipeline.runtime.sources import Source, SourceOutlets, read_source
 from pipeline.runtime.stopping import signals_stop
-from pipeline.sinks import Sink
-from pipeline.summary import RunSummary, percentile
+from pipeline.sinks import Sink, Spooling
+from pipeline.summary import PipelineSnapshot, QueueState, RunSummary, percentile
 from stages.preprocess import Preprocess
 from stages.types import Detections, EventType, Frame, Reason, Result, SourceEvent, Status
 
 log = logging.getLogger("vidpipe.runtime")
-
-
-@dataclass(frozen=True)
-class QueueState:
-    """One bounded queue between stages: its name (the stage it feeds), frames waiting, capacity."""
-
-    name: str
-    depth: int
-    capacity: int
-
-
-@dataclass(frozen=True)
-class PipelineSnapshot:
-    """A run at one moment, for metrics and health checks: the queues between stages and the
-    inference contexts serving frames (0 before the scheduler has started). The scheduler's
-    counters are `Pipeline.stats.snapshot()`, an InferenceSnapshot."""
-
-    queues: tuple[QueueState, ...]
-    healthy_contexts: int
 
 
 @dataclass
@@ -109,11 +90,16 @@ class Pipeline:
         self.scheduler: InferScheduler | None = None  # created by run()
 
     def snapshot(self) -> PipelineSnapshot:
-        """The queues' depths and the healthy contexts now (cheap: safe to call while it runs)."""
+        """The run now: queue depths, healthy contexts, the scheduler's counters and the bytes
+        waiting in sinks' spools (safe to call from any thread while it runs)."""
         stages = (self.pre_q, self.infer_q, self.post_q, self.results_q)
-        queues = tuple(QueueState(q.name, len(q), q.capacity) for q in stages)
         scheduler = self.scheduler
-        return PipelineSnapshot(queues, max(0, scheduler.healthy_contexts) if scheduler is not None else 0)
+        return PipelineSnapshot(
+            queues=tuple(QueueState(q.name, len(q), q.capacity) for q in stages),
+            healthy_contexts=max(0, scheduler.healthy_contexts) if scheduler is not None else 0,
+            inference=self.stats.snapshot(),
+            spool_bytes=sum(sink.spool_bytes for sink in self.sinks if isinstance(sink, Spooling)),
+        )
 
     # ---- control -------------------------------------------------------------------
 
