@@ -212,7 +212,7 @@ class PipelineWorker:
         failing). Only this incarnation: the actor Ray restarts starts clean. ConfigError
         unless infer.isolation is process (a poisoned engine needs a process to restart)."""
         from engines.base import FaultInjectable
-        from engines.faults import FaultPlan
+        from engines.fault_plan import FaultPlan
 
         engine = self._model_once().engine
         if not isinstance(engine, FaultInjectable):

@@ -10,7 +10,8 @@ import numpy as np
 
 from engines.base import CudaEngine, Engine, FaultInjectable
 from engines.errors import InferenceError, ModelError
-from engines.faults import FaultPlan, FaultyEngine
+from engines.fault_plan import FaultPlan
+from engines.faults import FaultyEngine
 from engines.spec import EngineSpec, OnnxRuntimeSpec, TensorRTSpec, build_engine
 from pipeline.assets import DEFAULT_MODEL
 from pipeline.config import FaultConfig, InferConfig, ModelConfig, TensorRTModelConfig

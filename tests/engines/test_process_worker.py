@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from engines.errors import InferenceError, ModelError, WorkerBudgetExhausted
-from engines.faults import FaultPlan, FaultyEngine
+from engines.fault_plan import FaultPlan
+from engines.faults import FaultyEngine
 from engines.onnxruntime import OnnxRuntimeEngine
 from engines.process import ProcessEngine
 from pipeline.api import run

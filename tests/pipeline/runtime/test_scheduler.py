@@ -251,7 +251,8 @@ def test_contexts_that_can_never_be_created_end_the_run_with_every_frame_reporte
         }
     )
     model = load_model(config.model)
-    from engines.faults import FaultPlan, FaultyEngine
+    from engines.fault_plan import FaultPlan
+    from engines.faults import FaultyEngine
 
     model.engine = FaultyEngine(_ContextsStopComing(model.engine, working=6), FaultPlan(error_rate=0.3, seed=2))
     decoder = VideoDecoder("cam", str(car_clip), config.deadline_ms / 1000)
