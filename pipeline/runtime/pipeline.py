@@ -23,7 +23,8 @@ from pipeline.runtime.ledger import Ledger
 from pipeline.runtime.model import Model
 from pipeline.runtime.publisher import Publisher
 from pipeline.runtime.queues import BoundedQueue, Closed, FrameQueue
-from pipeline.runtime.scheduler import InferScheduler, SchedulerSettings
+from pipeline.runtime.scheduler import InferScheduler
+from pipeline.runtime.settings import SchedulerSettings, spares_for
 from pipeline.runtime.sizing import size_run
 from pipeline.runtime.sources import Source, SourceOutlets, read_source
 from pipeline.runtime.stopping import signals_stop
@@ -259,7 +260,7 @@ class Pipeline:
             probe_tolerance=infer.probe_tolerance,
             hang_factor=infer.hang_factor,
             hang_floor_s=infer.hang_floor_ms / 1000,
-            spares=min(infer.contexts, 2),
+            spares=spares_for(infer.contexts),
         )
 
     def run(self) -> RunSummary:

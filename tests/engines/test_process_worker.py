@@ -23,7 +23,7 @@ from pipeline.runtime.context_pool import ContextPool
 from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.model import DEFAULT_MODEL, load_model
 from pipeline.runtime.pipeline import Pipeline, Source
-from pipeline.runtime.scheduler import SchedulerSettings
+from pipeline.runtime.settings import SchedulerSettings
 from stages.decode import VideoDecoder
 from stages.infer import InferStage
 from stages.types import Reason, Status
