@@ -104,6 +104,11 @@ class Pipeline:
 
     # ---- control -------------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the run has stopped reading its sources (stop(), abort(), a failed start)."""
+        return self._stopping.is_set()
+
     def stop(self) -> None:
         """Stop reading sources; frames in flight finish (or end as failed/shutdown)."""
         self._stopping.set()
