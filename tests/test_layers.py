@@ -10,8 +10,9 @@ assembles a run; observability reads a run through `Pipeline.snapshot()`; the ru
 sinks through the `Sink` protocol; the sinks write `pipeline.summary`'s values and read their
 config. `config`, `summary` and `assets` import no other part of `pipeline`.
 
-Read from the source with `ast`, every import counted (top-level and inside functions), except
-those under `if TYPE_CHECKING:`, which only type checkers follow.
+Read from the source with `ast`, every import counted: top-level, inside functions and under
+`if TYPE_CHECKING:` (a type-only import is a dependency too; where one would point the wrong
+way, the importing module declares the little it needs as a Protocol instead).
 """
 
 from __future__ import annotations
@@ -33,21 +34,10 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -156,7 +146,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
-    """The parser the two tests above rely on finds imports at any depth, and skips TYPE_CHECKING."""
+    """The parser the tests above rely on finds imports at any depth, TYPE_CHECKING ones too."""
     source = (
         "from typing import TYPE_CHECKING\n"
         "from stages.types import Frame\n"
@@ -164,5 +154,6 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
         "def f():\n    from pipeline.api import run\n"
     )
     assert _imports(ast.parse(source), "engines.x", False) == {
-        "stages.types", "stages.types.Frame", "pipeline.api", "pipeline.api.run",
+        "stages.types", "stages.types.Frame", "pipeline.config", "pipeline.config.RunConfig",
+        "pipeline.api", "pipeline.api.run",
     }
