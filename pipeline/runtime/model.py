@@ -34,7 +34,7 @@ def engine_spec(config: ModelConfig) -> EngineSpec:
     path = config.path or DEFAULT_MODEL
     if isinstance(config, TensorRTModelConfig):
         return TensorRTSpec(path, config.precision, config.engine_cache)
-    threads = 1 if config.intra_op_threads is None else config.intra_op_threads  # api.run sizes it first
+    threads = 1 if config.intra_op_threads is None else config.intra_op_threads  # runtime/assemble.py sizes it first
     providers = tuple(p if isinstance(p, str) else (p.name, dict(p.options)) for p in config.providers)
     return OnnxRuntimeSpec(path, providers, threads)
 

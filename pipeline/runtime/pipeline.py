@@ -25,8 +25,8 @@ from pipeline.runtime.publisher import Publisher
 from pipeline.runtime.queues import BoundedQueue, Closed, FrameQueue
 from pipeline.runtime.scheduler import InferScheduler
 from pipeline.runtime.settings import SchedulerSettings, spares_for
-from pipeline.runtime.sizing import size_run
-from pipeline.runtime.sources import Source, SourceOutlets, read_source
+from pipeline.runtime.sizing import Sizing
+from pipeline.runtime.sources import SourceOutlets, SourceRun, read_source
 from pipeline.runtime.stopping import signals_stop
 from pipeline.sinks import Sink, Spooling
 from pipeline.summary import PipelineSnapshot, QueueState, RunSummary, percentile
@@ -47,7 +47,8 @@ class RunHooks:
 class Pipeline:
     """One run: decode threads per source, preprocess workers, the infer scheduler,
     postprocess workers and the publisher, joined by bounded queues (`pre_q`, `infer_q`,
-    `post_q`, `results_q`).
+    `post_q`, `results_q`). Built by pipeline/runtime/assemble.py, which sizes `config` for
+    this host and the model and passes what it chose as `sizing`.
 
     `run()` blocks until every source has ended (or `stop()`/`abort()`, a signal, a failed
     output) and returns the RunSummary; every frame decoded ends as exactly one Result, and
@@ -58,15 +59,14 @@ class Pipeline:
     def __init__(
         self,
         config: RunConfig,
-        sources: list[Source],
+        sources: list[SourceRun],
         model: Model,
         sinks: list[Sink],
         hooks: RunHooks | None = None,
+        *,
+        sizing: Sizing,
     ) -> None:
-        self.config, self.sizing = size_run(config, len(sources), letterbox_on_gpu=model.stage.gpu_planes)
-        self.sizing = replace(self.sizing, input_size=model.input_size)
-        config = self.config
-        log.info("sized for this host: %s", self.sizing.describe())
+        self.config, self.sizing = config, sizing
         self.sources = sources
         self.model = model
         self.sinks = sinks
@@ -187,7 +187,7 @@ class Pipeline:
             thread.start()
             self._threads.setdefault(group, []).append(thread)
 
-    def _admit(self, source: Source, frame: Frame) -> None:
+    def _admit(self, source: SourceRun, frame: Frame) -> None:
         """Count a decoded frame in the ledger and queue it (blocking or shedding)."""
         self.ledger.decoded(frame.source)
         if not source.latency_bound:
@@ -347,7 +347,7 @@ class Pipeline:
         )
 
 
-def _analytics(config: RunConfig, sources: list[Source]):
+def _analytics(config: RunConfig, sources: list[SourceRun]):
     """Tracks, zones and lines when the config asks for them (stages/analytics.py)."""
     if config.analytics.tracker is None:
         return None
