@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from engines.faults import FaultPlan
+    from engines.fault_plan import FaultPlan
 
 
 class EngineEvent(StrEnum):

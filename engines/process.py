@@ -28,7 +28,7 @@ from typing import Any
 
 from engines.base import Engine, EngineEvent, EventHandler
 from engines.errors import InferenceError, ModelError, WorkerBudgetExhausted
-from engines.faults import FaultPlan
+from engines.fault_plan import FaultPlan
 from engines.process_context import ProcessContext, Worker, exit_status, stop
 from engines.spec import ENGINE_SPECS, EngineSpec
 from engines.worker import run_worker

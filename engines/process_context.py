@@ -16,19 +16,33 @@ from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.shared_memory import SharedMemory
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from engines.errors import InferenceError, InferenceTimeout, WorkerLost
 from engines.worker import close_when_free, layout, view
 
-if TYPE_CHECKING:
-    from engines.process import ProcessEngine
-
 # The worker reports its own timeouts (ONNX Runtime cancels the run); this is the slack
 # for that report to arrive before the call is given up on here.
 _REPLY_GRACE_S = 0.01
+
+
+class Supervisor(Protocol):
+    """What a ProcessContext needs of the engine that supervises its worker (the ProcessEngine,
+    engines/process.py): the worker now serving, how long a context may take to open, and
+    where to report a worker found dead or poisoned."""
+
+    @property
+    def generation(self) -> int:
+        """The generation of the worker now serving (1 for the first, one more per restart)."""
+        ...
+
+    create_timeout_s: float  # seconds a context may take to open in the worker
+
+    def worker_lost(self, generation: int, why: str) -> None:
+        """Worker `generation` is dead or poisoned (`why`, in words): restart it."""
+        ...
 
 
 @dataclass
@@ -93,7 +107,7 @@ class _Block:
 class ProcessContext:
     """A context in the worker process: a connection to its thread there, and two blocks."""
 
-    def __init__(self, engine: ProcessEngine, worker: Worker) -> None:
+    def __init__(self, engine: Supervisor, worker: Worker) -> None:
         self._engine = engine
         self._generation = worker.generation
         self._inputs, self._outputs = _Block(), _Block()

@@ -28,7 +28,8 @@ import numpy as np
 
 from engines.base import Context, Engine, Reloadable
 from engines.errors import InferenceError, InferenceTimeout, StickyInferenceError
-from engines.faults import FaultPlan, FaultyContext, FaultyEngine
+from engines.fault_plan import FaultPlan
+from engines.faults import FaultyContext, FaultyEngine
 from engines.spec import ENGINE_SPECS, EngineSpec, build_engine
 
 # Each tensor starts on a cache line, so the worker's reads and writes stay aligned.

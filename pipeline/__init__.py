@@ -17,7 +17,7 @@ _EXPORTS = {
     "build_config": "pipeline.config",
     "load_config": "pipeline.config",
     "RunConfig": "pipeline.config",
-    "RunSummary": "pipeline.observability.summary",
+    "RunSummary": "pipeline.summary",
     "VidpipeError": "engines.errors",
     "ConfigError": "engines.errors",
     "subscribe": "pipeline.sinks.redis.subscriber",

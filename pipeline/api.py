@@ -15,15 +15,15 @@ from engines.errors import ConfigError, OutputError, SourceError
 from pipeline.assets.sample_clip import SAMPLE_CLIP
 from pipeline.config import OverloadPolicy, RunConfig, SourceConfig
 from pipeline.observability.report import RunDisplay, print_summary
-from pipeline.observability.summary import RunSummary, SourceLedger
 from pipeline.runtime import interrupts
-from pipeline.runtime.model import load_model
-from pipeline.runtime.pipeline import Pipeline, RunHooks, Source
-from pipeline.runtime.sizing import size_run
+from pipeline.runtime.assemble import assemble, load_sized_model
+from pipeline.runtime.pipeline import RunHooks
+from pipeline.runtime.sources import SourceRun
 from pipeline.sinks import FileModes, Sink
+from pipeline.summary import RunSummary, SourceLedger
 from stages.decode import VideoDecoder
 from stages.live import LiveSource
-from stages.source import LIVE_SCHEMES, NAME_MAX, is_live, source_name, url_scheme
+from stages.source import LIVE_SCHEMES, NAME_MAX, Source, is_live, source_name, url_scheme
 
 if TYPE_CHECKING:
     from pipeline.observability.metrics import RunMetrics
@@ -65,7 +65,7 @@ def check_geometry_sources(config: RunConfig, names: list[str]) -> None:
                 )
 
 
-def open_source(config: RunConfig, src: SourceConfig, name: str) -> Source:
+def open_source(config: RunConfig, src: SourceConfig, name: str) -> SourceRun:
     """Open one source now, so a bad path or an unreachable camera fails before the run."""
     deadline_s = config.deadline_ms / 1000
     live = is_live(src.url)
@@ -76,7 +76,7 @@ def open_source(config: RunConfig, src: SourceConfig, name: str) -> Source:
             + ", ".join(f"{s}://" for s in LIVE_SCHEMES) + " URL"
         )
     if live:
-        decoder: VideoDecoder | LiveSource = LiveSource(
+        decoder: Source = LiveSource(
             name,
             src.url,
             deadline_s,
@@ -89,7 +89,7 @@ def open_source(config: RunConfig, src: SourceConfig, name: str) -> Source:
         )
     else:
         decoder = VideoDecoder(name, src.url, deadline_s, decode=config.decode)
-    return Source(
+    return SourceRun(
         decoder,
         policy=src.policy or (OverloadPolicy.SHED if live else OverloadPolicy.BLOCK),
         realtime=not live and (config.realtime if src.realtime is None else src.realtime),
@@ -148,8 +148,6 @@ def run(
     configs = source_configs(config)
     names = unique_names(configs)
     check_geometry_sources(config, names)
-    # Engine threads are sized before it loads; the rest by Pipeline, once the model is known.
-    config = config.model_copy(update={"model": size_run(config, len(configs))[0].model})
     with ExitStack() as stack:
         metrics = start_metrics(config, names, stack)
         decoders = [open_source(config, src, name) for src, name in zip(configs, names)]
@@ -160,7 +158,7 @@ def run(
         if _signalled():
             return _not_started(names, show, console)
         sizes = [(s.decoder.info.width, s.decoder.info.height) for s in decoders]
-        model = load_model(config.model, config.faults, config.infer, source_sizes=sizes)
+        config, model = load_sized_model(config, sizes)  # sized for this host (pipeline/runtime/assemble.py)
         stack.callback(model.engine.close)
         if _signalled():
             return _not_started(names, show, console)
@@ -178,7 +176,7 @@ def run(
                      if not s.decoder.live}  # fmt: skip
             live = [s.name for s in decoders if s.decoder.live]
             views.append(stack.enter_context(RunDisplay(files, live, console)))
-        pipeline = Pipeline(config, decoders, model, all_sinks + views, hooks)
+        pipeline = assemble(config, decoders, model, all_sinks + views, hooks)
         if metrics:
             metrics.attach(pipeline)
         summary = pipeline.run()

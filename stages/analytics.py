@@ -13,22 +13,34 @@ class, track).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from time import time as wall_clock
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from stages.track import SourceTracker, frame_time
 from stages.types import Result, SourceEvent, Status
-from stages.zones import SourceZones
+from stages.zones import LineSpec, SourceZones, ZoneSpec
 
-if TYPE_CHECKING:  # configs are the pipeline's; stages only read their fields
-    from pipeline.config import AnalyticsConfig
+
+class AnalyticsSpec(Protocol):
+    """The analytics settings this reads (pipeline.config's AnalyticsConfig is one): frames a
+    lost track is kept for, and the zones and lines of every source."""
+
+    @property
+    def lost_frames(self) -> int: ...
+
+    @property
+    def zones(self) -> Sequence[ZoneSpec]: ...
+
+    @property
+    def lines(self) -> Sequence[LineSpec]: ...
 
 
 class Analytics:
     """One tracker and one set of zones and lines per source."""
 
-    def __init__(self, config: AnalyticsConfig, sizes: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, config: AnalyticsSpec, sizes: dict[str, tuple[int, int]]) -> None:
         """`sizes` maps each source to its frame (width, height) in pixels, for fractional geometry."""
         self.trackers = {name: SourceTracker(config.lost_frames) for name in sizes}
         self.zones = {

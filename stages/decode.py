@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -21,19 +20,10 @@ from av.video.reformatter import VideoReformatter
 from engines.errors import SourceError
 from stages.preprocess import i420_to_rgb
 from stages.redact import redact, redact_url
-from stages.source import is_live, url_scheme
+from stages.source import StreamInfo, is_live, url_scheme
 from stages.types import EventType, Frame, SourceEvent
 
 MAX_GOP_PACKETS = 1000  # packets kept since the last keyframe, to re-decode after damage (_recover)
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    width: int
-    height: int
-    fps: float | None
-    frames: int | None  # as the container declares it; None when unknown
-    codec: str
 
 
 class NoVideo(SourceError):

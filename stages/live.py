@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from engines.errors import SourceError
-from stages.decode import NoVideo, StreamInfo, VideoDecoder
+from stages.decode import NoVideo, VideoDecoder
 from stages.redact import redact
-from stages.source import is_live
+from stages.source import StreamInfo, is_live
 from stages.types import EventType, Frame, SourceEvent
 
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443, "http": 80, "https": 443}

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from stages.decode import StreamInfo
     from stages.types import Frame, SourceEvent
 
 NAME_MAX = 64  # the longest source name
@@ -34,6 +34,18 @@ def url_scheme(url: str) -> str | None:
 def is_live(url: str) -> bool:
     """Whether a source at `url` is live: a network stream (LIVE_SCHEMES), not a file path or file://."""
     return url_scheme(url) in LIVE_SCHEMES
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A source's video stream: its size in pixels, frame rate (None when the container does
+    not say), declared frame count (None when unknown) and codec name."""
+
+    width: int
+    height: int
+    fps: float | None
+    frames: int | None  # as the container declares it; None when unknown
+    codec: str
 
 
 @runtime_checkable

@@ -16,8 +16,9 @@ frame where the detector missed the object, or a failed frame, changes nothing.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import supervision as sv
@@ -25,8 +26,44 @@ import supervision as sv
 from stages.track import Track
 from stages.types import Detections, EventType
 
-if TYPE_CHECKING:  # configs are the pipeline's; stages only read their fields
-    from pipeline.config import LineConfig, ZoneConfig
+
+class ZoneSpec(Protocol):
+    """A zone as configured (pipeline.config's ZoneConfig is one): its name, the source it
+    belongs to (None: every source), its corners as (x, y) and their units ("pixels", or
+    "fraction" of the frame)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def source(self) -> str | None: ...
+
+    @property
+    def polygon(self) -> Sequence[tuple[float, float]]: ...
+
+    @property
+    def units(self) -> str: ...
+
+
+class LineSpec(Protocol):
+    """A line as configured (pipeline.config's LineConfig is one): its name, the source it
+    belongs to (None: every source), its ends as (x, y) and their units, as a zone's."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def source(self) -> str | None: ...
+
+    @property
+    def start(self) -> tuple[float, float]: ...
+
+    @property
+    def end(self) -> tuple[float, float]: ...
+
+    @property
+    def units(self) -> str: ...
+
 
 ANCHOR = (sv.Position.CENTER,)
 
@@ -57,7 +94,7 @@ class _Line:
 class SourceZones:
     """The zones and lines of one source, fed each ok frame's tracked detections in seq order."""
 
-    def __init__(self, zones: list[ZoneConfig], lines: list[LineConfig], size: tuple[int, int]) -> None:
+    def __init__(self, zones: Sequence[ZoneSpec], lines: Sequence[LineSpec], size: tuple[int, int]) -> None:
         self.zones = []
         for z in zones:
             polygon = to_pixels(z.polygon, z.units, size)

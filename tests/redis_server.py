@@ -13,8 +13,8 @@ import numpy as np
 import redis
 
 from pipeline.config import RedisConfig
-from pipeline.observability.summary import RunSummary, SourceLedger
 from pipeline.sinks.redis.sink import RedisSink
+from pipeline.summary import RunSummary, SourceLedger
 from stages.types import Detections, Reason, Result, SourceEvent, Status
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pipeline.observability.summary import RunSummary
+from pipeline.summary import RunSummary
 from stages.types import Result, SourceEvent, Status
 
 

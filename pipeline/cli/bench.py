@@ -24,8 +24,9 @@ from rich.table import Table
 
 from pipeline.api import run
 from pipeline.config import RunConfig
-from pipeline.runtime.model import Model, load_model, open_isolated_engine
-from pipeline.runtime.sizing import CPU_MAX_BATCH, size_run
+from pipeline.runtime.assemble import load_sized_model, size_for_model
+from pipeline.runtime.model import Model, open_isolated_engine
+from pipeline.runtime.sizing import CPU_MAX_BATCH
 from stages.decode import VideoDecoder
 from stages.preprocess import Preprocess
 from stages.types import Frame
@@ -200,8 +201,8 @@ def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float
     """Stages alone, then whole-pipeline runs. With `faults`, runs with and without them take
     turns (clean, faulty, faulty, clean, ...) REPEATS times each, so neither is the cold one;
     fps counts frames that ended ok."""
-    config, _ = size_run(config, len(config.sources))
-    model = load_model(config.model, source_sizes=[_source_size(path)])
+    config, model = load_sized_model(config, [_source_size(path)], bare=True)
+    config, _ = size_for_model(config, len(config.sources), model)
     alone = stages_alone(config, path, model)
     input_size, batch = model.input_size, model.stage.max_batch(config.infer.max_batch or CPU_MAX_BATCH)
     model.engine.close()

@@ -22,7 +22,8 @@ from engines.base import Context, Engine, EngineEvent, EventHandler, Supervised
 from engines.errors import ConfigError
 from pipeline.api import open_source
 from pipeline.config import RunConfig, SourceConfig
-from pipeline.runtime.model import Model, load_model
+from pipeline.runtime.assemble import assemble, load_sized_model
+from pipeline.runtime.model import Model
 from pipeline.runtime.pipeline import Pipeline
 from pipeline.sinks.redis.sink import RedisSink
 from stages.source import Source, is_live
@@ -153,7 +154,8 @@ class PipelineWorker:
     def _model_once(self) -> Model:
         with self._lock:
             if self._model is None:
-                self._model = load_model(self.config.model, self.config.faults, self.config.infer)
+                # Sized for this host as a single run's is: the engine's threads are fixed now.
+                self.config, self._model = load_sized_model(self.config, [])
                 if isinstance(self._model.engine, Supervised):
                     self._model.engine.on_event = self._engine_event
             return self._model
@@ -212,7 +214,7 @@ class PipelineWorker:
         failing). Only this incarnation: the actor Ray restarts starts clean. ConfigError
         unless infer.isolation is process (a poisoned engine needs a process to restart)."""
         from engines.base import FaultInjectable
-        from engines.faults import FaultPlan
+        from engines.fault_plan import FaultPlan
 
         engine = self._model_once().engine
         if not isinstance(engine, FaultInjectable):
@@ -236,10 +238,10 @@ class PipelineWorker:
 
     def _run(self, segment: Segment, source: SourceConfig, resume: dict[str, Any], outage_since: float | None) -> None:
         name, live = segment.name, is_live(source.url)
-        # max_frames counts seqs, so a resumed file ends where it would have.
-        config = self.config
         try:
             model = self._model_once()
+            # max_frames counts seqs, so a resumed file ends where it would have.
+            config = self.config  # as sized when the model loaded
             opened = open_source(config, source, name)
             events = _outage(name, segment.first_seq, outage_since, self.worker) if live and outage_since else []
             opened.decoder = ResumedDecoder(opened.decoder, segment.first_seq, events)
@@ -256,7 +258,7 @@ class PipelineWorker:
             return
         try:
             segment.engine = SharedEngine(model.engine)
-            segment.pipeline = Pipeline(config, [opened], replace(model, engine=segment.engine), [sink])
+            segment.pipeline = assemble(config, [opened], replace(model, engine=segment.engine), [sink])
             segment.started = time.monotonic()
             segment.state = "running"
             if segment.stop_requested:

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engines.faults import FaultPlan
+from engines.fault_plan import FaultPlan
 from stages.redact import has_secret
 
 # A source name becomes a file name (<video dir>/<name>.mp4), a Redis key and a metrics label.

@@ -12,8 +12,9 @@ clients cannot pile up threads and file descriptors.
 
 Each run has its own CollectorRegistry (never the global one), so several pipelines can
 run in one process. Per-frame metrics are fed as a Sink (results and source events, in
-publish order) and an `on_decoded` hook; the scheduler's counters and the queue depths
-are read when Prometheus scrapes, so they cost nothing between scrapes.
+publish order) and an `on_decoded` hook; the rest (queue depths, healthy contexts, the
+scheduler's counters, the Redis spool) is one `Pipeline.snapshot()` taken when Prometheus
+scrapes, so it costs nothing between scrapes.
 
 With analytics on (stages/analytics.py), `vidpipe_line_crossings_total{source,line,direction}`
 counts the `line_cross` events (so it equals the summary's line totals), and
@@ -36,12 +37,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from engines.errors import OutputError
-from pipeline.observability.summary import InferenceSnapshot, RunSummary
+from pipeline.summary import PipelineSnapshot, RunSummary
 from stages.types import EventType, Frame, Result, SourceEvent, Status
 
 if TYPE_CHECKING:
     from pipeline.runtime.pipeline import Pipeline
-    from pipeline.sinks.redis.sink import RedisSink
 
 log = logging.getLogger("vidpipe.metrics")
 
@@ -62,11 +62,13 @@ class Readiness:
         self.sources = dict.fromkeys(sources, "connecting")
         self.pipeline: Pipeline | None = None
 
-    def healthy_contexts(self) -> int:
-        return self.pipeline.snapshot().healthy_contexts if self.pipeline is not None else 0
+    def snapshot(self) -> PipelineSnapshot:
+        """The attached pipeline now; an empty snapshot before attach()."""
+        return self.pipeline.snapshot() if self.pipeline is not None else PipelineSnapshot()
 
-    def state(self) -> dict[str, Any]:
-        contexts = self.healthy_contexts()
+    def state(self, snapshot: PipelineSnapshot | None = None) -> dict[str, Any]:
+        """/readyz's answer, from `snapshot` (one taken now where None)."""
+        contexts = (snapshot or self.snapshot()).healthy_contexts
         ready = self.model_loaded and contexts > 0 and all(s == "connected" for s in self.sources.values())
         return {"ready": ready, "model_loaded": self.model_loaded, "healthy_contexts": contexts,
                 "sources": dict(self.sources)}  # fmt: skip
@@ -88,7 +90,6 @@ class RunMetrics:
     def __init__(self, sources: list[str]) -> None:
         self.registry = CollectorRegistry()
         self.readiness = Readiness(sources)
-        self.redis_sinks: list[RedisSink] = []
         self.url: str | None = None
         r = self.registry
         self.frames_in = Counter("vidpipe_frames_in", "Frames decoded, per source.", ["source"], registry=r)
@@ -125,11 +126,8 @@ class RunMetrics:
         r.register(self._stats)
 
     def attach(self, pipeline: Pipeline) -> None:
-        """Read queue depths and scheduler counters from this pipeline from now on."""
-        from pipeline.sinks.redis.sink import RedisSink
-
+        """Read this pipeline's snapshot (queues, contexts, counters, spool) from now on."""
         self.readiness.pipeline = pipeline
-        self.redis_sinks = [s for s in pipeline.sinks if isinstance(s, RedisSink)]
 
     def sources_opened(self) -> None:
         for name in self.readiness.sources:
@@ -196,8 +194,8 @@ class _StatsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         readiness = self.metrics.readiness
-        pipeline = readiness.pipeline
-        state = readiness.state()
+        snapshot = readiness.snapshot()
+        state = readiness.state(snapshot)
         yield _gauge("vidpipe_ready", "1 when /readyz answers ready.", int(state["ready"]))
         yield _gauge("vidpipe_model_loaded", "1 once the model is loaded and tested.", int(state["model_loaded"]))
         yield _gauge("vidpipe_contexts_healthy", "Inference contexts serving frames.", state["healthy_contexts"])
@@ -207,19 +205,17 @@ class _StatsCollector(Collector):
         capacity = GaugeMetricFamily(
             "vidpipe_queue_capacity", "Capacity of the queue before each stage.", labels=["stage"]
         )
-        if pipeline is not None:
-            for queue in pipeline.snapshot().queues:
-                depth.add_metric([queue.name], queue.depth)
-                capacity.add_metric([queue.name], queue.capacity)
+        for queue in snapshot.queues:
+            depth.add_metric([queue.name], queue.depth)
+            capacity.add_metric([queue.name], queue.capacity)
         yield depth
         yield capacity
-        yield from self._inference(pipeline)
-        spool = sum(sink.spool_bytes for sink in self.metrics.redis_sinks)
-        yield _gauge("vidpipe_redis_spool_bytes", "Results waiting in the local spool for Redis.", spool)
+        yield from self._inference(snapshot)
+        yield _gauge("vidpipe_redis_spool_bytes", "Results waiting in the local spool for Redis.", snapshot.spool_bytes)
 
-    def _inference(self, pipeline: Pipeline | None) -> Iterator[Metric]:
+    def _inference(self, snapshot: PipelineSnapshot) -> Iterator[Metric]:
         with self._lock:  # one scrape at a time counts the rebuilds new since the last
-            c = pipeline.stats.snapshot() if pipeline is not None else InferenceSnapshot()
+            c = snapshot.inference
             fresh = c.rebuilds - self._rebuilds_seen
             new_rebuilds = c.rebuild_ms[-fresh:] if fresh > 0 else ()
             self._rebuilds_seen = c.rebuilds

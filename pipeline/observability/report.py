@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pipeline.observability.summary import InferenceSnapshot, RunSummary
+from pipeline.summary import InferenceSnapshot, RunSummary
 from stages.redact import redact
 from stages.types import EventType, Result, SourceEvent, Status
 

@@ -18,7 +18,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -33,11 +33,9 @@ from engines.errors import (
 from pipeline.runtime.heap import release_freed
 from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.ladder import EscalationLadder
+from pipeline.runtime.settings import SchedulerSettings
 from pipeline.runtime.slot import Abandoned, CallThreads, Slot
 from stages.infer import InferStage
-
-if TYPE_CHECKING:
-    from pipeline.runtime.scheduler import SchedulerSettings
 
 log = logging.getLogger("vidpipe.scheduler")
 

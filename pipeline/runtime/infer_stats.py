@@ -7,7 +7,7 @@ from collections import deque
 from typing import Any
 
 from engines.base import EngineEvent
-from pipeline.observability.summary import InferenceSnapshot, percentile
+from pipeline.summary import InferenceSnapshot, percentile
 
 __all__ = ["SAMPLES", "InferStats", "InferenceSnapshot", "percentile"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from pipeline.observability.summary import SourceLedger
+from pipeline.summary import SourceLedger
 from stages.types import Result, Status
 
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from engines.base import CudaEngine, Engine, FaultInjectable
 from engines.errors import InferenceError, ModelError
-from engines.faults import FaultPlan, FaultyEngine
+from engines.fault_plan import FaultPlan
+from engines.faults import FaultyEngine
 from engines.spec import EngineSpec, OnnxRuntimeSpec, TensorRTSpec, build_engine
 from pipeline.assets import DEFAULT_MODEL
 from pipeline.config import FaultConfig, InferConfig, ModelConfig, TensorRTModelConfig
@@ -33,7 +34,7 @@ def engine_spec(config: ModelConfig) -> EngineSpec:
     path = config.path or DEFAULT_MODEL
     if isinstance(config, TensorRTModelConfig):
         return TensorRTSpec(path, config.precision, config.engine_cache)
-    threads = 1 if config.intra_op_threads is None else config.intra_op_threads  # api.run sizes it first
+    threads = 1 if config.intra_op_threads is None else config.intra_op_threads  # runtime/assemble.py sizes it first
     providers = tuple(p if isinstance(p, str) else (p.name, dict(p.options)) for p in config.providers)
     return OnnxRuntimeSpec(path, providers, threads)
 

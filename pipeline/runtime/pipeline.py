@@ -17,41 +17,23 @@ from dataclasses import dataclass, replace
 
 from engines.base import EngineEvent
 from pipeline.config import OverloadPolicy, RunConfig
-from pipeline.observability.summary import RunSummary, percentile
 from pipeline.runtime.context_pool import ContextPool
 from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.ledger import Ledger
 from pipeline.runtime.model import Model
 from pipeline.runtime.publisher import Publisher
 from pipeline.runtime.queues import BoundedQueue, Closed, FrameQueue
-from pipeline.runtime.scheduler import InferScheduler, SchedulerSettings
-from pipeline.runtime.sizing import size_run
-from pipeline.runtime.sources import Source, SourceOutlets, read_source
+from pipeline.runtime.scheduler import InferScheduler
+from pipeline.runtime.settings import SchedulerSettings, spares_for
+from pipeline.runtime.sizing import Sizing
+from pipeline.runtime.sources import SourceOutlets, SourceRun, read_source
 from pipeline.runtime.stopping import signals_stop
-from pipeline.sinks import Sink
+from pipeline.sinks import Sink, Spooling
+from pipeline.summary import PipelineSnapshot, QueueState, RunSummary, percentile
 from stages.preprocess import Preprocess
 from stages.types import Detections, EventType, Frame, Reason, Result, SourceEvent, Status
 
 log = logging.getLogger("vidpipe.runtime")
-
-
-@dataclass(frozen=True)
-class QueueState:
-    """One bounded queue between stages: its name (the stage it feeds), frames waiting, capacity."""
-
-    name: str
-    depth: int
-    capacity: int
-
-
-@dataclass(frozen=True)
-class PipelineSnapshot:
-    """A run at one moment, for metrics and health checks: the queues between stages and the
-    inference contexts serving frames (0 before the scheduler has started). The scheduler's
-    counters are `Pipeline.stats.snapshot()`, an InferenceSnapshot."""
-
-    queues: tuple[QueueState, ...]
-    healthy_contexts: int
 
 
 @dataclass
@@ -65,7 +47,8 @@ class RunHooks:
 class Pipeline:
     """One run: decode threads per source, preprocess workers, the infer scheduler,
     postprocess workers and the publisher, joined by bounded queues (`pre_q`, `infer_q`,
-    `post_q`, `results_q`).
+    `post_q`, `results_q`). Built by pipeline/runtime/assemble.py, which sizes `config` for
+    this host and the model and passes what it chose as `sizing`.
 
     `run()` blocks until every source has ended (or `stop()`/`abort()`, a signal, a failed
     output) and returns the RunSummary; every frame decoded ends as exactly one Result, and
@@ -76,15 +59,14 @@ class Pipeline:
     def __init__(
         self,
         config: RunConfig,
-        sources: list[Source],
+        sources: list[SourceRun],
         model: Model,
         sinks: list[Sink],
         hooks: RunHooks | None = None,
+        *,
+        sizing: Sizing,
     ) -> None:
-        self.config, self.sizing = size_run(config, len(sources), letterbox_on_gpu=model.stage.gpu_planes)
-        self.sizing = replace(self.sizing, input_size=model.input_size)
-        config = self.config
-        log.info("sized for this host: %s", self.sizing.describe())
+        self.config, self.sizing = config, sizing
         self.sources = sources
         self.model = model
         self.sinks = sinks
@@ -109,13 +91,23 @@ class Pipeline:
         self.scheduler: InferScheduler | None = None  # created by run()
 
     def snapshot(self) -> PipelineSnapshot:
-        """The queues' depths and the healthy contexts now (cheap: safe to call while it runs)."""
+        """The run now: queue depths, healthy contexts, the scheduler's counters and the bytes
+        waiting in sinks' spools (safe to call from any thread while it runs)."""
         stages = (self.pre_q, self.infer_q, self.post_q, self.results_q)
-        queues = tuple(QueueState(q.name, len(q), q.capacity) for q in stages)
         scheduler = self.scheduler
-        return PipelineSnapshot(queues, max(0, scheduler.healthy_contexts) if scheduler is not None else 0)
+        return PipelineSnapshot(
+            queues=tuple(QueueState(q.name, len(q), q.capacity) for q in stages),
+            healthy_contexts=max(0, scheduler.healthy_contexts) if scheduler is not None else 0,
+            inference=self.stats.snapshot(),
+            spool_bytes=sum(sink.spool_bytes for sink in self.sinks if isinstance(sink, Spooling)),
+        )
 
     # ---- control -------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the run has stopped reading its sources (stop(), abort(), a failed start)."""
+        return self._stopping.is_set()
 
     def stop(self) -> None:
         """Stop reading sources; frames in flight finish (or end as failed/shutdown)."""
@@ -203,7 +195,7 @@ class Pipeline:
             thread.start()
             self._threads.setdefault(group, []).append(thread)
 
-    def _admit(self, source: Source, frame: Frame) -> None:
+    def _admit(self, source: SourceRun, frame: Frame) -> None:
         """Count a decoded frame in the ledger and queue it (blocking or shedding)."""
         self.ledger.decoded(frame.source)
         if not source.latency_bound:
@@ -281,7 +273,7 @@ class Pipeline:
             probe_tolerance=infer.probe_tolerance,
             hang_factor=infer.hang_factor,
             hang_floor_s=infer.hang_floor_ms / 1000,
-            spares=min(infer.contexts, 2),
+            spares=spares_for(infer.contexts),
         )
 
     def run(self) -> RunSummary:
@@ -363,7 +355,7 @@ class Pipeline:
         )
 
 
-def _analytics(config: RunConfig, sources: list[Source]):
+def _analytics(config: RunConfig, sources: list[SourceRun]):
     """Tracks, zones and lines when the config asks for them (stages/analytics.py)."""
     if config.analytics.tracker is None:
         return None

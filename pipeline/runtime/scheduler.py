@@ -12,7 +12,7 @@ Deadlines (see Frame.latency_bound):
   frame is taken into a batch and bounds the retries: the first attempt always runs, a
   retry starts only before the deadline, and `max_attempts` bounds attempts as well. So a
   fault-free file run never fails a frame, at any model speed, source count or load.
-Hangs are told from slow calls by measurement (pipeline/context_pool.ShapeTimes), never by
+Hangs are told from slow calls by measurement (pipeline/runtime/context_pool.ShapeTimes), never by
 the deadline: a slow call is waited for, and only a hung one costs a context.
 """
 
@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from engines.errors import InferenceError, InferenceTimeout, ModelError, StickyInferenceError, WorkerBudgetExhausted
 from pipeline.runtime.context_pool import ContextPool, CorruptOutput
@@ -31,32 +30,6 @@ from pipeline.runtime.slot import Abandoned, Slot
 from stages.types import Frame, Reason
 
 log = logging.getLogger("vidpipe.scheduler")
-
-
-@dataclass(frozen=True)
-class SchedulerSettings:
-    """How the scheduler batches, times and recovers. Times are seconds."""
-
-    contexts: int = 2
-    max_batch: int = 4
-    batch_shapes: tuple[int, ...] = (1, 2, 3, 4)
-    measure_batches: tuple[int, ...] = ()  # timed once on the first context, to choose the batch
-    deadline_s: float = 2.0  # the budget of a frame whose deadline starts at its batch
-    max_delay_s: float = 0.005
-    max_attempts: int = 5
-    health_interval_s: float = 5.0
-    probe_tolerance: float = 1e-3
-    hang_factor: float = 8.0
-    hang_floor_s: float = 0.25
-    create_timeout_s: float = 30.0
-    create_attempts: int = 8
-    spares: int = 1
-    # Slack for a backend to report its own timeout before the context is abandoned.
-    call_grace_s: float = 0.02
-    # Escalation: this many fresh contexts failing in a row (no first batch succeeding between
-    # them) within the window reload the engine. At 5, a 20% error rate alone almost never does.
-    reload_after: int = 5
-    reload_window_s: float = 30.0
 
 
 class InferScheduler:

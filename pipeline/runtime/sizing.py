@@ -144,6 +144,24 @@ class Sizing:
         return {**asdict(self), "batch_shapes": shapes, "batch_candidates": candidates}
 
 
+def engine_threads(config: RunConfig) -> int:
+    """ONNX Runtime threads per context: the config's, else sized to the host (module docstring)."""
+    model = config.model
+    if isinstance(model, OnnxRuntimeModelConfig) and model.intra_op_threads is not None:
+        return model.intra_op_threads
+    return 1 if on_gpu(config) else max(1, usable_cpus() // config.infer.contexts)
+
+
+def size_engine(config: RunConfig) -> RunConfig:
+    """The config with what must be sized before the model loads filled in: the engine's ONNX
+    Runtime threads, fixed when it is built. `size_run` sizes the rest once the model is known
+    (pipeline/runtime/assemble.py does both)."""
+    model = config.model
+    if not isinstance(model, OnnxRuntimeModelConfig):
+        return config
+    return config.model_copy(update={"model": model.model_copy(update={"intra_op_threads": engine_threads(config)})})
+
+
 def size_run(config: RunConfig, sources: int, letterbox_on_gpu: bool = False) -> tuple[RunConfig, Sizing]:
     """The config with every auto value filled in, and what was chosen. `letterbox_on_gpu`:
     the engine letterboxes on the device (stages/gpu_preprocess.py)."""
@@ -152,8 +170,7 @@ def size_run(config: RunConfig, sources: int, letterbox_on_gpu: bool = False) ->
     infer, model, queues = config.infer, config.model, config.queues
     contexts = infer.contexts
     ort = isinstance(model, OnnxRuntimeModelConfig)
-    auto_threads = 1 if gpu else max(1, cpus // contexts)
-    threads = model.intra_op_threads if ort and model.intra_op_threads is not None else auto_threads
+    threads = engine_threads(config)
     rule = "config" if infer.max_batch or infer.batch_shapes else ("gpu" if gpu else "measure")
     max_batch = infer.max_batch or (GPU_MAX_BATCH if gpu else CPU_MAX_BATCH)
     shapes = tuple(sorted(set(infer.batch_shapes))) if infer.batch_shapes else batch_shapes(max_batch, gpu)

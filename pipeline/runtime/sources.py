@@ -1,4 +1,4 @@
-"""A source of the run (a file or live decoder with its settings) and the thread that reads it.
+"""A source's run (a Source, file or live, with its run-time settings) and the thread that reads it.
 
 `read_source` runs on one thread per source: it paces a --realtime file, stops at
 --max-frames or --duration, hands each decoded frame to the pipeline and ends the source
@@ -15,19 +15,20 @@ from dataclasses import dataclass
 
 from pipeline.config import OverloadPolicy
 from pipeline.runtime.pacing import PacingClock
-from stages.decode import VideoDecoder
-from stages.live import LiveSource
 from stages.redact import redact, redact_url
+from stages.source import Source
 from stages.types import EventType, Frame, SourceEvent
 
 log = logging.getLogger("vidpipe.runtime")
 
 
 @dataclass
-class Source:
-    """A decoder (file or live) with its run-time settings."""
+class SourceRun:
+    """A source (stages/source.py's `Source`: a file or live decoder) with its run-time settings:
+    its overload policy, whether a file is paced (--realtime), and where it stops (--max-frames,
+    --duration in seconds)."""
 
-    decoder: VideoDecoder | LiveSource
+    decoder: Source
     policy: OverloadPolicy = OverloadPolicy.BLOCK
     realtime: bool = False
     max_frames: int | None = None
@@ -51,13 +52,13 @@ class SourceOutlets:
     event (in order, before the frames that follow it), `errors` collects the messages that
     become the summary's error; `stopping` is set when the run stops reading."""
 
-    admit: Callable[[Source, Frame], None]
+    admit: Callable[[SourceRun, Frame], None]
     emit: Callable[[SourceEvent], None]
     errors: list[str]
     stopping: threading.Event
 
 
-def read_source(source: Source, out: SourceOutlets) -> None:
+def read_source(source: SourceRun, out: SourceOutlets) -> None:
     """Read one source to its end, pacing a --realtime file and stopping at --duration.
 
     --duration is seconds of video for a file (like --max-frames, whatever the speed)
@@ -85,7 +86,7 @@ def read_source(source: Source, out: SourceOutlets) -> None:
         out.emit(SourceEvent(source.name, EventType.SOURCE_END, decoder.seq - 1, time.time(), details))
 
 
-def _duration_timer(source: Source, expired: threading.Event) -> threading.Timer | None:
+def _duration_timer(source: SourceRun, expired: threading.Event) -> threading.Timer | None:
     """A live source's --duration: a started timer that stops its decoder, or None."""
     decoder = source.decoder
     if not decoder.live or source.duration_s is None:
@@ -96,7 +97,7 @@ def _duration_timer(source: Source, expired: threading.Event) -> threading.Timer
     return timer
 
 
-def _read_frames(source: Source, out: SourceOutlets) -> str:
+def _read_frames(source: SourceRun, out: SourceOutlets) -> str:
     """Frames and events of the decoder to `out` until one ends the reading; why it ended."""
     decoder = source.decoder
     live = decoder.live
@@ -126,7 +127,7 @@ def _read_frames(source: Source, out: SourceOutlets) -> str:
     return "end_of_stream"
 
 
-def describe_damage(decoder: VideoDecoder | LiveSource, event: SourceEvent) -> str:
+def describe_damage(decoder: Source, event: SourceEvent) -> str:
     """The summary's error for a fatal decode event: a truncated or damaged file."""
     details = event.details
     url = redact_url(decoder.url)

@@ -5,15 +5,27 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pipeline.runtime import interrupts
 from stages.types import Reason
 
-if TYPE_CHECKING:
-    from pipeline.runtime.pipeline import Pipeline
-
 log = logging.getLogger("vidpipe.runtime")
+
+
+class Stoppable(Protocol):
+    """What the signals drive: a run (the Pipeline, pipeline/runtime/pipeline.py)."""
+
+    interrupted: bool  # set here: a signal stopped the run
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the run has stopped reading its sources (a first signal, an error, the end)."""
+        ...
+
+    def stop(self) -> None: ...
+
+    def abort(self, reason: Reason, error: str | None = None) -> None: ...
 
 
 class signals_stop:
@@ -24,7 +36,7 @@ class signals_stop:
     installs its own handlers for the run, from the main thread.
     """
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Stoppable) -> None:
         self.pipeline = pipeline
         self.previous: dict[int, object] = {}
 
@@ -38,7 +50,7 @@ class signals_stop:
         self.pipeline.abort(Reason.SHUTDOWN, "interrupted")
 
     def _handle(self, signum: int, _frame: object) -> None:
-        if self.pipeline._stopping.is_set():
+        if self.pipeline.stopping:
             self._abort()
         else:
             self._stop()

@@ -8,10 +8,10 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from engines.errors import OutputError
-from pipeline.observability.summary import RunSummary
+from pipeline.summary import RunSummary
 from stages.types import Result, SourceEvent
 
 
@@ -44,6 +44,17 @@ class Sink(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Spooling(Protocol):
+    """A sink that keeps results in a local spool while its service cannot take them (the
+    Redis sink). `Pipeline.snapshot()` sums `spool_bytes` over such sinks for the metrics."""
+
+    @property
+    def spool_bytes(self) -> int:
+        """Bytes of results waiting in the spool now."""
+        ...
 
 
 # What to do about a failed write, by errno; the default covers EIO and the rest.

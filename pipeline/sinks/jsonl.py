@@ -15,9 +15,9 @@ import stat
 from pathlib import Path
 
 from engines.errors import OutputError
-from pipeline.observability.summary import RunSummary
 from pipeline.sinks import PRIVATE, lock_output, write_failed
 from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
+from pipeline.summary import RunSummary
 from stages.types import Result, SourceEvent
 
 

@@ -35,8 +35,8 @@ import paho.mqtt.client as mqtt
 
 from engines.errors import ConfigError, OutputError
 from pipeline.config import MqttConfig
-from pipeline.observability.summary import RunSummary
 from pipeline.sinks.records import event_to_record, result_to_record
+from pipeline.summary import RunSummary
 from stages.redact import redact_url
 from stages.types import Result, SourceEvent
 

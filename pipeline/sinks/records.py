@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.observability.summary import RunSummary
+from pipeline.summary import RunSummary
 from stages.redact import redact
 from stages.types import Detections, Reason, Result, SourceEvent, Status
 

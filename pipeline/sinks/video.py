@@ -37,8 +37,8 @@ from av.video.reformatter import VideoReformatter
 
 from engines.errors import OutputError
 from pipeline.config import AnalyticsConfig
-from pipeline.observability.summary import RunSummary
 from pipeline.sinks import lock_output, write_failed
+from pipeline.summary import RunSummary
 from stages.decode import VideoDecoder
 from stages.preprocess import i420_to_rgb
 from stages.types import Frame, Result, SourceEvent, Status

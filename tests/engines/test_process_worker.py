@@ -13,16 +13,18 @@ import numpy as np
 import pytest
 
 from engines.errors import InferenceError, ModelError, WorkerBudgetExhausted
-from engines.faults import FaultPlan, FaultyEngine
+from engines.fault_plan import FaultPlan
+from engines.faults import FaultyEngine
 from engines.onnxruntime import OnnxRuntimeEngine
 from engines.process import ProcessEngine
 from pipeline.api import run
 from pipeline.config import build_config
+from pipeline.runtime.assemble import assemble
 from pipeline.runtime.context_pool import ContextPool
 from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.model import DEFAULT_MODEL, load_model
-from pipeline.runtime.pipeline import Pipeline, Source
-from pipeline.runtime.scheduler import SchedulerSettings
+from pipeline.runtime.settings import SchedulerSettings
+from pipeline.runtime.sources import SourceRun
 from stages.decode import VideoDecoder
 from stages.infer import InferStage
 from stages.types import Reason, Status
@@ -100,7 +102,7 @@ def test_a_worker_that_dies_on_every_start_ends_the_run_with_every_decoded_frame
     decoder = VideoDecoder("cam", str(car_clip), config.deadline_ms / 1000)
     sink = CollectSink()
     try:
-        summary = Pipeline(config, [Source(decoder)], model, [sink]).run()
+        summary = assemble(config, [SourceRun(decoder)], model, [sink]).run()
     finally:
         model.engine.close()
     assert summary.error and "restart budget of 2" in summary.error

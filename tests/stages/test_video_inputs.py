@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.observability.summary import RunSummary
+from pipeline.summary import RunSummary
 from stages.decode import VideoDecoder
 from stages.preprocess import Preprocess, i420_to_rgb
 from stages.types import Frame

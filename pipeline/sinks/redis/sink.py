@@ -61,7 +61,6 @@ from redis.exceptions import NoPermissionError
 
 from engines.errors import OutputError
 from pipeline.config import RedisConfig
-from pipeline.observability.summary import RunSummary
 from pipeline.sinks import PRIVATE, FileModes, lock_directory
 from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
 from pipeline.sinks.redis.claims import CLAIM_RENEW_S, CLAIM_TTL_MS, LIVE_RUNS, Conflict, StreamClaims
@@ -69,6 +68,7 @@ from pipeline.sinks.redis.entries import SLOTS_PER_SEQ, connect
 from pipeline.sinks.redis.spool import Spool
 from pipeline.sinks.redis.writer import BACKOFF_S, BATCH, SPOOL_AFTER_S, SYNC_INTERVAL_S, WriterThread
 from pipeline.sinks.redis.writes import Entry, encode_entry
+from pipeline.summary import RunSummary
 from stages.redact import redact_url
 from stages.types import Result, SourceEvent
 

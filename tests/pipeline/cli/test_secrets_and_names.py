@@ -18,7 +18,7 @@ from rich.console import Console
 from engines.errors import ConfigError
 from pipeline.config import RunConfig, build_config
 from pipeline.observability.report import print_summary
-from pipeline.observability.summary import RunSummary, SourceLedger
+from pipeline.summary import RunSummary, SourceLedger
 from stages.redact import redact, redact_url
 from tests.cli_run import read_jsonl, start, vidpipe
 from tests.redis_server import RedisServer

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pipeline.cluster.client import worker_options
+from pipeline.cluster.worker import PipelineWorker
+from pipeline.config import build_config
+from pipeline.runtime.sizing import usable_cpus
 from tests.cli_run import vidpipe
 
 
@@ -27,3 +30,18 @@ def test_a_workers_per_gpu_out_of_range_is_one_line_and_exit_2() -> None:
     proc = vidpipe("cluster", "--workers-per-gpu", "0", "--redis", "redis://127.0.0.1:1/0", timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "vidpipe: error: --workers-per-gpu 0: give 1 to 16 workers per GPU"
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason="one CPU: the sized threads equal the fallback of 1")
+def test_a_cluster_workers_engine_is_sized_for_its_host_as_a_single_runs_is(tmp_path) -> None:
+    """The worker loads its model before any source (pipeline/runtime/assemble.py): it used to
+    load it from the unsized config, and ONNX Runtime ran on 1 thread where a run uses the CPUs."""
+    redis = {"url": "redis://127.0.0.1:1/0", "spool_dir": str(tmp_path)}  # never reached: no source starts
+    config = build_config({"infer": {"contexts": 1}, "outputs": {"redis": redis}})
+    worker = PipelineWorker("w", config.model_dump_json())
+    model = worker._model_once()
+    try:
+        assert worker.config.model.intra_op_threads == usable_cpus()
+        assert model.engine._session.get_session_options().intra_op_num_threads == usable_cpus()
+    finally:
+        model.engine.close()

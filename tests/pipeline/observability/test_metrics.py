@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import pipeline.api
+import pipeline.runtime.assemble
 from engines.errors import OutputError
 from pipeline.api import run
 from pipeline.config import build_config
 from pipeline.observability.metrics import MAX_CONNECTIONS, MetricsServer, RunMetrics
-from pipeline.observability.summary import RunSummary
 from pipeline.runtime.pipeline import RunHooks
+from pipeline.summary import RunSummary
 from stages.types import Result
 from tests.cli_run import vidpipe, vidpipe_run
 from tests.redis_server import RedisServer, free_port
@@ -148,7 +148,7 @@ def test_readyz_is_false_before_the_model_loads_and_true_after(
 ) -> None:
     # Port 0 and the port the server logs: a free port picked beforehand can be taken by then.
     seen: dict[str, Any] = {}
-    load_model = pipeline.api.load_model
+    load_model = pipeline.runtime.assemble.load_model
 
     def served_port() -> int:
         said = next(r for r in caplog.records if r.getMessage().startswith("serving metrics on port"))
@@ -164,7 +164,7 @@ def test_readyz_is_false_before_the_model_loads_and_true_after(
         if result.seq == 0:
             in_hook(seen, "after", seen["port"], "/readyz")
 
-    monkeypatch.setattr(pipeline.api, "load_model", observed_load_model)
+    monkeypatch.setattr(pipeline.runtime.assemble, "load_model", observed_load_model)
     caplog.set_level("WARNING", logger="vidpipe")
     run(build_config({"metrics": {"port": 0}, "max_frames": 20, "progress": False}), hooks=RunHooks(on_result=after))
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from engines.base import EngineEvent, Reloadable
-from engines.faults import FaultPlan, FaultyEngine
+from engines.fault_plan import FaultPlan
+from engines.faults import FaultyEngine
 from engines.onnxruntime import OnnxRuntimeEngine
 from pipeline.assets import DEFAULT_MODEL
 from pipeline.runtime.ladder import EscalationLadder

@@ -17,7 +17,7 @@ from pipeline.api import run
 from pipeline.assets.default_model import CLASS_NAMES
 from pipeline.assets.sample_clip import scene_objects
 from pipeline.config import build_config
-from pipeline.observability.summary import RunSummary
+from pipeline.summary import RunSummary
 from stages.labels import COCO_NAMES
 from tests.clips import count_frames
 from tests.conftest import ODD_SIZE

@@ -19,11 +19,12 @@ from engines.errors import InferenceTimeout
 from engines.onnxruntime import OnnxRuntimeEngine
 from pipeline.api import run
 from pipeline.config import build_config
+from pipeline.runtime.assemble import assemble
 from pipeline.runtime.context_pool import ContextPool
 from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.model import load_model
-from pipeline.runtime.pipeline import Pipeline, Source
-from pipeline.runtime.scheduler import SchedulerSettings
+from pipeline.runtime.settings import SchedulerSettings
+from pipeline.runtime.sources import SourceRun
 from stages.decode import VideoDecoder
 from stages.infer import InferStage
 from stages.types import Reason, Status
@@ -251,12 +252,13 @@ def test_contexts_that_can_never_be_created_end_the_run_with_every_frame_reporte
         }
     )
     model = load_model(config.model)
-    from engines.faults import FaultPlan, FaultyEngine
+    from engines.fault_plan import FaultPlan
+    from engines.faults import FaultyEngine
 
     model.engine = FaultyEngine(_ContextsStopComing(model.engine, working=6), FaultPlan(error_rate=0.3, seed=2))
     decoder = VideoDecoder("cam", str(car_clip), config.deadline_ms / 1000)
     sink = CollectSink()
-    summary = Pipeline(config, [Source(decoder)], model, [sink]).run()
+    summary = assemble(config, [SourceRun(decoder)], model, [sink]).run()
     assert summary.error and "cannot create a working inference context" in summary.error
     decoded = summary.sources["cam"].decoded
     assert 0 < decoded

@@ -13,6 +13,8 @@ from pipeline.config import RedisConfig, build_config
 from pipeline.runtime.pipeline import RunHooks
 from pipeline.sinks.redis.sink import RedisSink
 from tests.cli_run import vidpipe_run
+from tests.pipeline.observability.test_metrics import ScrapeAtEnd, value
+from tests.redis_server import free_port
 
 
 def stream_records(client, key: str) -> list[dict]:
@@ -61,9 +63,13 @@ def test_run_with_redis_down_spools_and_a_later_run_replays_it(make_redis_server
     server = make_redis_server(start=False)
     spool = tmp_path / "spool"
     redis_config = {"url": server.url, "spool_dir": str(spool), "drain_timeout_s": 0.5}
-    first = run(build_config({"max_frames": 30, "outputs": {"redis": redis_config}}))
+    port = free_port()
+    at_end = ScrapeAtEnd(port)  # after the Redis sink's summary: what it left in the spool
+    first = run(build_config({"max_frames": 30, "outputs": {"redis": redis_config}, "metrics": {"port": port}}),
+                sinks=[at_end])  # fmt: skip
     assert first.balanced and not first.outputs["redis"]["drained"]
     assert first.outputs["redis"]["spool_bytes"] > 0
+    assert value(at_end.families, "vidpipe_redis_spool_bytes") > 0
 
     server.start()
     second = run(build_config({"max_frames": 10, "outputs": {"redis": {**redis_config, "drain_timeout_s": 20}}}))

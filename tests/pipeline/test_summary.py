@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.observability.summary import percentile
+from pipeline.summary import percentile
 
 
 def test_percentile_matches_numpys_linear_default() -> None:

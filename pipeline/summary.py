@@ -1,4 +1,9 @@
-"""The end-of-run summary, the per-source ledger and the inference counters it carries."""
+"""The end-of-run summary, the per-source ledger and the inference counters it carries.
+
+These are the run's values: the runtime fills them, the sinks and observability read them.
+They sit at the top of `pipeline` and import nothing else from it, so every sub-package can
+import them downward (tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -210,3 +215,25 @@ class RunSummary:
     @property
     def balanced(self) -> bool:
         return all(s.balanced for s in self.sources.values())
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """One bounded queue between stages: its name (the stage it feeds), frames waiting, capacity."""
+
+    name: str
+    depth: int
+    capacity: int
+
+
+@dataclass(frozen=True)
+class PipelineSnapshot:
+    """A run at one moment (`Pipeline.snapshot()`), all that metrics and /readyz read of it: the
+    queues between stages, the inference contexts serving frames (0 before the scheduler has
+    started), the scheduler's counters and the bytes of results waiting in sinks' local spools
+    (pipeline/sinks/__init__.py's `Spooling`). The default is a run not attached yet."""
+
+    queues: tuple[QueueState, ...] = ()
+    healthy_contexts: int = 0
+    inference: InferenceSnapshot = field(default_factory=InferenceSnapshot)
+    spool_bytes: int = 0
