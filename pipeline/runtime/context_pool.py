@@ -34,7 +34,7 @@ from pipeline.runtime.heap import release_freed
 from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.ladder import EscalationLadder
 from pipeline.runtime.slot import Abandoned, CallThreads, Slot
-from stages.infer import InferStage
+from stages.bindings import TensorBindings
 
 if TYPE_CHECKING:
     from pipeline.runtime.scheduler import SchedulerSettings
@@ -151,7 +151,7 @@ def relative_error(got: np.ndarray, ref: np.ndarray) -> float:
 class ContextPool:
     """Creates, warms and checks contexts; keeps warm spares ready for swaps.
 
-    `reference` is the engine's outputs for `stage.probe_inputs()` (one probe image, batch
+    `reference` is the engine's outputs for `bindings.probe_inputs()` (one probe image, batch
     1 or the model's fixed batch), recorded at load. The first context to warm a batch
     shape records that shape's reference (checked loosely against the batch-1 one); every
     later context, and every health probe, must match it within `probe_tolerance`.
@@ -160,21 +160,21 @@ class ContextPool:
     def __init__(
         self,
         engine: Engine,
-        stage: InferStage,
+        bindings: TensorBindings,
         reference: dict[str, np.ndarray],
         settings: SchedulerSettings,
         stats: InferStats,
     ) -> None:
         self.engine = engine
-        self.stage = stage
+        self.bindings = bindings
         self.settings = settings
         self.stats = stats
-        self.shapes = stage.batch_shapes(settings.batch_shapes)
+        self.shapes = bindings.batch_shapes(settings.batch_shapes)
         self.probe_shape = self.shapes[0]
         # Batches timed once, on the first context, for choosing the batch (pipeline/runtime/sizing.py).
-        self.candidates = () if stage.fixed_batch else tuple(settings.measure_batches)
+        self.candidates = () if bindings.fixed_batch else tuple(settings.measure_batches)
         self.times = ShapeTimes(settings.hang_factor, settings.hang_floor_s, settings.create_timeout_s)
-        self._base_rows = stage.fixed_batch or 1
+        self._base_rows = bindings.fixed_batch or 1
         self._refs: dict[int, dict[str, np.ndarray]] = {self._base_rows: reference}
         self._base = reference
         self.ladder = EscalationLadder(
@@ -219,7 +219,7 @@ class ContextPool:
         with self._lock:
             inputs = self._probes.get(shape)
         if inputs is None:
-            inputs = self.stage.probe_inputs(shape)
+            inputs = self.bindings.probe_inputs(shape)
             with self._lock:
                 inputs = self._probes.setdefault(shape, inputs)
         return inputs
@@ -237,7 +237,7 @@ class ContextPool:
     def use_shapes(self, shapes: tuple[int, ...]) -> None:
         """Run these batch shapes from now on (the batch chosen by measurement): contexts made
         later warm only them, and health probes run the smallest."""
-        self.shapes = self.stage.batch_shapes(shapes)
+        self.shapes = self.bindings.batch_shapes(shapes)
         self.probe_shape = self.shapes[0]
 
     def _measure(self, slot: Slot) -> None:

@@ -79,7 +79,7 @@ class InferScheduler:
         on_fatal: Callable[[Exception], None],
     ) -> None:
         self.pool = pool
-        self.stage = pool.stage
+        self.bindings = pool.bindings
         self.settings = pool.settings
         self.stats = pool.stats
         self.times = pool.times
@@ -87,7 +87,7 @@ class InferScheduler:
         self.on_done = on_done
         self.on_failed = on_failed
         self.on_fatal = on_fatal
-        self.max_batch = min(self.stage.max_batch(self.settings.max_batch), pool.shapes[-1])
+        self.max_batch = min(self.bindings.max_batch(self.settings.max_batch), pool.shapes[-1])
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.healthy_contexts = 0
@@ -105,7 +105,7 @@ class InferScheduler:
         """Batches of at most `max_batch` frames padded to `shapes` from now on (the batch
         chosen by measurement, before any frame is queued)."""
         self.pool.use_shapes(shapes)
-        self.max_batch = min(self.stage.max_batch(max_batch), self.pool.shapes[-1])
+        self.max_batch = min(self.bindings.max_batch(max_batch), self.pool.shapes[-1])
 
     def stop(self) -> None:
         """Workers finish the batch in hand and exit; queued frames stay for the caller."""
@@ -185,7 +185,7 @@ class InferScheduler:
         failing it now keeps a healthy context out of a sure miss. A frame whose deadline
         started at its batch is always tried once, and retried only before its deadline."""
         now = time.monotonic()
-        typical = self.times.typical(self.stage.shape_for(len(frames), self.pool.shapes))
+        typical = self.times.typical(self.bindings.shape_for(len(frames), self.pool.shapes))
         keep = []
         for frame in frames:
             if frame.latency_bound:
@@ -216,7 +216,7 @@ class InferScheduler:
             attempts += 1
             for frame in frames:
                 frame.attempts = attempts
-            shape = self.stage.shape_for(len(frames), self.pool.shapes)
+            shape = self.bindings.shape_for(len(frames), self.pool.shapes)
             start = time.monotonic()
             try:
                 outputs = self._attempt(slot, frames, shape, confirm=corrupt_before)
@@ -244,9 +244,9 @@ class InferScheduler:
         retried) unless, on a retry (`confirm`), the context that gave them again still passes
         a health probe: then they are the model's own answer to these frames, and postprocess
         fails just the frames whose values are not detections."""
-        inputs = self.stage.inputs(frames, slot.context, shape)
+        inputs = self.bindings.inputs(frames, slot.context, shape)
         outputs = slot.call(inputs, self.times.hang_timeout(shape), self.settings.call_grace_s)
-        problem = self.stage.output_problem(outputs, len(frames))
+        problem = self.bindings.output_problem(outputs, len(frames))
         if problem and not (confirm and self.pool.probe(slot)):
             raise CorruptOutput(f"context returned outputs that cannot be right: {problem}")
         return outputs
@@ -281,7 +281,7 @@ class InferScheduler:
             self.pool.ladder.fresh_ok()
         self.times.steady(shape, took)
         self.stats.batch_done(len(frames), took, failed_at, time.monotonic())
-        self.stage.split(frames, outputs)
+        self.bindings.split(frames, outputs)
         now = time.monotonic()
         done = []
         for frame in frames:
