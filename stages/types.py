@@ -21,7 +21,6 @@ class Reason(str, Enum):
 
     DEADLINE = "deadline"
     INFERENCE = "inference"
-    DECODE = "decode"
     PREPROCESS = "preprocess"
     POSTPROCESS = "postprocess"
     SHED = "shed"

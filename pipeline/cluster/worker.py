@@ -191,10 +191,6 @@ class PipelineWorker:
             if segment.pipeline is not None:
                 segment.pipeline.stop()
 
-    def forget(self, name: str) -> None:
-        with self._lock:
-            self._segments.pop(name, None)
-
     def status(self) -> dict[str, Any]:
         with self._lock:
             segments = dict(self._segments)

@@ -13,8 +13,6 @@ from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 
 from pipeline.config.sections import MAX_THREADS, StrictModel
 
-BACKENDS = ("onnxruntime", "tensorrt")
-
 
 class ProviderConfig(StrictModel):
     """One ONNX Runtime execution provider with its options (ORT's provider_options)."""

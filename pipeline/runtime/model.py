@@ -10,7 +10,7 @@ import numpy as np
 
 from engines.base import CudaEngine, Engine, FaultInjectable
 from engines.errors import InferenceError, ModelError
-from engines.faults import FaultPlan, FaultyEngine
+from engines.faults import FaultyEngine
 from engines.spec import EngineSpec, OnnxRuntimeSpec, TensorRTSpec, build_engine
 from pipeline.assets import DEFAULT_MODEL
 from pipeline.config import FaultConfig, InferConfig, ModelConfig, TensorRTModelConfig
@@ -124,11 +124,10 @@ def load_model(
         raise
     if faults is not None and faults.active:
         # After the reference: faults must not spoil what healthy looks like.
-        plan = FaultPlan(**faults.model_dump())
         if isinstance(engine, FaultInjectable):
-            engine.inject_faults(plan)  # in the worker, where a crash or a poisoned process belongs
+            engine.inject_faults(faults)  # in the worker, where a crash or a poisoned process belongs
         else:
-            engine = FaultyEngine(engine, plan)
+            engine = FaultyEngine(engine, faults)
     return Model(engine, bindings, post, reference)
 
 
