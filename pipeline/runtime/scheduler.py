@@ -12,7 +12,7 @@ Deadlines (see Frame.latency_bound):
   frame is taken into a batch and bounds the retries: the first attempt always runs, a
   retry starts only before the deadline, and `max_attempts` bounds attempts as well. So a
   fault-free file run never fails a frame, at any model speed, source count or load.
-Hangs are told from slow calls by measurement (pipeline/context_pool.ShapeTimes), never by
+Hangs are told from slow calls by measurement (pipeline/runtime/context_pool.ShapeTimes), never by
 the deadline: a slow call is waited for, and only a hung one costs a context.
 """
 
