@@ -304,6 +304,8 @@ class ContextPool:
         return slot
 
     def create(self) -> Slot:
+        """A new context, warmed and checked against the reference (the first also times the batches);
+        ModelError after `create_attempts` failures (a lost worker's successor is tried without counting)."""
         last: Exception | None = None
         failures = 0
         while failures < self.settings.create_attempts:
@@ -384,6 +386,7 @@ class ContextPool:
                 slot.close()
 
     def close(self) -> None:
+        """Stop the spare keeper (waiting up to 5 s) and close the spares; workers discard their own contexts."""
         self._closed.set()
         self._want_spare.set()
         self._spare_thread.join(timeout=5)

@@ -112,6 +112,8 @@ class InferScheduler:
         self._stop.set()
 
     def running(self) -> bool:
+        """Whether any worker thread is still alive (it exits when the queue is closed and
+        drained, on `stop`, or after a fatal error it has reported to `on_fatal`)."""
         return any(thread.is_alive() for thread in self._threads)
 
     def wait(self, timeout: float) -> None:
@@ -121,6 +123,8 @@ class InferScheduler:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait for each worker thread (at most `timeout` seconds each; None: until it exits),
+        then close the context pool and its spares."""
         for thread in self._threads:
             thread.join(timeout)
         self.pool.close()
