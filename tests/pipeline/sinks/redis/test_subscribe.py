@@ -23,7 +23,7 @@ from stages.types import Result, Status
 from tests.cli_run import start
 from tests.redis_server import publish, run_summary
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def sink_for(url: str, tmp_path: Path, **options) -> RedisSink:
