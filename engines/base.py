@@ -103,7 +103,11 @@ class Context(Protocol):
         """Run one batch. Raises InferenceError on failure, InferenceTimeout past `timeout` seconds."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release its buffers, stream and execution state. Called once by its owner, also
+        after a failed or abandoned `infer` (once that call has returned); it may raise on a
+        broken context, and the caller logs and drops it (pipeline/runtime/slot.py)."""
+        ...
 
 
 class Engine(Protocol):
@@ -115,9 +119,16 @@ class Engine(Protocol):
     outputs: list[TensorSpec]
     metadata: dict[str, str]
 
-    def create_context(self) -> Context: ...
+    def create_context(self) -> Context:
+        """A new Context over this engine; called from several threads at once (the scheduler's
+        workers and the spare keeper). Raises InferenceError when one cannot be made now (out
+        of device memory, a lost worker), ModelError when the engine cannot make any."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the model (session, device engine, worker process), once, after every
+        context over it is closed or abandoned; contexts must not be used afterwards."""
+        ...
 
 
 @runtime_checkable
@@ -125,7 +136,11 @@ class Reloadable(Protocol):
     """An engine that can reload its model in place, for the escalation ladder
     (pipeline/runtime/ladder.py) when fresh contexts keep failing. Raises ModelError on failure."""
 
-    def reload(self) -> None: ...
+    def reload(self) -> None:
+        """Load the model afresh from its file or plan; contexts created from now on use it,
+        ones created before keep the old model until they are closed. Raises ModelError when
+        it cannot (the file is gone, the load fails); the engine stays as it was."""
+        ...
 
 
 @runtime_checkable
@@ -141,7 +156,12 @@ class FaultInjectable(Protocol):
     """An engine that applies a fault plan where it runs (engines/process.py: in the worker
     process, where a crash or a poisoned process belongs) instead of being wrapped."""
 
-    def inject_faults(self, plan: FaultPlan) -> None: ...
+    def inject_faults(self, plan: FaultPlan) -> None:
+        """From now on, every context's `infer` injects faults per `plan` (probabilities per
+        call, engines/faults.py), in this worker and in every one that replaces it. Called
+        after the probe reference is recorded; raises nothing if the worker is gone (its
+        successor starts with the plan)."""
+        ...
 
 
 @runtime_checkable
@@ -158,7 +178,11 @@ class InputBuffers(Protocol):
     """A context that lends the array an input must be written into (shared memory, pinned
     host memory), so the batch is built in place: shape and dtype as the input's TensorSpec."""
 
-    def input_buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray: ...
+    def input_buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A writable array of `shape` and `dtype` for input `name` (e.g. [batch, 3, H, W]
+        float32), owned by the context: the caller fills it, then passes it to the next
+        `infer`, which reads it without a copy. Valid until the next `input_buffer` or `close`."""
+        ...
 
 
 def input_shapes(inputs: Mapping[str, np.ndarray | DeviceFill]) -> tuple[tuple[str, tuple[int, ...]], ...]:

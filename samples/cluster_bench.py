@@ -239,7 +239,7 @@ def spread(values: list[float]) -> dict:
     return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--clip", default=str(DEFAULT_CLIP), help="the video every source plays (default: the person clip)"
@@ -270,10 +270,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures, with every trial, to this file")
     parser.add_argument("--gpus", type=int, help="GPUs Ray may use (default: what Ray finds)")
     parser.add_argument("--time-limit-s", type=float, help="start no trial that may end past this; print what is done")
-    args = parser.parse_args()
-    if not Path(args.clip).exists():
-        sys.exit(f"cluster_bench: {args.clip}: no such file; give --clip")
-    worker_cpus = args.worker_cpus or (16.0 if args.device.startswith("cuda") else 1.0)
+    return parser.parse_args()
+
+
+def run_trials(args: argparse.Namespace, worker_cpus: float) -> tuple[list[dict], dict | None]:
+    """Alternate 1-worker and N-worker trials on a private Ray and Redis (then the failover
+    trial); returns the trials and the failover trial (None when not run)."""
     import ray
     import redis
 
@@ -311,6 +313,11 @@ def main() -> None:
         finally:
             ray.shutdown()
             server.kill()
+    return trials, failover
+
+
+def figures(args: argparse.Namespace, worker_cpus: float, trials: list[dict], failover: dict | None) -> dict:
+    """The report: fps of 1 and N workers, their ratio per round, CPU use; exits when no pair finished."""
     one = [t["fps"] for t in trials if t["workers"] == 1]
     many = [t["fps"] for t in trials if t["workers"] == args.workers]
     ratios = [m / o for o, m in zip(one, many) if o] or [0.0]
@@ -329,10 +336,19 @@ def main() -> None:
            for key in ("worker_cpu_ms_per_frame", "worker_cores", "loadavg_1m")},
         "failover": failover and {**failover["failover"], "balanced": failover["balanced"], "fps": failover["fps"]},
     }  # fmt: skip
+    return report
+
+
+def main() -> None:
+    args = parse_args()
+    if not Path(args.clip).exists():
+        sys.exit(f"cluster_bench: {args.clip}: no such file; give --clip")
+    worker_cpus = args.worker_cpus or (16.0 if args.device.startswith("cuda") else 1.0)
+    trials, failover = run_trials(args, worker_cpus)
+    report = figures(args, worker_cpus, trials, failover)
     if args.json:
         args.json.write_text(json.dumps({**report, "trials": trials}, indent=1))
     print(json.dumps(report))
-
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 """Analytics of a run: per source, a tracker (stages/track.py) and its zones and lines (stages/zones.py).
 
 `step(result)` must see each source's results in seq order, failed ones included; the
-publisher calls it as it releases them (pipeline/publisher.py). It returns the result
+publisher calls it as it releases them (pipeline/runtime/publisher.py). It returns the result
 with track ids and the frame's occupancy, and the events that frame caused as
 SourceEvents with `after_seq = seq`, so every sink gets them right after the frame, in
 order, with the guarantees of any source event (JSONL, Redis Streams, MQTT).
@@ -18,8 +18,8 @@ from dataclasses import replace
 from time import time as wall_clock
 from typing import Protocol
 
-from stages.track import SourceTracker, frame_time
-from stages.types import Result, SourceEvent, Status
+from stages.track import SourceTracker, Track, frame_time
+from stages.types import EventType, Result, SourceEvent, Status
 from stages.zones import LineSpec, SourceZones, ZoneSpec
 
 
@@ -58,7 +58,7 @@ class Analytics:
         time = frame_time(result)
         self._last[result.source] = (result.seq, time)
         detections, started, ended = tracker.update(result)
-        found: list[tuple[str, dict]] = [("track_start", t.record("track_start")) for t in started]
+        found = _track_events(EventType.TRACK_START, started)
         if not zones.zones and not zones.lines:  # tracks only (--track): no geometry to run
             result = replace(result, detections=detections)
         elif result.status is Status.OK:
@@ -68,7 +68,7 @@ class Analytics:
         else:  # a gap: nothing is known of this frame's zones; totals stand
             result = replace(result, analytics=zones.counts() or None)
         found += zones.ended(ended)
-        found += [("track_end", t.record("track_end")) for t in ended]
+        found += _track_events(EventType.TRACK_END, ended)
         return result, self._events(result.source, result.seq, result.wall_time, found)
 
     def finish(self, source: str) -> list[SourceEvent]:
@@ -77,7 +77,7 @@ class Analytics:
             return []
         seq, _ = self._last.get(source, (-1, 0.0))
         ended = self.trackers[source].finish()
-        found = self.zones[source].ended(ended) + [("track_end", t.record("track_end")) for t in ended]
+        found = self.zones[source].ended(ended) + _track_events(EventType.TRACK_END, ended)
         return self._events(source, seq, None, found)
 
     def totals(self) -> dict[str, dict]:
@@ -85,6 +85,13 @@ class Analytics:
         return {name: zones.counts().get("lines", {}) for name, zones in self.zones.items() if zones.lines}
 
     @staticmethod
-    def _events(source: str, seq: int, wall_time: float | None, found: list[tuple[str, dict]]) -> list[SourceEvent]:
+    def _events(
+        source: str, seq: int, wall_time: float | None, found: list[tuple[EventType, dict]]
+    ) -> list[SourceEvent]:
         now = wall_time if wall_time is not None else wall_clock()
         return [SourceEvent(source, kind, seq, now, {"seq": seq, **details}) for kind, details in found]
+
+
+def _track_events(kind: EventType, tracks: list[Track]) -> list[tuple[EventType, dict]]:
+    """`track_start` or `track_end` events of `tracks`: (kind, the event's fields)."""
+    return [(kind, track.record(kind)) for track in tracks]

@@ -301,8 +301,8 @@ class VideoDecoder:
                 self._end_s = end if self._end_s is None else max(self._end_s, end)
         return frame
 
-    def _event(self, kind: str, **details: object) -> SourceEvent:
-        return SourceEvent(self.name, kind, self.seq - 1, time.time(), dict(details))
+    def _event(self, kind: EventType, fatal: bool = False, **details: object) -> SourceEvent:
+        return SourceEvent(self.name, kind, self.seq - 1, time.time(), dict(details), fatal=fatal)
 
 
 def _hwaccel(decode: str) -> HWAccel | None:

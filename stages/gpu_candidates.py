@@ -9,7 +9,7 @@ NMS and mapping run on it). DeepStream-Yolo does the same with a decode layer ad
 model; here the model file stays as exported.
 
 What the host check still sees: a non-finite value anywhere in a candidate's column makes
-its score NaN (so InferStage.output_problem catches it as it would the raw output), and the
+its score NaN (so TensorBindings.output_problem catches it as it would the raw output), and the
 scores, boxes and firing share of stages/output_check.py apply to the rows.
 
 The tool: a CuPy RawKernel, as for preprocessing (stages/gpu_preprocess.py: NVRTC at first

@@ -18,7 +18,6 @@ LAYOUTS = ("yolov8", "yolov5", "yolox", "e2e")
 STRIDES = (8, 16, 32)
 MAX_CLASSES = 100_000  # far above any detection vocabulary (LVIS has 1203); bounds the names built
 SEGMENT_MASK_COEFFICIENTS = 32  # Ultralytics' Segment head default
-POSE_KEYPOINT_VALUES = 51  # 17 keypoints x (x, y, visibility)
 MAX_CELL_OFFSET = 16.0  # a YOLOX box centre is offset from its cell by a few cells, never more
 # The output key of a yolov8 head reduced on the GPU to [B, N, 6] candidate rows of (x1, y1, x2,
 # y2, best score, class id) (stages/gpu_candidates.py): read as the `e2e` layout's rows.

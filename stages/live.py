@@ -136,8 +136,8 @@ class LiveSource:
             except SourceError as err:
                 if self._closed.is_set():
                     return  # stopped (a signal, --duration) while reconnecting: not a failure
-                details = {"error": redact(str(err)), "fatal": True}
-                yield SourceEvent(self.name, EventType.SOURCE_FAILED, self.seq - 1, time.time(), details)
+                details = {"error": redact(str(err))}
+                yield SourceEvent(self.name, EventType.SOURCE_FAILED, self.seq - 1, time.time(), details, fatal=True)
                 return
             self.reconnects += 1
             yield SourceEvent(

@@ -3,7 +3,7 @@
 Run on every batch a context returns (pipeline/runtime/scheduler.py): a context whose outputs fail
 is treated like one that raised — replaced, and the batch retried — so corrupt numbers from
 a broken context or bad device memory never reach a result. The generic part (every value
-finite) lives in InferStage.output_problem; this adds what the output layout tells.
+finite) lives in TensorBindings.output_problem; this adds what the output layout tells.
 """
 
 from __future__ import annotations

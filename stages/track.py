@@ -48,7 +48,7 @@ class Track:
     gaps: int = 0
     unseen_gaps: int = 0  # failed frames since last seen: they count once the track is seen again
 
-    def record(self, kind: str) -> dict:
+    def record(self, kind: EventType) -> dict:
         """The `track_start` / `track_end` event's fields."""
         out = {"track_id": self.track_id, "class_id": self.class_id, "label": self.label,
                "first_seq": self.first_seq, "last_seq": self.last_seq}  # fmt: skip

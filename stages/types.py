@@ -21,7 +21,6 @@ class Reason(str, Enum):
 
     DEADLINE = "deadline"
     INFERENCE = "inference"
-    DECODE = "decode"
     PREPROCESS = "preprocess"
     POSTPROCESS = "postprocess"
     SHED = "shed"
@@ -46,6 +45,25 @@ class EventType(StrEnum):
     # (pipeline/runtime/scheduler.py): published already, and not to be trusted.
     SUSPECT_RESULTS = "suspect_results"
     REDIS_DATA_LOST = "redis_data_lost"  # written by the Redis sink itself, not a SourceEvent
+
+
+class EndReason(StrEnum):
+    """Why a source stopped being read: the `reason` field of its `source_end` event."""
+
+    END_OF_STREAM = "end_of_stream"  # the file ended, or a live source ended for good
+    DURATION = "duration"  # --duration reached (seconds of video for a file, wall-clock for live)
+    MAX_FRAMES = "max_frames"  # --max-frames reached
+    STOPPED = "stopped"  # the run stopped reading (a signal, Pipeline.stop())
+
+
+class SourceState(StrEnum):
+    """Where a source stands, as /readyz reports it (pipeline/observability/metrics.py)."""
+
+    CONNECTING = "connecting"  # not opened yet
+    CONNECTED = "connected"  # opened, or back after an outage
+    DISCONNECTED = "disconnected"  # in an outage, reconnecting
+    FAILED = "failed"  # a fatal event: the source cannot go on
+    ENDED = "ended"  # its source_end event went out
 
 
 @dataclass(frozen=True)
@@ -155,11 +173,7 @@ class SourceEvent:
     after_seq: int
     wall_time: float
     details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def fatal(self) -> bool:
-        """The source cannot go on (a demux failure, a stall, a truncated file, a failed reconnect).
-
-        It travels as `details["fatal"]`, so the record's `fatal` field says it too.
-        """
-        return bool(self.details.get("fatal"))
+    # The source cannot go on (a demux failure, a stall, a truncated file, a failed reconnect).
+    # The record carries it as `"fatal": true` (pipeline/sinks/records.py); a non-fatal
+    # event's record has no `fatal` field.
+    fatal: bool = False

@@ -105,7 +105,7 @@ class SourceZones:
             start, end = (sv.Point(int(x), int(y)) for x, y in points)
             self.lines.append(_Line(ln.name, points, sv.LineZone(start, end, triggering_anchors=ANCHOR)))
 
-    def update(self, seq: int, time: float, det: Detections) -> tuple[dict, list[tuple[str, dict]]]:
+    def update(self, seq: int, time: float, det: Detections) -> tuple[dict, list[tuple[EventType, dict]]]:
         """Occupancy and line totals after this frame, and the events it caused, in order."""
         tracked = np.flatnonzero(det.track_id >= 0) if det.track_id is not None else np.zeros(0, np.int64)
         svd = sv.Detections(
@@ -115,7 +115,7 @@ class SourceZones:
         )
         labels = [det.labels[i] for i in tracked]
         ids = svd.tracker_id.tolist()
-        events: list[tuple[str, dict]] = []
+        events: list[tuple[EventType, dict]] = []
         occupancy: dict[str, dict[str, int]] = {}
         for zone in self.zones:
             inside = zone.zone.trigger(svd) if len(svd) else np.zeros(0, bool)
@@ -142,7 +142,7 @@ class SourceZones:
                                                       "track_id": ids[k], "label": labels[k]}))  # fmt: skip
         return self.counts(occupancy), events
 
-    def ended(self, tracks: list[Track]) -> list[tuple[str, dict]]:
+    def ended(self, tracks: list[Track]) -> list[tuple[EventType, dict]]:
         """Tracks that ended leave every zone they were in, as of when they were last seen."""
         events = []
         for zone in self.zones:

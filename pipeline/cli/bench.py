@@ -109,7 +109,7 @@ def preprocess_all(pre: Preprocess, frames: list[Frame], keep: bool) -> int:
 
 def infer_fps(model: Model, frames: list[Frame], contexts: int, batch: int) -> float:
     """The contexts at full speed over pre-made batches, one thread each, as the scheduler runs them."""
-    batch = model.stage.max_batch(batch)
+    batch = model.bindings.max_batch(batch)
     batches = [frames[i : i + batch] for i in range(0, len(frames), batch)]
     todo = iter(batches)
     lock = threading.Lock()
@@ -121,7 +121,7 @@ def infer_fps(model: Model, frames: list[Frame], contexts: int, batch: int) -> f
                 chunk = next(todo, None)
             if chunk is None:
                 break
-            model.stage.split(chunk, context.infer(model.stage.inputs(chunk, context), 60.0))
+            model.bindings.split(chunk, context.infer(model.bindings.inputs(chunk, context), 60.0))
         context.close()
 
     def all_contexts() -> int:
@@ -140,7 +140,7 @@ def isolation_overhead(config: RunConfig, model: Model, frames: list[Frame], rou
     turns over the same batches so a busy machine slows both alike. A batch is what the
     scheduler does: stack the frames (into the worker's shared memory when it runs there)
     and infer."""
-    batch = model.stage.max_batch(config.infer.max_batch or CPU_MAX_BATCH)
+    batch = model.bindings.max_batch(config.infer.max_batch or CPU_MAX_BATCH)
     batches = [frames[i : i + batch] for i in range(0, len(frames) - batch + 1, batch)]
     worker = open_isolated_engine(config.model, config.infer)
     contexts = {"in-process": model.engine.create_context(), "worker process": worker.create_context()}
@@ -149,7 +149,7 @@ def isolation_overhead(config: RunConfig, model: Model, frames: list[Frame], rou
     def one(name: str, chunk: list[Frame]) -> None:
         context = contexts[name]
         start = time.perf_counter()
-        context.infer(model.stage.inputs(chunk, context), 60.0)
+        context.infer(model.bindings.inputs(chunk, context), 60.0)
         times[name].append(time.perf_counter() - start)
 
     try:
@@ -204,7 +204,7 @@ def bench(config: RunConfig, path: Path, faults: dict | None) -> dict[str, float
     config, model = load_sized_model(config, [_source_size(path)], bare=True)
     config, _ = size_for_model(config, len(config.sources), model)
     alone = stages_alone(config, path, model)
-    input_size, batch = model.input_size, model.stage.max_batch(config.infer.max_batch or CPU_MAX_BATCH)
+    input_size, batch = model.input_size, model.bindings.max_batch(config.infer.max_batch or CPU_MAX_BATCH)
     model.engine.close()
     del model
     gc.collect()

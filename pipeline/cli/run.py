@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from engines.errors import ConfigError
 from pipeline.cli.exits import (
-    EXCUSED_FAILURES,
     EXIT_FAILED_FRAMES,
     EXIT_INTERRUPTED,
     EXIT_LEDGER,
@@ -22,6 +21,8 @@ if TYPE_CHECKING:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.config import OverloadPolicy
+
     parser.add_argument("videos", nargs="*", help="video files or rtsp:// URLs (default: the bundled sample clip)")
     parser.add_argument("--config", type=Path, help="a YAML config file (flags override its fields)")
     parser.add_argument("--name", action="append", help="name of each source, in order (repeat it; sources "
@@ -35,12 +36,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: a rectangle fitting the video)")
     parser.add_argument("--labels", type=Path, help="class names, one per line")
     parser.add_argument("--out", type=Path, help="write one JSON line per frame result here")
-    parser.add_argument(
-        "--file-mode", metavar="OCTAL", help="permission bits of the JSONL and spool files created (default 600)"
-    )
-    parser.add_argument(
-        "--dir-mode", metavar="OCTAL", help="permission bits of the spool directory created (default 700)"
-    )
+    parser.add_argument("--file-mode", metavar="OCTAL",
+                        help="permission bits of the JSONL and spool files created (default 600)")
+    parser.add_argument("--dir-mode", metavar="OCTAL",
+                        help="permission bits of the spool directory created (default 700)")
     parser.add_argument(
         "--redis", nargs="?", const="", metavar="URL",
         help="publish results to Redis Streams at URL (redis://, rediss://); --redis alone uses $REDIS_URL",
@@ -66,7 +65,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, metavar="SECONDS",
                         help="stop each source after SECONDS (of video for files, of wall-clock for live sources)")
     parser.add_argument("--realtime", action="store_true", default=None, help="pace files at their frame rate")
-    parser.add_argument("--policy", choices=["block", "shed"], help="overload policy for every source")
+    parser.add_argument("--policy", choices=[p.value for p in OverloadPolicy], help="overload policy for every source")
     parser.add_argument("--transport", choices=["tcp", "udp"], help="RTSP transport for every live source")
     parser.add_argument("--decode", choices=["cpu", "nvdec"], help="nvdec: NVIDIA hardware decoding")
     parser.add_argument("--device", metavar="cpu|cuda[:N]", help="where ONNX Runtime infers: cuda[:N] is the CUDA "
@@ -220,7 +219,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def failed_frames_exit(summary) -> int:
     """Exit 4 and one line when frames failed for a reason a batch job must hear about."""
-    excused = EXCUSED_FAILURES | ({"shutdown"} if summary.interrupted else set())
+    from stages.types import Reason
+
+    # Failures a run that did its job may have: frames shed by a source whose policy is shed,
+    # and (after a signal) frames in flight when it came.
+    excused = {Reason.SHED} | ({Reason.SHUTDOWN} if summary.interrupted else set())
     failed = {reason: n for reason, n in sorted(summary.failed.items()) if reason not in excused and n}
     if not failed:
         return 0

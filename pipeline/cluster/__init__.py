@@ -13,12 +13,30 @@ Ray is an optional dependency (`pip install 'vidpipe[cluster]'`).
 
 from __future__ import annotations
 
+from enum import StrEnum
 from types import ModuleType
 
 from engines.errors import ConfigError
 
 NAMESPACE = "vidpipe"
 COORDINATOR = "vidpipe-coordinator"
+
+
+class SegmentState(StrEnum):
+    """Where one source's run on a worker stands (`vidpipe cluster status`'s state column)."""
+
+    WAITING = "waiting"  # the coordinator's view: no worker holds it yet
+    ASSIGNED = "assigned"  # the coordinator's view: placed, its worker has not reported it
+    STARTING = "starting"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"  # `vidpipe cluster remove`, or the worker was told to stop
+    LOST = "lost"  # the worker's engine is past its restart budget: the coordinator moves it
+
+
+FINISHED = frozenset({SegmentState.DONE, SegmentState.FAILED, SegmentState.STOPPED})
+ACTIVE = frozenset({SegmentState.STARTING, SegmentState.RUNNING})
 
 
 def require_ray() -> ModuleType:

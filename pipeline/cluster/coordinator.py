@@ -18,7 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from engines.errors import ConfigError
-from pipeline.cluster import NAMESPACE
+from pipeline.cluster import FINISHED, NAMESPACE, SegmentState
 from pipeline.cluster.streams import ClusterState, last_id, resume_point, stream_ledger
 from pipeline.config import RunConfig, SourceConfig
 from pipeline.sinks.redis.entries import connect
@@ -29,7 +29,6 @@ log = logging.getLogger("vidpipe.cluster.coordinator")
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TICK_S = 0.5
 STATUS_TIMEOUT_S = 10.0
-FINISHED = ("done", "failed", "stopped")
 
 
 def worker_name(index: int) -> str:
@@ -113,9 +112,10 @@ class Coordinator:
         for name in sources:
             holder = assignment.get(name, (None, None))[0]
             seg = self.seen.get(holder, {}).get("sources", {}).get(name, {}) if holder else {}
+            placed = SegmentState.ASSIGNED if holder else SegmentState.WAITING
             rows[name] = {
                 "worker": holder,
-                "state": "done" if name in done else seg.get("state", "assigned" if holder else "waiting"),
+                "state": SegmentState.DONE if name in done else seg.get("state", placed),
                 "fps": seg.get("fps", 0.0),
                 "ledger": seg.get("ledger"),
                 "error": seg.get("error"),
@@ -207,7 +207,7 @@ class Coordinator:
                     if segment is not None:
                         if segment["state"] in FINISHED:
                             self.state.mark_done(name, {"worker": holder, **segment})
-                            if segment["state"] == "failed":
+                            if segment["state"] == SegmentState.FAILED:
                                 log.warning("cluster: source %s failed on %s: %s", name, holder, segment["error"])
                         continue
                     if status["incarnation"] == incarnation:
@@ -223,7 +223,7 @@ class Coordinator:
         key = self.redis.key_prefix + name
         origin = self.state.origins().get(name, "0-0")
         if previous is not None and stream_ledger(self.client, key, origin).ended:
-            self.state.mark_done(name, {"worker": previous, "state": "done"})
+            self.state.mark_done(name, {"worker": previous, "state": SegmentState.DONE})
             return
         # A survivor over the worker that lost it (restarted by Ray, it may sit on the same bad GPU).
         survivors = [w for w in alive if w != previous] or alive
@@ -238,8 +238,9 @@ class Coordinator:
             step["moved_from"] = previous
             log.warning("cluster: source %s moved from %s to %s at seq %d", name, previous, target, resume.seq)
         self.state.note(name, step)
-        self.seen[target].setdefault("sources", {})[name] = {"state": "starting", "fps": 0.0, "first_seq": resume.seq,
-                                                              "ledger": None, "error": None}
+        self.seen[target].setdefault("sources", {})[name] = {
+            "state": SegmentState.STARTING, "fps": 0.0, "first_seq": resume.seq, "ledger": None, "error": None
+        }
 
     def _load(self, worker: str, exclude: str) -> tuple[float, int]:
         """A worker's load: the frames per second of its running sources, then their count.

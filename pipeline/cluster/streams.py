@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from pipeline.sinks.redis.entries import SLOTS_PER_SEQ
+from stages.types import EndReason, EventType
 
 PREFIX = "vidpipe:cluster:"
 READ_COUNT = 1000
@@ -105,10 +106,10 @@ def stream_ledger(client: redis.Redis, key: str, origin: str) -> StreamLedger:
                 else:
                     reason = record.get("reason") or "unknown"
                     ledger.failed[reason] = ledger.failed.get(reason, 0) + 1
-            elif kind == "source_end" and record.get("reason") != "stopped":
+            elif kind == EventType.SOURCE_END and record.get("reason") != EndReason.STOPPED:
                 ledger.expected = int(record.get("frames", 0))
                 ledger.ended = True
-            elif kind == "outage_start":
+            elif kind == EventType.OUTAGE_START:
                 ledger.outages += 1
         start = "(" + _text(entries[-1][0])
     top = max(ledger.expected or 0, max(seen) + 1 if seen else 0)

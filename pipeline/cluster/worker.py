@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from engines.base import Context, Engine, EngineEvent, EventHandler, Supervised
 from engines.errors import ConfigError
 from pipeline.api import open_source
+from pipeline.cluster import ACTIVE, SegmentState
 from pipeline.config import RunConfig, SourceConfig
 from pipeline.runtime.assemble import assemble, load_sized_model
 from pipeline.runtime.model import Model
@@ -110,7 +111,7 @@ class Segment:
     def __init__(self, name: str, first_seq: int) -> None:
         self.name = name
         self.first_seq = first_seq
-        self.state = "starting"
+        self.state = SegmentState.STARTING
         self.error: str | None = None
         self.pipeline: Pipeline | None = None
         self.started = time.monotonic()
@@ -164,7 +165,7 @@ class PipelineWorker:
         """An event of the shared engine (a worker restart, the budget spent) goes to every
         source's Pipeline: each publishes it and each counts it."""
         with self._lock:
-            live = [s for s in self._segments.values() if s.state in ("starting", "running")]
+            live = [s for s in self._segments.values() if s.state in ACTIVE]
         views = [s.engine for s in live if s.engine is not None]
         for view in views:
             if view.on_event is not None:
@@ -176,7 +177,7 @@ class PipelineWorker:
         segment = Segment(name, int(resume["seq"]))
         with self._lock:
             running = self._segments.get(name)
-            if running is not None and running.state in ("starting", "running"):
+            if running is not None and running.state in ACTIVE:
                 return
             self._segments[name] = segment
         threading.Thread(
@@ -191,10 +192,6 @@ class PipelineWorker:
             segment.stop_requested = True
             if segment.pipeline is not None:
                 segment.pipeline.stop()
-
-    def forget(self, name: str) -> None:
-        with self._lock:
-            self._segments.pop(name, None)
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -226,11 +223,11 @@ class PipelineWorker:
         here fails: let the others publish what they hold (bounded by EXIT_GRACE_S), then end
         this actor. The coordinator moves its sources, which resume after the last seq their
         streams hold, and Ray restarts the actor where resources allow."""
-        segment.state, segment.ended = "lost", time.monotonic()  # not finished: the coordinator moves it
+        segment.state, segment.ended = SegmentState.LOST, time.monotonic()  # not finished: the coordinator moves it
         deadline = time.monotonic() + EXIT_GRACE_S
         while time.monotonic() < deadline:
             with self._lock:
-                if not any(s.state in ("starting", "running") for s in self._segments.values()):
+                if not any(s.state in ACTIVE for s in self._segments.values()):
                     break
             time.sleep(0.1)
         log.error("worker %s: inference worker restart budget exhausted; exiting", self.worker)
@@ -254,13 +251,13 @@ class PipelineWorker:
             )
         except Exception as err:
             log.exception("worker %s: source %s did not start", self.worker, name)
-            segment.state, segment.error, segment.ended = "failed", str(err), time.monotonic()
+            segment.state, segment.error, segment.ended = SegmentState.FAILED, str(err), time.monotonic()
             return
         try:
             segment.engine = SharedEngine(model.engine)
             segment.pipeline = assemble(config, [opened], replace(model, engine=segment.engine), [sink])
             segment.started = time.monotonic()
-            segment.state = "running"
+            segment.state = SegmentState.RUNNING
             if segment.stop_requested:
                 segment.pipeline.stop()
             summary = segment.pipeline.run()
@@ -272,10 +269,13 @@ class PipelineWorker:
                 sink.close()
                 self._engine_lost(segment)
             failed = summary.error and not summary.balanced
-            segment.state = "stopped" if segment.stop_requested else ("failed" if failed else "done")
+            if segment.stop_requested:
+                segment.state = SegmentState.STOPPED
+            else:
+                segment.state = SegmentState.FAILED if failed else SegmentState.DONE
         except Exception as err:
             log.exception("worker %s: source %s failed", self.worker, name)
-            segment.state, segment.error = "failed", str(err)
+            segment.state, segment.error = SegmentState.FAILED, str(err)
         finally:
             segment.ended = time.monotonic()
             sink.close()

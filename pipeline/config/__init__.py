@@ -1,7 +1,7 @@
 """One validated place for configuration: a YAML file and CLI flags both become a RunConfig.
 
 The sections live in pipeline/config/sections.py and, per backend, pipeline/config/model.py;
-pipeline/config/errors.py turns a validation error into one line. Import them all from here.
+pipeline/config/messages.py turns a validation error into one line. Import them all from here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from engines.errors import ConfigError
-from pipeline.config.errors import format_validation_error
+from pipeline.config.messages import format_validation_error
 from pipeline.config.model import ModelConfig, OnnxRuntimeModelConfig, ProviderConfig, TensorRTModelConfig
 from pipeline.config.sections import (
     DAY_S,

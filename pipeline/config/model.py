@@ -13,8 +13,6 @@ from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 
 from pipeline.config.sections import MAX_THREADS, StrictModel
 
-BACKENDS = ("onnxruntime", "tensorrt")
-
 
 class ProviderConfig(StrictModel):
     """One ONNX Runtime execution provider with its options (ORT's provider_options)."""
@@ -91,7 +89,7 @@ _BACKEND_FIELDS = set(OnnxRuntimeModelConfig.model_fields) | set(TensorRTModelCo
 
 def backend(data: Any) -> str | None:
     """The tag of a `model:` section (a mapping or a validated section): its `backend`, onnxruntime
-    when absent. Named after the field it reads: a bad tag's error names it (config/errors.py)."""
+    when absent. Named after the field it reads: a bad tag's error names it (config/messages.py)."""
     if isinstance(data, dict):
         return data.get("backend", "onnxruntime")
     return dict(data).get("backend") if isinstance(data, BaseModel) else None

@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 
 from engines.errors import OutputError
 from pipeline.summary import PipelineSnapshot, RunSummary
-from stages.types import EventType, Frame, Result, SourceEvent, Status
+from stages.types import EventType, Frame, Result, SourceEvent, SourceState, Status
 
 if TYPE_CHECKING:
     from pipeline.runtime.pipeline import Pipeline
@@ -59,7 +59,7 @@ class Readiness:
 
     def __init__(self, sources: list[str]) -> None:
         self.model_loaded = False
-        self.sources = dict.fromkeys(sources, "connecting")
+        self.sources: dict[str, SourceState] = dict.fromkeys(sources, SourceState.CONNECTING)
         self.pipeline: Pipeline | None = None
 
     def snapshot(self) -> PipelineSnapshot:
@@ -69,19 +69,19 @@ class Readiness:
     def state(self, snapshot: PipelineSnapshot | None = None) -> dict[str, Any]:
         """/readyz's answer, from `snapshot` (one taken now where None)."""
         contexts = (snapshot or self.snapshot()).healthy_contexts
-        ready = self.model_loaded and contexts > 0 and all(s == "connected" for s in self.sources.values())
+        ready = self.model_loaded and contexts > 0 and all(s == SourceState.CONNECTED for s in self.sources.values())
         return {"ready": ready, "model_loaded": self.model_loaded, "healthy_contexts": contexts,
                 "sources": dict(self.sources)}  # fmt: skip
 
     def event(self, event: SourceEvent) -> None:
         if event.fatal:
-            self.sources[event.source] = "failed"
+            self.sources[event.source] = SourceState.FAILED
         elif event.type == EventType.OUTAGE_START:
-            self.sources[event.source] = "disconnected"
+            self.sources[event.source] = SourceState.DISCONNECTED
         elif event.type == EventType.OUTAGE_END:
-            self.sources[event.source] = "connected"
+            self.sources[event.source] = SourceState.CONNECTED
         elif event.type == EventType.SOURCE_END:
-            self.sources[event.source] = "ended"
+            self.sources[event.source] = SourceState.ENDED
 
 
 class RunMetrics:
@@ -131,7 +131,7 @@ class RunMetrics:
 
     def sources_opened(self) -> None:
         for name in self.readiness.sources:
-            self.readiness.sources[name] = "connected"
+            self.readiness.sources[name] = SourceState.CONNECTED
 
     # ---- hooks and the Sink protocol (publisher thread) ----------------------------------
 

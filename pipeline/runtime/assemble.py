@@ -46,7 +46,7 @@ def load_sized_model(
 def size_for_model(config: RunConfig, sources: int, model: Model) -> tuple[RunConfig, Sizing]:
     """The config with every other auto value sized for `sources` sources on this model, and
     what was chosen (the run's `sizing`)."""
-    config, sizing = size_run(config, sources, letterbox_on_gpu=model.stage.gpu_planes)
+    config, sizing = size_run(config, sources, letterbox_on_gpu=model.bindings.gpu_planes)
     return config, replace(sizing, input_size=model.input_size)
 
 

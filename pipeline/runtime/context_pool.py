@@ -35,7 +35,7 @@ from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.ladder import EscalationLadder
 from pipeline.runtime.settings import SchedulerSettings
 from pipeline.runtime.slot import Abandoned, CallThreads, Slot
-from stages.infer import InferStage
+from stages.bindings import TensorBindings
 
 log = logging.getLogger("vidpipe.scheduler")
 
@@ -149,7 +149,7 @@ def relative_error(got: np.ndarray, ref: np.ndarray) -> float:
 class ContextPool:
     """Creates, warms and checks contexts; keeps warm spares ready for swaps.
 
-    `reference` is the engine's outputs for `stage.probe_inputs()` (one probe image, batch
+    `reference` is the engine's outputs for `bindings.probe_inputs()` (one probe image, batch
     1 or the model's fixed batch), recorded at load. The first context to warm a batch
     shape records that shape's reference (checked loosely against the batch-1 one); every
     later context, and every health probe, must match it within `probe_tolerance`.
@@ -158,21 +158,21 @@ class ContextPool:
     def __init__(
         self,
         engine: Engine,
-        stage: InferStage,
+        bindings: TensorBindings,
         reference: dict[str, np.ndarray],
         settings: SchedulerSettings,
         stats: InferStats,
     ) -> None:
         self.engine = engine
-        self.stage = stage
+        self.bindings = bindings
         self.settings = settings
         self.stats = stats
-        self.shapes = stage.batch_shapes(settings.batch_shapes)
+        self.shapes = bindings.batch_shapes(settings.batch_shapes)
         self.probe_shape = self.shapes[0]
         # Batches timed once, on the first context, for choosing the batch (pipeline/runtime/sizing.py).
-        self.candidates = () if stage.fixed_batch else tuple(settings.measure_batches)
+        self.candidates = () if bindings.fixed_batch else tuple(settings.measure_batches)
         self.times = ShapeTimes(settings.hang_factor, settings.hang_floor_s, settings.create_timeout_s)
-        self._base_rows = stage.fixed_batch or 1
+        self._base_rows = bindings.fixed_batch or 1
         self._refs: dict[int, dict[str, np.ndarray]] = {self._base_rows: reference}
         self._base = reference
         self.ladder = EscalationLadder(
@@ -217,7 +217,7 @@ class ContextPool:
         with self._lock:
             inputs = self._probes.get(shape)
         if inputs is None:
-            inputs = self.stage.probe_inputs(shape)
+            inputs = self.bindings.probe_inputs(shape)
             with self._lock:
                 inputs = self._probes.setdefault(shape, inputs)
         return inputs
@@ -235,7 +235,7 @@ class ContextPool:
     def use_shapes(self, shapes: tuple[int, ...]) -> None:
         """Run these batch shapes from now on (the batch chosen by measurement): contexts made
         later warm only them, and health probes run the smallest."""
-        self.shapes = self.stage.batch_shapes(shapes)
+        self.shapes = self.bindings.batch_shapes(shapes)
         self.probe_shape = self.shapes[0]
 
     def _measure(self, slot: Slot) -> None:
@@ -302,6 +302,8 @@ class ContextPool:
         return slot
 
     def create(self) -> Slot:
+        """A new context, warmed and checked against the reference (the first also times the batches);
+        ModelError after `create_attempts` failures (a lost worker's successor is tried without counting)."""
         last: Exception | None = None
         failures = 0
         while failures < self.settings.create_attempts:
@@ -382,6 +384,7 @@ class ContextPool:
                 slot.close()
 
     def close(self) -> None:
+        """Stop the spare keeper (waiting up to 5 s) and close the spares; workers discard their own contexts."""
         self._closed.set()
         self._want_spare.set()
         self._spare_thread.join(timeout=5)

@@ -92,9 +92,9 @@ class InferStats:
             elif kind == EngineEvent.WORKER_RESTARTED:
                 self.worker_restarts += 1
                 self.restart_ms.append(details["restart_ms"])
-            elif kind == "worker_start_failed":
+            elif kind == EngineEvent.WORKER_START_FAILED:
                 self.worker_start_failures += 1
-            elif kind == "worker_budget_exhausted":
+            elif kind == EngineEvent.WORKER_BUDGET_EXHAUSTED:
                 self.worker_budget_exhausted = True
 
     def snapshot(self) -> InferenceSnapshot:

@@ -10,13 +10,12 @@ import numpy as np
 
 from engines.base import CudaEngine, Engine, FaultInjectable
 from engines.errors import InferenceError, ModelError
-from engines.fault_plan import FaultPlan
 from engines.faults import FaultyEngine
 from engines.spec import EngineSpec, OnnxRuntimeSpec, TensorRTSpec, build_engine
 from pipeline.assets import DEFAULT_MODEL
 from pipeline.config import FaultConfig, InferConfig, ModelConfig, TensorRTModelConfig
 from stages import gpu_candidates
-from stages.infer import InferStage
+from stages.bindings import TensorBindings
 from stages.labels import load_names
 from stages.layouts import detect_head
 from stages.output_check import layout_check
@@ -57,23 +56,23 @@ def open_isolated_engine(config: ModelConfig, infer: InferConfig) -> Engine:
 
 @dataclass
 class Model:
-    """An engine with its infer and postprocess stages and the probe reference."""
+    """An engine, its tensor bindings, the postprocess stage and the probe reference."""
 
     engine: Engine
-    stage: InferStage
+    bindings: TensorBindings
     postprocess: Postprocess
     reference: dict[str, np.ndarray]
 
     @property
     def input_size(self) -> tuple[int, int]:
-        return self.stage.input_size
+        return self.bindings.input_size
 
 
-def reference_outputs(engine: Engine, stage: InferStage, timeout: float = 60.0) -> dict[str, np.ndarray]:
+def reference_outputs(engine: Engine, bindings: TensorBindings, timeout: float = 60.0) -> dict[str, np.ndarray]:
     """Run the probe once on a fresh context: proves the model runs and records what healthy looks like."""
     context = engine.create_context()
     try:
-        return context.infer(stage.probe_inputs(), timeout)
+        return context.infer(bindings.probe_inputs(), timeout)
     except InferenceError as err:
         raise ModelError(
             f"model {engine.name}: a test inference failed ({err}); check the model runs on this backend"
@@ -88,34 +87,34 @@ def load_model(
     infer: InferConfig | None = None,
     source_sizes: list[tuple[int, int]] | None = None,
 ) -> Model:
-    """The engine and its stages. `source_sizes` ((width, height) of each source) choose the
+    """The engine, its bindings and postprocess. `source_sizes` ((width, height) of each source) choose the
     rectangle a model with dynamic height and width runs at (stages/preprocess.run_input_size)."""
     isolated = infer is not None and infer.isolation == "process"
     engine = open_isolated_engine(config, infer) if isolated else open_engine(config)
     try:
-        stage = InferStage(engine, _wanted_size(engine, config.imgsz, source_sizes or []))
-        reference = reference_outputs(engine, stage)
+        bindings = TensorBindings(engine, _wanted_size(engine, config.imgsz, source_sizes or []))
+        reference = reference_outputs(engine, bindings)
         output = engine.outputs[0]
         # The probe's output has the real shape: a dynamic model's anchor count follows its input size.
         shape = (output.shape[0], *reference[output.name].shape[1:])
         # Where the shape fits two layouts, the values of this real output tell them apart.
         sample = np.asarray(reference[output.name])[0]
-        head = detect_head(shape, stage.input_size, config.layout, engine.metadata, sample)
+        head = detect_head(shape, bindings.input_size, config.layout, engine.metadata, sample)
         names = load_names(engine.metadata, config.labels, head.num_classes)
         post = Postprocess(
             shape,
-            stage.input_size,
+            bindings.input_size,
             names,
             layout=head,
             conf=config.conf,
             iou=config.iou,
             classes=config.classes,
         )
-        stage.check = layout_check(output.name, head, config.conf)
-        stage.gpu_planes = config.gpu_letterbox and _letterboxes_on_gpu(engine)
-        if stage.gpu_planes and config.gpu_candidates and gpu_candidates.applies(head, len(engine.outputs)):
+        bindings.check = layout_check(output.name, head, config.conf)
+        bindings.gpu_planes = config.gpu_letterbox and _letterboxes_on_gpu(engine)
+        if bindings.gpu_planes and config.gpu_candidates and gpu_candidates.applies(head, len(engine.outputs)):
             if gpu_candidates.available():
-                stage.gpu_candidates = gpu_candidates.GpuCandidates(output.name, head)
+                bindings.gpu_candidates = gpu_candidates.GpuCandidates(output.name, head)
     except ModelError as err:
         engine.close()
         message = str(err)
@@ -125,12 +124,11 @@ def load_model(
         raise
     if faults is not None and faults.active:
         # After the reference: faults must not spoil what healthy looks like.
-        plan = FaultPlan(**faults.model_dump())
         if isinstance(engine, FaultInjectable):
-            engine.inject_faults(plan)  # in the worker, where a crash or a poisoned process belongs
+            engine.inject_faults(faults)  # in the worker, where a crash or a poisoned process belongs
         else:
-            engine = FaultyEngine(engine, plan)
-    return Model(engine, stage, post, reference)
+            engine = FaultyEngine(engine, faults)
+    return Model(engine, bindings, post, reference)
 
 
 def _letterboxes_on_gpu(engine: Engine) -> bool:
@@ -149,7 +147,7 @@ def _wanted_size(engine: Engine, imgsz: int | None, source_sizes: list[tuple[int
     shape = engine.inputs[0].shape if engine.inputs else ()
     fixed = len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int)
     if fixed:
-        return None if imgsz is None else (imgsz, imgsz)  # InferStage rejects a size the model is not
+        return None if imgsz is None else (imgsz, imgsz)  # TensorBindings rejects a size the model is not
     stride = engine.metadata.get("stride", "")
     stride = int(stride) if stride.isdigit() and int(stride) > 0 else STRIDE
     if imgsz is None:

@@ -81,7 +81,7 @@ class Pipeline:
         self.analytics = _analytics(config, sources)
         self.publisher = Publisher(sinks, self.ledger, self.hooks.on_result, self.analytics, self._output_failed)
         self.stats = InferStats()
-        self.preprocess = Preprocess(model.input_size, geometry_only=model.stage.gpu_planes)
+        self.preprocess = Preprocess(model.input_size, geometry_only=model.bindings.gpu_planes)
         self._stopping = threading.Event()
         self.interrupted = False
         self._abort_reason: tuple[Reason, str | None] | None = None
@@ -279,7 +279,7 @@ class Pipeline:
     def run(self) -> RunSummary:
         """Run every source to its end (see the class); the summary of the run."""
         settings = self._scheduler_settings()
-        pool = ContextPool(self.model.engine, self.model.stage, self.model.reference, settings, self.stats)
+        pool = ContextPool(self.model.engine, self.model.bindings, self.model.reference, settings, self.stats)
         pool.ladder.on_event = self._escalated
         self.scheduler = InferScheduler(pool, self.infer_q, self._to_post, self._fail, self._fatal, self._suspect)
         started = time.monotonic()
@@ -337,9 +337,9 @@ class Pipeline:
 
     def _summary(self, elapsed: float) -> RunSummary:
         latencies = list(self.publisher.latencies)
-        stage = self.model.stage
+        bindings = self.model.bindings
         inference = replace(
-            self.stats.snapshot(), gpu_letterbox=stage.gpu_planes, gpu_candidates=stage.gpu_candidates is not None
+            self.stats.snapshot(), gpu_letterbox=bindings.gpu_planes, gpu_candidates=bindings.gpu_candidates is not None
         )
         return RunSummary(
             sources=self.ledger.snapshot(),

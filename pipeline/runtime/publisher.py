@@ -69,11 +69,11 @@ class Publisher:
         if self.analytics and event.type == EventType.SOURCE_END:
             for found in self.analytics.finish(event.source):
                 self._analytics_event(found)
-        self._to_sinks("write_event", event)
+        self._to_sinks(lambda sink: sink.write_event(event))
 
     def _analytics_event(self, event: SourceEvent) -> None:
         self.event_counts[event.type] += 1
-        self._to_sinks("write_event", event)
+        self._to_sinks(lambda sink: sink.write_event(event))
 
     def _emit(self, result: Result) -> None:
         found: list[SourceEvent] = []
@@ -87,16 +87,17 @@ class Publisher:
         self.ledger.result(result)
         if result.status is Status.OK:
             self.latencies.append(result.latency_ms)
-        self._to_sinks("write_result", result)
+        self._to_sinks(lambda sink: sink.write_result(result))
         for event in found:
             self._analytics_event(event)
         if self.on_result:
             self._call(self.on_result, result)
 
-    def _to_sinks(self, method: str, item: Result | SourceEvent) -> None:
+    def _to_sinks(self, write: Callable[[Sink], None]) -> None:
+        """`write(sink)` for every live sink; a sink whose write fails is dropped or reported."""
         for sink in list(self.sinks):
             try:
-                getattr(sink, method)(item)
+                write(sink)
             except (OutputError, OSError) as err:
                 self._output_failed(sink, err)
             except Exception as err:  # a sink's bug must not stop the publisher

@@ -53,7 +53,7 @@ class InferScheduler:
         on_suspect: Callable[[str, int, int, int, str], None] | None = None,
     ) -> None:
         self.pool = pool
-        self.stage = pool.stage
+        self.bindings = pool.bindings
         self.settings = pool.settings
         self.stats = pool.stats
         self.times = pool.times
@@ -62,7 +62,7 @@ class InferScheduler:
         self.on_failed = on_failed
         self.on_fatal = on_fatal
         self.on_suspect = on_suspect  # (source, first seq, last seq, frames, why): results not to trust
-        self.max_batch = min(self.stage.max_batch(self.settings.max_batch), pool.shapes[-1])
+        self.max_batch = min(self.bindings.max_batch(self.settings.max_batch), pool.shapes[-1])
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.healthy_contexts = 0
@@ -80,13 +80,15 @@ class InferScheduler:
         """Batches of at most `max_batch` frames padded to `shapes` from now on (the batch
         chosen by measurement, before any frame is queued)."""
         self.pool.use_shapes(shapes)
-        self.max_batch = min(self.stage.max_batch(max_batch), self.pool.shapes[-1])
+        self.max_batch = min(self.bindings.max_batch(max_batch), self.pool.shapes[-1])
 
     def stop(self) -> None:
         """Workers finish the batch in hand and exit; queued frames stay for the caller."""
         self._stop.set()
 
     def running(self) -> bool:
+        """Whether any worker thread is still alive (it exits when the queue is closed and
+        drained, on `stop`, or after a fatal error it has reported to `on_fatal`)."""
         return any(thread.is_alive() for thread in self._threads)
 
     def wait(self, timeout: float) -> None:
@@ -96,6 +98,8 @@ class InferScheduler:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait for each worker thread (at most `timeout` seconds each; None: until it exits),
+        then close the context pool and its spares."""
         for thread in self._threads:
             thread.join(timeout)
         self.pool.close()
@@ -162,7 +166,7 @@ class InferScheduler:
         failing it now keeps a healthy context out of a sure miss. A frame whose deadline
         started at its batch is always tried once, and retried only before its deadline."""
         now = time.monotonic()
-        typical = self.times.typical(self.stage.shape_for(len(frames), self.pool.shapes))
+        typical = self.times.typical(self.bindings.shape_for(len(frames), self.pool.shapes))
         keep = []
         for frame in frames:
             if frame.latency_bound:
@@ -193,7 +197,7 @@ class InferScheduler:
             attempts += 1
             for frame in frames:
                 frame.attempts = attempts
-            shape = self.stage.shape_for(len(frames), self.pool.shapes)
+            shape = self.bindings.shape_for(len(frames), self.pool.shapes)
             start = time.monotonic()
             try:
                 outputs = self._attempt(slot, frames, shape, confirm=corrupt_before)
@@ -221,9 +225,9 @@ class InferScheduler:
         retried) unless, on a retry (`confirm`), the context that gave them again still passes
         a health probe: then they are the model's own answer to these frames, and postprocess
         fails just the frames whose values are not detections."""
-        inputs = self.stage.inputs(frames, slot.context, shape)
+        inputs = self.bindings.inputs(frames, slot.context, shape)
         outputs = slot.call(inputs, self.times.hang_timeout(shape), self.settings.call_grace_s)
-        problem = self.stage.output_problem(outputs, len(frames))
+        problem = self.bindings.output_problem(outputs, len(frames))
         if problem and not (confirm and self.pool.probe(slot)):
             raise CorruptOutput(f"context returned outputs that cannot be right: {problem}")
         return outputs
@@ -258,7 +262,7 @@ class InferScheduler:
             self.pool.ladder.fresh_ok()
         self.times.steady(shape, took)
         self.stats.batch_done(len(frames), took, failed_at, time.monotonic())
-        self.stage.split(frames, outputs)
+        self.bindings.split(frames, outputs)
         now = time.monotonic()
         done = []
         for frame in frames:

@@ -2,7 +2,7 @@
 
 `read_source` runs on one thread per source: it paces a --realtime file, stops at
 --max-frames or --duration, hands each decoded frame to the pipeline and ends the source
-with one `source_end` event (its `reason`: end_of_stream, duration, max_frames or stopped).
+with one `source_end` event (its `reason`: an EndReason).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pipeline.config import OverloadPolicy
 from pipeline.runtime.pacing import PacingClock
 from stages.redact import redact, redact_url
 from stages.source import Source
-from stages.types import EventType, Frame, SourceEvent
+from stages.types import EndReason, EventType, Frame, SourceEvent
 
 log = logging.getLogger("vidpipe.runtime")
 
@@ -68,7 +68,7 @@ def read_source(source: SourceRun, out: SourceOutlets) -> None:
     decoder = source.decoder
     expired = threading.Event()
     timer = _duration_timer(source, expired)
-    end_reason = "end_of_stream"
+    end_reason = EndReason.END_OF_STREAM
     try:
         end_reason = _read_frames(source, out)
     except Exception as err:  # a decoder bug must not lose the frames already decoded
@@ -78,9 +78,9 @@ def read_source(source: SourceRun, out: SourceOutlets) -> None:
         if timer is not None:
             timer.cancel()
         if expired.is_set() and not out.stopping.is_set():
-            end_reason = "duration"
-        elif out.stopping.is_set() and end_reason == "end_of_stream":
-            end_reason = "stopped"
+            end_reason = EndReason.DURATION
+        elif out.stopping.is_set() and end_reason == EndReason.END_OF_STREAM:
+            end_reason = EndReason.STOPPED
         decoder.close()
         details = {"frames": decoder.seq, "reason": end_reason}
         out.emit(SourceEvent(source.name, EventType.SOURCE_END, decoder.seq - 1, time.time(), details))
@@ -97,7 +97,7 @@ def _duration_timer(source: SourceRun, expired: threading.Event) -> threading.Ti
     return timer
 
 
-def _read_frames(source: SourceRun, out: SourceOutlets) -> str:
+def _read_frames(source: SourceRun, out: SourceOutlets) -> EndReason:
     """Frames and events of the decoder to `out` until one ends the reading; why it ended."""
     decoder = source.decoder
     live = decoder.live
@@ -110,7 +110,7 @@ def _read_frames(source: SourceRun, out: SourceOutlets) -> str:
             continue
         video_s, jump = clock.position(item.time_s) if not live else (0.0, None)
         if not live and source.duration_s is not None and video_s >= source.duration_s:
-            return "duration"
+            return EndReason.DURATION
         if jump is not None:
             out.emit(SourceEvent(source.name, EventType.TIMESTAMP_JUMP, item.seq - 1, time.time(), jump))
         if source.realtime:
@@ -121,10 +121,10 @@ def _read_frames(source: SourceRun, out: SourceOutlets) -> str:
             item.deadline += waited
         out.admit(source, item)
         if out.stopping.is_set():
-            return "stopped"
+            return EndReason.STOPPED
         if source.max_frames is not None and decoder.seq >= source.max_frames:
-            return "max_frames"
-    return "end_of_stream"
+            return EndReason.MAX_FRAMES
+    return EndReason.END_OF_STREAM
 
 
 def describe_damage(decoder: Source, event: SourceEvent) -> str:

@@ -32,18 +32,43 @@ PRIVATE = FileModes()
 
 
 class Sink(Protocol):
-    """A sink raises OutputError (or OSError) when its output cannot be written; the run then
-    stops, and the summary goes to every other sink and to stderr (pipeline/runtime/publisher.py)."""
+    """Where a run's results, source events and summary go (JSONL, Redis, MQTT, video, metrics).
 
-    def write_result(self, result: Result) -> None: ...
+    Order: per source, results arrive in `seq` order (0, 1, 2, ... with no holes) and each
+    event right after the result of the frame its `after_seq` names (analytics events after
+    their frame's result, `source_end` last); sources interleave in any order.
 
-    def write_event(self, event: SourceEvent) -> None: ...
+    Threads: `write_result` and `write_event` are called on the run's one publisher thread
+    (`vidpipe-publish-0`, pipeline/runtime/publisher.py), never two at once; `write_summary`
+    and `close` on the thread that called `pipeline.run`, after the publisher has ended.
 
-    def write_summary(self, summary: RunSummary) -> None:
-        """Called once at the end; may add lines to `summary.outputs` (e.g. spool path)."""
+    Errors: OutputError (or OSError) from a write means the output cannot be written (a full
+    disk, a closed pipe, a refused login): that sink gets nothing more, not even the summary;
+    the run stops reading, ends the frames in flight as failed/shutdown, and names the
+    error in the summary, which goes to every other sink and to stderr. Any other exception
+    is a bug in the sink: it is logged and named in the summary's error once, and the sink
+    goes on getting every item.
+    """
+
+    def write_result(self, result: Result) -> None:
+        """One frame's outcome (`ok` with detections in source pixels, or `failed` with a Reason)."""
         ...
 
-    def close(self) -> None: ...
+    def write_event(self, event: SourceEvent) -> None:
+        """A source event (`EventType`, or an `EngineEvent` sent to every source), in place."""
+        ...
+
+    def write_summary(self, summary: RunSummary) -> None:
+        """Called once at the end, unless a write of this sink failed; may add lines to
+        `summary.outputs` (e.g. spool path). OutputError or OSError here is named in the
+        summary the later sinks get."""
+        ...
+
+    def close(self) -> None:
+        """Release what the sink holds (files, connections, threads); called once, also when
+        the run failed before or during its writes. It should not raise: an exception
+        propagates out of `pipeline.run`."""
+        ...
 
 
 @runtime_checkable

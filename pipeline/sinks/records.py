@@ -74,8 +74,21 @@ def event_to_record(event: SourceEvent) -> dict[str, Any]:
         "source": event.source,
         "after_seq": event.after_seq,
         "wall_time": event.wall_time,
-        **{k: redact(v) if isinstance(v, str) else v for k, v in event.details.items()},
+        **_event_details(event),
     }
+
+
+def _event_details(event: SourceEvent) -> dict[str, Any]:
+    """The event's details, strings redacted; a fatal event's `"fatal": true` right after its
+    `error` (where records have always carried it), a non-fatal event's record has none."""
+    fields: dict[str, Any] = {}
+    for key, value in event.details.items():
+        fields[key] = redact(value) if isinstance(value, str) else value
+        if key == "error" and event.fatal:
+            fields["fatal"] = True
+    if event.fatal:
+        fields.setdefault("fatal", True)
+    return fields
 
 
 def summary_to_record(summary: RunSummary) -> dict[str, Any]:

@@ -218,26 +218,26 @@ def test_a_cuda_context_reduces_the_bench_models_output_to_the_reference_rows(
     """One context, one batch of decoded planes, with and without the reduction: the rows it
     returns are stages/gpu_candidates.reference of the whole output it returns."""
     from engines.onnxruntime import OnnxRuntimeEngine
+    from stages.bindings import TensorBindings
     from stages.decode import VideoDecoder
     from stages.gpu_candidates import GpuCandidates, reference
-    from stages.infer import InferStage
     from stages.layouts import CANDIDATES, Head
     from stages.preprocess import Preprocess
     from stages.types import Frame
 
     engine = OnnxRuntimeEngine(bench_model, providers=[(CUDA, {})])
-    stage = InferStage(engine)
-    stage.gpu_planes = True
+    bindings = TensorBindings(engine)
+    bindings.gpu_planes = True
     decoder = VideoDecoder("cam", str(person_clip), 1.0)
-    pre = Preprocess(stage.input_size, geometry_only=True)
+    pre = Preprocess(bindings.input_size, geometry_only=True)
     frames = [pre(f) for f in decoder if isinstance(f, Frame) and f.seq < 11]
     decoder.close()
     context = engine.create_context()
     head = Head("yolov8", 80)
-    stage.gpu_candidates = GpuCandidates("output0", head)
-    rows = context.infer(stage.inputs(frames, context, 16), 60.0)
-    stage.gpu_candidates = None
-    whole = context.infer(stage.inputs(frames, context, 16), 60.0)
+    bindings.gpu_candidates = GpuCandidates("output0", head)
+    rows = context.infer(bindings.inputs(frames, context, 16), 60.0)
+    bindings.gpu_candidates = None
+    whole = context.infer(bindings.inputs(frames, context, 16), 60.0)
     context.close()
     assert set(rows) == {CANDIDATES} and rows[CANDIDATES].shape == (16, 8400, 6)
     np.testing.assert_allclose(rows[CANDIDATES][:11], reference(whole["output0"], head)[:11], rtol=1e-6, atol=1e-6)

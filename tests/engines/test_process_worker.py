@@ -25,8 +25,8 @@ from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.model import DEFAULT_MODEL, load_model
 from pipeline.runtime.settings import SchedulerSettings
 from pipeline.runtime.sources import SourceRun
+from stages.bindings import TensorBindings
 from stages.decode import VideoDecoder
-from stages.infer import InferStage
 from stages.types import Reason, Status
 from tests.cli_run import vidpipe_run
 from tests.models import build_yolov8_model
@@ -206,12 +206,12 @@ def test_a_failed_engine_reload_restarts_the_worker(tiny_model):
 
 def test_fresh_contexts_that_keep_failing_reload_the_engine(tiny_model):
     inner = OnnxRuntimeEngine(tiny_model)
-    stage = InferStage(inner)
-    reference = inner.create_context().infer(stage.probe_inputs(), 5.0)
+    bindings = TensorBindings(inner)
+    reference = inner.create_context().infer(bindings.probe_inputs(), 5.0)
     stats = InferStats()
     engine = FaultyEngine(inner, FaultPlan(error_rate=1.0))
     settings = SchedulerSettings(spares=0, create_attempts=10, reload_after=5)
-    pool = ContextPool(engine, stage, reference, settings, stats)
+    pool = ContextPool(engine, bindings, reference, settings, stats)
     sessions = []
     original = inner.reload
     inner.reload = lambda: (original(), sessions.append(inner._session))

@@ -135,7 +135,7 @@ def test_truncated_file_yields_what_it_holds_then_a_fatal_event(truncated_car_cl
     assert event.source == "cam"
     assert event.after_seq == expected - 1
     assert event.details["error"] == "truncated"
-    assert event.details["fatal"] is True
+    assert event.fatal is True
     assert event.details["declared"] == 377
     assert event.details["packets"] == len(video_packets(truncated_car_clip))
 
@@ -150,7 +150,7 @@ def test_damaged_packets_are_reported_and_decoding_goes_on(corrupt_car_clip: Pat
     assert [f.seq for f in frames] == list(range(len(frames)))
     assert all(b.time_s > a.time_s for a, b in zip(frames, frames[1:]))
     assert [e.type for e in events] == ["decode_error"] * 4
-    assert not any(e.details.get("fatal") for e in events)
+    assert not any(e.fatal for e in events)
     # The damage is in the middle of the file; the events say so.
     assert all(170 <= e.after_seq <= 200 for e in events[:3])
     assert all(e.details["error"] for e in events)

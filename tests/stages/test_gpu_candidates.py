@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from stages.bindings import TensorBindings
 from stages.gpu_candidates import applies, reference
-from stages.infer import InferStage
 from stages.layouts import CANDIDATES, Head
 from stages.output_check import layout_check
 from stages.postprocess import Postprocess
@@ -66,10 +66,10 @@ def test_a_non_finite_score_anywhere_in_a_candidate_reaches_the_check() -> None:
     raw[1, 4 + 17, 123] = np.nan  # not the best class: a max would hide it
     rows = reference(raw, HEAD)
     assert np.isnan(rows[1, 123, 4]) and np.isfinite(rows[0]).all()
-    stage = InferStage.__new__(InferStage)
-    stage.check = layout_check("output0", HEAD, 0.25)
-    assert stage.output_problem({CANDIDATES: rows}, 1) is None
-    assert "NaN" in stage.output_problem({CANDIDATES: rows}, 2)
+    bindings = TensorBindings.__new__(TensorBindings)
+    bindings.check = layout_check("output0", HEAD, 0.25)
+    assert bindings.output_problem({CANDIDATES: rows}, 1) is None
+    assert "NaN" in bindings.output_problem({CANDIDATES: rows}, 2)
 
 
 def test_the_output_check_reads_candidate_rows() -> None:

@@ -60,8 +60,8 @@ def test_reference_boxes_are_within_one_input_pixel_of_the_cpu_path() -> None:
     matched = 0
     try:
         for frame in frames:
-            cpu = model.stage.inputs([Preprocess(model.input_size)(frame)])
-            gpu = {model.stage.input_name: reference(frame.image, model.input_size, frame.source_size)[0][None]}
+            cpu = model.bindings.inputs([Preprocess(model.input_size)(frame)])
+            gpu = {model.bindings.input_name: reference(frame.image, model.input_size, frame.source_size)[0][None]}
             found = []
             for inputs in (cpu, gpu):
                 frame.outputs = {k: v[0] for k, v in context.infer(inputs, 60.0).items()}
@@ -115,7 +115,7 @@ def test_kernel_matches_the_reference(source_size: tuple[int, int]) -> None:
 def upload(frames: list[np.ndarray], stream: int):
     """Host I420 planes of one size -> a CuPy uint8 array (batch, rows, columns), copied on
     `stream`. The pipeline stages planes in its context's pinned memory instead
-    (stages/infer.py); the kernel test only needs them on the device."""
+    (stages/bindings.py); the kernel test only needs them on the device."""
     import cupy
 
     device = cupy.empty((len(frames), *frames[0].shape), cupy.uint8)

@@ -126,7 +126,7 @@ def test_truncated_file_in_any_container_is_reported(tmp_path: Path, car_clip: P
     summary, sink = run_collect({"sources": [{"url": str(cut), "name": "cam"}]})
     assert summary.sources["cam"].decoded == readable
     truncated = [e for e in sink.events if e.details.get("error") == "truncated"]
-    assert len(truncated) == 1 and truncated[0].details["fatal"] is True
+    assert len(truncated) == 1 and truncated[0].fatal is True
     assert truncated[0].details["packets"] < 377
     assert summary.error and "truncated" in summary.error and str(cut) in summary.error
     # The whole file, remuxed the same way, is not.
@@ -142,7 +142,7 @@ def test_truncated_ts_at_a_packet_boundary_is_reported(tmp_path: Path, car_clip:
     cut = tmp_path / "cut.ts"
     cut.write_bytes(data[: len(data) // 2 // 188 * 188])
     summary, sink = run_collect({"sources": [{"url": str(cut), "name": "cam"}]})
-    assert [e.details["error"] for e in sink.events if e.details.get("fatal")] == ["truncated"]
+    assert [e.details["error"] for e in sink.events if e.fatal] == ["truncated"]
     assert summary.sources["cam"].decoded > 100
 
 

@@ -25,8 +25,8 @@ from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.model import load_model
 from pipeline.runtime.settings import SchedulerSettings
 from pipeline.runtime.sources import SourceRun
+from stages.bindings import TensorBindings
 from stages.decode import VideoDecoder
-from stages.infer import InferStage
 from stages.types import Reason, Status
 from tests.models import build_yolov8_model
 from tests.sinks import CollectSink
@@ -101,13 +101,13 @@ def test_a_hang_longer_than_the_deadline_is_given_up_in_time_to_retry(car_clip, 
 
 
 def tiny_pool(tmp_path: Path, settings: SchedulerSettings, stats: InferStats):
-    """A context pool over a real ONNX Runtime engine of a tiny model: (pool, stage, reference)."""
+    """A context pool over a real ONNX Runtime engine of a tiny model: (pool, bindings, reference)."""
     model = tmp_path / "tiny.onnx"
     build_yolov8_model(model, boxes=[(0, 0.9, 4, 4, 20, 20)], input_size=(64, 64), num_classes=2)
     engine = OnnxRuntimeEngine(model)
-    stage = InferStage(engine)
-    reference = engine.create_context().infer(stage.probe_inputs(), 5.0)
-    return ContextPool(engine, stage, reference, settings, stats), stage, reference
+    bindings = TensorBindings(engine)
+    reference = engine.create_context().infer(bindings.probe_inputs(), 5.0)
+    return ContextPool(engine, bindings, reference, settings, stats), bindings, reference
 
 
 class CountedContext:
@@ -166,11 +166,11 @@ def test_the_batch_is_measured_on_warm_calls(tmp_path):
 
 def test_abandoned_contexts_are_reaped_when_their_call_returns(tmp_path):
     stats = InferStats()
-    pool, stage, reference = tiny_pool(tmp_path, SchedulerSettings(), stats)
+    pool, bindings, reference = tiny_pool(tmp_path, SchedulerSettings(), stats)
     slot = pool.take()
     slot.context.infer = lambda inputs, timeout: time.sleep(0.5) or reference  # a call that ignores its timeout
     with pytest.raises(InferenceTimeout):
-        slot.call(stage.probe_inputs(), 0.05, 0.0)
+        slot.call(bindings.probe_inputs(), 0.05, 0.0)
     pool.discard(slot, abandoned=True)
     assert stats.abandoned_live == 1
     deadline = time.monotonic() + 5
@@ -198,7 +198,7 @@ def test_health_probe_catches_a_context_that_returns_wrong_outputs(car_clip):
 
 def test_the_probe_catches_outputs_that_look_plausible_but_drifted(tmp_path):
     """Drift the per-batch checks cannot see (boxes 1% off, scores in range) fails the probe."""
-    pool, stage, _ = tiny_pool(tmp_path, SchedulerSettings(batch_shapes=(1,), spares=0), InferStats())
+    pool, bindings, _ = tiny_pool(tmp_path, SchedulerSettings(batch_shapes=(1,), spares=0), InferStats())
     slot = pool.take()
     assert pool.probe(slot)
     healthy = slot.context.infer
@@ -210,7 +210,7 @@ def test_the_probe_catches_outputs_that_look_plausible_but_drifted(tmp_path):
         return outputs
 
     slot.context.infer = drifted
-    assert stage.output_problem(drifted(stage.probe_inputs(1), 5.0), 1) is None
+    assert bindings.output_problem(drifted(bindings.probe_inputs(1), 5.0), 1) is None
     assert not pool.probe(slot)
     pool.close()
 
@@ -312,10 +312,10 @@ def _rss_kb() -> int:
 def measure_rebuilds(model: str, rebuilds: int) -> dict:
     """Rebuild a context `rebuilds` times; memory and threads before and after (run in a fresh process)."""
     engine = OnnxRuntimeEngine(Path(model))
-    stage = InferStage(engine)
-    reference = engine.create_context().infer(stage.probe_inputs(), 5.0)
+    bindings = TensorBindings(engine)
+    reference = engine.create_context().infer(bindings.probe_inputs(), 5.0)
     stats = InferStats()
-    pool = ContextPool(engine, stage, reference, SchedulerSettings(spares=1), stats)
+    pool = ContextPool(engine, bindings, reference, SchedulerSettings(spares=1), stats)
 
     def rebuild(n: int) -> None:
         slot = pool.take()

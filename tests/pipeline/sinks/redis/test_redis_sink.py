@@ -33,7 +33,7 @@ from tests.redis_server import (
     wait_for,
 )
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def test_results_events_and_summary_land_in_one_stream_per_source(redis_server, tmp_path):

@@ -23,7 +23,7 @@ from stages.types import Result, Status
 from tests.cli_run import start
 from tests.redis_server import publish, run_summary
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def sink_for(url: str, tmp_path: Path, **options) -> RedisSink:
@@ -146,6 +146,28 @@ for d in deliveries:
 """
 
 
+def start_survivor(url: str, seen: list[int], stop: threading.Event) -> threading.Thread:
+    """Consumer `survivor` of group `workers` on cam1, reclaiming entries idle for 1 s, in a
+    thread that appends each seq it handles to `seen` until `stop` is set."""
+
+    def handle() -> None:
+        for d in subscribe(url, ["cam1"], group="workers", consumer="survivor",
+                           reclaim_idle_ms=1000, block_ms=100, stop=stop):
+            seen.append(d.result.seq)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=handle)
+    thread.start()
+    return thread
+
+
+def wait_handled(seqs: set[int], by_doomed: list[int], by_survivor: list[int]) -> None:
+    def unhandled() -> list[int]:
+        return sorted(seqs - set(by_doomed) - set(by_survivor))
+
+    wait_until(lambda: not unhandled(), 20, 0.05, lambda: f"never handled: {unhandled()[:10]}")
+
+
 def test_two_consumers_split_the_work_and_a_killed_ones_entries_are_reclaimed(redis_server, tmp_path):
     half = 300
     doomed = subprocess.Popen([sys.executable, "-c", DOOMED, redis_server.url, str(half)], cwd=REPO,
@@ -155,32 +177,14 @@ def test_two_consumers_split_the_work_and_a_killed_ones_entries_are_reclaimed(re
     reader = threading.Thread(target=lambda: by_doomed.extend(int(line) for line in doomed.stdout))
     reader.start()
     by_survivor: list[int] = []
-
-    def survivor(stop: threading.Event) -> threading.Thread:
-        def handle() -> None:
-            for d in subscribe(redis_server.url, ["cam1"], group="workers", consumer="survivor",
-                               reclaim_idle_ms=1000, block_ms=100, stop=stop):
-                by_survivor.append(d.result.seq)
-                time.sleep(0.002)
-
-        thread = threading.Thread(target=handle)
-        thread.start()
-        return thread
-
-    def wait_handled(seqs: set[int]) -> None:
-        def unhandled() -> list[int]:
-            return sorted(seqs - set(by_doomed) - set(by_survivor))
-
-        wait_until(lambda: not unhandled(), 20, 0.05, lambda: f"never handled: {unhandled()[:10]}")
-
     sink = sink_for(redis_server.url, tmp_path)
     stop = threading.Event()
-    thread = survivor(stop)
+    thread = start_survivor(redis_server.url, by_survivor, stop)
     try:
         for seq in range(half):  # both consumers read: the group splits the entries
             publish(sink, "cam1", range(seq, seq + 1))
             time.sleep(0.003)
-        wait_handled(set(range(half)))
+        wait_handled(set(range(half)), by_doomed, by_survivor)
         stop.set()
         thread.join()
         assert by_doomed and by_survivor and not set(by_doomed) & set(by_survivor)
@@ -197,8 +201,8 @@ def test_two_consumers_split_the_work_and_a_killed_ones_entries_are_reclaimed(re
         assert {c["name"]: c["pending"] for c in consumers}["doomed"] > 0
 
         stop = threading.Event()
-        thread = survivor(stop)
-        wait_handled(set(range(2 * half)))
+        thread = start_survivor(redis_server.url, by_survivor, stop)
+        wait_handled(set(range(2 * half)), by_doomed, by_survivor)
         deadline = time.monotonic() + 5
         while pending(redis_server, "cam1", "workers"):
             assert time.monotonic() < deadline, "entries left unacknowledged"

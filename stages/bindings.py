@@ -1,7 +1,9 @@
-"""The infer stage: frames -> model inputs, and model outputs -> per-frame outputs.
+"""Tensor bindings: frames -> the model's input tensor, and its output tensors -> per-frame outputs.
 
-Which context runs a batch, and what happens when it fails, is the scheduler's
-business (pipeline/scheduler.py); this module only knows the model's tensors.
+Not a stage (it does not turn one frame into the next): the scheduler calls it around each
+batch it runs. "Bindings" is TensorRT's and ONNX Runtime's word for the same job. Which
+context runs a batch, and what happens when it fails, is the scheduler's business
+(pipeline/runtime/scheduler.py); this module only knows the model's tensors.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from stages.preprocess import stack
 from stages.types import Frame
 
 
-class InferStage:
-    """The model's one image input, [batch, 3, height, width] float32.
+class TensorBindings:
+    """Binds frames to the model's one image input, [batch, 3, height, width] float32, and
+    splits the output tensors (first axis: batch row) back onto the frames.
 
     `input_size` (width, height) is the size a model with dynamic height and width runs at
     (see stages/preprocess.run_input_size); a model with a fixed size runs at its own, and
@@ -50,14 +53,15 @@ class InferStage:
         self.input_size = _input_size(engine.name, spec, input_size)  # (width, height)
         self.fixed_batch = spec.batch_dim if not isinstance(shape[0], str) else None
         self._buffers = threading.local()
-        # Letterbox on the GPU from I420 planes (stages/gpu_preprocess.py), set by pipeline/model.py
-        # for GPU engines when CuPy is there; the CPU then only sets each frame's Letterbox.
+        # Letterbox on the GPU from I420 planes (stages/gpu_preprocess.py), set by
+        # pipeline/runtime/model.py for GPU engines when CuPy is there; the CPU then only
+        # sets each frame's Letterbox.
         self.gpu_planes = False
         self._gpu_letterboxes: dict[tuple[int, int], object] = {}
         # The detector output reduced to candidate rows on the GPU (stages/gpu_candidates.py),
         # set by pipeline/runtime/model.py with gpu_planes when the head allows it.
         self.gpu_candidates = None
-        # The output layout's own sanity check (scores in 0..1, ...), set by pipeline/model.py.
+        # The output layout's own sanity check (scores in 0..1, ...), set by pipeline/runtime/model.py.
         self.check: Callable[[dict[str, np.ndarray], int], str | None] | None = None
 
     def max_batch(self, wanted: int) -> int:
@@ -66,7 +70,7 @@ class InferStage:
     def batch_shapes(self, wanted: tuple[int, ...]) -> tuple[int, ...]:
         """The batch sizes this model will run at: `wanted` (ascending), or the model's own
         fixed batch. Every batch is padded up to one of them, so each is warmed once and
-        measured on its own (pipeline/context_pool.py)."""
+        measured on its own (pipeline/runtime/context_pool.py)."""
         if self.fixed_batch:
             return (self.fixed_batch,)
         return tuple(sorted(set(wanted)))
@@ -163,6 +167,7 @@ class InferStage:
 
     @staticmethod
     def split(frames: list[Frame], outputs: dict[str, np.ndarray]) -> None:
+        """Row i of every output tensor becomes `frames[i].outputs[name]` (padding rows are dropped)."""
         for i, frame in enumerate(frames):
             frame.outputs = {name: value[i] for name, value in outputs.items()}
 

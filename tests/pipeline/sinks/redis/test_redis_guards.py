@@ -32,7 +32,7 @@ from tests.redis_server import (
     wait_for,
 )
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def seqs_of_run(server: RedisServer, source: str, run: str) -> list[int]:
