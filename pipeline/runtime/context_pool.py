@@ -4,27 +4,23 @@ A context serves only after it has run every batch shape the scheduler will use 
 output matched the engine's reference: a GPU's first call on a new shape can take a second
 or more (cuDNN picks its algorithms then), and that must never look like a hang.
 
-`ShapeTimes` holds what healthy calls take, per batch shape, measured on this machine under
-its present load. A call is hung only when it runs `hang_factor` times longer than the
-slowest recent healthy call of its shape (and at least `hang_floor_s`); until a shape has
-steady samples, its measured first call stands in. So a slow model, a busy machine or a
-first call is never mistaken for a hang, and a fault-free run abandons no context.
+What healthy calls take per shape, and so when a call is hung, is measured in
+pipeline/runtime/shape_times.py (`ShapeTimes`).
 """
 
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
 import time
-from collections import deque
-from typing import Any
+from enum import Enum
 
 import numpy as np
 
 from engines.base import Engine, WarmShapes
 from engines.errors import (
     InferenceError,
+    InferenceTimeout,
     ModelError,
     StickyInferenceError,
     WorkerBudgetExhausted,
@@ -34,6 +30,7 @@ from pipeline.runtime.heap import release_freed
 from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.ladder import EscalationLadder
 from pipeline.runtime.settings import SchedulerSettings
+from pipeline.runtime.shape_times import ShapeTimes
 from pipeline.runtime.slot import Abandoned, CallThreads, Slot
 from stages.bindings import TensorBindings
 
@@ -42,6 +39,12 @@ log = logging.getLogger("vidpipe.scheduler")
 # A new batch shape's outputs are held against the batch-1 reference this loosely (relative
 # L2 error): kernels differ per shape (TF32 on GPUs gives ~3e-4), a broken context does not.
 NEW_SHAPE_TOLERANCE = 1e-2
+# A warm-up call that raises is tried again on the same context, up to WARMUP_TRIES calls in
+# all (a readiness probe's failure threshold): one transient error does not condemn a context.
+# At 30% injected errors, a cold context's three shapes failed its warm-up two times in three,
+# five such contexts in a row reloaded the engine, which made every shape cold again, and
+# runs died after 8 failed creations. Wrong outputs, hangs and sticky errors are not retried.
+WARMUP_TRIES = 3
 # Batch measurement times a shape up to MEASURE_CALLS times while its calls take less than
 # MEASURE_AGAIN_S seconds: the fastest call counts, so noise and first-call costs fall out.
 MEASURE_CALLS, MEASURE_AGAIN_S = 3, 0.1
@@ -51,88 +54,10 @@ class CorruptOutput(InferenceError):
     """A context answered with outputs that cannot be right (NaN, scores outside 0..1, ...)."""
 
 
-class ShapeTimes:
-    """Measured call times per batch shape (seconds), and the timeouts derived from them."""
-
-    WINDOW = 256  # recent healthy calls per shape that set its hang timeout
-    MIN_STEADY = 8  # fewer steady samples than this: the first call stands in
-
-    def __init__(self, factor: float, floor_s: float, cap_s: float) -> None:
-        self.factor, self.floor_s, self.cap_s = factor, floor_s, cap_s
-        self._lock = threading.Lock()
-        self._first: dict[int, float] = {}
-        self._fastest_first: dict[int, float] = {}
-        self._steady: dict[int, deque[float]] = {}
-
-    def first_call(self, shape: int, seconds: float) -> None:
-        with self._lock:
-            self._first[shape] = max(self._first.get(shape, 0.0), seconds)
-            self._fastest_first[shape] = min(self._fastest_first.get(shape, seconds), seconds)
-
-    def timed(self, shape: int) -> bool:
-        """Whether a first call of this shape has been measured."""
-        with self._lock:
-            return shape in self._first
-
-    def fastest_first_calls(self) -> dict[int, float]:
-        """The fastest warm-up call measured per batch shape (seconds): what a call of that
-        shape costs at best here, for choosing the batch (pipeline/runtime/sizing.py)."""
-        with self._lock:
-            return dict(self._fastest_first)
-
-    def steady(self, shape: int, seconds: float) -> None:
-        with self._lock:
-            self._steady.setdefault(shape, deque(maxlen=self.WINDOW)).append(seconds)
-
-    def typical(self, shape: int) -> float:
-        """The median healthy call of this shape (0 before any was measured)."""
-        with self._lock:
-            samples = self._steady.get(shape)
-            if samples:
-                return statistics.median(samples)
-            return self._first.get(shape, 0.0)
-
-    def _base(self, shape: int) -> float | None:
-        samples = self._steady.get(shape)
-        if samples and len(samples) >= self.MIN_STEADY:
-            return max(samples)
-        if shape in self._first:
-            return self._first[shape]
-        return max(self._first.values()) if self._first else None
-
-    def hang_timeout(self, shape: int) -> float:
-        """How long a call of this shape may run before it counts as hung."""
-        with self._lock:
-            base = self._base(shape)
-        return self.cap_s if base is None else self._hang_after(base)
-
-    def _hang_after(self, base: float) -> float:
-        """`factor` times a measured call (seconds), at least the floor, at most the cap."""
-        return min(self.cap_s, max(self.floor_s, self.factor * base))
-
-    def warmup_timeout(self, shape: int) -> float:
-        """How long a new context's first call of this shape may take: generous (a first call
-        on a GPU tunes kernels), derived from first calls already measured, and bounded."""
-        with self._lock:
-            first = self._first.get(shape) or (max(self._first.values()) if self._first else None)
-        if first is None:
-            return self.cap_s
-        return min(self.cap_s, max(1.0, self.floor_s, 2 * self.factor * first))
-
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            shapes = sorted(set(self._first) | set(self._steady))
-            out = {}
-            for shape in shapes:
-                samples = list(self._steady.get(shape, ()))
-                base = self._base(shape)
-                out[str(shape)] = {
-                    "first_call_ms": round(self._first.get(shape, 0.0) * 1000, 2),
-                    "p50_ms": round(statistics.median(samples) * 1000, 2) if samples else None,
-                    "max_ms": round(max(samples) * 1000, 2) if samples else None,
-                    "hang_after_ms": round(self._hang_after(base) * 1000, 1) if base is not None else None,
-                }
-            return out
+class ProbeOutcome(Enum):
+    OK = "ok"
+    FAILED = "failed"  # an error or a timeout: nothing to judge
+    WRONG = "wrong"  # outputs unlike the reference
 
 
 def relative_error(got: np.ndarray, ref: np.ndarray) -> float:
@@ -224,13 +149,18 @@ class ContextPool:
 
     def probe(self, slot: Slot) -> bool:
         """Run the probe through `slot`; False on error, timeout or outputs unlike the reference."""
+        return self.probe_outcome(slot) is ProbeOutcome.OK
+
+    def probe_outcome(self, slot: Slot) -> ProbeOutcome:
+        """Run the probe through `slot`: OK, FAILED (an error or timeout: no answer to judge) or
+        WRONG (it answered, unlike the reference: the context gives wrong outputs)."""
         shape = self.probe_shape
         try:
             timeout = self.times.hang_timeout(shape)
             outputs = slot.call(self.probe_inputs(shape), timeout, self.settings.call_grace_s)
         except InferenceError:
-            return False
-        return self.mismatch(shape, outputs) is None
+            return ProbeOutcome.FAILED
+        return ProbeOutcome.OK if self.mismatch(shape, outputs) is None else ProbeOutcome.WRONG
 
     def use_shapes(self, shapes: tuple[int, ...]) -> None:
         """Run these batch shapes from now on (the batch chosen by measurement): contexts made
@@ -264,7 +194,7 @@ class ContextPool:
         self.times.first_call(shape, took)
         problem = self.mismatch(shape, outputs)
         if problem:
-            raise InferenceError(f"a new context failed its warm-up at batch {shape}: {problem}")
+            raise CorruptOutput(f"a new context failed its warm-up at batch {shape}: {problem}")
         return took
 
     # ---- creating --------------------------------------------------------------------
@@ -282,7 +212,15 @@ class ContextPool:
         }  # fmt: skip
         cold = [s for s in self.shapes if s not in warm]
         for shape in cold or [self.probe_shape]:
-            self._timed_probe(slot, shape, self.times.hang_timeout(shape) if shape in warm else None)
+            for tries_left in range(WARMUP_TRIES - 1, -1, -1):
+                try:
+                    self._timed_probe(slot, shape, self.times.hang_timeout(shape) if shape in warm else None)
+                    break
+                except (CorruptOutput, InferenceTimeout, StickyInferenceError):
+                    raise  # wrong outputs, a hang or a poisoned process: no second chance
+                except InferenceError:
+                    if not tries_left:
+                        raise
 
     def _create_once(self, measure: bool = False) -> Slot:
         slot = Slot(self.engine.create_context(), self._threads)

@@ -12,7 +12,7 @@ Deadlines (see Frame.latency_bound):
   frame is taken into a batch and bounds the retries: the first attempt always runs, a
   retry starts only before the deadline, and `max_attempts` bounds attempts as well. So a
   fault-free file run never fails a frame, at any model speed, source count or load.
-Hangs are told from slow calls by measurement (pipeline/runtime/context_pool.ShapeTimes), never by
+Hangs are told from slow calls by measurement (pipeline/runtime/shape_times.py), never by
 the deadline: a slow call is waited for, and only a hung one costs a context.
 """
 
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from engines.errors import InferenceError, InferenceTimeout, ModelError, StickyInferenceError, WorkerBudgetExhausted
-from pipeline.runtime.context_pool import ContextPool, CorruptOutput
+from pipeline.runtime.context_pool import ContextPool, CorruptOutput, ProbeOutcome
 from pipeline.runtime.queues import Closed, FrameQueue
 from pipeline.runtime.slot import Abandoned, Slot
 from stages.types import Frame, Reason
@@ -294,10 +294,12 @@ class InferScheduler:
         """Run a health probe on `slot`. A good one vouches for the frames it inferred since
         the last; a failed one flags them (`on_suspect`, per source): they were published
         after passing the per-batch output check, but the probe shows this context gives
-        plausible wrong answers that no such check can see."""
-        ok = self.pool.probe(slot)
+        plausible wrong answers that no such check can see. A probe that raised or timed out
+        judges nothing: its context is replaced, like one whose batch raised."""
+        outcome = self.pool.probe_outcome(slot)
+        ok = outcome is ProbeOutcome.OK
         self.stats.add(probes=1, probe_failures=int(not ok))
-        if not ok and self.on_suspect is not None:
+        if outcome is ProbeOutcome.WRONG and self.on_suspect is not None:
             for source, (first, last, frames) in slot.since_probe.items():
                 self.on_suspect(source, first, last, frames, why)
         slot.since_probe.clear()

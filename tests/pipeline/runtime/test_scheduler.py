@@ -15,12 +15,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from engines.errors import InferenceTimeout
+from engines.errors import InferenceError, InferenceTimeout, ModelError
 from engines.onnxruntime import OnnxRuntimeEngine
 from pipeline.api import run
 from pipeline.config import build_config
 from pipeline.runtime.assemble import assemble
-from pipeline.runtime.context_pool import ContextPool
+from pipeline.runtime.context_pool import WARMUP_TRIES, ContextPool
 from pipeline.runtime.infer_stats import InferStats
 from pipeline.runtime.model import load_model
 from pipeline.runtime.settings import SchedulerSettings
@@ -179,6 +179,39 @@ def test_abandoned_contexts_are_reaped_when_their_call_returns(tmp_path):
     assert stats.abandoned_live == 0 and stats.abandoned == 1
     pool.close()
 
+
+
+class FlakyContext(CountedContext):
+    """A real context whose first `failures` calls raise, as a transient fault would."""
+
+    def __init__(self, inner, calls: list[int], failures: int) -> None:
+        super().__init__(inner, calls)
+        self.failures = failures
+
+    def infer(self, inputs, timeout):
+        self.calls.append(len(next(iter(inputs.values()))))
+        if self.failures:
+            self.failures -= 1
+            raise InferenceError("injected: transient")
+        return self.inner.infer(inputs, timeout)
+
+
+@pytest.mark.parametrize("failures", [WARMUP_TRIES - 1, WARMUP_TRIES])
+def test_a_warm_up_call_that_raises_is_tried_again_up_to_the_failure_threshold(tmp_path, failures):
+    stats = InferStats()
+    settings = SchedulerSettings(batch_shapes=(1, 2), spares=0, create_attempts=2)
+    pool, _, _ = tiny_pool(tmp_path, settings, stats)
+    real, calls = pool.engine.create_context, []
+    pool.engine.create_context = lambda: FlakyContext(real(), calls, failures)
+    if failures < WARMUP_TRIES:  # transient: the same context warms both shapes and serves
+        slot = pool.create()
+        assert calls == [1] * WARMUP_TRIES + [2] and stats.create_failures == 0
+        pool.discard(slot)
+    else:  # every try of the first shape raised: the context is given up, and so is the next
+        with pytest.raises(ModelError, match="cannot create a working inference context"):
+            pool.create()
+        assert calls == [1] * (2 * WARMUP_TRIES) and stats.create_failures == 2
+    pool.close()
 
 def test_health_probe_catches_a_context_that_returns_wrong_outputs(car_clip):
     sink, summary = run_clip(
