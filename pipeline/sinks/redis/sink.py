@@ -32,11 +32,12 @@ The publisher thread only appends to an in-memory buffer; one writer thread send
 Results wait in memory at most SPOOL_AFTER_S (1 s) or BUFFER_MAX (2,000) results: past
 either bound (Redis slow, hung or down) they move to the spool, whose appends go straight
 to the OS, so a run killed at any moment loses at most what arrived in the last second.
-Order of delivery: spools left by earlier runs, then the buffer, then this run's spool.
-While this run's spool holds records, new ones go behind them in it, so per stream every
-record reaches Redis after all older ones. A spool that cannot be written (disk full)
-does not stop the writer: results wait in memory while Redis takes them, and only when
-Redis is down too does publishing fail (OutputError).
+Order of delivery: spools left by earlier runs, then the buffer, then this run's spool, then
+results the spool could not take. While this run's spool holds records, new ones go behind
+them in it, so per stream every record reaches Redis after all older ones (one run's
+entries are never refused as out of order). A spool that cannot be written (disk full)
+does not stop the writer: results wait in memory behind the spool's while Redis takes
+them, and only when Redis is down too does publishing fail (OutputError).
 
 This module holds the Sink side, the memory buffer and the spool; the stream claims are in
 claims.py, the XADD transactions and their confirmation in writes.py, the writer and spooler
@@ -53,7 +54,6 @@ import re
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -65,7 +65,7 @@ from pipeline.sinks import PRIVATE, FileModes, lock_directory
 from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
 from pipeline.sinks.redis.claims import CLAIM_RENEW_S, CLAIM_TTL_MS, LIVE_RUNS, Conflict, StreamClaims
 from pipeline.sinks.redis.entries import SLOTS_PER_SEQ, connect
-from pipeline.sinks.redis.spool import Spool
+from pipeline.sinks.redis.spool import Spool, check_spool_dir
 from pipeline.sinks.redis.writer import BACKOFF_S, BATCH, SPOOL_AFTER_S, SYNC_INTERVAL_S, WriterThread
 from pipeline.sinks.redis.writes import Entry, encode_entry
 from pipeline.summary import RunSummary
@@ -80,26 +80,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BUFFER_MAX = 2_000  # read here, at each put: tests lower it with monkeypatch
-
-
-def check_spool_dir(directory: Path, modes: FileModes = PRIVATE) -> None:
-    """Create the spool directory (`modes.dir`, 0700 by default) if needed and prove it takes a
-    write, or raise OutputError."""
-    probe = directory / f".probe-{os.getpid()}"
-    try:
-        directory.mkdir(mode=modes.dir, parents=True, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, modes.file)
-        try:
-            os.write(fd, b"\0" * 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            probe.unlink(missing_ok=True)
-    except OSError as err:
-        raise OutputError(
-            f"redis spool_dir {directory}: cannot write ({err.strerror}); free some space there "
-            "or set outputs.redis.spool_dir to a writable directory"
-        ) from None
 
 
 class RedisSink(WriterThread):
@@ -128,6 +108,9 @@ class RedisSink(WriterThread):
         self._buffer: deque[tuple[Entry, float]] = deque()  # with the time each was put
         self._in_flight: list[tuple[Entry, float]] | None = None  # a batch from memory
         self._in_flight_spooled = False
+        # Newer than all the spool holds: results the spool could not take (a full disk), sent
+        # after it; while any wait here, new results queue behind them.
+        self._held: deque[tuple[Entry, float]] = deque()
         self._positions: dict[str, int] = {}  # publisher thread only
         self._bases: dict[str, int] = {}
         self._from_seqs: dict[str, int] = {}
@@ -195,9 +178,9 @@ class RedisSink(WriterThread):
         self._watcher.join()
         with self._lock:
             self._spool_memory_locked()
-            if self._buffer:
+            if self._buffer or self._held:
                 log.error("redis %s: %d results could be neither written nor spooled (%s)",
-                          self._url, len(self._buffer), self._spool_error)
+                          self._url, len(self._buffer) + len(self._held), self._spool_error)
             for spool in (self._spool, *self._leftovers):
                 if spool is not None:
                     try:
@@ -304,6 +287,9 @@ class RedisSink(WriterThread):
             fields["seq"] = str(seq)
         entry = Entry(self._config.key_prefix + source, position, fields)
         with self._lock:
+            if self._held:  # behind results the spool could not take: stay behind them
+                self._hold_in_memory_locked(entry)
+                return
             if not self._spooling and len(self._buffer) < BUFFER_MAX:
                 self._buffer.append((entry, time.monotonic()))
                 self._work.notify()
@@ -323,8 +309,9 @@ class RedisSink(WriterThread):
             self._counts["spooled"] += 1
 
     def _hold_in_memory_locked(self, entry: Entry) -> None:
-        """The spool cannot be written: keep the entry for Redis, or fail if Redis is down too."""
-        self._buffer.append((entry, time.monotonic()))
+        """The spool cannot be written: keep the entry for Redis (after all the spool holds), or
+        fail if Redis is down too."""
+        self._held.append((entry, time.monotonic()))
         self._work.notify()
         if not self._connected or self._fatal:
             raise OutputError(
@@ -359,7 +346,8 @@ class RedisSink(WriterThread):
 
     def _spool_memory_locked(self) -> bool:
         """Move the batch in flight from memory and the buffer to the spool, ahead of anything
-        spooled (they are older), and sync. False if the spool cannot be written: they stay."""
+        spooled (they are older), the held results behind it (they are newer), and sync. False
+        if the spool cannot be written: they stay."""
         in_flight = [] if self._in_flight_spooled else [e for e, _ in self._in_flight or []]
         waiting = in_flight + [e for e, _ in self._buffer]
         try:
@@ -368,6 +356,10 @@ class RedisSink(WriterThread):
                 self._counts["spooled"] += len(self._buffer)
                 self._buffer.clear()
                 self._in_flight_spooled = self._in_flight is not None
+            if self._held:
+                self._own_spool().append([encode_entry(e) for e, _ in self._held])
+                self._counts["spooled"] += len(self._held)
+                self._held.clear()
             if self._spool is not None:
                 self._spool.sync()
         except OSError as err:
@@ -389,5 +381,5 @@ class RedisSink(WriterThread):
             return True
 
     def _drained_locked(self) -> bool:
-        return not (self._buffer or self._busy or self._spooling or self._leftovers)
+        return not (self._buffer or self._held or self._busy or self._spooling or self._leftovers)
 

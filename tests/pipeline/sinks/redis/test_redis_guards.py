@@ -201,19 +201,6 @@ def test_a_run_killed_while_redis_hangs_loses_nothing_older_than_the_bound(redis
     assert spool_files(spool_dir) == []
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 256 KiB tmpfs: a disk that fills up for real (needs root and mount)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_a_full_spool_disk_keeps_the_writer_going_and_is_refused_at_start(redis_server, small_disk, caplog):
     spool_dir = small_disk / "spool"
     sink = RedisSink(config(redis_server.url, spool_dir), "run-a")
