@@ -63,6 +63,7 @@ from engines.errors import OutputError
 from pipeline.config import RedisConfig
 from pipeline.sinks import PRIVATE, FileModes, lock_directory
 from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
+from pipeline.sinks.redis.access import WRITER_NEEDS, access_denied, check_writer_access
 from pipeline.sinks.redis.claims import CLAIM_RENEW_S, CLAIM_TTL_MS, LIVE_RUNS, Conflict, StreamClaims
 from pipeline.sinks.redis.entries import SLOTS_PER_SEQ, connect
 from pipeline.sinks.redis.spool import Spool, check_spool_dir
@@ -251,6 +252,7 @@ class RedisSink(WriterThread):
             self._connected = True
             for source in sources:
                 self._claims.claim(self._config.key_prefix + source)
+            check_writer_access(self._client, [self._config.key_prefix + s for s in sources])
         except Conflict as err:
             self._claims.release()
             self._client.close()
@@ -263,11 +265,7 @@ class RedisSink(WriterThread):
             self._note_outage(err)
 
     def _denied(self, err: Exception) -> str:
-        return (
-            f"redis {self._url}: access denied ({str(err).rstrip('.')}); give the right password "
-            "in the URL (redis://[user]:PASSWORD@host:port/db) and a user allowed to run XADD, "
-            f"HSET and EVAL on the keys {self._config.key_prefix}*"
-        )
+        return access_denied(self._config.url, err, f"~{self._config.key_prefix}*", WRITER_NEEDS)
 
     # --- publisher side ---
 

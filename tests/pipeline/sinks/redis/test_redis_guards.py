@@ -116,8 +116,12 @@ def test_a_refused_login_is_a_user_error_at_start(make_redis_server, tmp_path, p
     with pytest.raises(OutputError) as caught:
         RedisSink(config(url, tmp_path / "spool"), "run-a", ["cam1"])
     message = str(caught.value)
-    assert "access denied" in message and "password" in message
-    assert ("invalid username-password" if problem == "wrong password" else "no permissions") in message
+    if problem == "wrong password":
+        assert "access denied for user default (invalid username-password pair" in message
+        assert "give the right user and password in the URL" in message
+    else:
+        assert "access denied for user reader (this user has no permissions to run the 'evalsha' command" in message
+        assert "allow it (ACL SETUSER reader +evalsha)" in message
     assert "sesame" not in message and ":wrong@" not in message and ":pw@" not in message
 
 
