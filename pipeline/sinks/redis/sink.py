@@ -66,6 +66,7 @@ from pipeline.sinks.records import event_to_record, result_to_record, summary_to
 from pipeline.sinks.redis.access import WRITER_NEEDS, access_denied, check_writer_access
 from pipeline.sinks.redis.claims import CLAIM_RENEW_S, CLAIM_TTL_MS, LIVE_RUNS, Conflict, StreamClaims
 from pipeline.sinks.redis.entries import SLOTS_PER_SEQ, connect
+from pipeline.sinks.redis.report import RunReport
 from pipeline.sinks.redis.spool import Spool, check_spool_dir
 from pipeline.sinks.redis.writer import BACKOFF_S, BATCH, SPOOL_AFTER_S, SYNC_INTERVAL_S, WriterThread
 from pipeline.sinks.redis.writes import Entry, encode_entry
@@ -83,7 +84,7 @@ log = logging.getLogger(__name__)
 BUFFER_MAX = 2_000  # read here, at each put: tests lower it with monkeypatch
 
 
-class RedisSink(WriterThread):
+class RedisSink(RunReport, WriterThread):
     """Publishes results, events and the summary to Redis Streams without blocking the run.
 
     sources, when given, are claimed at start: OutputError if another run writes one of
@@ -118,6 +119,7 @@ class RedisSink(WriterThread):
         self._tops: dict[str, tuple[int, int]] = {}  # the newest ID this process wrote per stream
         self._written_by_key: dict[str, int] = {}
         self._lost: dict[str, int] = {}
+        self._marked: set[str] = set()  # streams given a redis_data_lost entry
         self._spool: Spool | None = None
         self._spooling = False
         self._spool_error: str | None = None
@@ -156,15 +158,17 @@ class RedisSink(WriterThread):
     def write_summary(self, summary: RunSummary) -> None:
         """Append the summary to every source's stream, then wait up to drain_timeout_s.
 
-        A conflict, a refused login or results Redis lost become the summary's error.
+        Unless `settle` ran first (pipeline.api does): a conflict, a refused login or results
+        Redis lost become the summary's error, and the report its `outputs.redis`.
         """
         record = summary_to_record(summary)
+        settled = self._report is not None
         for source in sorted(set(summary.sources) | set(self._positions)):
             self._put(source, self._next_position(source, 0), record)
-        summary.outputs["redis"] = self._finish()
-        problem = self._fatal or self._lost_error()
-        if problem and not summary.error:
-            summary.error = problem
+        if settled:
+            self._finish_summary()
+            return
+        self._settle_into(summary)
 
     def close(self) -> None:
         if self._closed:
@@ -198,51 +202,6 @@ class RedisSink(WriterThread):
         """Bytes of results waiting in spool files for Redis (this run's and earlier runs')."""
         with self._lock:
             return sum(s.pending_bytes for s in (*self._leftovers, self._spool) if s is not None)
-
-    def _finish(self) -> dict[str, Any]:
-        """Wait for Redis up to drain_timeout_s; what is still unwritten stays in the spool."""
-        drained = self._fatal is None and self._drain(self._config.drain_timeout_s)
-        if drained:
-            try:
-                self._check_tops(list(self._tops))
-            except (redis.RedisError, OSError) as err:
-                log.warning("redis %s: could not check the streams at the end (%s)", self._url, err)
-        else:
-            self._spool_memory()
-        with self._lock:
-            spools = [s for s in (*self._leftovers, self._spool) if s is not None]
-            lost = sum(self._lost.values())
-            self._report = {
-                "url": self._url,
-                "written": self._counts["written"],
-                "spooled": self._counts["spooled"],
-                "spool_path": str(self._spool.path) if self._spool and self._spool.path else None,
-                "spool_bytes": sum(s.pending_bytes for s in spools),
-                "drained": drained,
-                "duplicates": self._counts["duplicates"],
-                "resent": self._counts["resent"],
-                "earlier_runs": self._counts["earlier_runs"],
-                "lost": lost,
-                "error": None if drained else self._fatal or self._outage or "Redis too slow",
-            }
-        if not drained:
-            log.warning(
-                "redis %s: not written within %.1f s (%s); %d bytes of results left in spool %s"
-                " for the next run with spool_dir %s",
-                self._url, self._config.drain_timeout_s, self._report["error"],
-                self._report["spool_bytes"], self._report["spool_path"], self._config.spool_dir,
-            )
-        return self._report
-
-    def _lost_error(self) -> str | None:
-        if not self._lost:
-            return None
-        counts = ", ".join(f"{key}: {n}" for key, n in sorted(self._lost.items()))
-        return (
-            f"redis {self._url}: Redis lost {sum(self._lost.values())} results this run had written "
-            f"({counts}; the streams went back, as when redis-server restarts without persistence); "
-            "turn on appendonly in redis.conf, and take the lost results from --out if you wrote one"
-        )
 
     # --- start, claims ---
 
