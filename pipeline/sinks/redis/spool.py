@@ -74,6 +74,12 @@ class Spool:
     @classmethod
     def leftovers(cls, directory: Path, modes: FileModes = PRIVATE) -> list[Spool]:
         """Spools of earlier runs that no live process holds, oldest first, now held by us."""
+        for tmp in directory.glob("*.state.tmp"):  # never the truth: a failed write's, or a crash's
+            stem = tmp.name.removesuffix(".state.tmp")
+            if not (directory / f"{stem}.state").exists() and (fd := _try_lock(directory / f"{stem}.lock", modes.file)):
+                tmp.unlink(missing_ok=True)
+                (directory / f"{stem}.lock").unlink(missing_ok=True)
+                os.close(fd)
         found = []
         for state_path in sorted(directory.glob("*.state")):
             stem = state_path.name.removesuffix(".state")

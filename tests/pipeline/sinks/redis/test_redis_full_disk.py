@@ -54,3 +54,13 @@ def test_a_spool_that_cannot_be_created_on_a_full_disk_leaves_no_file(small_disk
         with pytest.raises(OSError, match="No space"):
             Spool.create(spool_dir, f"stem-{attempt}", {"run": f"run-{attempt}"})
     assert spool_files(spool_dir) == []
+
+
+def test_temp_state_files_left_by_an_earlier_version_are_removed(tmp_path):
+    """A .state.tmp without its spool (the old full-disk bug left one per run) goes at the next start."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    for n in range(2):
+        (spool_dir / f"0000000000001-run{n}.state.tmp").write_text("")
+    assert Spool.leftovers(spool_dir) == []
+    assert spool_files(spool_dir) == []
