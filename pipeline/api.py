@@ -21,7 +21,7 @@ from pipeline.runtime.assemble import assemble, load_sized_model
 from pipeline.runtime.heap import release_freed
 from pipeline.runtime.pipeline import RunHooks
 from pipeline.runtime.sources import SourceRun
-from pipeline.sinks import FileModes, Sink
+from pipeline.sinks import FileModes, Settling, Sink
 from pipeline.summary import RunSummary, SourceLedger
 from stages.decode import VideoDecoder
 from stages.live import LiveSource
@@ -220,9 +220,23 @@ def _show_summary(summary: RunSummary, console: Console) -> None:
 def write_summary(summary: RunSummary, sinks: list[Sink]) -> bool:
     """The summary to every sink that still works; one that fails now is named in the later ones'.
 
+    Sinks that learn only at the end what their service kept (`Settling`: Redis) settle first,
+    so every sink's summary carries their report and error, and their events come before it.
     Returns whether one failed.
     """
     failed = False
+    for settling in [s for s in sinks if isinstance(s, Settling)]:
+        try:
+            events = settling.settle(summary)
+        except (OutputError, OSError) as err:
+            summary.error = "; ".join(filter(None, [summary.error, str(err)]))
+            events, failed = [], True
+        for sink in sinks:
+            for event in events if sink is not settling else ():
+                try:
+                    sink.write_event(event)
+                except (OutputError, OSError):
+                    pass  # the same failure comes again with its summary, and is named there
     for sink in sinks:
         try:
             sink.write_summary(summary)

@@ -51,6 +51,7 @@ def check_redis_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("redis", "rediss", "unix"):
         raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
+    _check_redis_query(scheme, rest.partition("?")[2])
     if scheme == "unix":
         if not rest.partition("?")[0].lstrip("/"):
             raise ValueError("unix:// needs the socket's path: unix:///path/to/redis.sock")
@@ -66,12 +67,33 @@ def check_redis_url(url: str) -> str:
         raise ValueError(f"has no valid host{hint}; use redis://[:password@]host:port/db")
     if port == 0:
         raise ValueError("port 0 is not a Redis port; give the server's port (6379 by default)")
-    if scheme == "redis" and any(key.startswith("ssl_") for key in parse_qs(parts.query)):
-        raise ValueError("ssl_ options need TLS: use rediss://")
     db = parts.path.strip("/")
     if db and not db.isdigit():
         raise ValueError(f"the path must be a database number (redis://host:port/0), not /{db}{hint}")
     return url
+
+
+# The query parameters a Redis URL may carry (redis-py passes each to its connection; an
+# unknown one fails at the first command, not here); ssl_ ones with rediss:// only.
+REDIS_URL_PARAMS = (
+    "db", "username", "password", "client_name", "protocol", "socket_timeout", "socket_connect_timeout",
+    "socket_keepalive", "health_check_interval", "retry_on_timeout", "max_connections", "timeout",
+)
+REDIS_TLS_PARAMS = (
+    "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data", "ssl_certfile", "ssl_keyfile", "ssl_password",
+    "ssl_check_hostname", "ssl_ciphers", "ssl_min_version",
+)
+
+
+def _check_redis_query(scheme: str, query: str) -> None:
+    """ValueError naming a query parameter redis-py would not take (never its value)."""
+    names = list(parse_qs(query, keep_blank_values=True))
+    if scheme != "rediss" and any(name.startswith("ssl_") for name in names):
+        raise ValueError("has ssl_ options, which need TLS: use rediss://")
+    accepted = REDIS_URL_PARAMS + (REDIS_TLS_PARAMS if scheme == "rediss" else ())
+    for name in names:
+        if name not in accepted:
+            raise ValueError(f"has an unknown query parameter {name!r}; accepted: {', '.join(accepted)}")
 
 
 class OverloadPolicy(StrEnum):

@@ -82,6 +82,16 @@ class Spooling(Protocol):
         ...
 
 
+@runtime_checkable
+class Settling(Protocol):
+    """A sink that learns only at the end what its service kept (the Redis sink: results Redis
+    lost). pipeline.api calls `settle` on each such sink before any sink gets the summary: it
+    waits for its service, puts its report and any error into `summary`, and returns events
+    (`redis_data_lost`) that the other sinks get right before the summary."""
+
+    def settle(self, summary: RunSummary) -> list[SourceEvent]: ...
+
+
 # What to do about a failed write, by errno; the default covers EIO and the rest.
 _ADVICE = {
     errno.ENOSPC: "free space on its disk or choose another path",

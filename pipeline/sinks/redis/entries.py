@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from engines.errors import OutputError
+from pipeline.config import check_redis_url
 from stages.redact import has_secret, redact, redact_url
 
 SLOTS_PER_SEQ = 1000
@@ -26,7 +27,12 @@ def resolve_redis_url(cli_value: str | None) -> str | None:
 
 
 def connect(url: str, decode: bool = False, timeout_s: float = 5.0) -> redis.Redis:
-    """A client for url that fails fast (no hidden retries): callers own the retry policy."""
+    """A client for url that fails fast (no hidden retries): callers own the retry policy.
+    OutputError (a user error, one line, no secret) if the URL is not one redis-py can use."""
+    try:
+        check_redis_url(url)
+    except ValueError as err:  # its reasons never quote a secret
+        raise OutputError(f"redis URL {redact_url(url)!r} is not valid: it {redact(str(err))}") from None
     try:
         return redis.Redis.from_url(
             url,

@@ -32,11 +32,12 @@ The publisher thread only appends to an in-memory buffer; one writer thread send
 Results wait in memory at most SPOOL_AFTER_S (1 s) or BUFFER_MAX (2,000) results: past
 either bound (Redis slow, hung or down) they move to the spool, whose appends go straight
 to the OS, so a run killed at any moment loses at most what arrived in the last second.
-Order of delivery: spools left by earlier runs, then the buffer, then this run's spool.
-While this run's spool holds records, new ones go behind them in it, so per stream every
-record reaches Redis after all older ones. A spool that cannot be written (disk full)
-does not stop the writer: results wait in memory while Redis takes them, and only when
-Redis is down too does publishing fail (OutputError).
+Order of delivery: spools left by earlier runs, then the buffer, then this run's spool, then
+results the spool could not take. While this run's spool holds records, new ones go behind
+them in it, so per stream every record reaches Redis after all older ones (one run's
+entries are never refused as out of order). A spool that cannot be written (disk full)
+does not stop the writer: results wait in memory behind the spool's while Redis takes
+them, and only when Redis is down too does publishing fail (OutputError).
 
 This module holds the Sink side, the memory buffer and the spool; the stream claims are in
 claims.py, the XADD transactions and their confirmation in writes.py, the writer and spooler
@@ -53,7 +54,6 @@ import re
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -63,9 +63,11 @@ from engines.errors import OutputError
 from pipeline.config import RedisConfig
 from pipeline.sinks import PRIVATE, FileModes, lock_directory
 from pipeline.sinks.records import event_to_record, result_to_record, summary_to_record
+from pipeline.sinks.redis.access import WRITER_NEEDS, access_denied, check_writer_access
 from pipeline.sinks.redis.claims import CLAIM_RENEW_S, CLAIM_TTL_MS, LIVE_RUNS, Conflict, StreamClaims
 from pipeline.sinks.redis.entries import SLOTS_PER_SEQ, connect
-from pipeline.sinks.redis.spool import Spool
+from pipeline.sinks.redis.report import RunReport
+from pipeline.sinks.redis.spool import Spool, check_spool_dir
 from pipeline.sinks.redis.writer import BACKOFF_S, BATCH, SPOOL_AFTER_S, SYNC_INTERVAL_S, WriterThread
 from pipeline.sinks.redis.writes import Entry, encode_entry
 from pipeline.summary import RunSummary
@@ -82,27 +84,7 @@ log = logging.getLogger(__name__)
 BUFFER_MAX = 2_000  # read here, at each put: tests lower it with monkeypatch
 
 
-def check_spool_dir(directory: Path, modes: FileModes = PRIVATE) -> None:
-    """Create the spool directory (`modes.dir`, 0700 by default) if needed and prove it takes a
-    write, or raise OutputError."""
-    probe = directory / f".probe-{os.getpid()}"
-    try:
-        directory.mkdir(mode=modes.dir, parents=True, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, modes.file)
-        try:
-            os.write(fd, b"\0" * 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            probe.unlink(missing_ok=True)
-    except OSError as err:
-        raise OutputError(
-            f"redis spool_dir {directory}: cannot write ({err.strerror}); free some space there "
-            "or set outputs.redis.spool_dir to a writable directory"
-        ) from None
-
-
-class RedisSink(WriterThread):
+class RedisSink(RunReport, WriterThread):
     """Publishes results, events and the summary to Redis Streams without blocking the run.
 
     sources, when given, are claimed at start: OutputError if another run writes one of
@@ -128,12 +110,16 @@ class RedisSink(WriterThread):
         self._buffer: deque[tuple[Entry, float]] = deque()  # with the time each was put
         self._in_flight: list[tuple[Entry, float]] | None = None  # a batch from memory
         self._in_flight_spooled = False
+        # Newer than all the spool holds: results the spool could not take (a full disk), sent
+        # after it; while any wait here, new results queue behind them.
+        self._held: deque[tuple[Entry, float]] = deque()
         self._positions: dict[str, int] = {}  # publisher thread only
         self._bases: dict[str, int] = {}
         self._from_seqs: dict[str, int] = {}
         self._tops: dict[str, tuple[int, int]] = {}  # the newest ID this process wrote per stream
         self._written_by_key: dict[str, int] = {}
         self._lost: dict[str, int] = {}
+        self._marked: set[str] = set()  # streams given a redis_data_lost entry
         self._spool: Spool | None = None
         self._spooling = False
         self._spool_error: str | None = None
@@ -172,15 +158,17 @@ class RedisSink(WriterThread):
     def write_summary(self, summary: RunSummary) -> None:
         """Append the summary to every source's stream, then wait up to drain_timeout_s.
 
-        A conflict, a refused login or results Redis lost become the summary's error.
+        Unless `settle` ran first (pipeline.api does): a conflict, a refused login or results
+        Redis lost become the summary's error, and the report its `outputs.redis`.
         """
         record = summary_to_record(summary)
+        settled = self._report is not None
         for source in sorted(set(summary.sources) | set(self._positions)):
             self._put(source, self._next_position(source, 0), record)
-        summary.outputs["redis"] = self._finish()
-        problem = self._fatal or self._lost_error()
-        if problem and not summary.error:
-            summary.error = problem
+        if settled:
+            self._finish_summary()
+            return
+        self._settle_into(summary)
 
     def close(self) -> None:
         if self._closed:
@@ -195,9 +183,9 @@ class RedisSink(WriterThread):
         self._watcher.join()
         with self._lock:
             self._spool_memory_locked()
-            if self._buffer:
+            if self._buffer or self._held:
                 log.error("redis %s: %d results could be neither written nor spooled (%s)",
-                          self._url, len(self._buffer), self._spool_error)
+                          self._url, len(self._buffer) + len(self._held), self._spool_error)
             for spool in (self._spool, *self._leftovers):
                 if spool is not None:
                     try:
@@ -215,51 +203,6 @@ class RedisSink(WriterThread):
         with self._lock:
             return sum(s.pending_bytes for s in (*self._leftovers, self._spool) if s is not None)
 
-    def _finish(self) -> dict[str, Any]:
-        """Wait for Redis up to drain_timeout_s; what is still unwritten stays in the spool."""
-        drained = self._fatal is None and self._drain(self._config.drain_timeout_s)
-        if drained:
-            try:
-                self._check_tops(list(self._tops))
-            except (redis.RedisError, OSError) as err:
-                log.warning("redis %s: could not check the streams at the end (%s)", self._url, err)
-        else:
-            self._spool_memory()
-        with self._lock:
-            spools = [s for s in (*self._leftovers, self._spool) if s is not None]
-            lost = sum(self._lost.values())
-            self._report = {
-                "url": self._url,
-                "written": self._counts["written"],
-                "spooled": self._counts["spooled"],
-                "spool_path": str(self._spool.path) if self._spool and self._spool.path else None,
-                "spool_bytes": sum(s.pending_bytes for s in spools),
-                "drained": drained,
-                "duplicates": self._counts["duplicates"],
-                "resent": self._counts["resent"],
-                "earlier_runs": self._counts["earlier_runs"],
-                "lost": lost,
-                "error": None if drained else self._fatal or self._outage or "Redis too slow",
-            }
-        if not drained:
-            log.warning(
-                "redis %s: not written within %.1f s (%s); %d bytes of results left in spool %s"
-                " for the next run with spool_dir %s",
-                self._url, self._config.drain_timeout_s, self._report["error"],
-                self._report["spool_bytes"], self._report["spool_path"], self._config.spool_dir,
-            )
-        return self._report
-
-    def _lost_error(self) -> str | None:
-        if not self._lost:
-            return None
-        counts = ", ".join(f"{key}: {n}" for key, n in sorted(self._lost.items()))
-        return (
-            f"redis {self._url}: Redis lost {sum(self._lost.values())} results this run had written "
-            f"({counts}; the streams went back, as when redis-server restarts without persistence); "
-            "turn on appendonly in redis.conf, and take the lost results from --out if you wrote one"
-        )
-
     # --- start, claims ---
 
     def _check_at_start(self, sources: list[str]) -> None:
@@ -268,6 +211,7 @@ class RedisSink(WriterThread):
             self._connected = True
             for source in sources:
                 self._claims.claim(self._config.key_prefix + source)
+            check_writer_access(self._client, [self._config.key_prefix + s for s in sources])
         except Conflict as err:
             self._claims.release()
             self._client.close()
@@ -280,11 +224,7 @@ class RedisSink(WriterThread):
             self._note_outage(err)
 
     def _denied(self, err: Exception) -> str:
-        return (
-            f"redis {self._url}: access denied ({str(err).rstrip('.')}); give the right password "
-            "in the URL (redis://[user]:PASSWORD@host:port/db) and a user allowed to run XADD, "
-            f"HSET and EVAL on the keys {self._config.key_prefix}*"
-        )
+        return access_denied(self._config.url, err, f"~{self._config.key_prefix}*", WRITER_NEEDS)
 
     # --- publisher side ---
 
@@ -304,6 +244,9 @@ class RedisSink(WriterThread):
             fields["seq"] = str(seq)
         entry = Entry(self._config.key_prefix + source, position, fields)
         with self._lock:
+            if self._held:  # behind results the spool could not take: stay behind them
+                self._hold_in_memory_locked(entry)
+                return
             if not self._spooling and len(self._buffer) < BUFFER_MAX:
                 self._buffer.append((entry, time.monotonic()))
                 self._work.notify()
@@ -323,8 +266,9 @@ class RedisSink(WriterThread):
             self._counts["spooled"] += 1
 
     def _hold_in_memory_locked(self, entry: Entry) -> None:
-        """The spool cannot be written: keep the entry for Redis, or fail if Redis is down too."""
-        self._buffer.append((entry, time.monotonic()))
+        """The spool cannot be written: keep the entry for Redis (after all the spool holds), or
+        fail if Redis is down too."""
+        self._held.append((entry, time.monotonic()))
         self._work.notify()
         if not self._connected or self._fatal:
             raise OutputError(
@@ -359,7 +303,8 @@ class RedisSink(WriterThread):
 
     def _spool_memory_locked(self) -> bool:
         """Move the batch in flight from memory and the buffer to the spool, ahead of anything
-        spooled (they are older), and sync. False if the spool cannot be written: they stay."""
+        spooled (they are older), the held results behind it (they are newer), and sync. False
+        if the spool cannot be written: they stay."""
         in_flight = [] if self._in_flight_spooled else [e for e, _ in self._in_flight or []]
         waiting = in_flight + [e for e, _ in self._buffer]
         try:
@@ -368,6 +313,10 @@ class RedisSink(WriterThread):
                 self._counts["spooled"] += len(self._buffer)
                 self._buffer.clear()
                 self._in_flight_spooled = self._in_flight is not None
+            if self._held:
+                self._own_spool().append([encode_entry(e) for e, _ in self._held])
+                self._counts["spooled"] += len(self._held)
+                self._held.clear()
             if self._spool is not None:
                 self._spool.sync()
         except OSError as err:
@@ -389,5 +338,5 @@ class RedisSink(WriterThread):
             return True
 
     def _drained_locked(self) -> bool:
-        return not (self._buffer or self._busy or self._spooling or self._leftovers)
+        return not (self._buffer or self._held or self._busy or self._spooling or self._leftovers)
 

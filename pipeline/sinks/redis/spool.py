@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from engines.errors import OutputError
 from pipeline.sinks import PRIVATE, FileModes
 
 log = logging.getLogger(__name__)
@@ -64,19 +65,28 @@ class Spool:
             spool._sealed = False
             spool._write_state(durable=True)
         except BaseException:
-            os.close(fd)  # a failed create (disk full) must not keep its own lock held
+            # A failed create (disk full) leaves nothing behind: no lock held, no files.
+            (directory / f"{stem}.lock").unlink(missing_ok=True)
+            os.close(fd)
             raise
         return spool
 
     @classmethod
     def leftovers(cls, directory: Path, modes: FileModes = PRIVATE) -> list[Spool]:
         """Spools of earlier runs that no live process holds, oldest first, now held by us."""
+        for tmp in directory.glob("*.state.tmp"):  # never the truth: a failed write's, or a crash's
+            stem = tmp.name.removesuffix(".state.tmp")
+            if not (directory / f"{stem}.state").exists() and (fd := _try_lock(directory / f"{stem}.lock", modes.file)):
+                tmp.unlink(missing_ok=True)
+                (directory / f"{stem}.lock").unlink(missing_ok=True)
+                os.close(fd)
         found = []
         for state_path in sorted(directory.glob("*.state")):
             stem = state_path.name.removesuffix(".state")
             fd = _try_lock(directory / f"{stem}.lock", modes.file)
             if fd is None:
                 continue
+            state_path.with_name(state_path.name + ".tmp").unlink(missing_ok=True)  # a failed write's
             try:
                 state = json.loads(state_path.read_text())
             except FileNotFoundError:
@@ -100,7 +110,7 @@ class Spool:
     @property
     def pending_bytes(self) -> int:
         """Bytes appended but not yet committed as replayed."""
-        return self._size - self._committed
+        return max(0, self._size - self._committed)  # 0 if the file is gone
 
     def set_meta(self, meta: dict[str, Any]) -> None:
         """Replace the owner's metadata, durably: the owner relies on it to replay."""
@@ -142,6 +152,7 @@ class Spool:
                 dst.write(rest)
                 dst.flush()
                 os.fsync(dst.fileno())
+            self._write_state(durable=True, data=data, offset=0)
         except OSError:
             (self.directory / data).unlink(missing_ok=True)  # the old file stays the spool
             raise
@@ -150,7 +161,6 @@ class Spool:
         self._data = data
         self._committed = self._read_pos = 0
         self._size = len(head) + len(rest)
-        self._write_state(durable=True)
         old.unlink()
         self._writer = _open_private(self.path, "ab", self.modes.file, buffering=0)
 
@@ -165,7 +175,10 @@ class Spool:
         if self._data is None or self._read_pos >= self._size:
             return []
         if self._reader is None:
-            self._reader = open(self.path, "rb")
+            try:
+                self._reader = open(self.path, "rb")
+            except FileNotFoundError:
+                return []
         self._reader.seek(self._read_pos)
         lines = []
         while len(lines) < max_lines:
@@ -198,34 +211,39 @@ class Spool:
         self._close_files()
         self._data = None
         self._committed = self._read_pos = self._size = 0
-        self._write_state(durable=False)
-        if path is not None:
-            path.unlink(missing_ok=True)
+        try:
+            self._write_state(durable=False)
+        finally:  # delivered: its file goes even when the state cannot be written (a full disk)
+            if path is not None:
+                path.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Sync and release; a fully replayed spool leaves no files behind."""
-        self.sync()
         if self.pending_bytes == 0:
             self.remove()
             return
-        self._close_files()
-        self._write_state(durable=True)
-        os.close(self._lock_fd)
+        try:
+            self.sync()
+            self._write_state(durable=True)
+        finally:  # the lock goes on every path (the state on disk is then an older commit point)
+            self._close_files()
+            os.close(self._lock_fd)
 
     def remove(self) -> None:
-        path = self.path
+        """Delete every file of this spool (all data files, the state and its temp file, the lock)."""
         self._close_files()
-        if path is not None:
+        for path in self.directory.glob(f"{self.stem}.*.jsonl"):
             path.unlink(missing_ok=True)
-        (self.directory / f"{self.stem}.state").unlink(missing_ok=True)
-        (self.directory / f"{self.stem}.lock").unlink(missing_ok=True)
+        for suffix in (".state", ".state.tmp", ".lock"):
+            (self.directory / f"{self.stem}{suffix}").unlink(missing_ok=True)
         os.close(self._lock_fd)
 
     def _start_data_file(self) -> None:
+        data = f"{self.stem}.{self._gen + 1}.jsonl"
+        self._write_state(durable=True, data=data, offset=0)  # unchanged if this fails
         self._gen += 1
-        self._data = f"{self.stem}.{self._gen}.jsonl"
+        self._data = data
         self._committed = self._read_pos = self._size = 0
-        self._write_state(durable=True)
         self._writer = _open_private(self.path, "ab", self.modes.file, buffering=0)
         _fsync_dir(self.directory)
 
@@ -242,18 +260,45 @@ class Spool:
         self._writer = self._reader = None
         self._dirty = False
 
-    def _write_state(self, durable: bool) -> None:
-        state = {"data": self._data, "offset": self._committed, "meta": self.meta}
+    def _write_state(self, durable: bool, data: str | None = None, offset: int | None = None) -> None:
+        """Replace the state atomically (data and offset: the new ones, else the current ones);
+        a failed write (a full disk) leaves the old state and no temp file."""
+        state = {"data": data or self._data, "offset": self._committed if offset is None else offset,
+                 "meta": self.meta}
         path = self.directory / f"{self.stem}.state"
         tmp = path.with_name(path.name + ".tmp")
-        with _open_private(tmp, "w", self.modes.file) as f:
-            json.dump(state, f)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with _open_private(tmp, "w", self.modes.file) as f:
+                json.dump(state, f)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         if durable:
             _fsync_dir(self.directory)
+
+
+def check_spool_dir(directory: Path, modes: FileModes = PRIVATE) -> None:
+    """Create the spool directory (`modes.dir`, 0700 by default) if needed and prove it takes a
+    write, or raise OutputError."""
+    probe = directory / f".probe-{os.getpid()}"
+    try:
+        directory.mkdir(mode=modes.dir, parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, modes.file)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError as err:
+        raise OutputError(
+            f"redis spool_dir {directory}: cannot write ({err.strerror}); free some space there "
+            "or set outputs.redis.spool_dir to a writable directory"
+        ) from None
 
 
 def _try_lock(path: Path, file_mode: int) -> int | None:

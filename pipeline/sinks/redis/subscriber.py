@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.exceptions import NoPermissionError
 
 from engines.errors import OutputError
 from pipeline.sinks.records import record_to_result
+from pipeline.sinks.redis.access import READER_NEEDS, access_denied, check_reader_access
 from pipeline.sinks.redis.entries import connect, entry_seq, missing_seqs
 from stages.redact import redact_url
 from stages.types import Result
@@ -108,10 +110,13 @@ def subscribe(
     except BaseException:
         client.close()
         raise
-    reader = _GroupReader(
-        client, redis_url, keys, group, consumer or f"{socket.gethostname()}-{os.getpid()}",
-        reclaim_idle_ms, block_ms,
-    )
+    consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        check_reader_access(client, list(keys), group, consumer)
+    except NoPermissionError as err:
+        client.close()
+        raise OutputError(access_denied(redis_url, err, f"~{key_prefix}*", READER_NEEDS)) from None
+    reader = _GroupReader(client, redis_url, keys, group, consumer, reclaim_idle_ms, block_ms)
     return reader.deliveries(stop or threading.Event())
 
 
@@ -185,6 +190,9 @@ class _GroupReader:
                     yield from self._session(stop)
                 except (redis.ConnectionError, redis.TimeoutError) as err:
                     self._reconnect(err, stop)
+                except NoPermissionError as err:  # the user's rights changed while reading
+                    keys = " ".join(f"~{key}" for key in self._keys)
+                    raise OutputError(access_denied(self._url, err, keys, READER_NEEDS)) from None
         finally:
             try:
                 self._flush_acks()
@@ -374,6 +382,8 @@ def _open(url: str, block_ms: int) -> redis.Redis:
 def _create_group(client: redis.Redis, url: str, key: str, group: str, start: str) -> None:
     try:
         client.xgroup_create(key, group, id=start, mkstream=True)
+    except NoPermissionError as err:
+        raise OutputError(access_denied(url, err, f"~{key}", READER_NEEDS)) from None
     except redis.ResponseError as err:
         if "BUSYGROUP" in str(err):
             return

@@ -42,6 +42,7 @@ class WriterThread(StreamWrites):
     _url: str
     _lock: threading.Lock
     _buffer: deque[tuple[Entry, float]]
+    _held: deque[tuple[Entry, float]]
     _counts: dict[str, int]
     _leftovers: list[Spool]
     _spool: Spool | None
@@ -117,10 +118,10 @@ class WriterThread(StreamWrites):
         """Move results to the spool once the oldest has waited SPOOL_AFTER_S for Redis."""
         while not self._stop.wait(SYNC_INTERVAL_S / 2):
             with self._lock:
-                oldest = [batch[0][1] for batch in (self._in_flight, self._buffer) if batch]
+                oldest = [batch[0][1] for batch in (self._in_flight, self._buffer, self._held) if batch]
                 waited = time.monotonic() - min(oldest) if oldest else 0.0
                 if waited > SPOOL_AFTER_S and not self._in_flight_spooled and self._fatal is None:
-                    if not self._spooling:
+                    if not self._spooling and self._spool_error is None:
                         log.warning("redis %s: results waited %.1f s for Redis; spooling to %s",
                                     self._url, waited, self._config.spool_dir)
                     self._spool_memory_locked()
@@ -150,7 +151,8 @@ class WriterThread(StreamWrites):
         return True
 
     def _take(self) -> tuple[Spool | None, list[Entry]] | None:
-        """The next batch, oldest first: earlier runs' spools, memory, this run's spool."""
+        """The next batch, oldest first: earlier runs' spools, memory, this run's spool, then
+        what the spool could not take."""
         with self._lock:
             while self._leftovers:
                 spool = self._leftovers[0]
@@ -173,12 +175,15 @@ class WriterThread(StreamWrites):
                     return self._spool, decode_entries(lines, self._spool)
                 if self._spool is not None:
                     try:
-                        self._spool.reset()
+                        self._spool.reset()  # frees its disk space
                     except OSError as err:
                         self._note_spool_error(err)
                 self._spooling = False
-                self._idle.notify_all()
-                return None
+            if self._held:
+                n = min(BATCH, len(self._held))
+                self._busy = True
+                self._in_flight = [self._held.popleft() for _ in range(n)]
+                return None, [e for e, _ in self._in_flight]
             self._idle.notify_all()
             self._work.wait(SYNC_INTERVAL_S)
             return None

@@ -177,6 +177,7 @@ class StreamWrites:
                           "data": json.dumps(record, separators=(",", ":"))}
                 marker_id = f"{(bases or {}).get(key, before[0])}-{first.position - 1}"
                 markers.append((marker_id, {"key": key, "fields": fields}))
+                self._marked.add(key)
         return markers
 
     def _bases_for(self, spool: Spool | None, keys: set[str]) -> tuple[dict[str, int], dict[str, int]]:
