@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ from pipeline.runtime import interrupts
 from pipeline.runtime.assemble import assemble, load_sized_model
 from pipeline.runtime.pipeline import RunHooks
 from pipeline.runtime.sources import SourceRun
-from pipeline.sinks import FileModes, Sink
+from pipeline.sinks import Draining, FileModes, Sink
 from pipeline.summary import RunSummary, SourceLedger
 from stages.decode import VideoDecoder
 from stages.live import LiveSource
@@ -183,7 +184,8 @@ def run(
         summary.inference = replace(summary.inference, backend=config.model.backend)
         summary.first_result_s = first_result[0] - started if first_result else None
         summary.interrupted = summary.interrupted or _signalled()  # a signal after the drain counts too
-        failed = write_summary(summary, [s for s in all_sinks if s not in pipeline.publisher.dead])
+        with _signals_end_waits(all_sinks, pipeline.interrupted):
+            failed = write_summary(summary, [s for s in all_sinks if s not in pipeline.publisher.dead])
     if show:
         _show_summary(summary, Console(file=sys.stderr) if pipeline.publisher.dead or failed else console)
     return summary
@@ -217,6 +219,30 @@ def write_summary(summary: RunSummary, sinks: list[Sink]) -> bool:
             summary.error = "; ".join(filter(None, [summary.error, str(err)]))
             failed = True
     return failed
+
+
+@contextmanager
+def _signals_end_waits(sinks: list[Sink], interrupted_run: bool) -> Iterator[None]:
+    """While the summary is written (CLI), a SIGINT or SIGTERM ends the sinks' waits for their
+    services (`Draining`): the process then exits 130/143 at once. A signal the run did not see
+    (it came between the run's end and now) counts as one that came now."""
+    process = interrupts.current
+    if process is None:  # the Python API: the caller's own handlers (KeyboardInterrupt) apply
+        yield
+        return
+
+    def give_up() -> None:
+        for sink in sinks:
+            if isinstance(sink, Draining):
+                sink.give_up()
+
+    process.stop = process.abort = give_up
+    if process.count and not interrupted_run:
+        give_up()
+    try:
+        yield
+    finally:
+        process.stop = process.abort = None
 
 
 def _signalled() -> bool:

@@ -84,7 +84,7 @@ class OverloadPolicy(StrEnum):
 class StrictModel(BaseModel):
     """Unknown keys are errors, so a typo in a config file is caught, not ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SourceConfig(StrictModel):
@@ -176,7 +176,10 @@ class MqttConfig(StrictModel):
         10_000, ge=1, le=60_000,
         description="Events held while the broker is unreachable; more are dropped and counted.",
     )
-    drain_timeout_s: float = Field(10.0, ge=0.0, description="How long the end of a run waits for the broker.")
+    drain_timeout_s: float = Field(
+        10.0, ge=0.0, le=HOUR_S,
+        description="How long the end of a run waits for the broker (a signal ends the wait at once).",
+    )
     home_assistant: bool = Field(False, description="Publish Home Assistant MQTT discovery for the counters.")
     discovery_prefix: str = "homeassistant"
 
@@ -224,7 +227,10 @@ class MetricsConfig(StrictModel):
         return host
 
 
-Point = tuple[float, float]
+MAX_COORDINATE = 100_000.0
+# A zone's corner or a line's end: finite, within MAX_COORDINATE pixels (or fractions) of the origin.
+Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
+Point = tuple[Coordinate, Coordinate]
 
 
 class ZoneConfig(StrictModel):

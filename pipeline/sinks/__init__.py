@@ -72,6 +72,15 @@ class Sink(Protocol):
 
 
 @runtime_checkable
+class Draining(Protocol):
+    """A sink whose `write_summary` waits for a service to confirm what it was sent (the MQTT
+    sink's drain). `give_up` ends that wait at once; it is called from a signal handler on the
+    thread that waits, so it only sets a flag (no lock)."""
+
+    def give_up(self) -> None: ...
+
+
+@runtime_checkable
 class Spooling(Protocol):
     """A sink that keeps results in a local spool while its service cannot take them (the
     Redis sink). `Pipeline.snapshot()` sums `spool_bytes` over such sinks for the metrics."""
