@@ -166,6 +166,29 @@ class RedisConfig(StrictModel):
         return check_redis_url(url)
 
 
+def check_mqtt_url(url: str) -> str:
+    """`url` if paho can connect with it (mqtt[s]://[user[:password]@]host[:port]), else ValueError
+    saying why (never quoting a secret: config/messages.py redacts the value it shows)."""
+    shape = "use mqtt://HOST[:1883] or mqtts://HOST[:8883] (TLS), with USER:PASSWORD@ before HOST if needed"
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"must start with mqtt:// or mqtts:// (TLS); {shape}")
+    encode = " (percent-encode special characters in the password: # as %23, @ as %40, / as %2F)"
+    hint = encode if has_secret(url) else ""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"is not a valid URL: its host or port cannot be read{hint}; {shape}") from None
+    if not parts.hostname or any(c.isspace() or not c.isprintable() for c in parts.hostname):
+        raise ValueError(f"has no valid host{hint}; {shape}")
+    if port == 0:
+        raise ValueError("port 0 is not an MQTT port; give the broker's port (1883, or 8883 for mqtts)")
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ValueError(f"has a path, query or fragment, which MQTT does not use{hint}; {shape}")
+    return url
+
+
 class MqttConfig(StrictModel):
     """Publishing analytics to an MQTT broker (see pipeline/sinks/mqtt.py)."""
 
@@ -182,6 +205,11 @@ class MqttConfig(StrictModel):
     )
     home_assistant: bool = Field(False, description="Publish Home Assistant MQTT discovery for the counters.")
     discovery_prefix: str = "homeassistant"
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, url: str) -> str:
+        return check_mqtt_url(url)
 
 
 class OutputConfig(StrictModel):

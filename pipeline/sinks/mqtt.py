@@ -30,7 +30,7 @@ import re
 import threading
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
@@ -77,8 +77,8 @@ class MqttSink:
         self.dropped = 0
         self._given_up = False  # a plain flag: set from a signal handler, which must take no lock
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"vidpipe-{run_id}")
-        if parts.username:
-            client.username_pw_set(parts.username, parts.password)
+        if parts.username:  # percent-encoded in the URL (a # in a password is %23)
+            client.username_pw_set(unquote(parts.username), None if parts.password is None else unquote(parts.password))
         if parts.scheme == "mqtts":
             client.tls_set()
         client.will_set(self._availability, "offline", qos=1, retain=True)

@@ -10,9 +10,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from pipeline.api import run
 from pipeline.config import build_config
-from tests.cli_run import read_jsonl, start
+from tests.cli_run import read_jsonl, start, vidpipe
 from tests.mqtt_broker import Collector, Mosquitto
 from tests.stages.test_analytics import ANALYTICS
 
@@ -75,7 +77,6 @@ def test_a_full_spool_drops_and_counts(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_broker_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    from tests.cli_run import vidpipe
     from tests.redis_server import free_port
 
     url = f"mqtt://user:secret@127.0.0.1:{free_port()}"
@@ -116,3 +117,25 @@ def test_a_signal_ends_the_wait_for_a_dead_broker_at_once(tmp_path: Path) -> Non
     assert "stopped at once" not in stderr
     records = read_jsonl(out)
     assert [r["seq"] for r in records if r["type"] == "frame"] == list(range(60))
+
+
+@pytest.mark.parametrize("url", ["mqtt://u:S3c#ret@h", "mqtts://u:S3cret@h:notaport", "mqtt://u:S3cret@h:99999",
+                                 "mqtt://u:S3cret@h:0", "mqtt://S3cret@", "mqtt://u:S3cret@h/topic",
+                                 "http://u:S3cret@h", "mqtt://u:S3c/ret@h", "mqtt://u:S3c?ret@h"])  # fmt: skip
+def test_a_malformed_url_is_one_line_and_exit_2_without_its_password(url: str) -> None:
+    proc = vidpipe("run", "--quiet", "--mqtt", url, timeout=60)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr.startswith("vidpipe: error: flags: outputs.mqtt.url = ") and proc.stderr.count("\n") == 1
+    assert "S3c" not in proc.stderr and "ret@" not in proc.stderr, proc.stderr
+
+
+def test_a_percent_encoded_password_logs_in(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker", password=("cam", "pa#ss/@x"))
+    broker.start()
+    try:
+        proc = vidpipe("run", "--quiet", "--track", "--max-frames", "5", "--mqtt",
+                       f"mqtt://cam:pa%23ss%2F%40x@127.0.0.1:{broker.port}", timeout=120)  # fmt: skip
+    finally:
+        broker.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert "pa#ss" not in proc.stderr + proc.stdout and "refused" not in proc.stderr
