@@ -126,7 +126,8 @@ def start_metrics(config: RunConfig, names: list[str], stack: ExitStack) -> RunM
     """Serve /metrics, /healthz and /readyz from now (before the model loads) to the end."""
     if config.metrics.port is None:
         return None
-    from pipeline.observability.metrics import MetricsServer, RunMetrics
+    from pipeline.observability.metrics import RunMetrics
+    from pipeline.observability.metrics_server import MetricsServer
 
     metrics = RunMetrics(names)
     stack.enter_context(MetricsServer(metrics, config.metrics.port, config.metrics.host))
