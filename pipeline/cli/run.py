@@ -14,7 +14,7 @@ from pipeline.cli.exits import (
     EXIT_USER_ERROR,
     EXIT_WORKER_BUDGET,
 )
-from stages.redact import redact
+from stages.redact import printable, redact
 
 if TYPE_CHECKING:
     import argparse
@@ -197,7 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, config.log_format)
     summary = run(config, show=True)
     if summary.error:
-        print(f"vidpipe: error: {redact(summary.error)}", file=sys.stderr)
+        print(f"vidpipe: error: {printable(redact(summary.error))}", file=sys.stderr)
     abandoned = summary.inference.abandoned_live if summary.inference else 0
     if abandoned:
         # Their threads never return; main() ends the process without waiting for them.
