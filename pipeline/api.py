@@ -102,11 +102,21 @@ def open_source(config: RunConfig, src: SourceConfig, name: str) -> SourceRun:
 def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[Sink]:
     """The sinks the config names; `sources` maps each source's name to its URL."""
     sinks: list[Sink] = []
+    try:
+        _open_sinks(config, run_id, sources, sinks)
+    except BaseException:  # one failed: those already open are closed (an empty video file goes)
+        for sink in reversed(sinks):
+            sink.close()
+        raise
+    return sinks
+
+
+def _open_sinks(config: RunConfig, run_id: str, sources: dict[str, str], sinks: list[Sink]) -> None:
     modes = FileModes(config.outputs.file_mode, config.outputs.dir_mode)
     if config.outputs.video:
         from pipeline.sinks.video import VideoSink
 
-        sinks.append(VideoSink(config.outputs.video, sources, config.analytics))
+        sinks.append(VideoSink(config.outputs.video, sources, config.analytics, modes))
     if config.outputs.jsonl:
         from pipeline.sinks.jsonl import JsonlSink
 
@@ -119,7 +129,6 @@ def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[
         from pipeline.sinks.mqtt import MqttSink
 
         sinks.append(MqttSink(config.outputs.mqtt, list(sources), run_id))
-    return sinks
 
 
 def start_metrics(config: RunConfig, names: list[str], stack: ExitStack) -> RunMetrics | None:

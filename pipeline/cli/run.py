@@ -37,9 +37,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=Path, help="class names, one per line")
     parser.add_argument("--out", type=Path, help="write one JSON line per frame result here")
     parser.add_argument("--file-mode", metavar="OCTAL",
-                        help="permission bits of the JSONL and spool files created (default 600)")
+                        help="permission bits of the JSONL, video and spool files created (default 600)")
     parser.add_argument("--dir-mode", metavar="OCTAL",
-                        help="permission bits of the spool directory created (default 700)")
+                        help="permission bits of the spool and video directories created (default 700)")
     parser.add_argument(
         "--redis", nargs="?", const="", metavar="URL",
         help="publish results to Redis Streams at URL (redis://, rediss://); --redis alone uses $REDIS_URL",

@@ -222,12 +222,12 @@ class OutputConfig(StrictModel):
     mqtt: MqttConfig | None = None
     file_mode: int = Field(
         0o600, ge=0, le=0o777,
-        description="Permission bits of the JSONL and spool files vidpipe creates (octal: 0o640 or '640'); "
+        description="Permission bits of the JSONL, video and spool files vidpipe creates (octal: 0o640 or '640'); "
         "the umask still applies.",
     )
     dir_mode: int = Field(
         0o700, ge=0, le=0o777,
-        description="Permission bits of the spool directory vidpipe creates (octal: 0o750 or '750').",
+        description="Permission bits of the spool and video directories vidpipe creates (octal: 0o750 or '750').",
     )
 
     @field_validator("file_mode", "dir_mode", mode="before")

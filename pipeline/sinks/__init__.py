@@ -126,6 +126,14 @@ def lock_output(fd: int, path: Path, flag: str) -> None:
         ) from None
 
 
+def make_dirs(path: Path, mode: int) -> None:
+    """Create `path` and its missing parents, each with `mode` (Path.mkdir gives the parents the
+    umask's default); existing ones keep theirs."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=mode, exist_ok=True)
+
+
 def lock_directory(path: Path, field: str, mode: int = PRIVATE.dir) -> int:
     """Create `path` (`mode`, 0700 by default) if needed and hold an advisory lock on it; returns the fd to close.
 
