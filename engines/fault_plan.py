@@ -14,7 +14,7 @@ class FaultPlan(BaseModel):
     call, `hang_s` seconds of a hang, `slow_ms` milliseconds of a slowdown, and a `seed` for
     a repeatable sequence. It is also the config's `faults:` section (pipeline/config/sections.py)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     error_rate: float = Field(0.0, ge=0.0, le=1.0)
     hang_rate: float = Field(0.0, ge=0.0, le=1.0)

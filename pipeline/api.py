@@ -6,7 +6,8 @@ import gc
 import sys
 import time
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ from pipeline.runtime.assemble import assemble, load_sized_model
 from pipeline.runtime.heap import release_freed
 from pipeline.runtime.pipeline import RunHooks
 from pipeline.runtime.sources import SourceRun
-from pipeline.sinks import FileModes, Settling, Sink
+from pipeline.sinks import Draining, FileModes, Settling, Sink
 from pipeline.summary import RunSummary, SourceLedger
 from stages.decode import VideoDecoder
 from stages.live import LiveSource
@@ -103,11 +104,21 @@ def open_source(config: RunConfig, src: SourceConfig, name: str) -> SourceRun:
 def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[Sink]:
     """The sinks the config names; `sources` maps each source's name to its URL."""
     sinks: list[Sink] = []
+    try:
+        _open_sinks(config, run_id, sources, sinks)
+    except BaseException:  # one failed: those already open are closed (an empty video file goes)
+        for sink in reversed(sinks):
+            sink.close()
+        raise
+    return sinks
+
+
+def _open_sinks(config: RunConfig, run_id: str, sources: dict[str, str], sinks: list[Sink]) -> None:
     modes = FileModes(config.outputs.file_mode, config.outputs.dir_mode)
     if config.outputs.video:
         from pipeline.sinks.video import VideoSink
 
-        sinks.append(VideoSink(config.outputs.video, sources, config.analytics))
+        sinks.append(VideoSink(config.outputs.video, sources, config.analytics, modes))
     if config.outputs.jsonl:
         from pipeline.sinks.jsonl import JsonlSink
 
@@ -120,14 +131,14 @@ def open_sinks(config: RunConfig, run_id: str, sources: dict[str, str]) -> list[
         from pipeline.sinks.mqtt import MqttSink
 
         sinks.append(MqttSink(config.outputs.mqtt, list(sources), run_id))
-    return sinks
 
 
 def start_metrics(config: RunConfig, names: list[str], stack: ExitStack) -> RunMetrics | None:
     """Serve /metrics, /healthz and /readyz from now (before the model loads) to the end."""
     if config.metrics.port is None:
         return None
-    from pipeline.observability.metrics import MetricsServer, RunMetrics
+    from pipeline.observability.metrics import RunMetrics
+    from pipeline.observability.metrics_server import MetricsServer
 
     metrics = RunMetrics(names)
     stack.enter_context(MetricsServer(metrics, config.metrics.port, config.metrics.host))
@@ -196,7 +207,8 @@ def _run(config: RunConfig, show: bool, sinks: list[Sink] | None, hooks: RunHook
         summary.inference = replace(summary.inference, backend=config.model.backend)
         summary.first_result_s = first_result[0] - started if first_result else None
         summary.interrupted = summary.interrupted or _signalled()  # a signal after the drain counts too
-        failed = write_summary(summary, [s for s in all_sinks if s not in pipeline.publisher.dead])
+        with _signals_end_waits(all_sinks, pipeline.interrupted):
+            failed = write_summary(summary, [s for s in all_sinks if s not in pipeline.publisher.dead])
     if show:
         _show_summary(summary, Console(file=sys.stderr) if pipeline.publisher.dead or failed else console)
     return summary
@@ -244,6 +256,30 @@ def write_summary(summary: RunSummary, sinks: list[Sink]) -> bool:
             summary.error = "; ".join(filter(None, [summary.error, str(err)]))
             failed = True
     return failed
+
+
+@contextmanager
+def _signals_end_waits(sinks: list[Sink], interrupted_run: bool) -> Iterator[None]:
+    """While the summary is written (CLI), a SIGINT or SIGTERM ends the sinks' waits for their
+    services (`Draining`): the process then exits 130/143 at once. A signal the run did not see
+    (it came between the run's end and now) counts as one that came now."""
+    process = interrupts.current
+    if process is None:  # the Python API: the caller's own handlers (KeyboardInterrupt) apply
+        yield
+        return
+
+    def give_up() -> None:
+        for sink in sinks:
+            if isinstance(sink, Draining):
+                sink.give_up()
+
+    process.stop = process.abort = give_up
+    if process.count and not interrupted_run:
+        give_up()
+    try:
+        yield
+    finally:
+        process.stop = process.abort = None
 
 
 def _signalled() -> bool:

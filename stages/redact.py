@@ -57,3 +57,11 @@ def redact(text: str) -> str:
 def has_secret(url: str) -> bool:
     """Whether `redact_url` would hide anything in `url`."""
     return redact_url(url) != url
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (NUL, tab, newline, escape...) written as Python escapes
+    (\\x00, \\t, \\n): a line quoting a hostile URL or name stays one readable line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -4,6 +4,7 @@ and a subscriber with a persistent session that collects what arrives."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -22,15 +23,21 @@ class Mosquitto:
     """mosquitto on 127.0.0.1 with persistence: `stop()` (SIGTERM) saves sessions and queued
     messages, so a subscriber's QoS 1 messages survive the restart."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: tuple[str, str] | None = None) -> None:
         if shutil.which("mosquitto") is None:
             pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
         self.directory = directory
         self.port = free_port()
         directory.mkdir(parents=True, exist_ok=True)
         self.conf = directory / "mosquitto.conf"
+        access = "allow_anonymous true\n"
+        if password is not None:  # only this user, with this password
+            users = directory / "passwords"
+            subprocess.run(["mosquitto_passwd", "-b", "-c", str(users), *password], check=True, capture_output=True)
+            # As root mosquitto reads the file after becoming `mosquitto`, who cannot enter pytest's 0700 dirs.
+            access = f"allow_anonymous false\npassword_file {users}\n" + ("user root\n" if os.geteuid() == 0 else "")
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"listener {self.port} 127.0.0.1\n{access}persistence true\n"
             f"persistence_location {directory}/\nmax_queued_messages 0\n"
         )
         self._process: subprocess.Popen[bytes] | None = None

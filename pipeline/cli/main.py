@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from engines.errors import VidpipeError
 from pipeline.cli.exits import EXIT_INTERRUPTED, EXIT_USER_ERROR
 from pipeline.runtime import interrupts
-from stages.redact import redact
+from stages.redact import printable, redact
 
 if TYPE_CHECKING:
     import argparse
@@ -107,7 +107,7 @@ def _main(argv: list[str], process: interrupts.Interrupts) -> int:
     try:
         code = args.func(args)
     except VidpipeError as err:
-        print(f"vidpipe: error: {redact(str(err))}", file=sys.stderr)
+        print(f"vidpipe: error: {printable(redact(str(err)))}", file=sys.stderr)
         code = EXIT_USER_ERROR
     except KeyboardInterrupt:  # the commands other than `run` keep Python's handler
         print("vidpipe: interrupted", file=sys.stderr)

@@ -14,7 +14,7 @@ from pipeline.cli.exits import (
     EXIT_USER_ERROR,
     EXIT_WORKER_BUDGET,
 )
-from stages.redact import redact
+from stages.redact import printable, redact
 
 if TYPE_CHECKING:
     import argparse
@@ -37,9 +37,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=Path, help="class names, one per line")
     parser.add_argument("--out", type=Path, help="write one JSON line per frame result here")
     parser.add_argument("--file-mode", metavar="OCTAL",
-                        help="permission bits of the JSONL and spool files created (default 600)")
+                        help="permission bits of the JSONL, video and spool files created (default 600)")
     parser.add_argument("--dir-mode", metavar="OCTAL",
-                        help="permission bits of the spool directory created (default 700)")
+                        help="permission bits of the spool and video directories created (default 700)")
     parser.add_argument(
         "--redis", nargs="?", const="", metavar="URL",
         help="publish results to Redis Streams at URL (redis://, rediss://); --redis alone uses $REDIS_URL",
@@ -197,7 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, config.log_format)
     summary = run(config, show=True)
     if summary.error:
-        print(f"vidpipe: error: {redact(summary.error)}", file=sys.stderr)
+        print(f"vidpipe: error: {printable(redact(summary.error))}", file=sys.stderr)
     abandoned = summary.inference.abandoned_live if summary.inference else 0
     if abandoned:
         # Their threads never return; main() ends the process without waiting for them.

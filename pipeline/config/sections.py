@@ -106,7 +106,7 @@ class OverloadPolicy(StrEnum):
 class StrictModel(BaseModel):
     """Unknown keys are errors, so a typo in a config file is caught, not ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SourceConfig(StrictModel):
@@ -188,6 +188,29 @@ class RedisConfig(StrictModel):
         return check_redis_url(url)
 
 
+def check_mqtt_url(url: str) -> str:
+    """`url` if paho can connect with it (mqtt[s]://[user[:password]@]host[:port]), else ValueError
+    saying why (never quoting a secret: config/messages.py redacts the value it shows)."""
+    shape = "use mqtt://HOST[:1883] or mqtts://HOST[:8883] (TLS), with USER:PASSWORD@ before HOST if needed"
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"must start with mqtt:// or mqtts:// (TLS); {shape}")
+    encode = " (percent-encode special characters in the password: # as %23, @ as %40, / as %2F)"
+    hint = encode if has_secret(url) else ""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"is not a valid URL: its host or port cannot be read{hint}; {shape}") from None
+    if not parts.hostname or any(c.isspace() or not c.isprintable() for c in parts.hostname):
+        raise ValueError(f"has no valid host{hint}; {shape}")
+    if port == 0:
+        raise ValueError("port 0 is not an MQTT port; give the broker's port (1883, or 8883 for mqtts)")
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ValueError(f"has a path, query or fragment, which MQTT does not use{hint}; {shape}")
+    return url
+
+
 class MqttConfig(StrictModel):
     """Publishing analytics to an MQTT broker (see pipeline/sinks/mqtt.py)."""
 
@@ -198,9 +221,17 @@ class MqttConfig(StrictModel):
         10_000, ge=1, le=60_000,
         description="Events held while the broker is unreachable; more are dropped and counted.",
     )
-    drain_timeout_s: float = Field(10.0, ge=0.0, description="How long the end of a run waits for the broker.")
+    drain_timeout_s: float = Field(
+        10.0, ge=0.0, le=HOUR_S,
+        description="How long the end of a run waits for the broker (a signal ends the wait at once).",
+    )
     home_assistant: bool = Field(False, description="Publish Home Assistant MQTT discovery for the counters.")
     discovery_prefix: str = "homeassistant"
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, url: str) -> str:
+        return check_mqtt_url(url)
 
 
 class OutputConfig(StrictModel):
@@ -213,12 +244,12 @@ class OutputConfig(StrictModel):
     mqtt: MqttConfig | None = None
     file_mode: int = Field(
         0o600, ge=0, le=0o777,
-        description="Permission bits of the JSONL and spool files vidpipe creates (octal: 0o640 or '640'); "
+        description="Permission bits of the JSONL, video and spool files vidpipe creates (octal: 0o640 or '640'); "
         "the umask still applies.",
     )
     dir_mode: int = Field(
         0o700, ge=0, le=0o777,
-        description="Permission bits of the spool directory vidpipe creates (octal: 0o750 or '750').",
+        description="Permission bits of the spool and video directories vidpipe creates (octal: 0o750 or '750').",
     )
 
     @field_validator("file_mode", "dir_mode", mode="before")
@@ -246,7 +277,10 @@ class MetricsConfig(StrictModel):
         return host
 
 
-Point = tuple[float, float]
+MAX_COORDINATE = 100_000.0
+# A zone's corner or a line's end: finite, within MAX_COORDINATE pixels (or fractions) of the origin.
+Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
+Point = tuple[Coordinate, Coordinate]
 
 
 class ZoneConfig(StrictModel):

@@ -128,7 +128,8 @@ def _read_frames(source: SourceRun, out: SourceOutlets) -> EndReason:
 
 
 def describe_damage(decoder: Source, event: SourceEvent) -> str:
-    """The summary's error for a fatal decode event: a truncated or damaged file."""
+    """The summary's error for a fatal source event: a truncated or damaged file, or a live source
+    that could not reconnect."""
     details = event.details
     url = redact_url(decoder.url)
     if details.get("error") == "truncated":
@@ -142,4 +143,8 @@ def describe_damage(decoder: Source, event: SourceEvent) -> str:
             f"{url}: truncated: the file {held}; all that could be read were processed; "
             "re-copy or re-encode the file"
         )
-    return f"{url}: damaged ({redact(str(details.get('error')))}); frames up to the damage were processed"
+    error = redact(str(details.get("error")))
+    if event.type == EventType.SOURCE_FAILED:  # a live source that could not reconnect: nothing is damaged
+        reason = error.removeprefix(f"{url}: ")
+        return f"{url}: lost, and could not connect again: {reason}; the frames received before were processed"
+    return f"{url}: damaged ({error}); frames up to the damage were processed"

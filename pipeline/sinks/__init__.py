@@ -72,6 +72,15 @@ class Sink(Protocol):
 
 
 @runtime_checkable
+class Draining(Protocol):
+    """A sink whose `write_summary` waits for a service to confirm what it was sent (the MQTT
+    sink's drain). `give_up` ends that wait at once; it is called from a signal handler on the
+    thread that waits, so it only sets a flag (no lock)."""
+
+    def give_up(self) -> None: ...
+
+
+@runtime_checkable
 class Spooling(Protocol):
     """A sink that keeps results in a local spool while its service cannot take them (the
     Redis sink). `Pipeline.snapshot()` sums `spool_bytes` over such sinks for the metrics."""
@@ -125,6 +134,14 @@ def lock_output(fd: int, path: Path, flag: str) -> None:
         raise OutputError(
             f"output {path} is being written by {who}; wait for it to end or choose another path with {flag}"
         ) from None
+
+
+def make_dirs(path: Path, mode: int) -> None:
+    """Create `path` and its missing parents, each with `mode` (Path.mkdir gives the parents the
+    umask's default); existing ones keep theirs."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=mode, exist_ok=True)
 
 
 def lock_directory(path: Path, field: str, mode: int = PRIVATE.dir) -> int:

@@ -12,10 +12,11 @@ A broker outage never blocks the pipeline: QoS 1 messages wait in paho's own out
 table, which we bound with `max_queued_messages_set(spool)`; paho resends them when it
 has reconnected (it reconnects by itself, `reconnect_delay_set`). A publish refused
 because that table is full is counted as dropped, and so is anything still unsent when
-the end of the run has waited `drain_timeout_s`; the summary reports both
-(`outputs.mqtt`). Counts and detections are state, not history: QoS 0, and the latest
-counts are published again, retained, on every (re)connect. QoS 1 is at least once: a
-message the broker got but whose PUBACK was lost is sent again (with DUP set).
+the end of the run has waited `drain_timeout_s` (a SIGINT or SIGTERM during that wait ends it
+at once, `give_up`); the summary reports both (`outputs.mqtt`). Counts and detections are
+state, not history: QoS 0, and the latest counts are published again, retained, on every
+(re)connect. QoS 1 is at least once: a message the broker got but whose PUBACK was lost is
+sent again (with DUP set).
 
 Home Assistant MQTT discovery (`home_assistant: true`): one sensor per line direction and
 per zone, reading the retained counts topic, announced under `<discovery_prefix>/sensor/`.
@@ -29,7 +30,7 @@ import re
 import threading
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
@@ -74,9 +75,10 @@ class MqttSink:
         self._stale: set[int] = set()  # acks of other messages (counts, availability), dropped next round
         self.published = 0
         self.dropped = 0
+        self._given_up = False  # a plain flag: set from a signal handler, which must take no lock
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"vidpipe-{run_id}")
-        if parts.username:
-            client.username_pw_set(parts.username, parts.password)
+        if parts.username:  # percent-encoded in the URL (a # in a password is %23)
+            client.username_pw_set(unquote(parts.username), None if parts.password is None else unquote(parts.password))
         if parts.scheme == "mqtts":
             client.tls_set()
         client.will_set(self._availability, "offline", qos=1, retain=True)
@@ -148,7 +150,7 @@ class MqttSink:
     def write_summary(self, summary: RunSummary) -> None:
         deadline = time.monotonic() + self._config.drain_timeout_s
         self._reconcile()
-        while self._pending and time.monotonic() < deadline:
+        while self._pending and time.monotonic() < deadline and not self._given_up:
             time.sleep(0.02)
             self._reconcile()
         undelivered = len(self._pending)
@@ -156,10 +158,16 @@ class MqttSink:
         self.dropped += undelivered
         report: dict[str, Any] = {"url": self._url, "events_published": self.published, "events_dropped": self.dropped}
         if self.dropped:
-            report["error"] = f"{self.dropped} events not delivered (spool full or broker unreachable at the end)"
+            why = "a signal ended the wait for the broker" if self._given_up and undelivered else (
+                "spool full or broker unreachable at the end")
+            report["error"] = f"{self.dropped} events not delivered ({why})"
             log.warning("mqtt: %s", report["error"])
         summary.outputs["mqtt"] = report
         self.close()
+
+    def give_up(self) -> None:
+        """Stop waiting for the broker (a signal at the end of the run): what is unsent counts as dropped."""
+        self._given_up = True
 
     def close(self) -> None:
         if self._client is None:

@@ -37,7 +37,7 @@ from av.video.reformatter import VideoReformatter
 
 from engines.errors import OutputError
 from pipeline.config import AnalyticsConfig
-from pipeline.sinks import lock_output, write_failed
+from pipeline.sinks import PRIVATE, FileModes, lock_output, make_dirs, write_failed
 from pipeline.summary import RunSummary
 from stages.decode import VideoDecoder
 from stages.preprocess import i420_to_rgb
@@ -71,15 +71,18 @@ def video_paths(path: Path, sources: list[str]) -> dict[str, Path]:
 class VideoSink:
     """Writes `<path>` (one source) or `<path>/<source>.mp4` (several), annotated."""
 
-    def __init__(self, path: Path, sources: dict[str, str], analytics: AnalyticsConfig | None = None) -> None:
-        """`analytics`: the run's tracks, zones and lines to draw (None or no tracker: boxes only)."""
+    def __init__(
+        self, path: Path, sources: dict[str, str], analytics: AnalyticsConfig | None = None, modes: FileModes = PRIVATE
+    ) -> None:
+        """`analytics`: the run's tracks, zones and lines to draw (None or no tracker: boxes only);
+        `modes`: of the files and directories it creates (0600 and 0700 by default)."""
         self.path = Path(path)
         self._videos: dict[str, _SourceVideo] = {}
         self._closed = False
         drawn = analytics if analytics is not None and analytics.tracker is not None else None
         try:
             for name, out in video_paths(self.path, list(sources)).items():
-                self._videos[name] = _SourceVideo(name, sources[name], out, drawn)
+                self._videos[name] = _SourceVideo(name, sources[name], out, drawn, modes)
         except BaseException:
             self.close()
             raise
@@ -127,7 +130,9 @@ class VideoSink:
 class _SourceVideo:
     """Decodes one file again and encodes it annotated, in a thread of its own."""
 
-    def __init__(self, name: str, url: str, path: Path, analytics: AnalyticsConfig | None = None) -> None:
+    def __init__(
+        self, name: str, url: str, path: Path, analytics: AnalyticsConfig | None, modes: FileModes
+    ) -> None:
         self.name = name
         self.path = path
         self.frames = 0
@@ -147,10 +152,12 @@ class _SourceVideo:
         self._lock_fd = -1
         self._created = False
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(path.parent, modes.dir)
             self._created = not path.exists()
-            self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, modes.file)
             lock_output(self._lock_fd, path, "--video")
+            # Created here with the mode, then written by FFmpeg (which keeps it) and renamed into place.
+            os.close(os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, modes.file))
             self._output = av.open(str(self._partial), "w")
         except (OSError, av.error.FFmpegError, OutputError) as err:
             self._decoder.close()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,7 +17,7 @@ from pipeline.api import run
 from pipeline.config import build_config
 from pipeline.runtime.pipeline import RunHooks
 from stages.types import Status
-from tests.cli_run import vidpipe
+from tests.cli_run import read_jsonl, start, vidpipe
 from tests.rtsp_server import GstRtspServer, RtspServer, free_port, gst_rtsp_available
 from tests.sinks import CollectSink
 
@@ -192,3 +195,63 @@ def test_nvdec_without_a_gpu_is_a_clear_error(car_clip):
     assert proc.returncode == 2
     assert proc.stderr.startswith("vidpipe: error:") and "nvdec" in proc.stderr.lower()
     assert "Traceback" not in proc.stderr
+
+
+def _start_live(tmp_path: Path, source: dict) -> tuple[subprocess.Popen[str], Path]:
+    """`vidpipe run` on one live source, its JSONL at the returned path; returns once 10 frames are in."""
+    out, config = tmp_path / "r.jsonl", tmp_path / "cam.yaml"
+    config.write_text(json.dumps({"sources": [{"name": "cam", **FAST_RECONNECT, **source}],
+                                  "outputs": {"jsonl": str(out)}}))  # fmt: skip
+    proc = start("run", "--config", str(config), "--quiet")
+    _wait_for_records(proc, out, lambda records: sum(r["type"] == "frame" for r in records) >= 10)
+    return proc, out
+
+
+def _wait_for_records(proc: subprocess.Popen[str], out: Path, done) -> None:
+    deadline = time.monotonic() + 60
+    while not (out.exists() and done([json.loads(line) for line in out.read_text().split("\n")[:-1]])):  # whole lines
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never got there"
+        time.sleep(0.1)
+
+
+def test_sigterm_during_an_rtsp_outage_ends_cleanly(rtsp, tmp_path: Path) -> None:
+    """The RTSP server dies; SIGTERM while the source reconnects (forever): exit 143, the source
+    ends as stopped, every frame received has its result, nothing is called damaged."""
+    proc, out = _start_live(tmp_path, {"url": rtsp.url("car-detection.mp4")})
+    rtsp.stop()
+    _wait_for_records(proc, out, lambda records: any(r["type"] == "outage_start" for r in records))
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "damaged" not in stderr and "Traceback" not in stderr and "gave up" not in stderr
+    records = read_jsonl(out)
+    frames = [r["seq"] for r in records if r["type"] == "frame"]
+    assert frames == list(range(len(frames))) and len(frames) >= 10
+    events = [r for r in records if r["type"] not in ("frame", "summary")]
+    assert [e["type"] for e in events] == ["outage_start", "source_end"]
+    assert events[-1]["reason"] == "stopped" and records[-1]["type"] == "summary"
+
+
+def test_a_camera_gone_for_good_could_not_connect_and_is_not_damaged(rtsp, tmp_path: Path) -> None:
+    proc, out = _start_live(tmp_path, {"url": rtsp.url("car-detection.mp4"), "max_reconnects": 1})
+    rtsp.stop()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    url = rtsp.url("car-detection.mp4")
+    assert stderr.splitlines()[-1].startswith(f"vidpipe: error: {url}: lost, and could not connect again: cannot "
+                                              "connect (")  # fmt: skip
+    assert "check the camera's address and that it is up" in stderr and "damaged" not in stderr
+    frames = [r["seq"] for r in read_jsonl(out) if r["type"] == "frame"]
+    assert frames == list(range(len(frames)))
+
+
+def test_control_characters_in_a_url_are_escaped_in_the_error_line(tmp_path: Path) -> None:
+    config = tmp_path / "cam.yaml"
+    url = f"rtsp://admin:S3cret@127.0.0.1:{free_port()}/a\0b\x1b[31m"
+    config.write_text(json.dumps({"sources": [{"url": url, "connect_attempts": 1}]}))
+    proc = vidpipe("run", "--quiet", "--config", str(config))
+    assert proc.returncode == 2
+    shown = f"rtsp://admin:***@127.0.0.1:{url.split(':')[3].split('/')[0]}/a\\x00b\\x1b[31m"
+    assert proc.stderr.startswith(f"vidpipe: error: {shown}: cannot connect (") and proc.stderr.count("\n") == 1
+    assert "\0" not in proc.stderr and "\x1b" not in proc.stderr and "S3cret" not in proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -19,7 +20,8 @@ import pipeline.runtime.assemble
 from engines.errors import OutputError
 from pipeline.api import run
 from pipeline.config import build_config
-from pipeline.observability.metrics import MAX_CONNECTIONS, MetricsServer, RunMetrics
+from pipeline.observability.metrics import RunMetrics
+from pipeline.observability.metrics_server import MAX_CONNECTIONS, MetricsServer
 from pipeline.runtime.pipeline import RunHooks
 from pipeline.summary import RunSummary
 from stages.types import Result
@@ -254,3 +256,28 @@ def test_idle_and_slow_connections_are_cut_and_capped() -> None:
             sock.close()
         idle[0].close()
         assert get(server.port, "/healthz")[0] == 200
+
+
+def test_a_cut_connection_is_one_debug_line_not_a_traceback(caplog: pytest.LogCaptureFixture,
+                                                            capfd: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """Slow clients cut past the request timeout, and clients that leave before the answer,
+    are expected: each is one DEBUG line, nothing above DEBUG, nothing printed to stderr."""
+    caplog.set_level(logging.DEBUG, logger="vidpipe.metrics")
+    with MetricsServer(RunMetrics(["a"]), free_port(), request_timeout_s=1.0) as server:
+        slow = [_connect("127.0.0.1", server.port) for _ in range(4)]
+        for sock in slow:
+            sock.sendall(b"GET /metrics HTTP/1.0\r\n")
+        for _ in range(100):  # a header line every 0.1 s until the server cuts them
+            try:
+                for sock in slow:
+                    sock.sendall(b"X-a: b\r\n")
+            except OSError:
+                break
+            time.sleep(0.1)
+        for sock in slow:
+            sock.close()
+        assert get(server.port, "/healthz")[0] == 200
+    cut = [r for r in caplog.records if r.name == "vidpipe.metrics" and "cut" in r.getMessage()]
+    assert cut and all(r.levelno == logging.DEBUG and r.exc_info is None for r in cut)
+    assert [r.getMessage() for r in caplog.records if r.levelno > logging.INFO] == []
+    assert capfd.readouterr().err == ""

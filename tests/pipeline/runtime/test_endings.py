@@ -270,3 +270,31 @@ def test_two_runs_on_one_spool_directory_the_second_exits_2_naming_the_first(
     ]
     assert first.returncode == 0
     assert (tmp_path / ".vidpipe-spool").stat().st_mode & 0o777 == 0o700
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_videos_and_their_directories_are_created_private(tmp_path: Path, tiny_clip: Path, umask: int) -> None:
+    """--video files get outputs.file_mode (0600) and the directories vidpipe makes for them
+    outputs.dir_mode (0700), whatever the umask lets through."""
+    run = [*VIDPIPE, "run", "--quiet", "--max-frames", "5"]
+    options = {"capture_output": True, "text": True, "timeout": 120, "preexec_fn": lambda: os.umask(umask)}
+    two = subprocess.run([*run, str(tiny_clip), str(tiny_clip), "--name", "a", "--name", "b",
+                          "--video", str(tmp_path / "videos" / "two")], **options)  # fmt: skip
+    assert two.returncode == 0, two.stderr
+    one = subprocess.run([*run, str(tiny_clip), "--video", str(tmp_path / "single" / "one.mp4")], **options)
+    assert one.returncode == 0, one.stderr
+    assert _modes(tmp_path) == {"single": 0o700, "single/one.mp4": 0o600, "videos": 0o700, "videos/two": 0o700,
+                                "videos/two/a.mp4": 0o600, "videos/two/b.mp4": 0o600}  # fmt: skip
+
+
+def test_a_run_that_fails_at_start_leaves_no_video_file(tmp_path: Path, tiny_clip: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    proc = vidpipe_run(str(tiny_clip), str(tiny_clip), "--video", str(videos),
+                       "--out", str(tmp_path / "missing" / "r.jsonl"))  # fmt: skip
+    assert proc.returncode == 2 and "missing" in proc.stderr, proc.stderr
+    assert list(videos.iterdir()) == []
