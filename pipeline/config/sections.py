@@ -8,7 +8,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -46,6 +46,21 @@ def check_mode(value: Any, owner: int) -> int:
     return value
 
 
+def _host_and_port(url: str, shape: str) -> tuple[SplitResult, str]:
+    """`url` split, with a readable host and port, and the hint to add to later complaints
+    (how to encode a password, when the URL has one); else ValueError ending in `shape`."""
+    encode = " (percent-encode special characters in the password: # as %23, @ as %40, / as %2F)"
+    hint = encode if has_secret(url) else ""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # reading it checks it
+    except ValueError:
+        raise ValueError(f"is not a valid URL: its host or port cannot be read{hint}; {shape}") from None
+    if not parts.hostname or any(c.isspace() or not c.isprintable() for c in parts.hostname):
+        raise ValueError(f"has no valid host{hint}; {shape}")
+    return parts, hint
+
+
 def check_redis_url(url: str) -> str:
     """`url` if redis-py can connect with it, else ValueError saying why (never quoting a secret)."""
     scheme, sep, rest = url.partition("://")
@@ -56,16 +71,8 @@ def check_redis_url(url: str) -> str:
         if not rest.partition("?")[0].lstrip("/"):
             raise ValueError("unix:// needs the socket's path: unix:///path/to/redis.sock")
         return url
-    encode = " (percent-encode special characters in the password: # as %23, @ as %40, / as %2F)"
-    hint = encode if has_secret(url) else ""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"is not a valid URL: its host or port cannot be read{hint}") from None
-    if not parts.hostname or any(c.isspace() for c in parts.hostname):
-        raise ValueError(f"has no valid host{hint}; use redis://[:password@]host:port/db")
-    if port == 0:
+    parts, hint = _host_and_port(url, "use redis://[:password@]host:port/db")
+    if parts.port == 0:
         raise ValueError("port 0 is not a Redis port; give the server's port (6379 by default)")
     db = parts.path.strip("/")
     if db and not db.isdigit():
@@ -195,16 +202,8 @@ def check_mqtt_url(url: str) -> str:
     scheme, sep, _ = url.partition("://")
     if not sep or scheme not in ("mqtt", "mqtts"):
         raise ValueError(f"must start with mqtt:// or mqtts:// (TLS); {shape}")
-    encode = " (percent-encode special characters in the password: # as %23, @ as %40, / as %2F)"
-    hint = encode if has_secret(url) else ""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"is not a valid URL: its host or port cannot be read{hint}; {shape}") from None
-    if not parts.hostname or any(c.isspace() or not c.isprintable() for c in parts.hostname):
-        raise ValueError(f"has no valid host{hint}; {shape}")
-    if port == 0:
+    parts, hint = _host_and_port(url, shape)
+    if parts.port == 0:
         raise ValueError("port 0 is not an MQTT port; give the broker's port (1883, or 8883 for mqtts)")
     if parts.path.strip("/") or parts.query or parts.fragment:
         raise ValueError(f"has a path, query or fragment, which MQTT does not use{hint}; {shape}")
