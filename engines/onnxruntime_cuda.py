@@ -11,7 +11,8 @@ model's description and the reference outputs.
 
 Rebuilding a context reuses an idle session of the engine (SessionPool) unless the old
 context was given up on or hit a sticky error: a swap then costs no session creation and no
-tuning, which is what keeps recovery in milliseconds on the GPU.
+tuning, which is what keeps recovery in milliseconds on the GPU. The session's IO binding, run
+options, completion event and buffers go with it, so a swap allocates nothing either.
 
 One inference, all on the context's stream, and never an unbounded wait:
 
@@ -83,6 +84,13 @@ class CudaSession:
         except Exception as err:  # ORT raises its own exception types for every load failure
             self.stream.close()
             raise InferenceError(f"ONNX Runtime CUDA session: {str(err).splitlines()[0][:300]}") from None
+        # What each call needs besides buffers, made once per session: a context replaced
+        # after an error hands them on with the session instead of making its own.
+        self.binding = self.session.io_binding()
+        self.done = Event()  # recorded after each call's copies: completion is polled on it
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = 4
+        self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         self.pinned: dict[str, PinnedBuffer] = {}  # "input", "staging", "out:<name>"
         self.device: dict[str, DeviceBuffer] = {}  # "input", "staging", "reduced"
         self.warm: set = set()  # input shapes (engines.base.input_shapes) this session has run
@@ -94,7 +102,8 @@ class CudaSession:
         for buffer in [*self.pinned.values(), *self.device.values()]:
             buffer.close()
         self.pinned, self.device = {}, {}
-        self.session = None
+        self.binding = self.session = None
+        self.done.close()
         self.stream.close()
 
 
@@ -170,11 +179,7 @@ class OnnxRuntimeCudaContext:
         self.device_id = self._cuda.device_id
         self._stream = self._cuda.stream
         self._session = self._cuda.session
-        self._done = Event()
-        self._binding = self._session.io_binding()
-        self._run_options = ort.RunOptions()
-        self._run_options.log_severity_level = 4
-        self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self._done, self._binding, self._run_options = self._cuda.done, self._cuda.binding, self._cuda.run_options
         self._input_name = input_name
         self._output_names = output_names
 
@@ -310,12 +315,11 @@ class OnnxRuntimeCudaContext:
             # Handed on now, buffers and all: the spare made next takes this tuned session at
             # once instead of making (and tuning) a new one while the pool runs short.
             self._sessions.give(cuda)
-            self._done.close()
             return
         # A stream that may still run (a timeout) or has failed: nothing is freed or handed on
         # before it is done; a session given up on is closed, with its buffers.
         step = (lambda: self._sessions.give(cuda)) if self._reusable else cuda.close
-        release_when_done(self._done, [self._done.close, step], "ONNX Runtime CUDA context")
+        release_when_done(self._done, [step], "ONNX Runtime CUDA context")
 
     def _stream_idle(self) -> bool:
         """Whether everything queued on the stream so far has finished (the event is recorded
