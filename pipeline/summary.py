@@ -17,7 +17,7 @@ INFERENCE_KEYS = (
     "batches", "mean_batch", "retries", "rebuilds", "rebuild_ms_p50", "rebuild_ms_p99", "rebuild_ms_total",
     "recovery_ms_p50", "recovery_ms_p99", "recovery_overhead_ms_p50", "recovery_overhead_ms_p99",
     "errors", "timeouts", "corrupt_outputs", "abandoned", "abandoned_live", "deadline_misses",
-    "inference_failures", "probes", "probe_failures", "create_failures", "sticky_errors",
+    "inference_failures", "probes", "probe_failures", "suspect_frames", "create_failures", "sticky_errors",
     "engine_reloads", "engine_reload_failures", "reload_ms_total", "worker_restarts",
     "worker_restart_ms_p50", "worker_restart_ms_p99", "worker_restart_ms_total",
     "worker_start_failures", "worker_budget_exhausted", "shapes",
@@ -68,6 +68,7 @@ class InferenceSnapshot(Mapping[str, Any]):
     inference_failures: int = 0
     probes: int = 0
     probe_failures: int = 0
+    suspect_frames: int = 0
     create_failures: int = 0
     sticky_errors: int = 0
     engine_reloads: int = 0

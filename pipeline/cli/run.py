@@ -225,6 +225,10 @@ def failed_frames_exit(summary) -> int:
     # and (after a signal) frames in flight when it came.
     excused = {Reason.SHED} | ({Reason.SHUTDOWN} if summary.interrupted else set())
     failed = {reason: n for reason, n in sorted(summary.failed.items()) if reason not in excused and n}
+    suspect = summary.inference.suspect_frames
+    if suspect:  # ok results that are not to be trusted: the exit code stays, the line says it
+        print(f"vidpipe: warning: {suspect} results are flagged by suspect_results events (a context gave "
+              "them, then failed its health probe); see the summary", file=sys.stderr)
     if not failed:
         return 0
     counts = ", ".join(f"{reason} {n}" for reason, n in failed.items())

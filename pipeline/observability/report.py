@@ -155,7 +155,8 @@ def _inference_lines(inference: InferenceSnapshot | None) -> list[str]:
         f"retries {inf.retries}  rebuilds {inf.rebuilds} (p50 {_ms(inf.rebuild_ms_p50)}, "
         f"p99 {_ms(inf.rebuild_ms_p99)})  recovery p50 {_ms(inf.recovery_ms_p50)} "
         f"p99 {_ms(inf.recovery_ms_p99)}  abandoned {inf.abandoned}  "
-        f"deadline misses {inf.deadline_misses}  probe failures {inf.probe_failures}",
+        f"deadline misses {inf.deadline_misses}  probe failures {inf.probe_failures}"
+        f"{f'  suspect results {inf.suspect_frames}' if inf.suspect_frames else ''}",
         f"engine reloads {inf.engine_reloads} ({_ms(reload_total)} in all)  "
         f"worker restarts {inf.worker_restarts} (p50 {_ms(inf.worker_restart_ms_p50)}, "
         f"p99 {_ms(inf.worker_restart_ms_p99)}, {_ms(restart_total)} in all)",

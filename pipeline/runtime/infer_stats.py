@@ -15,8 +15,9 @@ SAMPLES = 100_000  # per timing series: enough for any p99, bounded memory
 # The counters InferStats.snapshot() copies as they are.
 _COUNTS = (
     "batches", "frames", "retries", "rebuilds", "errors", "timeouts", "corrupt_outputs", "abandoned",
-    "abandoned_live", "deadline_misses", "inference_failures", "probes", "probe_failures", "create_failures",
-    "sticky_errors", "engine_reloads", "engine_reload_failures", "worker_restarts", "worker_start_failures",
+    "abandoned_live", "deadline_misses", "inference_failures", "probes", "probe_failures", "suspect_frames",
+    "create_failures", "sticky_errors", "engine_reloads", "engine_reload_failures", "worker_restarts",
+    "worker_start_failures",
 )  # fmt: skip
 
 
@@ -42,6 +43,7 @@ class InferStats:
         self.inference_failures = 0
         self.probes = 0
         self.probe_failures = 0
+        self.suspect_frames = 0  # results flagged by suspect_results events
         self.create_failures = 0
         self.sticky_errors = 0
         self.engine_reloads = 0

@@ -159,10 +159,12 @@ class Pipeline:
                 return
 
     def _suspect(self, source: str, first_seq: int, last_seq: int, frames: int, why: str) -> None:
-        """Results a context gave before failing a health probe: an event after the last of them."""
+        """Results a context gave before failing a health probe (published already): an event in
+        place at the source's position now, naming them."""
         details = {"first_seq": first_seq, "last_seq": last_seq, "frames": frames, "error": why}
+        after = max(last_seq, self.ledger.snapshot()[source].decoded - 1)
         try:
-            self.results_q.put(SourceEvent(source, EventType.SUSPECT_RESULTS, last_seq, time.time(), details))
+            self.results_q.put(SourceEvent(source, EventType.SUSPECT_RESULTS, after, time.time(), details))
         except Closed:
             pass
 

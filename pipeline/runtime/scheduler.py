@@ -299,8 +299,10 @@ class InferScheduler:
         outcome = self.pool.probe_outcome(slot)
         ok = outcome is ProbeOutcome.OK
         self.stats.add(probes=1, probe_failures=int(not ok))
-        if outcome is ProbeOutcome.WRONG and self.on_suspect is not None:
+        if outcome is ProbeOutcome.WRONG:
+            self.stats.add(suspect_frames=sum(frames for _, _, frames in slot.since_probe.values()))
             for source, (first, last, frames) in slot.since_probe.items():
-                self.on_suspect(source, first, last, frames, why)
+                if self.on_suspect is not None:
+                    self.on_suspect(source, first, last, frames, why)
         slot.since_probe.clear()
         return ok

@@ -112,11 +112,15 @@ def test_results_a_context_gave_before_failing_its_health_probe_are_flagged() ->
     expected = {r.seq: r.detections for r in clean.results}
     wrong = {r.seq for r in drifted.results if not same_detections(r.detections, expected[r.seq])}
     flagged: set[int] = set()
-    for event in drifted.events:
-        if event.type == EventType.SUSPECT_RESULTS:
-            first, last = event.details["first_seq"], event.details["last_seq"]
-            assert event.after_seq == last and 0 < event.details["frames"] <= last - first + 1
-            flagged |= set(range(first, last + 1))
+    suspect = [e for e in drifted.events if e.type == EventType.SUSPECT_RESULTS]
+    for event in suspect:
+        first, last = event.details["first_seq"], event.details["last_seq"]
+        assert event.after_seq >= last and 0 < event.details["frames"] <= last - first + 1
+        flagged |= set(range(first, last + 1))
     assert wrong, "no result drifted: this run proves nothing"
     assert wrong <= flagged, sorted(wrong - flagged)
     assert summary.inference["probe_failures"] >= 1
+    assert summary.inference["suspect_frames"] == sum(e.details["frames"] for e in suspect)
+    # Events stay in place: each after the frame its after_seq names, so never going back.
+    places = [e.after_seq for e in drifted.events]
+    assert places == sorted(places)
