@@ -128,10 +128,14 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             node = node.setdefault(key, {})
         node[leaf] = value
 
+    if args.name and not args.videos:
+        raise ConfigError("--name names the sources given on the command line; give them too "
+                          "(vidpipe run VIDEO --name NAME), or set sources[].name in the config")
     if args.videos:
         names = args.name or []
         if len(names) > len(args.videos):
-            raise ConfigError(f"--name given {len(names)} times for {len(args.videos)} sources; give one per source")
+            given = f"{len(args.videos)} source" + ("s" if len(args.videos) > 1 else "")
+            raise ConfigError(f"--name given {len(names)} times for {given}; give one per source")
         out["sources"] = [
             {"url": url, **({"name": names[i]} if i < len(names) else {})} for i, url in enumerate(args.videos)
         ]

@@ -82,6 +82,7 @@ BAD_INPUTS: dict[str, Callable[[SimpleNamespace], tuple[list, list]]] = {
         ["typo.yaml", "infer.max_bach"],
     ),
     "unknown class": lambda p: (["--classes", "zebra"], ["zebra"]),
+    "--name without a video": lambda p: (["--name", "gate"], ["--name", "VIDEO --name NAME"]),
 }
 
 
