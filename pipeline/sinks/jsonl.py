@@ -25,7 +25,7 @@ class JsonlSink:
     def __init__(self, path: Path, mode: int = PRIVATE.file) -> None:
         self.path = Path(path)
         try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, mode)
+            self._fd, self._created = _open(self.path, mode)
         except OSError as err:
             raise OutputError(
                 f"output {self.path}: cannot write it ({err.strerror}); choose a writable path with --out"
@@ -77,6 +77,19 @@ class JsonlSink:
         self._write(summary_to_record(summary))
 
     def close(self) -> None:
+        """Close the file; one this run created and never wrote (a run that failed at start) is
+        removed, so no empty output is left behind."""
         if self._fd >= 0:
+            if self._created and not self._started and self._regular:
+                self.path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = -1
+
+
+def _open(path: Path, mode: int) -> tuple[int, bool]:
+    """A write descriptor for `path`, and whether this call created the file."""
+    flags = os.O_WRONLY | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, mode), True
+    except FileExistsError:
+        return os.open(path, flags), False
