@@ -50,8 +50,9 @@ def _open(url: str, options: dict[str, str] | None, timeout: float | tuple[float
 
 
 def _open_error(url: str, err: Exception) -> SourceError:
-    # FFmpeg's messages quote the URL, credentials and all.
-    url, reason = redact_url(url), redact(str(err))
+    # FFmpeg's messages quote the URL, credentials and all: the line names it once, redacted.
+    strerror = err.strerror if isinstance(err, OSError) else None
+    url, reason = redact_url(url), redact(f"[Errno {err.errno}] {strerror}" if strerror else str(err))
     if isinstance(err, FileNotFoundError) or (isinstance(err, av.error.FileNotFoundError)):
         return SourceError(f"{url}: no such file; check the path")
     if isinstance(err, PermissionError):
