@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO / ".." / "shared" / "media"
 CAR_CLIP = MEDIA / "car-detection.mp4"
 PERSON_CLIP = MEDIA / "one-by-one-person-detection.mp4"
+
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A test that runs the CLI in this process configures the root logger (its handler and
+    level): each test gets it back as it found it, so no test's logging leaks into the next."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -41,9 +41,23 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(entry, default=str))
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes, not the one of the moment it was
+    made: a notebook, a test's capture or a caller may swap it, and a handler bound to a closed
+    one prints a 'Logging error' traceback for every later record."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass  # StreamHandler.__init__ sets it; the property always answers sys.stderr
+
+
 def configure_logging(level: str, fmt: str = "text") -> None:
     """Log to stderr at `level` (DEBUG, INFO, WARNING, ERROR) as text or JSON lines."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
