@@ -13,7 +13,6 @@ CAR_CLIP = MEDIA / "car-detection.mp4"
 PERSON_CLIP = MEDIA / "one-by-one-person-detection.mp4"
 
 
-
 @pytest.fixture(autouse=True)
 def _root_logging_restored():
     """A test that runs the CLI in this process configures the root logger (its handler and
