@@ -45,6 +45,10 @@ log = logging.getLogger("vidpipe.mqtt")
 
 TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 MAX_SPOOL = 60_000  # paho's message ids are 16 bits: it cannot hold more in flight
+# CONNACK reasons that mean the login itself is wrong (MQTT 3.1.1 return codes 4 and 5, as
+# paho names them): at start they are a user error.
+LOGIN_REFUSALS = {"Bad user name or password", "Not authorized"}
+LOGIN_WAIT_S = 5.0
 
 
 def _check_topic_level(what: str, value: str) -> None:
@@ -76,6 +80,8 @@ class MqttSink:
         self.published = 0
         self.dropped = 0
         self._given_up = False  # a plain flag: set from a signal handler, which must take no lock
+        self._answered = threading.Event()  # the broker's first CONNACK came
+        self._refused: str | None = None  # why it refused the connection, if it did
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"vidpipe-{run_id}")
         if parts.username:  # percent-encoded in the URL (a # in a password is %23)
             client.username_pw_set(unquote(parts.username), None if parts.password is None else unquote(parts.password))
@@ -94,13 +100,25 @@ class MqttSink:
             raise OutputError(f"mqtt: cannot connect to {self._url} ({err}); start the broker or fix --mqtt") from None
         self._client = client
         client.loop_start()
+        # A refused login is the user's to fix, as with Redis: exit 2 now, not a run that drops
+        # every event. A broker that is slow to answer is not waited for past LOGIN_WAIT_S.
+        if self._answered.wait(LOGIN_WAIT_S) and self._refused is not None:
+            client.loop_stop()
+            client.disconnect()
+            raise OutputError(f"mqtt: {self._url} refused the login ({self._refused}); give the right user and "
+                              "password in the URL (mqtt://USER:PASSWORD@host, percent-encoded) or allow this client")
 
     # --- paho's network thread ---
 
     def _connected(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
-            log.warning("mqtt: %s refused the connection: %s", self._url, reason)
+            if not self._answered.is_set() and str(reason) in LOGIN_REFUSALS:
+                self._refused = str(reason)  # the start raises it as one line: nothing to log
+            else:
+                log.warning("mqtt: %s refused the connection: %s", self._url, reason)
+            self._answered.set()
             return
+        self._answered.set()
         client.publish(self._availability, "online", qos=1, retain=True)
         with self._lock:
             counts = dict(self._counts)
@@ -121,7 +139,8 @@ class MqttSink:
         self.published += len(done)
 
     def _disconnected(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        log.warning("mqtt: lost %s (%s); events wait in the spool", self._url, reason)
+        if self._refused is None:
+            log.warning("mqtt: lost %s (%s); events wait in the spool", self._url, reason)
 
     # --- the Sink protocol (publisher thread) ---
 

@@ -139,3 +139,19 @@ def test_a_percent_encoded_password_logs_in(tmp_path: Path) -> None:
         broker.stop()
     assert proc.returncode == 0, proc.stderr
     assert "pa#ss" not in proc.stderr + proc.stdout and "refused" not in proc.stderr
+
+
+@pytest.mark.parametrize("login", ["cam:Wr0ng@", "", "intruder:S3cret@"], ids=["wrong password", "none", "unknown user"])
+def test_a_refused_mqtt_login_is_one_line_and_exit_2_at_start(tmp_path: Path, login: str) -> None:
+    broker = Mosquitto(tmp_path / "broker", password=("cam", "S3cret"))
+    broker.start()
+    out = tmp_path / "out.jsonl"
+    try:
+        proc = vidpipe("run", "--quiet", "--track", "--max-frames", "5", "--out", str(out), "--mqtt",
+                       f"mqtt://{login}127.0.0.1:{broker.port}", timeout=120)  # fmt: skip
+    finally:
+        broker.stop()
+    assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+    assert proc.stderr.startswith("vidpipe: error: mqtt: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "refused the login" in proc.stderr and "Wr0ng" not in proc.stderr and "S3cret" not in proc.stderr
+    assert not out.exists()  # refused before any frame
