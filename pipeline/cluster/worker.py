@@ -262,6 +262,7 @@ class PipelineWorker:
                 segment.pipeline.stop()
             summary = segment.pipeline.run()
             summary.inference = replace(summary.inference, backend=config.model.backend)
+            sink.settle(summary)  # what Redis kept, and any loss, into the summary before it is written
             sink.write_summary(summary)
             segment.end_seq = opened.decoder.seq
             segment.error = summary.error
