@@ -141,7 +141,8 @@ def test_a_percent_encoded_password_logs_in(tmp_path: Path) -> None:
     assert "pa#ss" not in proc.stderr + proc.stdout and "refused" not in proc.stderr
 
 
-@pytest.mark.parametrize("login", ["cam:Wr0ng@", "", "intruder:S3cret@"], ids=["wrong password", "none", "unknown user"])
+@pytest.mark.parametrize("login", ["cam:Wr0ng@", "", "intruder:S3cret@"],
+                         ids=["wrong password", "none", "unknown user"])
 def test_a_refused_mqtt_login_is_one_line_and_exit_2_at_start(tmp_path: Path, login: str) -> None:
     broker = Mosquitto(tmp_path / "broker", password=("cam", "S3cret"))
     broker.start()
