@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 import tempfile
 import threading
@@ -25,11 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.api import run  # noqa: E402
 from pipeline.config import build_config  # noqa: E402
 from tests.clips import loop_clip  # noqa: E402
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+from tests.memory import growth_over, open_fds, rss_bytes  # noqa: E402
 
 
 def gpu_used_mib() -> float | None:
@@ -42,20 +37,15 @@ def gpu_used_mib() -> float | None:
 
 
 def trend(values: list[float]) -> float:
-    """Least-squares growth over the samples' span (the values' units)."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean_x, mean_y = (n - 1) / 2, sum(values) / n
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / sum((x - mean_x) ** 2 for x in range(n))
-    return slope * (n - 1)
+    """Least-squares growth over evenly spaced samples (the values' units)."""
+    return growth_over(list(enumerate(values)))
 
 
 def sample(samples: list[dict], stop: threading.Event) -> None:
     start = time.monotonic()
     while not stop.wait(1.0):
-        row = {"t": round(time.monotonic() - start), "rss_mib": rss_mib(), "threads": threading.active_count(),
-               "fds": len(os.listdir("/proc/self/fd")), "gpu_mib": gpu_used_mib()}
+        row = {"t": round(time.monotonic() - start), "rss_mib": rss_bytes() / 2**20,
+               "threads": threading.active_count(), "fds": open_fds(), "gpu_mib": gpu_used_mib()}
         samples.append(row)
         print(" ".join(f"{k}={v:.0f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 

@@ -3,7 +3,6 @@ through the real pipeline: real ONNX Runtime contexts, injected faults, the car 
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -15,25 +14,8 @@ from pipeline.config import build_config
 from pipeline.runtime.pipeline import RunHooks
 from stages.types import Detections, EventType, Reason, Status
 from tests.clips import loop_clip
+from tests.memory import growth_over, open_fds, rss_bytes
 from tests.sinks import CollectSink
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def growth_over(samples: list[tuple[int, int]]) -> float:
-    """Least-squares growth of y over the span of x (y's units): a trend, not one noisy sample."""
-    n = len(samples)
-    mean_x = sum(x for x, _ in samples) / n
-    mean_y = sum(y for _, y in samples) / n
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in samples) / sum((x - mean_x) ** 2 for x, _ in samples)
-    return slope * (samples[-1][0] - samples[0][0])
 
 
 def test_rebuilding_contexts_through_the_pipeline_keeps_memory_threads_and_fds_flat(
