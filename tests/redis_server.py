@@ -3,6 +3,8 @@ and the results, events and summaries a run would publish to it."""
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import socket
 import subprocess
@@ -160,3 +162,27 @@ def finish(sink: RedisSink, frames: dict[str, int]) -> RunSummary:
     sink.write_summary(summary)
     sink.close()
     return summary
+
+
+def paused_after(server: RedisServer, spool_dir: Path, written: int = 50) -> RedisSink:
+    """A sink spooling to `spool_dir` that has written cam1's seqs 0..written-1 to `server`,
+    which now hangs (SIGSTOP): what it is given next spools."""
+    sink = RedisSink(config(server.url, spool_dir), "run-a")
+    publish(sink, "cam1", range(written))
+    wait_for(lambda: len(stream(server, "cam1")) == written)
+    server.pause()
+    return sink
+
+
+def fill_disk(directory: Path) -> None:
+    """Write a file in `directory` until its filesystem has no byte left (ENOSPC)."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for chunk in (b"\0" * 4096, b"\0"):  # big writes, then single bytes for the last of it
+            try:
+                while True:
+                    os.write(fd, chunk)
+            except OSError as err:
+                assert err.errno == errno.ENOSPC, err
+    finally:
+        os.close(fd)

@@ -4,31 +4,28 @@ could not take reach Redis after the spooled ones, in seq order, and no spool fi
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 
-from pipeline.sinks.redis.sink import RedisSink
 from pipeline.sinks.redis.spool import Spool
-from tests.redis_server import assert_ids_increase, config, finish, frame_seqs, publish, spool_files, stream, wait_for
-
-
-def fill(directory) -> None:
-    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
-    with pytest.raises(OSError, match="No space"):
-        while True:
-            os.write(fd, b"\0" * 1024)
-    os.close(fd)
+from tests.redis_server import (
+    assert_ids_increase,
+    fill_disk,
+    finish,
+    frame_seqs,
+    paused_after,
+    publish,
+    spool_files,
+    stream,
+    wait_for,
+)
 
 
 def test_results_the_full_spool_could_not_take_follow_the_spooled_ones_in_order(redis_server, small_disk, caplog):
     """Redis hangs mid-run: results spool until the disk is full, the rest wait in memory; when
     Redis is back the spooled ones go first, then those from memory, each once, in seq order."""
     spool_dir = small_disk / "spool"
-    sink = RedisSink(config(redis_server.url, spool_dir), "run-a")
-    publish(sink, "cam1", range(50))
-    wait_for(lambda: len(stream(redis_server, "cam1")) == 50)
-    redis_server.pause()
+    sink = paused_after(redis_server, spool_dir)
     with caplog.at_level(logging.WARNING):
         publish(sink, "cam1", range(50, 100))
         wait_for(lambda: sink.spool_bytes > 0)  # spooling: what follows is appended to the spool
@@ -49,7 +46,7 @@ def test_results_the_full_spool_could_not_take_follow_the_spooled_ones_in_order(
 def test_a_spool_that_cannot_be_created_on_a_full_disk_leaves_no_file(small_disk):
     spool_dir = small_disk / "spool"
     spool_dir.mkdir()
-    fill(small_disk)
+    fill_disk(small_disk)
     for attempt in range(3):
         with pytest.raises(OSError, match="No space"):
             Spool.create(spool_dir, f"stem-{attempt}", {"run": f"run-{attempt}"})

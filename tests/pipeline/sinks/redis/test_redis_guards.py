@@ -23,8 +23,10 @@ from tests.redis_server import (
     RedisServer,
     assert_ids_increase,
     config,
+    fill_disk,
     finish,
     frame_seqs,
+    paused_after,
     publish,
     run_summary,
     spool_files,
@@ -207,10 +209,7 @@ def test_a_run_killed_while_redis_hangs_loses_nothing_older_than_the_bound(redis
 
 def test_a_full_spool_disk_keeps_the_writer_going_and_is_refused_at_start(redis_server, small_disk, caplog):
     spool_dir = small_disk / "spool"
-    sink = RedisSink(config(redis_server.url, spool_dir), "run-a")
-    publish(sink, "cam1", range(50))
-    wait_for(lambda: len(stream(redis_server, "cam1")) == 50)
-    redis_server.pause()
+    sink = paused_after(redis_server, spool_dir)
     with caplog.at_level(logging.WARNING):
         publish(sink, "cam1", range(50, 1500))  # ~900 KiB of results: more than the disk holds
         wait_for(lambda: "No space left on device" in caplog.text)
@@ -220,11 +219,7 @@ def test_a_full_spool_disk_keeps_the_writer_going_and_is_refused_at_start(redis_
     assert summary.outputs["redis"]["drained"] and summary.error is None
     assert spool_files(spool_dir) == []
 
-    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
-    with pytest.raises(OSError, match="No space"):  # the disk is full now
-        while True:
-            os.write(fd, b"\0" * 4096)
-    os.close(fd)
+    fill_disk(small_disk)  # the disk is full now
     for attempt in range(2):  # the same line both times: no lock is left behind
         with pytest.raises(OutputError, match=r"spool_dir .*: cannot write \(No space left on device\)"):
             RedisSink(config(redis_server.url, spool_dir), f"run-{attempt}")
