@@ -60,9 +60,7 @@ class MqttSink:
     """Publishes to one broker; never blocks the publisher on the network."""
 
     def __init__(self, config: MqttConfig, sources: list[str], run_id: str) -> None:
-        parts = urlsplit(config.url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ConfigError(f"outputs.mqtt.url {redact_url(config.url)!r}: use mqtt://HOST[:1883] or mqtts://HOST[:8883]")
+        parts = urlsplit(config.url)  # checked with the config (pipeline/config/sections.check_mqtt_url)
         for prefix_level in config.topic_prefix.split("/"):
             _check_topic_level("outputs.mqtt.topic_prefix", prefix_level)
         for name in sources:
